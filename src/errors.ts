@@ -1,0 +1,83 @@
+/**
+ * One error type for the whole project. Every failure a user can see carries a stable
+ * `code`, a one-line `message` (operation + reason) and a `remedy` (what to do).
+ * Long evidence (verifier logs, QEMU stderr) goes in `detail`, never in the message.
+ */
+export type ErrorCode =
+  // emulator / probe
+  | 'EMULATOR_NOT_FOUND'
+  | 'EMULATOR_NOT_EXECUTABLE'
+  | 'EMULATOR_TIMEOUT'
+  | 'EMULATOR_NOT_QEMU'
+  | 'EMULATOR_EXITED'
+  | 'EMULATOR_UNSUPPORTED'
+  | 'EMULATOR_UNTRUSTED'
+  // qmp
+  | 'QMP_CONNECT'
+  | 'QMP_PROTOCOL'
+  | 'QMP_TIMEOUT'
+  | 'QMP_CLOSED'
+  | 'QMP_COMMAND'
+  | 'QMP_LINE_TOO_LONG'
+  // bpf
+  | 'BPF_BAD_BASE64'
+  | 'BPF_BAD_ELF'
+  | 'BPF_UNEXPECTED_OBJECT'
+  | 'BPF_LIBBPF_MISSING'
+  | 'BPF_PERMISSION'
+  | 'BPF_VERIFIER'
+  | 'BPF_LOAD'
+  // helper protocol
+  | 'HELPER_NOT_FOUND'
+  | 'HELPER_UNTRUSTED'
+  | 'HELPER_STAMP_MISMATCH'
+  | 'HELPER_FAILED'
+  | 'HELPER_TIMEOUT'
+  | 'HELPER_NO_FDS'
+  // fd passing / system
+  | 'FD_PASS'
+  | 'SYSCALL'
+  | 'NOT_ROOT'
+  | 'NO_SUCH_USER'
+  // argv / usage
+  | 'ARGV_INVALID'
+  | 'USAGE'
+  | 'CACHE_CORRUPT';
+
+export interface ErrorInit {
+  remedy: string;
+  detail?: string;
+  cause?: unknown;
+  fields?: Record<string, unknown>;
+}
+
+export class VirtEbpfError extends Error {
+  readonly code: ErrorCode;
+  readonly remedy: string;
+  readonly detail?: string;
+  readonly fields: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, init: ErrorInit) {
+    super(message, init.cause === undefined ? undefined : { cause: init.cause });
+    this.name = 'VirtEbpfError';
+    this.code = code;
+    this.remedy = init.remedy;
+    this.detail = init.detail;
+    this.fields = init.fields ?? {};
+  }
+
+  /** The single line a user sees: what failed, why, what to do. */
+  oneLine(): string {
+    return `virt-ebpf: ${this.message} (${this.code}); ${this.remedy}`;
+  }
+}
+
+export function isVirtEbpfError(e: unknown, code?: ErrorCode): e is VirtEbpfError {
+  return e instanceof VirtEbpfError && (code === undefined || e.code === code);
+}
+
+/** Shorten a long text (stderr, verifier log) to its last lines for a summary. */
+export function tail(text: string, lines = 6): string {
+  const all = text.trimEnd().split('\n');
+  return (all.length > lines ? ['…', ...all.slice(-lines)] : all).join('\n');
+}

@@ -1,0 +1,231 @@
+/**
+ * The libc calls Node does not expose, through koffi (prebuilt FFI, no compiler).
+ * Thin and typed: each wrapper throws a VirtEbpfError('SYSCALL') with errno on failure.
+ * Linux x86_64/aarch64 (LP64) layouts only.
+ */
+import koffi from 'koffi';
+import { VirtEbpfError } from '../errors';
+
+const libc = koffi.load('libc.so.6');
+
+export const O_CLOEXEC = 0o2000000;
+export const F_GETFD = 1;
+export const F_SETFD = 2;
+export const F_DUPFD_CLOEXEC = 1030;
+export const FD_CLOEXEC = 1;
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_SEQPACKET = 5;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOL_SOCKET = 1;
+export const SO_PEERCRED = 17;
+export const SO_RCVTIMEO = 20;
+export const SO_SNDTIMEO = 21;
+export const SCM_RIGHTS = 1;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_DONTWAIT = 0x40;
+export const EAGAIN = 11;
+export const EINTR = 4;
+
+koffi.struct('iovec', { iov_base: 'void *', iov_len: 'size_t' });
+koffi.struct('msghdr', {
+  msg_name: 'void *',
+  msg_namelen: 'uint32',
+  msg_iov: 'iovec *',
+  msg_iovlen: 'size_t',
+  msg_control: 'void *',
+  msg_controllen: 'size_t',
+  msg_flags: 'int',
+});
+koffi.struct('ucred', { pid: 'int32', uid: 'uint32', gid: 'uint32' });
+koffi.struct('timeval', { tv_sec: 'long', tv_usec: 'long' });
+
+const errnoLocation = libc.func('int *__errno_location(void)');
+const strerrorFn = libc.func('const char *strerror(int)');
+const closeFn = libc.func('int close(int)');
+const fcntlFn = libc.func('int fcntl(int, int, ...)');
+const socketpairFn = libc.func('int socketpair(int, int, int, _Out_ int *sv)');
+const sendmsgFn = libc.func('long sendmsg(int, const msghdr *, int)');
+const recvmsgFn = libc.func('long recvmsg(int, _Inout_ msghdr *, int)');
+const getsockoptCredFn = libc.func('int getsockopt(int, int, int, _Out_ ucred *, _Inout_ uint32 *)');
+const setsockoptTvFn = libc.func('int setsockopt(int, int, int, const timeval *, uint32)');
+const execveFn = libc.func('int execve(const char *, const char **, const char **)');
+const setresuidFn = libc.func('int setresuid(uint32, uint32, uint32)');
+const setresgidFn = libc.func('int setresgid(uint32, uint32, uint32)');
+const setgroupsFn = libc.func('int setgroups(size_t, const uint32 *)');
+const prctlFn = libc.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)');
+
+export function errno(): number {
+  return koffi.decode(errnoLocation(), 'int') as number;
+}
+
+export function strerror(code: number): string {
+  return strerrorFn(code) as string;
+}
+
+export function sysError(op: string, code = errno()): VirtEbpfError {
+  return new VirtEbpfError('SYSCALL', `${op} failed: ${strerror(code)} (errno ${code})`, {
+    remedy: 'this is a host-level failure; check permissions and resource limits',
+    fields: { errno: code, op },
+  });
+}
+
+function check(op: string, rc: number | bigint): number {
+  const n = Number(rc);
+  if (n < 0) throw sysError(op);
+  return n;
+}
+
+export function close(fd: number): void {
+  check('close', closeFn(fd));
+}
+
+export function getCloexec(fd: number): boolean {
+  return (check('fcntl(F_GETFD)', fcntlFn(fd, F_GETFD, 'int', 0)) & FD_CLOEXEC) !== 0;
+}
+
+export function setCloexec(fd: number, on: boolean): void {
+  const flags = check('fcntl(F_GETFD)', fcntlFn(fd, F_GETFD, 'int', 0));
+  const next = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC;
+  if (next !== flags) check('fcntl(F_SETFD)', fcntlFn(fd, F_SETFD, 'int', next));
+}
+
+/** Duplicate fd to the lowest free number >= min, close-on-exec set. */
+export function dupCloexec(fd: number, min = 3): number {
+  return check('fcntl(F_DUPFD_CLOEXEC)', fcntlFn(fd, F_DUPFD_CLOEXEC, 'int', min));
+}
+
+export function socketpair(type = SOCK_STREAM, cloexec = true): [number, number] {
+  const sv = [0, 0];
+  check('socketpair', socketpairFn(AF_UNIX, type | (cloexec ? SOCK_CLOEXEC : 0), 0, sv));
+  return [sv[0], sv[1]];
+}
+
+const CMSG_HDR = 16; // sizeof(struct cmsghdr) on LP64
+
+/** sendmsg with a payload and optional SCM_RIGHTS fds. Returns bytes sent (may be partial, may throw EAGAIN). */
+export function sendmsg(fd: number, payload: Buffer, fds: readonly number[] = [], flags = MSG_NOSIGNAL): number {
+  let control: Buffer | null = null;
+  if (fds.length > 0) {
+    const dataLen = 4 * fds.length;
+    control = Buffer.alloc(CMSG_HDR + ((dataLen + 7) & ~7));
+    control.writeBigUInt64LE(BigInt(CMSG_HDR + dataLen), 0);
+    control.writeInt32LE(SOL_SOCKET, 8);
+    control.writeInt32LE(SCM_RIGHTS, 12);
+    fds.forEach((f, i) => control!.writeInt32LE(f, CMSG_HDR + 4 * i));
+  }
+  const msg = {
+    msg_name: null,
+    msg_namelen: 0,
+    msg_iov: [{ iov_base: payload, iov_len: payload.length }],
+    msg_iovlen: 1,
+    msg_control: control,
+    msg_controllen: control ? control.length : 0,
+    msg_flags: 0,
+  };
+  return check('sendmsg', sendmsgFn(fd, msg, flags));
+}
+
+export interface Received {
+  bytes: number;
+  data: Buffer;
+  fds: number[];
+  truncated: boolean;
+}
+
+const MSG_CTRUNC = 0x8;
+
+/** recvmsg collecting SCM_RIGHTS fds (received close-on-exec). Blocking unless the fd is non-blocking. */
+export function recvmsg(fd: number, maxBytes = 4096, maxFds = 64, flags = MSG_CMSG_CLOEXEC): Received {
+  const data = Buffer.alloc(maxBytes);
+  const control = Buffer.alloc(CMSG_HDR + 4 * maxFds + 8);
+  const msg = {
+    msg_name: null,
+    msg_namelen: 0,
+    msg_iov: [{ iov_base: data, iov_len: maxBytes }],
+    msg_iovlen: 1,
+    msg_control: control,
+    msg_controllen: control.length,
+    msg_flags: 0,
+  };
+  const n = check('recvmsg', recvmsgFn(fd, msg, flags));
+  return { bytes: n, data: data.subarray(0, n), ...parseRights(control, Number(msg.msg_controllen)), truncated: (msg.msg_flags & MSG_CTRUNC) !== 0 };
+}
+
+/** Same as recvmsg, but on koffi's worker thread so the event loop keeps running. */
+export function recvmsgAsync(fd: number, maxBytes = 4096, maxFds = 64, flags = MSG_CMSG_CLOEXEC): Promise<Received> {
+  const data = Buffer.alloc(maxBytes);
+  const control = Buffer.alloc(CMSG_HDR + 4 * maxFds + 8);
+  const msg = {
+    msg_name: null,
+    msg_namelen: 0,
+    msg_iov: [{ iov_base: data, iov_len: maxBytes }],
+    msg_iovlen: 1,
+    msg_control: control,
+    msg_controllen: control.length,
+    msg_flags: 0,
+  };
+  return new Promise((resolve, reject) => {
+    recvmsgFn.async(fd, msg, flags, (err: unknown, rc: number | bigint) => {
+      if (err) return reject(err);
+      const n = Number(rc);
+      if (n < 0) return reject(sysError('recvmsg'));
+      resolve({ bytes: n, data: data.subarray(0, n), ...parseRights(control, Number(msg.msg_controllen)), truncated: (msg.msg_flags & MSG_CTRUNC) !== 0 });
+    });
+  });
+}
+
+function parseRights(control: Buffer, len: number): { fds: number[] } {
+  const fds: number[] = [];
+  let off = 0;
+  while (off + CMSG_HDR <= len) {
+    const cmsgLen = Number(control.readBigUInt64LE(off));
+    if (cmsgLen < CMSG_HDR) break;
+    const level = control.readInt32LE(off + 8);
+    const type = control.readInt32LE(off + 12);
+    if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+      for (let p = off + CMSG_HDR; p + 4 <= off + cmsgLen; p += 4) fds.push(control.readInt32LE(p));
+    }
+    off += (cmsgLen + 7) & ~7;
+  }
+  return { fds };
+}
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export function peerCred(fd: number): PeerCred {
+  const cred = { pid: 0, uid: 0, gid: 0 };
+  const len = [12];
+  check('getsockopt(SO_PEERCRED)', getsockoptCredFn(fd, SOL_SOCKET, SO_PEERCRED, cred, len));
+  return cred;
+}
+
+export function setRecvTimeout(fd: number, ms: number): void {
+  const tv = { tv_sec: Math.floor(ms / 1000), tv_usec: (ms % 1000) * 1000 };
+  check('setsockopt(SO_RCVTIMEO)', setsockoptTvFn(fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16));
+}
+
+/** Replace this process image (same pid). Returns only on failure. */
+export function execve(path: string, argv: readonly string[], env: Record<string, string | undefined>): never {
+  const envp = Object.entries(env)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${k}=${v}`);
+  execveFn(path, [...argv, null], [...envp, null]);
+  throw sysError(`execve(${path})`);
+}
+
+const PR_SET_NO_NEW_PRIVS = 38;
+
+/** Drop to uid/gid permanently (real, effective and saved), with exactly these supplementary groups. */
+export function dropPrivileges(uid: number, gid: number, groups: readonly number[]): void {
+  check('setgroups', setgroupsFn(groups.length, groups.length ? Uint32Array.from(groups) : null));
+  check('setresgid', setresgidFn(gid, gid, gid));
+  check('setresuid', setresuidFn(uid, uid, uid));
+  check('prctl(PR_SET_NO_NEW_PRIVS)', prctlFn(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+}

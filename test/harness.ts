@@ -1,0 +1,44 @@
+/**
+ * Shared test plumbing. Privileged tests do not skip silently: `needRoot()` fails the test
+ * with the reason, because CI runs as root and a missing privilege is a broken setup.
+ * `watchFds()` snapshots /proc/self/fd so a suite can assert it leaked nothing.
+ */
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import assert from 'node:assert/strict';
+
+export const REPO = join(__dirname, '..', '..');
+export const QEMU = process.env.VIRT_EBPF_TEST_QEMU ?? '/usr/bin/qemu-system-x86_64';
+
+export function needRoot(what: string): void {
+  if (process.getuid?.() !== 0) {
+    assert.fail(`this test needs root (${what}); run the suite as root, as CI does`);
+  }
+}
+
+export function openFds(): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const name of readdirSync('/proc/self/fd')) {
+    try {
+      out.set(Number(name), readlinkSync(`/proc/self/fd/${name}`));
+    } catch {
+      /* the fd of readdir itself vanishes */
+    }
+  }
+  return out;
+}
+
+/** Call at suite start; the returned function asserts no fd opened since is still open. */
+export function watchFds(): () => void {
+  const before = openFds();
+  return () => {
+    const leaked = [...openFds()].filter(([fd, target]) => before.get(fd) !== target && /anon_inode:bpf|socket:|\/dev\/net\/tun/.test(target));
+    assert.deepEqual(leaked, [], `leaked fds: ${leaked.map(([f, t]) => `${f}->${t}`).join(', ')}`);
+  };
+}
+
+export function tempDir(prefix = 'virt-ebpf-test-'): { path: string; remove(): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
