@@ -1,0 +1,2 @@
+export * from './keyval';
+export * from './qemu-argv';
