@@ -39,10 +39,23 @@ export type ErrorCode =
   | 'SYSCALL'
   | 'NOT_ROOT'
   | 'NO_SUCH_USER'
+  // domain XML
+  | 'XML_INVALID'
+  | 'XML_UNSUPPORTED_DOMAIN'
+  | 'XML_UNSUPPORTED_NIC'
+  | 'XML_METADATA'
   // argv / usage
   | 'ARGV_INVALID'
   | 'USAGE'
-  | 'CACHE_CORRUPT';
+  | 'CACHE_CORRUPT'
+  // broker
+  | 'BROKER_PROTOCOL'
+  | 'BROKER_UNREACHABLE'
+  | 'BROKER_REFUSED'
+  | 'BROKER_DENIED'
+  | 'BROKER_LIMIT'
+  | 'BROKER_INTERNAL'
+  | 'CONFIG_INVALID';
 
 export interface ErrorInit {
   remedy: string;

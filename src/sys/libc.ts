@@ -56,6 +56,8 @@ const setresuidFn = libc.func('int setresuid(uint32, uint32, uint32)');
 const setresgidFn = libc.func('int setresgid(uint32, uint32, uint32)');
 const setgroupsFn = libc.func('int setgroups(size_t, const uint32 *)');
 const prctlFn = libc.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)');
+const socketFn = libc.func('int socket(int, int, int)');
+const connectFn = libc.func('int connect(int, const void *, uint32)');
 
 export function errno(): number {
   return koffi.decode(errnoLocation(), 'int') as number;
@@ -228,4 +230,20 @@ export function dropPrivileges(uid: number, gid: number, groups: readonly number
   check('setresgid', setresgidFn(gid, gid, gid));
   check('setresuid', setresuidFn(uid, uid, uid));
   check('prctl(PR_SET_NO_NEW_PRIVS)', prctlFn(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+}
+
+/** A blocking AF_UNIX stream socket connected to path (close-on-exec). */
+export function connectUnix(path: string): number {
+  const name = Buffer.from(path);
+  if (name.length > 107) throw new VirtEbpfError('SYSCALL', `socket path too long: ${path}`, { remedy: 'use a path shorter than 108 bytes' });
+  const addr = Buffer.alloc(110);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  name.copy(addr, 2);
+  const fd = check('socket', socketFn(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (Number(connectFn(fd, addr, 2 + name.length + 1)) < 0) {
+    const err = sysError(`connect(${path})`);
+    closeFn(fd);
+    throw err;
+  }
+  return fd;
 }

@@ -1,0 +1,82 @@
+/**
+ * Broker configuration: /etc/virt-ebpf/config.json, validated with yup. An invalid file stops
+ * the daemon with the exact field and why; absent file = defaults.
+ * Who may ask: root and the account libvirt runs QEMU as (from qemu.conf, else Debian's default).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import * as yup from 'yup';
+import { VirtEbpfError } from '../errors';
+
+export const DEFAULT_CONFIG_PATH = '/etc/virt-ebpf/config.json';
+
+const schema = yup
+  .object({
+    socket: yup.string().matches(/^\//, 'must be an absolute path').default('/run/virt-ebpf/broker.sock'),
+    cacheDir: yup.string().matches(/^\//, 'must be an absolute path').default('/var/cache/virt-ebpf/probe'),
+    allowUsers: yup.array(yup.string().required()).default(undefined),
+    allowGroups: yup.array(yup.string().required()).default(undefined),
+    emulatorDirs: yup.array(yup.string().matches(/^\//, 'must be an absolute path').required()).default(['/usr/bin', '/usr/local/bin', '/usr/libexec']),
+    pool: yup
+      .object({
+        size: yup.number().integer().min(0).max(64).default(2),
+        maxReservedPerDomain: yup.number().integer().min(0).max(64).default(16),
+      })
+      .default({}),
+    limits: yup
+      .object({
+        maxConnectionsPerUid: yup.number().integer().min(1).max(10_000).default(64),
+        maxOutstandingPerConnection: yup.number().integer().min(1).max(64).default(4),
+        requestTimeoutMs: yup.number().integer().min(100).max(600_000).default(30_000),
+      })
+      .default({}),
+    policy: yup.string().oneOf(['strict', 'fallback']).default('strict'),
+    log: yup
+      .object({
+        level: yup.string().oneOf(['error', 'warn', 'info', 'debug']).default('info'),
+        format: yup.string().oneOf(['text', 'json']).default('text'),
+      })
+      .default({}),
+  })
+  .noUnknown(true, (p) => `unknown field ${p.unknown}`)
+  .strict(true);
+
+export type BrokerConfig = yup.InferType<typeof schema>;
+
+/** Validate a parsed config object; `where` names the file for the message. */
+export function validateConfig(raw: unknown, where = 'config'): BrokerConfig {
+  try {
+    return schema.validateSync(raw ?? {}, { abortEarly: true, stripUnknown: false }) as BrokerConfig;
+  } catch (e) {
+    const ve = e as yup.ValidationError;
+    const field = ve.path ? `field "${ve.path}"` : 'top level';
+    throw new VirtEbpfError('CONFIG_INVALID', `invalid ${where}: ${field}: ${ve.errors?.[0] ?? ve.message}`, {
+      remedy: `fix ${where} (see docs/configuration.md) or remove it to use the defaults`,
+      fields: { path: ve.path },
+    });
+  }
+}
+
+export function loadConfig(path = DEFAULT_CONFIG_PATH): BrokerConfig {
+  if (!existsSync(path)) return validateConfig({}, path);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new VirtEbpfError('CONFIG_INVALID', `invalid ${path}: not JSON (${(e as Error).message})`, {
+      remedy: `fix the JSON syntax of ${path} or remove it to use the defaults`,
+    });
+  }
+  return validateConfig(raw, path);
+}
+
+/** The user and group libvirt runs QEMU as: qemu.conf `user = "…"`/`group = "…"`, else Debian's default. */
+export function libvirtQemuAccount(qemuConf = '/etc/libvirt/qemu.conf'): { user: string; group: string } {
+  let text = '';
+  try {
+    text = readFileSync(qemuConf, 'utf8');
+  } catch {
+    /* no libvirt config: use the distro default */
+  }
+  const get = (key: string) => new RegExp(`^\\s*${key}\\s*=\\s*"([^"]+)"`, 'm').exec(text)?.[1];
+  return { user: get('user') ?? 'libvirt-qemu', group: get('group') ?? 'libvirt-qemu' };
+}

@@ -1,0 +1,123 @@
+/**
+ * Pre-loaded contexts per emulator build. Loading costs ~100 ms per NIC (the verifier); handing
+ * fds over costs microseconds, so the broker keeps a few ready and refills in the background.
+ * A context leaves the pool exactly once (handed out or dropped) and is never reused.
+ */
+import { OwnedFd, closeAll } from '../fdpass';
+import type { ContextDescriptor } from './protocol';
+
+export interface LoadedContext {
+  descriptor: ContextDescriptor;
+  fds: OwnedFd[];
+}
+
+export interface PoolSource {
+  /** identity of the emulator build (changes when the binary changes) */
+  key: string;
+  load(): Promise<LoadedContext>;
+}
+
+function dispose(c: LoadedContext): void {
+  closeAll(c.fds);
+}
+
+export class ContextPool {
+  readonly #ready = new Map<string, LoadedContext[]>();
+  readonly #reserved = new Map<string, { key: string; contexts: LoadedContext[] }>();
+  readonly #refilling = new Set<string>();
+  readonly #sources = new Map<string, PoolSource>();
+  #closed = false;
+
+  constructor(
+    private readonly target: number,
+    private readonly onError: (e: unknown, key: string) => void = () => {},
+  ) {}
+
+  /** Take `count` contexts for this build: reserved for the domain first, then ready, then fresh. */
+  async take(source: PoolSource, count: number, domainKey?: string): Promise<LoadedContext[]> {
+    this.#sources.set(source.key, source);
+    const out: LoadedContext[] = [];
+    const res = domainKey ? this.#reserved.get(domainKey) : undefined;
+    if (res && res.key === source.key) {
+      out.push(...res.contexts.splice(0, count));
+      if (res.contexts.length === 0) this.#reserved.delete(domainKey!);
+    }
+    const ready = this.#ready.get(source.key) ?? [];
+    out.push(...ready.splice(0, count - out.length));
+    try {
+      while (out.length < count) out.push(await source.load());
+    } catch (e) {
+      out.forEach(dispose);
+      throw e;
+    } finally {
+      this.refill(source.key);
+    }
+    return out;
+  }
+
+  /** Load and set aside contexts for a domain that is about to start (hook: prepare). */
+  async reserve(source: PoolSource, count: number, domainKey: string): Promise<number> {
+    this.#sources.set(source.key, source);
+    const res = this.#reserved.get(domainKey);
+    if (res && res.key !== source.key) this.release(domainKey);
+    const entry = this.#reserved.get(domainKey) ?? { key: source.key, contexts: [] };
+    this.#reserved.set(domainKey, entry);
+    while (entry.contexts.length < count) entry.contexts.push(await source.load());
+    return entry.contexts.length;
+  }
+
+  /** Drop whatever a domain still has reserved (hook: release). */
+  release(domainKey: string): number {
+    const res = this.#reserved.get(domainKey);
+    if (!res) return 0;
+    this.#reserved.delete(domainKey);
+    res.contexts.forEach(dispose);
+    return res.contexts.length;
+  }
+
+  /** Forget a build that is no longer current (binary changed): its contexts are stale. */
+  drop(key: string): void {
+    (this.#ready.get(key) ?? []).forEach(dispose);
+    this.#ready.delete(key);
+    this.#sources.delete(key);
+  }
+
+  refill(key: string): void {
+    if (this.#closed || this.#refilling.has(key) || this.target === 0) return;
+    const source = this.#sources.get(key);
+    if (!source) return;
+    this.#refilling.add(key);
+    const step = async () => {
+      try {
+        while (!this.#closed && this.#sources.get(key) === source && (this.#ready.get(key)?.length ?? 0) < this.target) {
+          const c = await source.load();
+          if (this.#closed || this.#sources.get(key) !== source) {
+            dispose(c);
+            break;
+          }
+          const list = this.#ready.get(key) ?? [];
+          list.push(c);
+          this.#ready.set(key, list);
+          await new Promise((r) => setImmediate(r)); // let requests in between loads
+        }
+      } catch (e) {
+        this.onError(e, key);
+      } finally {
+        this.#refilling.delete(key);
+      }
+    };
+    setImmediate(() => void step());
+  }
+
+  stats(): Array<{ key: string; ready: number; target: number }> {
+    return [...this.#sources.keys()].map((key) => ({ key, ready: this.#ready.get(key)?.length ?? 0, target: this.target }));
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const list of this.#ready.values()) list.forEach(dispose);
+    for (const r of this.#reserved.values()) r.contexts.forEach(dispose);
+    this.#ready.clear();
+    this.#reserved.clear();
+  }
+}
