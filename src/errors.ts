@@ -48,6 +48,13 @@ export type ErrorCode =
   | 'ARGV_INVALID'
   | 'USAGE'
   | 'CACHE_CORRUPT'
+  // guest fixture (tests)
+  | 'GUEST_BUILD'
+  | 'GUEST_BOOT'
+  | 'GUEST_TIMEOUT'
+  | 'GUEST_EXITED'
+  | 'GUEST_COMMAND'
+  | 'GUEST_OUTPUT'
   // broker
   | 'BROKER_PROTOCOL'
   | 'BROKER_UNREACHABLE'
