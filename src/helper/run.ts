@@ -7,11 +7,15 @@
  * Order matters for safety: trust (who could have replaced the file) before stamp (is it the
  * right build) before exec. Every path ends with the child reaped and every received fd either
  * returned to the caller or closed.
+ *
+ * We wait for the exit and only then take the message, non-blocking. A blocking receive on a
+ * worker thread (recvFdsAsync + SO_RCVTIMEO) was the first design, but errno is thread-local
+ * and is read back on the main thread, so its timeout (EAGAIN) arrives as "errno 0".
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { VirtEbpfError, isVirtEbpfError, tail } from '../errors';
-import { closeAll, recvFdsAsync, type FdMessage, type OwnedFd } from '../fdpass';
+import { closeAll, OwnedFd } from '../fdpass';
 import * as libc from '../sys/libc';
 import { assertTrustedExecutable } from '../sys/trust';
 import { verifyStamp } from './stamp';
@@ -49,80 +53,104 @@ export async function runHelper(helperPath: string, opts: RunHelperOptions): Pro
   const expect = opts.expectFds ?? { min: 1, max: 16 };
   const helper = trustedHelper(helperPath);
   await verifyStamp(helper, opts.emulatorPath);
-  const deadline = Date.now() + timeoutMs;
 
   // Both ends close-on-exec: spawn dup2()s the child's end onto fd 3 (which clears the flag
   // there only); ours never reaches the helper or any other child started meanwhile.
   const [ours, theirs] = libc.socketpair(libc.SOCK_STREAM, true);
-  let child: ChildProcess;
   try {
-    child = spawn(helper, ['--fd', String(HELPER_FD)], {
-      stdio: ['ignore', 'ignore', 'pipe', theirs],
-      env: HELPER_ENV,
-      // own process group, so a timeout kills whatever the helper started too
-      detached: true,
-    });
-  } catch (e) {
-    libc.close(ours);
-    throw failed(helper, `could not start: ${(e as Error).message}`, '', e);
+    let child: ChildProcess;
+    try {
+      child = spawn(helper, ['--fd', String(HELPER_FD)], {
+        stdio: ['ignore', 'ignore', 'pipe', theirs],
+        env: HELPER_ENV,
+        // own process group, so a timeout also kills whatever the helper started
+        detached: true,
+      });
+    } catch (e) {
+      throw failed(helper, `could not start: ${(e as Error).message}`, '', e);
+    } finally {
+      // Only the child may hold the other end, or we would never see EOF when it dies.
+      libc.close(theirs);
+    }
+    return await collect(helper, child, ours, timeoutMs, expect);
   } finally {
-    // Only the child may hold the other end, or we would never see EOF when it dies.
-    libc.close(theirs);
+    // Also disposes of anything still queued on it: fds in flight are released by the kernel.
+    libc.close(ours);
   }
+}
+
+/**
+ * Wait for the helper to exit, then take its message from our end of the socket: the message
+ * (and the fds in flight) stays queued after the sender is gone, so no blocking receive is ever
+ * needed, and a helper that never exits cannot leave a receive pending on a closed fd.
+ */
+async function collect(helper: string, child: ChildProcess, sock: number, timeoutMs: number, expect: { min: number; max: number }): Promise<OwnedFd[]> {
   const watched = watchChild(child);
-
-  let msg: FdMessage | undefined;
-  let recvError: unknown;
-  try {
-    // recv runs on a worker thread; SO_RCVTIMEO guarantees it returns, so `ours` is never
-    // closed under a pending recvmsg (which could then read a reused fd number).
-    libc.setRecvTimeout(ours, Math.max(1, deadline - Date.now()));
-    msg = await recvFdsAsync(ours, MAX_RECV_FDS);
-  } catch (e) {
-    recvError = e;
-  } finally {
-    libc.close(ours);
+  const end = await within(watched.ended, timeoutMs);
+  if (end === TIMEOUT) {
+    await killAndReap(child, watched.ended);
+    throw new VirtEbpfError('HELPER_TIMEOUT', `helper ${helper} did not exit within ${timeoutMs} ms and was killed`, {
+      remedy: 'run the helper by hand with --fd to see where it stalls; raise the timeout if this host is slow',
+      detail: watched.stderr() || undefined,
+      fields: { helper, timeoutMs },
+    });
+  }
+  if (end.spawnError) throw failed(helper, `could not start: ${end.spawnError.message}`, watched.stderr(), end.spawnError);
+  if (end.code !== 0) {
+    const how = end.signal ? `was killed by ${end.signal}` : `exited with code ${end.code}`;
+    throw failed(helper, how, watched.stderr());
   }
 
+  const msg = takeMessage(sock);
+  if (msg === 'held-open') {
+    // Exited, yet something still holds the other end: a process it left behind. It must not
+    // outlive the run with a channel into us.
+    killGroup(child);
+    throw new VirtEbpfError('HELPER_NO_FDS', `helper ${helper} exited without sending fds and left a process holding its socket (killed)`, {
+      remedy: 'the program does not speak the helper --fd protocol; use the helper that query-helper-paths names for this QEMU',
+      detail: watched.stderr() || undefined,
+      fields: { helper },
+    });
+  }
+  if (msg === 'too-many') throw failed(helper, `sent more than ${MAX_RECV_FDS} fds`, watched.stderr());
   const fds = msg?.fds ?? [];
-  try {
-    const recvTimedOut = isVirtEbpfError(recvError, 'SYSCALL') && recvError.fields.errno === libc.EAGAIN;
-    const end = recvTimedOut ? TIMEOUT : await within(watched.ended, deadline - Date.now());
-    if (end === TIMEOUT) {
-      await killAndReap(child, watched.ended);
-      const stage = fds.length > 0 ? 'sent its fds but did not exit' : 'sent nothing';
-      throw new VirtEbpfError('HELPER_TIMEOUT', `helper ${helper} ${stage} within ${timeoutMs} ms and was killed`, {
-        remedy: 'run the helper by hand with --fd to see where it stalls; raise the timeout if this host is slow',
-        detail: watched.stderr() || undefined,
-        fields: { helper, timeoutMs },
-      });
-    }
-    if (end.spawnError) throw failed(helper, `could not start: ${end.spawnError.message}`, watched.stderr(), end.spawnError);
-    if (end.code !== 0) {
-      const how = end.signal ? `was killed by ${end.signal}` : `exited with code ${end.code}`;
-      throw failed(helper, how, watched.stderr());
-    }
-    if (recvError !== undefined) {
-      const why = isVirtEbpfError(recvError, 'FD_PASS') ? `sent more than ${MAX_RECV_FDS} fds` : `could not be read from: ${(recvError as Error).message}`;
-      throw failed(helper, why, watched.stderr(), recvError);
-    }
-    if (fds.length === 0) {
-      // a 0-byte read is EOF: the helper closed its end without a message
-      const what = msg && msg.payload.length > 0 ? 'sent a message without fds' : 'exited successfully without sending fds';
-      throw new VirtEbpfError('HELPER_NO_FDS', `helper ${helper} ${what}`, {
-        remedy: 'the program does not speak the helper --fd protocol; use the helper that query-helper-paths names for this QEMU',
-        detail: watched.stderr() || undefined,
-        fields: { helper },
-      });
-    }
-    if (fds.length < expect.min || fds.length > expect.max) {
-      const want = expect.min === expect.max ? `${expect.min}` : `${expect.min}..${expect.max}`;
-      throw failed(helper, `sent ${fds.length} fds, expected ${want}`, watched.stderr());
-    }
-    return fds;
-  } catch (e) {
+  if (fds.length === 0) {
+    const what = msg ? 'sent a message without fds' : 'exited successfully without sending fds';
+    throw new VirtEbpfError('HELPER_NO_FDS', `helper ${helper} ${what}`, {
+      remedy: 'the program does not speak the helper --fd protocol; use the helper that query-helper-paths names for this QEMU',
+      detail: watched.stderr() || undefined,
+      fields: { helper },
+    });
+  }
+  if (fds.length < expect.min || fds.length > expect.max) {
     closeAll(fds);
-    throw e;
+    const want = expect.min === expect.max ? `${expect.min}` : `${expect.min}..${expect.max}`;
+    throw failed(helper, `sent ${fds.length} fds, expected ${want}`, watched.stderr());
+  }
+  return fds;
+}
+
+/**
+ * One queued message, without waiting: null at EOF (nothing was sent), 'held-open' when no
+ * message is queued but the other end is still open somewhere.
+ */
+function takeMessage(sock: number): { payload: Buffer; fds: OwnedFd[] } | null | 'held-open' | 'too-many' {
+  for (;;) {
+    let r: libc.Received;
+    try {
+      // synchronous and non-blocking: errno is read on the thread that made the call
+      r = libc.recvmsg(sock, 16, MAX_RECV_FDS, libc.MSG_CMSG_CLOEXEC | libc.MSG_DONTWAIT);
+    } catch (e) {
+      if (isVirtEbpfError(e, 'SYSCALL') && e.fields.errno === libc.EINTR) continue;
+      if (isVirtEbpfError(e, 'SYSCALL') && e.fields.errno === libc.EAGAIN) return 'held-open';
+      throw e;
+    }
+    const fds = r.fds.map((f) => new OwnedFd(f));
+    if (r.truncated) {
+      closeAll(fds);
+      return 'too-many';
+    }
+    return r.bytes === 0 && fds.length === 0 ? null : { payload: r.data, fds };
   }
 }
 
@@ -177,15 +205,21 @@ function watchChild(child: ChildProcess): { ended: Promise<ChildEnd>; stderr(): 
   return { ended, stderr: () => err };
 }
 
-async function killAndReap(child: ChildProcess, ended: Promise<ChildEnd>): Promise<void> {
-  // Not yet reaped, so the pid (and its process group id) cannot have been reused.
-  if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-    try {
-      process.kill(-child.pid, 'SIGKILL');
-    } catch {
-      child.kill('SIGKILL');
-    }
+function killGroup(child: ChildProcess): void {
+  if (child.pid === undefined) return;
+  // A pid number stays reserved while it is any live process's group id, so this reaches only
+  // the helper's own group, even after the helper itself was reaped; an empty group is ESRCH.
+  try {
+    process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    /* group gone */
   }
+}
+
+async function killAndReap(child: ChildProcess, ended: Promise<ChildEnd>): Promise<void> {
+  killGroup(child);
+  // in case it moved itself out of its group
+  if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   if ((await within(ended, REAP_AFTER_KILL_MS)) === TIMEOUT) {
     // SIGKILL not taking effect means the helper is stuck in the kernel; nothing more we can do.
     child.stderr?.destroy();

@@ -28,7 +28,9 @@ after(() => {
   assert.deepEqual(processesMentioning(doubles.dir), [], 'a helper outlived the suite');
 });
 
-function noLeftovers(): void {
+/** SIGKILL is delivered asynchronously: give a killed process a moment to disappear. */
+async function noLeftovers(): Promise<void> {
+  for (let i = 0; i < 20 && processesMentioning(doubles.dir).length > 0; i++) await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(processesMentioning(doubles.dir), [], 'a helper was not reaped');
 }
 
@@ -43,7 +45,7 @@ async function expectCode(variant: HelperVariant, code: ErrorCode, re: RegExp, t
     detail = e.detail;
     return true;
   });
-  noLeftovers();
+  await noLeftovers();
   return { ms: Date.now() - t0, detail };
 }
 
@@ -52,7 +54,7 @@ test('the good helper hands over 1 program + 3 maps that outlive it', async () =
   try {
     fds = await runHelper(doubles.helpers.good, { emulatorPath: doubles.emulator, timeoutMs: 15_000 });
     // runHelper returns after the helper was reaped: these are our own references now
-    noLeftovers();
+    await noLeftovers();
     const infos = fds.map((f) => bpfFdInfo(f.fd));
     assert.deepEqual(infos.map((i) => i.kind), ['prog', 'map', 'map', 'map']);
     assert.equal(infos[0].type, BPF_PROG_TYPE_SOCKET_FILTER);
@@ -71,7 +73,7 @@ test('fewer or more fds than the caller expects is a failure, and they are close
     (e: unknown) => isVirtEbpfError(e, 'HELPER_FAILED') && /sent 4 fds, expected 2$/.test(e.message),
   );
   before();
-  noLeftovers();
+  await noLeftovers();
 });
 
 test('two helpers at once each get their own fds', async () => {
@@ -82,7 +84,7 @@ test('two helpers at once each get their own fds', async () => {
   } finally {
     runs.forEach((fds) => closeAll(fds));
   }
-  noLeftovers();
+  await noLeftovers();
 });
 
 test('a helper from another build is refused before it runs', async () => {
@@ -115,8 +117,13 @@ test('a failing helper reports its exit code and stderr', async () => {
 });
 
 test('a hanging helper is killed at the timeout and reaped', async () => {
-  const { ms } = await expectCode('hangs', 'HELPER_TIMEOUT', /sent nothing within 2000 ms and was killed/, 2_000);
+  const { ms } = await expectCode('hangs', 'HELPER_TIMEOUT', /did not exit within 2000 ms and was killed/, 2_000);
   assert.ok(ms >= 1_900 && ms < 3_500, `took ${ms} ms`);
+});
+
+test('a helper that exits 0 but leaves a process holding the socket: no fds, its group killed', async () => {
+  const { ms } = await expectCode('leavesGrandchild', 'HELPER_NO_FDS', /exited without sending fds and left a process holding its socket \(killed\)/);
+  assert.ok(ms < 3_000, `took ${ms} ms`);
 });
 
 test('exit 0 without a message is HELPER_NO_FDS', async () => {
