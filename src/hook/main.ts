@@ -1,0 +1,114 @@
+/**
+ * The libvirt hook (/etc/libvirt/hooks/qemu.d/virt-ebpf). Root, full domain XML on stdin.
+ * Never calls back into libvirt (it would deadlock) and is bounded in time. Only `prepare`
+ * may fail, and only under the strict policy; `reconnect` never fails (libvirt would kill the
+ * running QEMU).
+ */
+import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { brokerRequest } from '../broker/client';
+import { isVirtEbpfError } from '../errors';
+import { disableDomain, isEnabled, readConfig, rssNics } from '../xml';
+import { DOMAIN_STATE_DIR, domainStatePath } from '../wrapper/policy';
+import { DEFAULT_PATHS } from '../install/plan';
+import { refreshWrappers, staleWrappers } from '../install/apply';
+import { domainUuid, HookEvent, mayFail, parseHookArgs } from './event';
+
+export interface HookResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface HookEnv {
+  socket?: string;
+  stateDir?: string;
+  manifest?: string;
+  timeoutMs?: number;
+}
+
+function line(e: unknown): string {
+  return isVirtEbpfError(e) ? e.oneLine() : `virt-ebpf: ${String(e)}`;
+}
+
+export function runHook(event: HookEvent, xml: string, env: HookEnv = {}): HookResult {
+  const ok = (stdout = '', stderr = ''): HookResult => ({ code: 0, stdout, stderr });
+  if (event.kind === 'ignored' || event.kind === 'reconnect') return ok();
+  let enabled: boolean;
+  try {
+    enabled = isEnabled(xml);
+  } catch (e) {
+    // Our metadata is unusable: say so, but only a start may be refused for it.
+    return event.kind === 'prepare' ? { code: 1, stdout: '', stderr: line(e) + '\n' } : ok('', line(e) + '\n');
+  }
+  if (!enabled) return ok();
+  const uuid = domainUuid(xml);
+  const domain = { name: event.name, uuid };
+  const stateDir = env.stateDir ?? DOMAIN_STATE_DIR;
+  const statePath = uuid ? domainStatePath(uuid, stateDir) : undefined;
+
+  switch (event.kind) {
+    case 'release': {
+      try {
+        brokerRequest({ op: 'release', domain }, { socket: env.socket, timeoutMs: env.timeoutMs ?? 5000 });
+      } catch {
+        /* the broker drops unclaimed contexts itself when it restarts */
+      }
+      if (statePath && existsSync(statePath)) unlinkSync(statePath);
+      return ok();
+    }
+    case 'migrate':
+    case 'restore': {
+      const cfg = readConfig(xml)!;
+      if (existsSync(cfg.emulator.wrapper)) return ok();
+      // This host has no wrapper for that emulator: run it plain rather than fail to start.
+      return ok(disableDomain(xml).xml, `virt-ebpf: ${cfg.emulator.wrapper} is not installed on this host: ${event.name} runs without eBPF RSS here (run \`virt-ebpf install\`)\n`);
+    }
+    case 'prepare': {
+      const cfg = readConfig(xml)!;
+      const strict = cfg.policy === 'strict';
+      const fail = (msg: string): HookResult => (strict ? { code: 1, stdout: '', stderr: msg + '\n' } : ok('', `${msg}\nvirt-ebpf: policy is fallback: ${event.name} starts without eBPF RSS if the wrapper cannot get fds\n`));
+      if (statePath) {
+        mkdirSync(stateDir, { recursive: true, mode: 0o755 });
+        writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy: cfg.policy }) + '\n', { mode: 0o644 });
+      }
+      const manifest = env.manifest ?? DEFAULT_PATHS.manifest;
+      if (existsSync(manifest) && staleWrappers(manifest).some((s) => s.wrapper === cfg.emulator.wrapper)) {
+        refreshWrappers(manifest);
+        return fail(`virt-ebpf: ${cfg.emulator.original} changed since libvirt read its capabilities; the wrapper is refreshed so libvirt re-reads them: start ${event.name} again`);
+      }
+      const count = rssNics(xml).length;
+      if (count === 0) return ok();
+      try {
+        brokerRequest({ op: 'prewarm', emulator: cfg.emulator.original, count, domain }, { socket: env.socket, timeoutMs: env.timeoutMs ?? 20_000 });
+        return ok();
+      } catch (e) {
+        return fail(line(e));
+      }
+    }
+  }
+}
+
+if (require.main === module) {
+  const event = parseHookArgs(process.argv.slice(2));
+  // Bounded: a hook that hangs would hang libvirt's start.
+  const guard = setTimeout(() => {
+    process.stderr.write('virt-ebpf: hook timed out\n');
+    process.exit(mayFail(event) ? 1 : 0);
+  }, 30_000);
+  guard.unref();
+  let xml = '';
+  try {
+    xml = event.kind === 'ignored' ? '' : readFileSync(0, 'utf8');
+  } catch {
+    /* no stdin */
+  }
+  let r: HookResult;
+  try {
+    r = runHook(event, xml);
+  } catch (e) {
+    r = { code: mayFail(event) ? 1 : 0, stdout: '', stderr: line(e) + '\n' };
+  }
+  process.stdout.write(r.stdout);
+  process.stderr.write(r.stderr);
+  process.exitCode = r.code;
+}

@@ -1,0 +1,99 @@
+/**
+ * What `virt-ebpf install` puts on a host, as data: every file with its content and mode.
+ * Pure: the facts about the host come in (`HostFacts`), the list of artifacts goes out, so
+ * uninstall can remove exactly this list and tests can check it without touching /etc.
+ */
+import { basename, join } from 'node:path';
+import { renderWrapper } from '../wrapper/script';
+
+export interface HostFacts {
+  /** absolute path of node */
+  node: string;
+  /** the project's installed root (holds dist/ and templates/) */
+  prefix: string;
+  /** real emulators to wrap, with their identity strings */
+  emulators: Array<{ path: string; identity: string }>;
+  /** template texts by file name (templates/…) */
+  templates: Record<string, string>;
+  apparmor: boolean;
+  systemd: boolean;
+  apt: boolean;
+  /** overridable locations (tests install into a scratch root) */
+  paths?: Partial<InstallPaths>;
+}
+
+export interface InstallPaths {
+  wrapperDir: string;
+  hookFile: string;
+  unitDir: string;
+  configFile: string;
+  apparmorFile: string;
+  aptFile: string;
+  manifest: string;
+}
+
+export const DEFAULT_PATHS: InstallPaths = {
+  wrapperDir: '/usr/libexec/virt-ebpf',
+  hookFile: '/etc/libvirt/hooks/qemu.d/virt-ebpf',
+  unitDir: '/etc/systemd/system',
+  configFile: '/etc/virt-ebpf/config.json',
+  apparmorFile: '/etc/apparmor.d/abstractions/libvirt-qemu.d/virt-ebpf',
+  aptFile: '/etc/apt/apt.conf.d/80virt-ebpf',
+  manifest: '/var/lib/virt-ebpf/installed.json',
+};
+
+export type ArtifactKind = 'wrapper' | 'hook' | 'unit' | 'config' | 'apparmor' | 'apt';
+
+export interface Artifact {
+  kind: ArtifactKind;
+  path: string;
+  mode: number;
+  content: string;
+  /** keep a file the user may have edited (config) when its content differs from ours */
+  userEditable?: boolean;
+}
+
+export const DEFAULT_CONFIG = {
+  policy: 'strict',
+  pool: { size: 2 },
+};
+
+function fill(template: string, vars: Record<string, string>): string {
+  return template.replace(/@([A-Z_]+)@/g, (m, k: string) => vars[k] ?? m);
+}
+
+export function resolvePaths(facts: HostFacts): InstallPaths {
+  return { ...DEFAULT_PATHS, ...facts.paths };
+}
+
+export function wrapperPath(paths: InstallPaths, emulator: string): string {
+  return join(paths.wrapperDir, basename(emulator));
+}
+
+export function installPlan(facts: HostFacts): Artifact[] {
+  const p = resolvePaths(facts);
+  const cli = join(facts.prefix, 'dist/src/cli/main.js');
+  const vars = {
+    NODE: facts.node,
+    CLI: cli,
+    HOOK: join(facts.prefix, 'dist/src/hook/main.js'),
+    PREFIX: facts.prefix,
+    WRAPPER_DIR: p.wrapperDir,
+  };
+  const out: Artifact[] = facts.emulators.map((e) => ({
+    kind: 'wrapper' as const,
+    path: wrapperPath(p, e.path),
+    mode: 0o755,
+    content: renderWrapper({ real: e.path, node: facts.node, entry: join(facts.prefix, 'dist/src/wrapper/main.js'), identity: e.identity }),
+  }));
+  out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates['hook.sh'], vars) });
+  out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });
+  if (facts.systemd) {
+    for (const unit of ['virt-ebpfd.socket', 'virt-ebpfd.service']) {
+      out.push({ kind: 'unit', path: join(p.unitDir, unit), mode: 0o644, content: fill(facts.templates[unit], vars) });
+    }
+  }
+  if (facts.apparmor) out.push({ kind: 'apparmor', path: p.apparmorFile, mode: 0o644, content: fill(facts.templates['apparmor-libvirt-qemu'], vars) });
+  if (facts.apt) out.push({ kind: 'apt', path: p.aptFile, mode: 0o644, content: fill(facts.templates['apt-refresh.conf'], vars) });
+  return out;
+}

@@ -1,0 +1,37 @@
+/**
+ * What the wrapper does when it cannot get fds: `strict` refuses to start QEMU (the one-line
+ * reason reaches `virsh start`), `fallback` starts QEMU without eBPF and says so in the domain
+ * log. Per domain: the hook writes /run/virt-ebpf/domains/<uuid>.json from our metadata at
+ * `prepare`; otherwise the global default from the config file; otherwise strict.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export type Policy = 'strict' | 'fallback';
+
+export const DOMAIN_STATE_DIR = '/run/virt-ebpf/domains';
+
+function readJson(path: string): Record<string, unknown> | undefined {
+  try {
+    const v = JSON.parse(readFileSync(path, 'utf8'));
+    return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function isPolicy(v: unknown): v is Policy {
+  return v === 'strict' || v === 'fallback';
+}
+
+export function domainStatePath(uuid: string, dir = DOMAIN_STATE_DIR): string | undefined {
+  return /^[0-9a-fA-F-]{36}$/.test(uuid) ? join(dir, `${uuid.toLowerCase()}.json`) : undefined;
+}
+
+export function resolvePolicy(uuid: string | undefined, opts: { stateDir?: string; configPath?: string } = {}): Policy {
+  const statePath = uuid ? domainStatePath(uuid, opts.stateDir) : undefined;
+  const perDomain = statePath ? readJson(statePath)?.policy : undefined;
+  if (isPolicy(perDomain)) return perDomain;
+  const global = readJson(opts.configPath ?? '/etc/virt-ebpf/config.json')?.policy;
+  return isPolicy(global) ? global : 'strict';
+}
