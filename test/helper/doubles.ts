@@ -116,6 +116,10 @@ export async function buildHelperDoubles(): Promise<HelperDoubles> {
         // another test file finished the same build first: use theirs
         if (!existsSync(join(dir, 'complete'))) throw e;
       }
+      // builds for older sources are dead weight
+      for (const old of readdirSync(parent)) {
+        if (!old.startsWith('.') && join(parent, old) !== dir) rmSync(join(parent, old), { recursive: true, force: true });
+      }
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }

@@ -12,6 +12,7 @@ import { buildHelperDoubles, processesMentioning, type HelperDoubles, type Helpe
 
 const BPF_PROG_TYPE_SOCKET_FILTER = 1;
 const BPF_MAP_TYPE_ARRAY = 2;
+const BPF_F_MMAPABLE = 0x400;
 let doubles: HelperDoubles;
 let checkFds: () => void;
 const tmp = tempDir('virt-ebpf-helper-run-');
@@ -59,6 +60,8 @@ test('the good helper hands over 1 program + 3 maps that outlive it', async () =
     assert.deepEqual(infos.map((i) => i.kind), ['prog', 'map', 'map', 'map']);
     assert.equal(infos[0].type, BPF_PROG_TYPE_SOCKET_FILTER);
     assert.ok(infos.slice(1).every((i) => i.type === BPF_MAP_TYPE_ARRAY));
+    // QEMU mmaps the maps instead of calling bpf(): they must be BPF_F_MMAPABLE
+    assert.ok(infos.slice(1).every((i) => (Number(i.raw.map_flags) & BPF_F_MMAPABLE) !== 0));
     assert.equal(new Set(infos.map((i) => i.id)).size, 4);
     assert.ok(fds.every((f) => libc.getCloexec(f.fd)), 'received fds must not leak into our next child');
   } finally {
