@@ -18,7 +18,7 @@ import { untrustedReason } from '../../src/sys/trust';
 
 const SRC = join(REPO, 'test', 'fixtures', 'helper');
 const DIST = join(REPO, 'dist', 'test', 'fixtures', 'helper');
-const BUILDER_VERSION = '2';
+const BUILDER_VERSION = '3';
 
 const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
 export const STAMP = `qemuHelperStamp_${sha1('virt-ebpf helper double: build A')}`;
@@ -33,6 +33,7 @@ export type HelperVariant =
   | 'exitsWithoutFds'
   | 'sendsEmptyMessage'
   | 'leavesGrandchild'
+  | 'notExecutable'
   | 'groupWritable'
   | 'stamp2023'
   | 'symtabOnly'
@@ -57,6 +58,7 @@ const VARIANTS: Record<HelperVariant, VariantSpec> = {
   exitsWithoutFds: { mode: 'no-fds', stamp: STAMP, dynamic: true, strip: false, mode0: 0o755, marker: false },
   sendsEmptyMessage: { mode: 'empty-msg', stamp: STAMP, dynamic: true, strip: false, mode0: 0o755, marker: false },
   leavesGrandchild: { mode: 'forks', stamp: STAMP, dynamic: true, strip: false, mode0: 0o755, marker: false },
+  notExecutable: { mode: 'good', stamp: STAMP, dynamic: true, strip: false, mode0: 0o644, marker: true },
   groupWritable: { mode: 'good', stamp: STAMP, dynamic: true, strip: false, mode0: 0o775, marker: true },
   stamp2023: { mode: 'good', stamp: STAMP_2023, dynamic: true, strip: false, mode0: 0o755, marker: false },
   symtabOnly: { mode: 'good', stamp: STAMP, dynamic: false, strip: false, mode0: 0o755, marker: false },

@@ -114,6 +114,12 @@ test('a helper outside trusted directories (/tmp) is refused', async () => {
   await assert.rejects(runHelper(join(tmp.path, 'absent'), { emulatorPath: doubles.emulator }), (e: unknown) => isVirtEbpfError(e, 'HELPER_NOT_FOUND'));
 });
 
+test('a helper that cannot be executed is HELPER_FAILED, with the reason', async () => {
+  rmSync(doubles.marker('notExecutable'), { force: true });
+  await expectCode('notExecutable', 'HELPER_FAILED', /could not start: spawn .* EACCES$/);
+  assert.equal(existsSync(doubles.marker('notExecutable')), false);
+});
+
 test('a failing helper reports its exit code and stderr', async () => {
   const { detail } = await expectCode('fails', 'HELPER_FAILED', /exited with code 1: qemu-ebpf-rss-helper: loading eBPF RSS failed: Operation not permitted$/);
   assert.match(detail ?? '', /loading eBPF RSS failed/);
