@@ -50,11 +50,6 @@ export function recvFds(sock: number, maxFds = 16, maxBytes = 4096): FdMessage {
   return toMessage(libc.recvmsg(sock, maxBytes, maxFds));
 }
 
-/** Receive one message with its fds without blocking the event loop (worker thread). */
-export async function recvFdsAsync(sock: number, maxFds = 16, maxBytes = 4096): Promise<FdMessage> {
-  return toMessage(await libc.recvmsgAsync(sock, maxBytes, maxFds));
-}
-
 /** Kernel identity of a BPF fd, from /proc/self/fdinfo: prog_id / map_id, type. */
 export interface BpfFdInfo {
   kind: 'prog' | 'map' | 'other';

@@ -156,29 +156,6 @@ export function recvmsg(fd: number, maxBytes = 4096, maxFds = 64, flags = MSG_CM
   return { bytes: n, data: data.subarray(0, n), ...parseRights(control, Number(msg.msg_controllen)), truncated: (msg.msg_flags & MSG_CTRUNC) !== 0 };
 }
 
-/** Same as recvmsg, but on koffi's worker thread so the event loop keeps running. */
-export function recvmsgAsync(fd: number, maxBytes = 4096, maxFds = 64, flags = MSG_CMSG_CLOEXEC): Promise<Received> {
-  const data = Buffer.alloc(maxBytes);
-  const control = Buffer.alloc(CMSG_HDR + 4 * maxFds + 8);
-  const msg = {
-    msg_name: null,
-    msg_namelen: 0,
-    msg_iov: [{ iov_base: data, iov_len: maxBytes }],
-    msg_iovlen: 1,
-    msg_control: control,
-    msg_controllen: control.length,
-    msg_flags: 0,
-  };
-  return new Promise((resolve, reject) => {
-    recvmsgFn.async(fd, msg, flags, (err: unknown, rc: number | bigint) => {
-      if (err) return reject(err);
-      const n = Number(rc);
-      if (n < 0) return reject(sysError('recvmsg'));
-      resolve({ bytes: n, data: data.subarray(0, n), ...parseRights(control, Number(msg.msg_controllen)), truncated: (msg.msg_flags & MSG_CTRUNC) !== 0 });
-    });
-  });
-}
-
 function parseRights(control: Buffer, len: number): { fds: number[] } {
   const fds: number[] = [];
   let off = 0;
