@@ -87,16 +87,17 @@ export function readDomain(src: SourceDoc): DomainView {
     });
   }
   const name = firstChild(root, 'name')?.textContent?.trim() || undefined;
+  const which = name === undefined ? 'the domain' : `domain ${name}`;
   const type = root.getAttribute('type') ?? '';
   if (!QEMU_DOMAIN_TYPES.includes(type)) {
-    throw new VirtEbpfError('XML_UNSUPPORTED_DOMAIN', `domain ${name ?? ''} has type "${type}"; eBPF RSS needs a QEMU domain (type qemu or kvm)`.replace('  ', ' '), {
+    throw new VirtEbpfError('XML_UNSUPPORTED_DOMAIN', `${which} has type "${type}"; eBPF RSS needs a QEMU domain (type qemu or kvm)`, {
       remedy: 'use virt-ebpf only with domains run by libvirt\'s QEMU driver',
       fields: { domainType: type },
     });
   }
   const devices = firstChild(root, 'devices');
   if (!devices) {
-    throw new VirtEbpfError('XML_UNSUPPORTED_DOMAIN', `domain ${name ?? ''} has no <devices> element`.replace('  ', ' '), {
+    throw new VirtEbpfError('XML_UNSUPPORTED_DOMAIN', `${which} has no <devices> element`, {
       remedy: 'add <devices> with at least the network interfaces, or use `virsh dumpxml DOMAIN` output',
     });
   }

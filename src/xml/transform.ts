@@ -170,9 +170,12 @@ function ensureAbsolute(path: string, what: string): void {
   }
 }
 
+const sameMac = (a: string | undefined, b: string | undefined) => a !== undefined && b !== undefined && a.toLowerCase() === b.toLowerCase();
+
+/** The interface a record refers to: by MAC when it had one (NICs can move), else by position. */
 function findInterface(view: DomainView, rec: NicRecord): InterfaceView | undefined {
   if (rec.mac !== undefined) {
-    const byMac = view.interfaces.find((i) => i.mac?.toLowerCase() === rec.mac!.toLowerCase());
+    const byMac = view.interfaces.find((i) => sameMac(i.mac, rec.mac));
     if (byMac) return byMac;
   }
   const byIndex = view.interfaces[rec.index];
@@ -276,12 +279,12 @@ function enableEmulator(view: DomainView, w: Writer, cfg: XmlConfig, opts: Enabl
     ensureAbsolute(def, 'default emulator');
     const wrapper = wrapperOf(def, opts);
     const devices = view.devices;
-    const span = src(view).span(devices);
+    const span = view.src.span(devices);
     if (span.tag.selfClosing) {
       throw new VirtEbpfError('XML_UNSUPPORTED_DOMAIN', 'the domain has an empty <devices/>', { remedy: 'add the devices (at least the network interfaces) first' });
     }
     const first = childElements(devices)[0];
-    const lead = w.lead(first, src(view).indentOf(devices) + w.unit);
+    const lead = w.lead(first, view.src.indentOf(devices) + w.unit);
     w.edits.insert(span.contentStart, `${lead}<emulator>${escapeText(wrapper)}</emulator>`);
     w.changes.push({ kind: 'emulator', to: wrapper });
     cfg.emulator = { original: def, wrapper, elementCreated: true };
@@ -296,10 +299,6 @@ function enableEmulator(view: DomainView, w: Writer, cfg: XmlConfig, opts: Enabl
   w.setText(view.emulator!, wrapper);
   w.changes.push({ kind: 'emulator', from: current, to: wrapper });
   cfg.emulator = { original: current, wrapper, elementCreated: false };
-}
-
-function src(view: DomainView): SourceDoc {
-  return view.src;
 }
 
 function wrapperOf(original: string, opts: EnableOptions): string {
@@ -336,7 +335,7 @@ function enableNic(iface: InterfaceView, w: Writer, cfg: XmlConfig, opts: Enable
     return;
   }
 
-  let rec = cfg.nics.find((r) => (r.mac !== undefined && r.mac === iface.mac) || (r.mac === undefined && r.index === iface.index));
+  let rec = cfg.nics.find((r) => sameMac(r.mac, iface.mac) || (r.mac === undefined && r.index === iface.index));
   if (!rec) {
     rec = { index: iface.index, ...(iface.mac !== undefined ? { mac: iface.mac } : {}), driverCreated: false, attrs: [] };
     cfg.nics.push(rec);
