@@ -50,6 +50,8 @@ export interface BtfVarSecinfo {
 
 export interface BtfType {
   id: number;
+  /** byte offset of this type's record inside the .BTF section */
+  offset: number;
   kind: BtfKind;
   name: string;
   vlen: number;
@@ -72,7 +74,7 @@ export interface Btf {
 }
 
 const HDR_MIN = 24;
-const VOID: BtfType = { id: 0, kind: BtfKind.Unknown, name: 'void', vlen: 0, sizeOrType: 0 };
+const VOID: BtfType = { id: 0, offset: 0, kind: BtfKind.Unknown, name: 'void', vlen: 0, sizeOrType: 0 };
 const POINTER_SIZE = 8;
 
 function bad(what: string): Error {
@@ -112,13 +114,14 @@ export function parseBtf(data: Buffer): Btf {
     const id = types.length;
     if (id > MAX_BTF_TYPES) throw bad(`more than ${MAX_BTF_TYPES} types`);
     need(12, id);
+    const offset = at;
     const nameOff = data.readUInt32LE(at);
     const info = data.readUInt32LE(at + 4);
     const sizeOrType = data.readUInt32LE(at + 8);
     at += 12;
     const kind = ((info >>> 24) & 0x1f) as BtfKind;
     const vlen = info & 0xffff;
-    const t: BtfType = { id, kind, name: name(nameOff, `type ${id}`), vlen, sizeOrType };
+    const t: BtfType = { id, offset, kind, name: name(nameOff, `type ${id}`), vlen, sizeOrType };
     switch (kind) {
       case BtfKind.Int:
       case BtfKind.Var:

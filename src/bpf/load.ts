@@ -1,0 +1,147 @@
+/**
+ * The one privileged step: turn validated RSS object bytes into kernel objects and hand back
+ * owned fds in `ebpf-rss-fds` order. libbpf creates the maps and runs the verifier; we keep
+ * close-on-exec duplicates of its fds and close the libbpf object straight away, so nothing
+ * else of libbpf's state outlives the call.
+ */
+import { tail, VirtEbpfError } from '../errors';
+import { bpfFdInfo, closeAll, OwnedFd } from '../fdpass';
+import * as libc from '../sys/libc';
+import { LibbpfObject, withLibbpfMessages } from './libbpf';
+import { BPF_PROG_TYPE_SOCKET_FILTER, RSS_MAPS, RSS_PROGRAM, validateRssSpec } from './rss';
+import { parseBpfObject, type BpfSpec } from './spec';
+
+const EPERM = 1;
+const EACCES = 13;
+
+export interface LoadRssOptions {
+  /** Bytes for the verifier log, used only when a load fails (libbpf retries at log level 1). Default 1 MiB. */
+  logSize?: number;
+  /** libbpf object name (appears in libbpf's messages). Default "virt_ebpf_rss". */
+  objectName?: string;
+  /** Every libbpf message, debug level included, e.g. to forward to a debug logger. */
+  onLibbpfMessage?: (level: number, text: string) => void;
+  /** Library to load instead of libbpf.so.1 (tests). */
+  libbpfSoname?: string;
+}
+
+/** A loaded RSS program with its three maps, owned by the caller. */
+export interface RssContext {
+  /** [program, configuration, toeplitz key, indirection table]: RSS_ROLES order, close-on-exec */
+  readonly fds: readonly OwnedFd[];
+  readonly progId: number;
+  /** [configuration, toeplitz key, indirection table] */
+  readonly mapIds: readonly number[];
+  readonly spec: BpfSpec;
+  /** Close every fd not yet taken. Idempotent. */
+  close(): void;
+}
+
+/** parse + validate: pure, no privilege. Throws BPF_BAD_ELF or BPF_UNEXPECTED_OBJECT. */
+export function parseRssObject(bytes: Buffer): BpfSpec {
+  return validateRssSpec(parseBpfObject(bytes));
+}
+
+/**
+ * Validate, then load QEMU's RSS object into the kernel. Synchronous: it blocks the calling
+ * thread for the verifier's run, about 70–120 ms here; run it where that is acceptable (the
+ * broker pre-loads contexts into a pool for this reason).
+ */
+export function loadRss(bytes: Buffer, opts: LoadRssOptions = {}): RssContext {
+  const spec = parseRssObject(bytes); // never hand libbpf an object that failed validation
+  const log = Buffer.alloc(opts.logSize ?? 1 << 20);
+  return withLibbpfMessages((messages) => {
+    let obj: LibbpfObject | undefined;
+    const owned: OwnedFd[] = [];
+    try {
+      obj = LibbpfObject.open(bytes, opts.objectName ?? 'virt_ebpf_rss', opts.libbpfSoname);
+      const prog = obj.program(RSS_PROGRAM);
+      const maps = RSS_MAPS.map((m) => ({ name: m.name, handle: obj!.map(m.name) }));
+      const missing = [...(prog ? [] : [`program ${RSS_PROGRAM}`]), ...maps.filter((m) => !m.handle).map((m) => `map ${m.name}`)];
+      if (missing.length > 0) {
+        throw new VirtEbpfError('BPF_LOAD', `libbpf does not see ${missing.join(', ')} in the RSS object`, {
+          remedy: 'the object parses differently in libbpf than in virt-ebpf; report this with the libbpf version',
+        });
+      }
+      obj.setProgramType(prog, BPF_PROG_TYPE_SOCKET_FILTER); // as QEMU does before loading
+      obj.setProgramLog(prog, log, 0);
+      const rc = obj.load();
+      if (rc < 0) throw loadError(-rc, verifierLog(log), messages);
+      for (const fd of [obj.programFd(prog), ...maps.map((m) => obj!.mapFd(m.handle))]) {
+        if (fd < 0) throw new VirtEbpfError('BPF_LOAD', 'libbpf reported success but returned no fd', { remedy: 'report this with the libbpf version' });
+        // libbpf's own fds die with the object; ours must outlive it and must not leak into children.
+        owned.push(new OwnedFd(libc.dupCloexec(fd)));
+      }
+    } catch (e) {
+      closeAll(owned);
+      if (!(e instanceof VirtEbpfError)) {
+        throw new VirtEbpfError('BPF_LOAD', `loading the RSS eBPF object failed: ${(e as Error).message}`, {
+          remedy: 'report this with the libbpf version',
+          detail: messages.join('\n') || undefined,
+          cause: e,
+        });
+      }
+      if (e.detail === undefined && messages.length > 0) {
+        throw new VirtEbpfError(e.code, e.message, { remedy: e.remedy, detail: messages.join('\n'), cause: e.cause, fields: e.fields });
+      }
+      throw e;
+    } finally {
+      obj?.close();
+    }
+    return makeContext(owned, spec);
+  }, opts.onLibbpfMessage);
+}
+
+function makeContext(fds: OwnedFd[], spec: BpfSpec): RssContext {
+  try {
+    const infos = fds.map((f) => bpfFdInfo(f.fd));
+    if (infos[0].kind !== 'prog' || infos.slice(1).some((i) => i.kind !== 'map')) throw new Error(`unexpected fd kinds ${infos.map((i) => i.kind).join(',')}`);
+    return {
+      fds,
+      progId: infos[0].id!,
+      mapIds: infos.slice(1).map((i) => i.id!),
+      spec,
+      close: () => closeAll(fds),
+    };
+  } catch (e) {
+    closeAll(fds);
+    throw new VirtEbpfError('BPF_LOAD', `cannot identify the loaded BPF fds: ${(e as Error).message}`, { remedy: 'check that /proc is mounted', cause: e });
+  }
+}
+
+function verifierLog(buf: Buffer): string {
+  const end = buf.indexOf(0);
+  return buf.toString('utf8', 0, end < 0 ? buf.length : end).trim();
+}
+
+/** The line that says why: the last one before the verifier's statistics. */
+function verifierReason(log: string): string {
+  const lines = log.split('\n').map((l) => l.trim()).filter(Boolean);
+  const stats = lines.findIndex((l) => /^processed \d+ insns/.test(l));
+  const reason = (stats > 0 ? lines[stats - 1] : lines[lines.length - 1]) ?? '';
+  return reason.length > 160 ? reason.slice(0, 157) + '…' : reason;
+}
+
+function loadError(errno: number, log: string, messages: string[]): VirtEbpfError {
+  const fields = { errno, errnoName: libc.strerror(errno) };
+  // The verifier reports most rejections as EACCES too, so the log decides, not the errno.
+  if (log !== '') {
+    return new VirtEbpfError('BPF_VERIFIER', `the kernel verifier rejected ${RSS_PROGRAM}: ${verifierReason(log)}`, {
+      remedy: 'this QEMU eBPF object does not verify on this kernel; use the QEMU and kernel versions it was built for, and see the detail for the verifier log',
+      detail: [log, '', ...messages].join('\n').trim(),
+      fields: { ...fields, summary: tail(log) },
+    });
+  }
+  if (errno === EPERM || errno === EACCES) {
+    return new VirtEbpfError('BPF_PERMISSION', `loading BPF was refused: ${libc.strerror(errno)}`, {
+      remedy: 'loading BPF needs root/CAP_BPF; run as root',
+      detail: messages.join('\n') || undefined,
+      fields,
+    });
+  }
+  return new VirtEbpfError('BPF_LOAD', `loading the RSS eBPF object failed: ${libc.strerror(errno)} (errno ${errno})`, {
+    remedy: 'check that the kernel supports BPF array maps with BPF_F_MMAPABLE (Linux 5.5+); see the detail for libbpf messages',
+    detail: messages.join('\n') || undefined,
+    fields,
+  });
+}
