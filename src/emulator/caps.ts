@@ -1,0 +1,267 @@
+/**
+ * Emulator capabilities as plain data, and the pure decision that turns a recorded probe
+ * transcript into them. Everything here is deterministic and free of I/O, so recorded
+ * transcripts of real QEMU builds replay through exactly the code the live probe runs.
+ */
+import { createHash } from 'node:crypto';
+import type { RssProperty } from '../argv';
+import { VirtEbpfError } from '../errors';
+import {
+  DeviceProperty,
+  QemuVersion,
+  QmpReply,
+  RSS_HELPER_NAME,
+  decodeBase64Strict,
+  parseCommandNames,
+  parseDeviceProperties,
+  parseEbpfObject,
+  parseHelperPaths,
+  parseVersion,
+} from '../qmp';
+
+export type { RssProperty } from '../argv';
+export type RssProtocol = 'request-ebpf' | 'helper';
+
+/** What makes "the same emulator": a replaced or touched binary must be probed again. */
+export interface BinaryIdentity {
+  realpath: string;
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+export interface EmulatorCaps {
+  /** as the caller named it */
+  path: string;
+  realpath: string;
+  identity: BinaryIdentity;
+  version: QemuVersion;
+  supported: boolean;
+  /** why not supported (absent when supported) */
+  reason?: string;
+  protocol: RssProtocol | null;
+  property: RssProperty | null;
+  /** request-ebpf: the ELF object, base64 */
+  rssObject?: string;
+  rssObjectSha256?: string;
+  /** helper protocol: absolute path QEMU names for qemu-ebpf-rss-helper */
+  helperPath?: string;
+  /** ISO 8601 */
+  probedAt: string;
+}
+
+/** One command and QEMU's reply, as recorded (libvirt's .replies files, in JSON). */
+export interface QmpExchange {
+  execute: string;
+  arguments?: Record<string, unknown>;
+  reply: QmpReply;
+}
+
+export interface ProbeTranscript {
+  greeting: Record<string, unknown>;
+  exchanges: QmpExchange[];
+}
+
+export const RSS_DEVICE = 'virtio-net-pci';
+const HELPER_COMMANDS = ['query-helper-paths', 'find-ebpf-rss-helper'] as const;
+
+/** The first round of probe commands; independent of each other, so they can be pipelined. */
+export const BASE_PROBE_COMMANDS: ReadonlyArray<{ execute: string; arguments?: Record<string, unknown> }> = [
+  { execute: 'query-version' },
+  { execute: 'query-commands' },
+  { execute: 'device-list-properties', arguments: { typename: RSS_DEVICE } },
+];
+
+/** Given QEMU's command list, the one command that yields the RSS object or helper (or none). */
+export function sourceCommand(commands: readonly string[]): { execute: string; arguments?: Record<string, unknown> } | null {
+  if (commands.includes('request-ebpf')) return { execute: 'request-ebpf', arguments: { id: 'rss' } };
+  const helper = HELPER_COMMANDS.find((c) => commands.includes(c));
+  return helper ? { execute: helper } : null;
+}
+
+function find(t: ProbeTranscript, execute: string): QmpExchange | undefined {
+  return t.exchanges.find((x) => x.execute === execute);
+}
+
+function mustReturn(t: ProbeTranscript, execute: string): unknown {
+  const x = find(t, execute);
+  if (!x) throw new VirtEbpfError('QMP_PROTOCOL', `probe transcript has no ${execute} exchange`, { remedy: 'record the transcript with the current probe' });
+  if ('error' in x.reply) {
+    throw new VirtEbpfError('QMP_PROTOCOL', `${execute} failed: ${x.reply.error.desc}`, {
+      remedy: 'every QEMU answers this command; check that the emulator is QEMU',
+      fields: { command: execute, class: x.reply.error.class },
+    });
+  }
+  return x.reply.return;
+}
+
+export function versionString(v: QemuVersion): string {
+  return `${v.major}.${v.minor}.${v.micro}`;
+}
+
+export function decideProperty(props: readonly DeviceProperty[]): { property: RssProperty | null; problem?: string } {
+  const list = props.find((p) => p.name === 'ebpf-rss-fds');
+  if (list) return list.type === 'list' ? { property: { name: 'ebpf-rss-fds', type: 'list' } } : { property: null, problem: `${RSS_DEVICE} property ebpf-rss-fds has unexpected type "${list.type}" (expected list)` };
+  const str = props.find((p) => p.name === 'ebpf_rss_fds');
+  if (str) return str.type === 'str' || str.type === 'string' ? { property: { name: 'ebpf_rss_fds', type: 'string' } } : { property: null, problem: `${RSS_DEVICE} property ebpf_rss_fds has unexpected type "${str.type}" (expected str)` };
+  return { property: null };
+}
+
+const ELF_MAGIC = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
+
+type Source =
+  | { protocol: 'request-ebpf'; object: Buffer }
+  | { protocol: 'helper'; helperPath: string }
+  | { protocol: RssProtocol; problem: string }
+  | null;
+
+function decideSource(t: ProbeTranscript, commands: readonly string[]): Source {
+  const cmd = sourceCommand(commands);
+  if (!cmd) return null;
+  const x = find(t, cmd.execute);
+  const protocol: RssProtocol = cmd.execute === 'request-ebpf' ? 'request-ebpf' : 'helper';
+  if (!x) return { protocol, problem: `${cmd.execute} was not asked` };
+  if ('error' in x.reply) return { protocol, problem: `${cmd.execute} failed: ${x.reply.error.desc}` };
+  if (protocol === 'request-ebpf') {
+    let object: Buffer;
+    try {
+      object = parseEbpfObject(x.reply.return);
+    } catch (e) {
+      return { protocol, problem: `request-ebpf returned an unusable object: ${(e as Error).message}` };
+    }
+    if (object.length < ELF_MAGIC.length || !object.subarray(0, 4).equals(ELF_MAGIC)) {
+      return { protocol, problem: `request-ebpf returned ${object.length} bytes that are not an ELF object` };
+    }
+    return { protocol, object };
+  }
+  let helpers;
+  try {
+    helpers = parseHelperPaths(x.reply.return, cmd.execute);
+  } catch (e) {
+    return { protocol, problem: (e as Error).message };
+  }
+  const h = helpers.find((p) => p.name === RSS_HELPER_NAME);
+  if (!h) return { protocol, problem: `${cmd.execute} names no ${RSS_HELPER_NAME}` };
+  if (!h.path.startsWith('/')) return { protocol, problem: `${cmd.execute} gives a relative helper path "${h.path}"` };
+  return { protocol, helperPath: h.path };
+}
+
+/**
+ * The probe's decision. Throws only when the transcript is not QEMU-like at all (no version,
+ * no command list); an emulator that merely cannot do eBPF RSS is a result with a reason.
+ */
+export function decideCaps(t: ProbeTranscript, binary: { path: string; identity: BinaryIdentity }, probedAt: string): EmulatorCaps {
+  const version = parseVersion(mustReturn(t, 'query-version'));
+  const commands = parseCommandNames(mustReturn(t, 'query-commands'));
+  const v = versionString(version);
+  const base = { path: binary.path, realpath: binary.identity.realpath, identity: binary.identity, version, probedAt };
+  const unsupported = (reason: string, protocol: RssProtocol | null = null, property: RssProperty | null = null): EmulatorCaps => ({
+    ...base,
+    supported: false,
+    reason,
+    protocol,
+    property,
+  });
+
+  const propsX = find(t, 'device-list-properties');
+  if (!propsX) return unsupported(`QEMU ${v}: ${RSS_DEVICE} properties were not asked`);
+  if ('error' in propsX.reply) return unsupported(`QEMU ${v} has no usable ${RSS_DEVICE} device: ${propsX.reply.error.desc}`);
+  const props = parseDeviceProperties(propsX.reply.return);
+  if (!props.some((p) => p.name === 'rss')) return unsupported(`QEMU ${v}: ${RSS_DEVICE} has no rss property (RSS needs QEMU >= 5.1); upgrade QEMU`);
+
+  const { property, problem: propProblem } = decideProperty(props);
+  const source = decideSource(t, commands);
+  if (propProblem) return unsupported(`QEMU ${v}: ${propProblem}`, source?.protocol ?? null);
+  if (source && 'problem' in source) return unsupported(`QEMU ${v}: ${source.problem}`, source.protocol, property);
+
+  if (!source && !property) {
+    return unsupported(
+      `QEMU ${v} has no request-ebpf (needs QEMU >= 9.0) and no ebpf_rss_fds property; upgrade QEMU to >= 9.0 (on Debian 12: bookworm-backports)`,
+    );
+  }
+  if (!source) {
+    return unsupported(`QEMU ${v} has the ${property!.name} property but no way to get the eBPF object (neither request-ebpf nor query-helper-paths)`, null, property);
+  }
+  if (!property) {
+    const has = source.protocol === 'request-ebpf' ? 'request-ebpf' : 'the eBPF RSS helper';
+    return unsupported(`QEMU ${v} offers ${has} but ${RSS_DEVICE} has no ebpf-rss-fds/ebpf_rss_fds property to take the fds`, source.protocol);
+  }
+  if ('object' in source) {
+    return {
+      ...base,
+      supported: true,
+      protocol: 'request-ebpf',
+      property,
+      rssObject: source.object.toString('base64'),
+      rssObjectSha256: sha256(source.object),
+    };
+  }
+  return { ...base, supported: true, protocol: 'helper', property, helperPath: source.helperPath };
+}
+
+export function sha256(data: Buffer | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/** The ELF bytes of a request-ebpf emulator (checked against its digest). */
+export function rssObjectBytes(caps: EmulatorCaps): Buffer {
+  if (caps.protocol !== 'request-ebpf' || caps.rssObject === undefined) {
+    throw new VirtEbpfError('EMULATOR_UNSUPPORTED', `${caps.path} does not provide its eBPF object through request-ebpf`, {
+      remedy: caps.reason ?? 'use the helper protocol for this emulator',
+    });
+  }
+  const bytes = Buffer.from(caps.rssObject, 'base64');
+  if (sha256(bytes) !== caps.rssObjectSha256) {
+    throw new VirtEbpfError('CACHE_CORRUPT', `cached eBPF object of ${caps.path} does not match its digest`, {
+      remedy: 'probe the emulator again without the cache',
+    });
+  }
+  return bytes;
+}
+
+// ---- strict shape check for caps read back from disk ----
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0;
+const isInt = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0;
+const isStr = (v: unknown): v is string => typeof v === 'string';
+
+const CAPS_KEYS = new Set(['path', 'realpath', 'identity', 'version', 'supported', 'reason', 'protocol', 'property', 'rssObject', 'rssObjectSha256', 'helperPath', 'probedAt']);
+
+/** Why `v` is not a well-formed EmulatorCaps, or null when it is. Unknown keys are refused too. */
+export function capsShapeProblem(v: unknown): string | null {
+  if (!isObj(v)) return 'not an object';
+  for (const k of Object.keys(v)) if (!CAPS_KEYS.has(k)) return `unknown key ${k}`;
+  if (!isStr(v.path) || !isStr(v.realpath) || !v.realpath.startsWith('/')) return 'bad path/realpath';
+  const id = v.identity;
+  if (!isObj(id) || Object.keys(id).length !== 6 || id.realpath !== v.realpath || ![id.dev, id.ino, id.size].every(isInt) || !isNum(id.mtimeMs) || !isNum(id.ctimeMs)) return 'bad identity';
+  const ver = v.version;
+  if (!isObj(ver) || Object.keys(ver).length !== 4 || ![ver.major, ver.minor, ver.micro].every(isInt) || !isStr(ver.package)) return 'bad version';
+  if (typeof v.supported !== 'boolean') return 'bad supported';
+  if (v.supported ? v.reason !== undefined : !isStr(v.reason)) return 'reason must be present exactly when unsupported';
+  if (v.protocol !== null && v.protocol !== 'request-ebpf' && v.protocol !== 'helper') return 'bad protocol';
+  const p = v.property;
+  const propOk = p === null || (isObj(p) && Object.keys(p).length === 2 && ((p.name === 'ebpf-rss-fds' && p.type === 'list') || (p.name === 'ebpf_rss_fds' && p.type === 'string')));
+  if (!propOk) return 'bad property';
+  if (!isStr(v.probedAt) || Number.isNaN(Date.parse(v.probedAt))) return 'bad probedAt';
+  const hasObject = v.rssObject !== undefined || v.rssObjectSha256 !== undefined;
+  if (v.supported) {
+    if (p === null) return 'supported without a property';
+    if (v.protocol === 'request-ebpf') {
+      if (!isStr(v.rssObject) || !isStr(v.rssObjectSha256) || v.helperPath !== undefined) return 'request-ebpf caps need rssObject and its digest only';
+      let bytes: Buffer;
+      try {
+        bytes = decodeBase64Strict(v.rssObject);
+      } catch {
+        return 'rssObject is not base64';
+      }
+      if (!bytes.subarray(0, 4).equals(ELF_MAGIC)) return 'rssObject is not ELF';
+      if (sha256(bytes) !== v.rssObjectSha256) return 'rssObject does not match its digest';
+    } else if (v.protocol === 'helper') {
+      if (!isStr(v.helperPath) || !v.helperPath.startsWith('/') || hasObject) return 'helper caps need an absolute helperPath only';
+    } else return 'supported without a protocol';
+  } else if (hasObject || v.helperPath !== undefined) return 'unsupported caps carry no object or helper';
+  return null;
+}
