@@ -113,12 +113,18 @@ function report(changes: Change[], warnings: string[]): string {
   return [...changes.map((c) => `virt-ebpf: changed: ${describeChange(c)}\n`), ...warnings.map((w) => `virt-ebpf: warning: ${w}\n`)].join('');
 }
 
-export function runXmlCommand(argv: string[], stdin: string): CommandResult {
+/**
+ * Runs `virt-ebpf xml ARGV…` (argv without the leading `xml`). `stdin` may be a function so the
+ * caller need not guess from argv whether stdin is read: it is called only without FILE or with -.
+ */
+export function runXmlCommand(argv: string[], stdin: string | (() => string)): CommandResult {
   try {
     const p = parse(argv);
     if (p === 'help') return { stdout: USAGE, stderr: '', code: 0 };
-    let xml = stdin;
-    if (p.file !== undefined) {
+    let xml: string;
+    if (p.file === undefined) {
+      xml = typeof stdin === 'function' ? stdin() : stdin;
+    } else {
       try {
         xml = readFileSync(p.file, 'utf8');
       } catch (e) {

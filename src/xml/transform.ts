@@ -162,10 +162,10 @@ class Writer {
   }
 }
 
-function ensureAbsolute(path: string, what: string): void {
+function ensureAbsolute(path: string, what: string, code: 'USAGE' | 'XML_UNSUPPORTED_DOMAIN' = 'USAGE'): void {
   if (!path.startsWith('/') || /[\0\r\n]/.test(path)) {
-    throw new VirtEbpfError('USAGE', `${what} "${path}" is not an absolute path`, {
-      remedy: 'give an absolute path (libvirt requires one for <emulator>)',
+    throw new VirtEbpfError(code, `${what} "${path}" is not an absolute path`, {
+      remedy: 'use an absolute path (libvirt requires one for <emulator>)',
     });
   }
 }
@@ -302,7 +302,7 @@ function enableEmulator(view: DomainView, w: Writer, cfg: XmlConfig, opts: Enabl
 }
 
 function wrapperOf(original: string, opts: EnableOptions): string {
-  ensureAbsolute(original, 'emulator');
+  ensureAbsolute(original, '<emulator>', 'XML_UNSUPPORTED_DOMAIN');
   const wrapper = opts.wrapperFor(original);
   ensureAbsolute(wrapper, 'wrapper');
   return wrapper;

@@ -28,7 +28,12 @@ test('reads stdin when FILE is absent or -, and --opt=value works', () => {
   assert.equal(back.code, 0, back.stderr);
   assert.equal(back.stdout, input);
   assert.match(back.stderr, /metadata removed/);
-  const noop = runXmlCommand(['disable', '-'], input);
+  let reads = 0;
+  const lazy = () => (reads++, input);
+  assert.equal(runXmlCommand(['enable', file('one-rss-nic.in.xml')], lazy).code, 0);
+  assert.equal(reads, 0, 'stdin is not read when FILE is given');
+  const noop = runXmlCommand(['disable', '-'], lazy);
+  assert.equal(reads, 1);
   assert.equal(noop.stdout, input);
   assert.match(noop.stderr, /not enabled; unchanged/);
 });

@@ -128,6 +128,9 @@ test('emulator edge cases: already a wrapper without metadata, no <emulator>, ba
   expectError(() => enableDomain(wrapped, { wrapperFor }), 'XML_METADATA', /already is the virt-ebpf wrapper/);
   expectError(() => enableDomain(read('no-emulator.in.xml'), { wrapperFor }), 'USAGE', /no <emulator>/);
   expectError(() => enableDomain(read('one-rss-nic.in.xml'), { wrapperFor: (p) => `wrappers/${p}` }), 'USAGE', /not an absolute path/);
+  expectError(() => enableDomain(read('one-rss-nic.in.xml').replace(`<emulator>${QEMU_PATH}`, '<emulator>qemu-system-x86_64'), { wrapperFor }), 'XML_UNSUPPORTED_DOMAIN', /not an absolute path/);
+  expectError(() => enableDomain(read('one-rss-nic.in.xml').replace(`<emulator>${QEMU_PATH}`, '<emulator>'), { wrapperFor }), 'XML_UNSUPPORTED_DOMAIN', /empty/);
+  expectError(() => enableDomain(read('no-emulator.in.xml'), { wrapperFor, defaultEmulator: 'qemu' }), 'USAGE', /default emulator/);
   expectError(() => enableDomain(read('one-rss-nic.in.xml'), { wrapperFor, queues: 1 }), 'USAGE');
   expectError(() => enableDomain(read('one-rss-nic.in.xml'), { wrapperFor, policy: 'lenient' as never }), 'USAGE');
   // paths that need escaping survive the round trip
