@@ -205,6 +205,15 @@ export function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
+/** For callers that cannot go on without eBPF RSS: the unsupported result as a typed error. */
+export function assertSupported(caps: EmulatorCaps): void {
+  if (caps.supported) return;
+  throw new VirtEbpfError('EMULATOR_UNSUPPORTED', `emulator ${caps.path} cannot take eBPF RSS fds: ${caps.reason ?? 'unknown reason'}`, {
+    remedy: 'use QEMU >= 9.0 built with eBPF (request-ebpf and the ebpf-rss-fds property), or leave eBPF RSS off for this domain',
+    fields: { path: caps.path, realpath: caps.realpath, version: versionString(caps.version) },
+  });
+}
+
 /** The ELF bytes of a request-ebpf emulator (checked against its digest). */
 export function rssObjectBytes(caps: EmulatorCaps): Buffer {
   if (caps.protocol !== 'request-ebpf' || caps.rssObject === undefined) {

@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isVirtEbpfError } from '../../src/errors';
-import { BinaryIdentity, EmulatorCaps, ProbeTranscript, capsShapeProblem, decideCaps, rssObjectBytes, sourceCommand } from '../../src/emulator';
+import { BinaryIdentity, EmulatorCaps, ProbeTranscript, assertSupported, capsShapeProblem, decideCaps, rssObjectBytes, sourceCommand } from '../../src/emulator';
 import { REPO } from '../harness';
 
 const DIR = join(REPO, 'test', 'fixtures', 'qmp', 'transcripts');
@@ -60,6 +60,8 @@ test('Debian 12 QEMU 7.2 recording: unsupported, and the reason says what to do'
   assert.match(caps.reason!, /QEMU 7\.2\.22 has no request-ebpf \(needs QEMU >= 9\.0\) and no ebpf_rss_fds property/);
   assert.match(caps.reason!, /upgrade QEMU/);
   assert.equal(capsShapeProblem(caps), null);
+  assert.throws(() => assertSupported(caps), (e: unknown) => isVirtEbpfError(e, 'EMULATOR_UNSUPPORTED') && /needs QEMU >= 9\.0/.test(e.message));
+  assertSupported(decide(q10));
 });
 
 test('helper-protocol transcript: supported through the helper with the ebpf_rss_fds string', () => {
