@@ -44,12 +44,13 @@ export function parseRssObject(bytes: Buffer): BpfSpec {
 
 /**
  * Validate, then load QEMU's RSS object into the kernel. Synchronous: it blocks the calling
- * thread for the verifier's run, about 70–120 ms here; run it where that is acceptable (the
+ * thread for the verifier's run, about 70–150 ms on the CI machine; run it where that is acceptable (the
  * broker pre-loads contexts into a pool for this reason).
  */
 export function loadRss(bytes: Buffer, opts: LoadRssOptions = {}): RssContext {
   const spec = parseRssObject(bytes); // never hand libbpf an object that failed validation
-  const log = Buffer.alloc(opts.logSize ?? 1 << 20);
+  // The kernel refuses log buffers under 128 bytes and over 1 GiB; its log keeps the tail (the reason) when it overflows.
+  const log = Buffer.alloc(Math.min(Math.max(opts.logSize ?? 1 << 20, 4096), 1 << 30));
   return withLibbpfMessages((messages) => {
     let obj: LibbpfObject | undefined;
     const owned: OwnedFd[] = [];
@@ -114,12 +115,25 @@ function verifierLog(buf: Buffer): string {
   return buf.toString('utf8', 0, end < 0 ? buf.length : end).trim();
 }
 
-/** The line that says why: the last one before the verifier's statistics. */
-function verifierReason(log: string): string {
+/**
+ * Why, in one line: the verifier prints the failing instruction, then its complaint, then
+ * statistics. Take the lines between the last instruction and the statistics.
+ */
+export function verifierReason(log: string): string {
   const lines = log.split('\n').map((l) => l.trim()).filter(Boolean);
-  const stats = lines.findIndex((l) => /^processed \d+ insns/.test(l));
-  const reason = (stats > 0 ? lines[stats - 1] : lines[lines.length - 1]) ?? '';
-  return reason.length > 160 ? reason.slice(0, 157) + '…' : reason;
+  let end = lines.findIndex((l) => /^processed \d+ insns/.test(l));
+  if (end < 0) end = lines.length;
+  let insn = -1;
+  for (let i = end - 1; i >= 0; i--) {
+    if (/^\d+: \(/.test(lines[i])) {
+      insn = i;
+      break;
+    }
+  }
+  const why = lines.slice(insn + 1, end).join('; ') || lines[end - 1] || 'no reason given';
+  const at = insn >= 0 ? /^(\d+): \([0-9a-f]+\) ([^;]*)/.exec(lines[insn]) : null;
+  const text = at ? `at instruction ${at[1]} (${at[2].trim()}): ${why}` : why;
+  return text.length > 200 ? text.slice(0, 199) + '…' : text;
 }
 
 function loadError(errno: number, log: string, messages: string[]): VirtEbpfError {

@@ -133,3 +133,13 @@ export function prng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** Point a section's name `by` bytes further into the name table (".maps" + 1 = "maps"). */
+export function shiftSectionName(obj: Buffer, sectionName: string, by: number): Buffer {
+  const out = Buffer.from(obj);
+  const sec = parseElf(out).section(sectionName);
+  assert.ok(sec, sectionName);
+  const at = Number(out.readBigUInt64LE(0x28)) + sec.index * SHDR_SIZE;
+  out.writeUInt32LE(out.readUInt32LE(at) + by, at);
+  return out;
+}

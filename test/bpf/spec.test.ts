@@ -1,10 +1,11 @@
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseBpfObject, type BpfSpec } from '../../src/bpf';
+import { parseBpfObject, rssProblems, type BpfSpec } from '../../src/bpf';
 import { BtfKind } from '../../src/bpf/btf';
 import { isVirtEbpfError } from '../../src/errors';
 import { rssObject } from './fixture';
-import { attrPointer, locate, prng, promoteLabelToProgram, renameString, setBtfType, setMapAttr, setSectionField } from './mutate';
+import { attrPointer, locate, prng, promoteLabelToProgram, renameString, setBtfType, setMapAttr, setSectionField, shiftSectionName } from './mutate';
+import { MAX_OBJECT_BYTES } from '../../src/bpf/elf';
 
 let obj: Buffer;
 before(async () => {
@@ -135,6 +136,28 @@ test('map changes show up in the spec (the validator decides what is acceptable)
   const withData = parseBpfObject(renameString(obj, '.strtab', '_license', '_.data\0\0'));
   assert.deepEqual(withData.maps.map((m) => `${m.source}:${m.name}`).slice(-1), ['data:.data']);
   assert.equal(withData.license, undefined);
+});
+
+test('legacy `maps` definitions are read (libbpf 1.x would refuse them; the validator does too)', () => {
+  // the BTF map definitions are zero-filled, so as legacy structs they read as all zeros
+  const legacy = parseBpfObject(shiftSectionName(obj, '.maps', 1));
+  assert.deepEqual(
+    legacy.maps.map((m) => [m.source, m.name, m.type, m.keySize, m.valueSize, m.maxEntries, m.flags]),
+    [
+      ['legacy', 'tap_rss_map_configurations', 0, 0, 0, 0, 0],
+      ['legacy', 'tap_rss_map_toeplitz_key', 0, 0, 0, 0, 0],
+      ['legacy', 'tap_rss_map_indirection_table', 0, 0, 0, 0, 0],
+    ],
+  );
+  assert.match(rssProblems(legacy).join('\n'), /map tap_rss_map_configurations is a legacy map, expected a BTF-defined map in \.maps/);
+  // a section too short for the second 20-byte struct
+  badElf(setSectionField(shiftSectionName(obj, '.maps', 1), 'maps', 'size', 50n), /legacy map tap_rss_map_toeplitz_key \(offset 40\) lies outside section maps/);
+});
+
+test('oversized input is refused before any parsing', () => {
+  const huge = Buffer.alloc(MAX_OBJECT_BYTES + 1);
+  obj.copy(huge);
+  badElf(huge, /over the 16777216-byte limit/);
 });
 
 test('a program running past its section is refused', () => {
