@@ -65,6 +65,11 @@ export interface ProbeTranscript {
 }
 
 export const RSS_DEVICE = 'virtio-net-pci';
+/**
+ * Asked only when RSS_DEVICE does not exist (e.g. qemu-system-x86_64-microvm, which has no
+ * PCI): the bare virtio-net device carries the same rss/ebpf properties on every transport.
+ */
+export const FALLBACK_RSS_DEVICE = 'virtio-net-device';
 const HELPER_COMMANDS = ['query-helper-paths', 'find-ebpf-rss-helper'] as const;
 
 /** The first round of probe commands; independent of each other, so they can be pipelined. */
@@ -101,11 +106,11 @@ export function versionString(v: QemuVersion): string {
   return `${v.major}.${v.minor}.${v.micro}`;
 }
 
-export function decideProperty(props: readonly DeviceProperty[]): { property: RssProperty | null; problem?: string } {
+export function decideProperty(props: readonly DeviceProperty[], device = RSS_DEVICE): { property: RssProperty | null; problem?: string } {
   const list = props.find((p) => p.name === 'ebpf-rss-fds');
-  if (list) return list.type === 'list' ? { property: { name: 'ebpf-rss-fds', type: 'list' } } : { property: null, problem: `${RSS_DEVICE} property ebpf-rss-fds has unexpected type "${list.type}" (expected list)` };
+  if (list) return list.type === 'list' ? { property: { name: 'ebpf-rss-fds', type: 'list' } } : { property: null, problem: `${device} property ebpf-rss-fds has unexpected type "${list.type}" (expected list)` };
   const str = props.find((p) => p.name === 'ebpf_rss_fds');
-  if (str) return str.type === 'str' || str.type === 'string' ? { property: { name: 'ebpf_rss_fds', type: 'string' } } : { property: null, problem: `${RSS_DEVICE} property ebpf_rss_fds has unexpected type "${str.type}" (expected str)` };
+  if (str) return str.type === 'str' || str.type === 'string' ? { property: { name: 'ebpf_rss_fds', type: 'string' } } : { property: null, problem: `${device} property ebpf_rss_fds has unexpected type "${str.type}" (expected str)` };
   return { property: null };
 }
 
@@ -165,13 +170,18 @@ export function decideCaps(t: ProbeTranscript, binary: { path: string; identity:
     property,
   });
 
-  const propsX = find(t, 'device-list-properties');
-  if (!propsX) return unsupported(`QEMU ${v}: ${RSS_DEVICE} properties were not asked`);
-  if ('error' in propsX.reply) return unsupported(`QEMU ${v} has no usable ${RSS_DEVICE} device: ${propsX.reply.error.desc}`);
-  const props = parseDeviceProperties(propsX.reply.return);
-  if (!props.some((p) => p.name === 'rss')) return unsupported(`QEMU ${v}: ${RSS_DEVICE} has no rss property (RSS needs QEMU >= 5.1); upgrade QEMU`);
+  const asked = t.exchanges.filter((x) => x.execute === 'device-list-properties');
+  const propsX = asked.find((x) => 'return' in x.reply);
+  if (asked.length === 0) return unsupported(`QEMU ${v}: ${RSS_DEVICE} properties were not asked`);
+  if (!propsX) {
+    const why = asked.map((x) => ('error' in x.reply ? x.reply.error.desc : '')).join('; ');
+    return unsupported(`QEMU ${v} has no usable virtio-net device: ${why}`);
+  }
+  const device = String(propsX.arguments?.typename ?? RSS_DEVICE);
+  const props = parseDeviceProperties((propsX.reply as { return: unknown }).return);
+  if (!props.some((p) => p.name === 'rss')) return unsupported(`QEMU ${v}: ${device} has no rss property (RSS needs QEMU >= 5.1); upgrade QEMU`);
 
-  const { property, problem: propProblem } = decideProperty(props);
+  const { property, problem: propProblem } = decideProperty(props, device);
   const source = decideSource(t, commands);
   if (propProblem) return unsupported(`QEMU ${v}: ${propProblem}`, source?.protocol ?? null);
   if (source && 'problem' in source) return unsupported(`QEMU ${v}: ${source.problem}`, source.protocol, property);
@@ -182,11 +192,11 @@ export function decideCaps(t: ProbeTranscript, binary: { path: string; identity:
     );
   }
   if (!source) {
-    return unsupported(`QEMU ${v} has the ${property!.name} property but no way to get the eBPF object (neither request-ebpf nor query-helper-paths)`, null, property);
+    return unsupported(`QEMU ${v} has the ${property!.name} property but no way to get the eBPF object (neither request-ebpf nor query-helper-paths: built without eBPF?)`, null, property);
   }
   if (!property) {
     const has = source.protocol === 'request-ebpf' ? 'request-ebpf' : 'the eBPF RSS helper';
-    return unsupported(`QEMU ${v} offers ${has} but ${RSS_DEVICE} has no ebpf-rss-fds/ebpf_rss_fds property to take the fds`, source.protocol);
+    return unsupported(`QEMU ${v} offers ${has} but ${device} has no ebpf-rss-fds/ebpf_rss_fds property to take the fds`, source.protocol);
   }
   if ('object' in source) {
     return {

@@ -3,7 +3,7 @@
  * device, inode, size, mtime, ctime) is what the probe cache is keyed on: any upgrade,
  * replacement or touch of the binary changes at least one of them.
  */
-import { accessSync, constants, readdirSync, realpathSync, statSync } from 'node:fs';
+import { accessSync, constants, lstatSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import { delimiter, isAbsolute, join, resolve } from 'node:path';
 import { VirtEbpfError } from '../errors';
 import type { BinaryIdentity } from './caps';
@@ -74,23 +74,24 @@ export function sameIdentity(a: BinaryIdentity, b: BinaryIdentity): boolean {
   return a.realpath === b.realpath && a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
 }
 
-export interface EmulatorOnPath {
-  /** first PATH location under which it was found */
-  path: string;
-  realpath: string;
-}
-
 const EMULATOR_NAME = /^qemu-system-[A-Za-z0-9_.+-]+$/;
 
-/** Every executable qemu-system-* on PATH, in PATH order, one entry per real file. */
-export function listEmulatorsOnPath(searchPath: string = process.env.PATH ?? ''): EmulatorOnPath[] {
+/**
+ * Every executable qemu-system-* on PATH, in PATH order, one per real file: a symlinked alias
+ * (qemu-system-amd64) is dropped in favour of the file's own name, or of an earlier PATH entry.
+ */
+export function listEmulatorsOnPath(searchPath: string = process.env.PATH ?? ''): string[] {
   const seen = new Set<string>();
-  const out: EmulatorOnPath[] = [];
+  const out: string[] = [];
   for (const dir of searchPath.split(delimiter)) {
     if (dir === '' || !isAbsolute(dir)) continue;
     let names: string[];
     try {
-      names = readdirSync(dir).filter((n) => EMULATOR_NAME.test(n)).sort();
+      // The real file's own name before its aliases (qemu-system-amd64 -> qemu-system-x86_64).
+      const isLink = (n: string) => lstatSync(join(dir, n)).isSymbolicLink();
+      names = readdirSync(dir)
+        .filter((n) => EMULATOR_NAME.test(n))
+        .sort((x, y) => Number(isLink(x)) - Number(isLink(y)) || (x < y ? -1 : x > y ? 1 : 0));
     } catch {
       continue;
     }
@@ -105,7 +106,7 @@ export function listEmulatorsOnPath(searchPath: string = process.env.PATH ?? '')
       }
       if (seen.has(real)) continue;
       seen.add(real);
-      out.push({ path: file, realpath: real });
+      out.push(file);
     }
   }
   return out;

@@ -4,10 +4,9 @@
  */
 export { probeEmulator, DEFAULT_PROBE_TIMEOUT_MS } from './probe';
 export type { ProbeOptions, ProbeResult } from './probe';
-export { decideCaps, decideProperty, sourceCommand, capsShapeProblem, assertSupported, rssObjectBytes, versionString, BASE_PROBE_COMMANDS, RSS_DEVICE } from './caps';
+export { decideCaps, decideProperty, sourceCommand, capsShapeProblem, assertSupported, rssObjectBytes, versionString, BASE_PROBE_COMMANDS, RSS_DEVICE, FALLBACK_RSS_DEVICE } from './caps';
 export type { EmulatorCaps, BinaryIdentity, ProbeTranscript, QmpExchange, RssProtocol, RssProperty } from './caps';
 export { resolveEmulatorPath, binaryIdentity, sameIdentity, listEmulatorsOnPath } from './identity';
-export type { EmulatorOnPath } from './identity';
 export { DEFAULT_CACHE_DIR, CACHE_FORMAT, cacheFile, readCache, writeCache } from './cache';
 export { PROBE_ARGS } from './launch';
 export { formatProbeTable } from './table';

@@ -14,7 +14,7 @@ import { ChildProcess, execFile, spawn } from 'node:child_process';
 import * as libc from '../sys/libc';
 import { VirtEbpfError, isVirtEbpfError, tail } from '../errors';
 import { QmpClient, QmpReply, QmpTransport, parseCommandNames } from '../qmp';
-import { BASE_PROBE_COMMANDS, ProbeTranscript, QmpExchange, sourceCommand } from './caps';
+import { BASE_PROBE_COMMANDS, FALLBACK_RSS_DEVICE, ProbeTranscript, QmpExchange, sourceCommand } from './caps';
 
 export const PROBE_ARGS: readonly string[] = ['-S', '-no-user-config', '-nodefaults', '-nographic', '-machine', 'none', '-chardev', 'socket,id=qmp,fd=3', '-mon', 'chardev=qmp,mode=control'];
 
@@ -210,6 +210,7 @@ export async function recordProbe(file: string, shown: string, opts: LaunchOptio
     try {
       // Pipelined: QEMU answers in order, ids keep them apart, one round trip instead of three.
       const base = await Promise.all(BASE_PROBE_COMMANDS.map((c) => ask(c.execute, c.arguments)));
+      if ('error' in base[2]) await ask('device-list-properties', { typename: FALLBACK_RSS_DEVICE });
       const commandsReply = base[1];
       const names = 'return' in commandsReply ? parseCommandNames(commandsReply.return) : [];
       const source = sourceCommand(names);

@@ -25,9 +25,9 @@ function cells(r: ProbeTableRow): string[] {
   ];
 }
 
-/** Aligned columns, two spaces apart; the last column (status/reason) is never padded or cut. */
+/** Aligned columns, two spaces apart, no trailing newline; the last column (status/reason) is never padded or cut. */
 export function formatProbeTable(rows: readonly ProbeTableRow[]): string {
   const table = [[...HEADER], ...rows.map(cells)].map((row) => row.map((c) => c.replace(/\s+/g, ' ')));
   const widths = HEADER.map((_, i) => Math.max(...table.map((row) => row[i].length)));
-  return table.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n') + '\n';
+  return table.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n');
 }

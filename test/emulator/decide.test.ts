@@ -64,6 +64,14 @@ test('Debian 12 QEMU 7.2 recording: unsupported, and the reason says what to do'
   assertSupported(decide(q10));
 });
 
+test('QEMU 10.0.2 microvm recording (no PCI, no eBPF build): property but no object', () => {
+  const caps = decide(load('qemu-10.0.2-microvm.json'));
+  assert.equal(caps.supported, false);
+  assert.equal(caps.protocol, null);
+  assert.deepEqual(caps.property, { name: 'ebpf-rss-fds', type: 'list' });
+  assert.match(caps.reason!, /no way to get the eBPF object/);
+});
+
 test('helper-protocol transcript: supported through the helper with the ebpf_rss_fds string', () => {
   const caps = decide(helper);
   assert.equal(caps.supported, true);
@@ -86,6 +94,19 @@ test('2023 spelling: find-ebpf-rss-helper returning {path}', () => {
   assert.equal(caps.helperPath, '/opt/qemu/libexec/qemu-ebpf-rss-helper');
 });
 
+test('no PCI (microvm): the bare virtio-net-device answers for it', () => {
+  const t = variant(q10, 'device-list-properties', () => ({ error: { class: 'DeviceNotFound', desc: "Device 'virtio-net-pci' not found" } }));
+  const pci = t.exchanges.find((x) => x.execute === 'device-list-properties')!;
+  const props = q10.exchanges.find((x) => x.execute === 'device-list-properties')!.reply;
+  t.exchanges.splice(t.exchanges.indexOf(pci) + 1, 0, { execute: 'device-list-properties', arguments: { typename: 'virtio-net-device' }, reply: props });
+  const caps = decide(t);
+  assert.equal(caps.supported, true, caps.reason);
+  assert.deepEqual(caps.property, { name: 'ebpf-rss-fds', type: 'list' });
+  const noRss = variant(t, 'device-list-properties', (r) => r); // pci error kept
+  (noRss.exchanges.filter((x) => x.execute === 'device-list-properties')[1].reply as { return: Array<{ name: string }> }).return = [{ name: 'mac', type: 'str' } as never];
+  assert.match(decide(noRss).reason!, /virtio-net-device has no rss property/);
+});
+
 test('request-ebpf is preferred when an emulator offers both ways', () => {
   assert.deepEqual(sourceCommand(['query-helper-paths', 'request-ebpf']), { execute: 'request-ebpf', arguments: { id: 'rss' } });
   assert.deepEqual(sourceCommand(['find-ebpf-rss-helper']), { execute: 'find-ebpf-rss-helper' });
@@ -99,7 +120,7 @@ const refusals: Array<[string, () => ProbeTranscript, RegExp, Partial<EmulatorCa
   ['request-ebpf returns invalid base64', () => variant(q10, 'request-ebpf', () => ({ return: { object: 'f0VMRg=!' } })), /not valid base64/, {}],
   ['request-ebpf returns something that is not ELF', () => variant(q10, 'request-ebpf', () => ({ return: { object: Buffer.from('MZ not elf').toString('base64') } })), /not an ELF object/, {}],
   ['ebpf-rss-fds of an unexpected type', () => withProps(q10, (p) => p.map((x) => (x.name === 'ebpf-rss-fds' ? { ...x, type: 'str' } : x))), /unexpected type "str"/, { property: null }],
-  ['no virtio-net-pci device', () => variant(q10, 'device-list-properties', () => ({ error: { class: 'GenericError', desc: "Device 'virtio-net-pci' not found" } })), /no usable virtio-net-pci/, {}],
+  ['no virtio-net device at all', () => variant(q10, 'device-list-properties', () => ({ error: { class: 'DeviceNotFound', desc: "Device 'virtio-net-pci' not found" } })), /no usable virtio-net device: Device 'virtio-net-pci' not found/, {}],
   ['no rss property at all', () => withProps(q10, (p) => p.filter((x) => x.name !== 'rss')), /has no rss property/, {}],
   ['helper list without the RSS helper', () => variant(helper, 'query-helper-paths', () => ({ return: [{ name: 'qemu-bridge-helper', path: '/usr/lib/qemu/qemu-bridge-helper' }] })), /names no qemu-ebpf-rss-helper/, { protocol: 'helper' }],
   ['helper path not absolute', () => variant(helper, 'query-helper-paths', () => ({ return: [{ name: 'qemu-ebpf-rss-helper', path: 'qemu-ebpf-rss-helper' }] })), /relative helper path/, {}],

@@ -7,7 +7,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, renameSync, readdirSync, readFileSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, renameSync, readdirSync, readFileSync, realpathSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CACHE_FORMAT, EmulatorCaps, cacheFile, decideCaps, listEmulatorsOnPath, probeEmulator, rssObjectBytes } from '../../src/emulator';
 import { QEMU, REPO, tempDir, watchFds } from '../harness';
@@ -50,6 +50,21 @@ test('QEMU 10.0.2: supported, request-ebpf, ebpf-rss-fds list, a ~20 KB ELF obje
   assert.equal(caps.identity.size, statSync(QEMU).size);
   assert.ok(!Number.isNaN(Date.parse(caps.probedAt)));
   assert.ok(ms < 5000, `cold probe took ${ms} ms`);
+});
+
+test('qemu-system-x86_64-microvm: no PCI, no eBPF build — unsupported for the right reason', async () => {
+  // Debian's microvm build has the ebpf-rss-fds property (on virtio-net-device, asked because
+  // there is no virtio-net-pci) but no request-ebpf: a real "property but no object" emulator.
+  const microvm = '/usr/bin/qemu-system-x86_64-microvm';
+  const { caps, transcript } = await probeEmulator(microvm, { useCache: false, record: true });
+  assert.equal(caps.supported, false);
+  assert.match(caps.reason!, /has the ebpf-rss-fds property but no way to get the eBPF object/);
+  assert.equal(caps.protocol, null);
+  assert.deepEqual(caps.property, { name: 'ebpf-rss-fds', type: 'list' });
+  assert.deepEqual(
+    transcript!.exchanges.filter((x) => x.execute === 'device-list-properties').map((x) => [x.arguments?.typename, 'error' in x.reply]),
+    [['virtio-net-pci', true], ['virtio-net-device', false]],
+  );
 });
 
 test('the committed 10.0.2 transcript still matches this QEMU (same decision, same object digest)', async () => {
@@ -197,9 +212,8 @@ test('listEmulatorsOnPath: every qemu-system-* on PATH, once per real file, in P
   writeFileSync(join(b, 'qemu-img'), '');
   chmodSync(join(b, 'qemu-img'), 0o755);
   const found = listEmulatorsOnPath(`${a}:relative/dir::${b}:/nonexistent`);
-  assert.deepEqual(found, [
-    { path: join(a, 'qemu-system-x86_64'), realpath: copy },
-    { path: join(b, 'qemu-system-x86_64'), realpath: QEMU },
-  ]);
-  assert.ok(listEmulatorsOnPath('/usr/bin').some((e) => e.realpath === QEMU));
+  assert.deepEqual(found, [join(a, 'qemu-system-x86_64'), join(b, 'qemu-system-x86_64')]);
+  const system = listEmulatorsOnPath('/usr/bin');
+  assert.ok(system.includes(QEMU));
+  assert.equal(new Set(system.map((p) => realpathSync(p))).size, system.length, 'no file twice');
 });
