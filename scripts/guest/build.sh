@@ -41,27 +41,25 @@ refresh_lists() {
   apt-get update -qq >&2 || die "apt-get update failed"
   lists_refreshed=1
 }
-candidate() { apt-cache show --no-all-versions "$1" 2>/dev/null | awk '/^Version:/ {print $2; exit}'; }
-
-kernel_pkg=${VEBPF_GUEST_KERNEL_PKG:-}
-if [ -z "$kernel_pkg" ]; then
-  kernel_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1=="Depends:" && $2 ~ /^linux-image-/ {print $2; exit}' || true)
-  if [ -z "$kernel_pkg" ]; then
-    refresh_lists
-    kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '$1=="Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
-  fi
-  [ -n "$kernel_pkg" ] || die "cannot tell which kernel linux-image-amd64 depends on"
-fi
-ethtool_deps=$(apt-cache depends ethtool | awk '$1=="Depends:" && $2 !~ /^</ {print $2}' | sort -u)
-pkgs=("$kernel_pkg" busybox-static ethtool $ethtool_deps)
-
+# One apt-cache call per question: each call loads the whole package cache (~1 s).
+resolve_set() {
+  local deps
+  deps=$(apt-cache depends linux-image-amd64 ethtool 2>/dev/null) || return 1
+  kernel_pkg=${VEBPF_GUEST_KERNEL_PKG:-$(awk '/^linux-image-amd64$/ {s=1; next} /^[^ ]/ {s=0} s && $1=="Depends:" && $2 ~ /^linux-image-/ {print $2; exit}' <<< "$deps")}
+  ethtool_deps=$(awk '/^ethtool$/ {s=1; next} /^[^ ]/ {s=0} s && $1=="Depends:" && $2 !~ /^</ {print $2}' <<< "$deps" | sort -u)
+  [ -n "$kernel_pkg" ] || return 1
+  pkgs=("$kernel_pkg" busybox-static ethtool $ethtool_deps)
+  version=()
+  local p v
+  while read -r p v; do version[$p]=$v; done < <(apt-cache show --no-all-versions "${pkgs[@]}" 2>/dev/null | awk '/^Package:/ {p=$2} /^Version:/ {print p, $2}')
+  for p in "${pkgs[@]}"; do [ -n "${version[$p]:-}" ] || return 1; done
+}
 declare -A version
-for p in "${pkgs[@]}"; do
-  v=$(candidate "$p")
-  if [ -z "$v" ]; then refresh_lists; v=$(candidate "$p"); fi
-  [ -n "$v" ] || die "apt knows no package '$p'"
-  version[$p]=$v
-done
+pkgs=()
+if ! resolve_set; then
+  refresh_lists
+  resolve_set || die "apt cannot resolve the fixture's packages (${pkgs[*]:-linux-image-amd64 ethtool}); check the bookworm apt sources"
+fi
 
 key=$( { for p in "${pkgs[@]}"; do echo "$p=${version[$p]}"; done | sort; sha256sum "$0" "$init_src" | cut -d' ' -f1; } | sha256sum | cut -c1-16)
 if [ -f "$out/manifest.json" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] \
