@@ -43,6 +43,11 @@ export interface EmulatorCaps {
   reason?: string;
   protocol: RssProtocol | null;
   property: RssProperty | null;
+  /**
+   * QOM type of every property of the virtio-net device probed (e.g. mq: "bool", vectors:
+   * "uint32"), so a key=value -device can be rewritten as typed JSON; {} if there was none.
+   */
+  deviceProps: Record<string, string>;
   /** request-ebpf: the ELF object, base64 */
   rssObject?: string;
   rssObjectSha256?: string;
@@ -161,7 +166,7 @@ export function decideCaps(t: ProbeTranscript, binary: { path: string; identity:
   const version = parseVersion(mustReturn(t, 'query-version'));
   const commands = parseCommandNames(mustReturn(t, 'query-commands'));
   const v = versionString(version);
-  const base = { path: binary.path, realpath: binary.identity.realpath, identity: binary.identity, version, probedAt };
+  const base = { path: binary.path, realpath: binary.identity.realpath, identity: binary.identity, version, deviceProps: {} as Record<string, string>, probedAt };
   const unsupported = (reason: string, protocol: RssProtocol | null = null, property: RssProperty | null = null): EmulatorCaps => ({
     ...base,
     supported: false,
@@ -179,6 +184,7 @@ export function decideCaps(t: ProbeTranscript, binary: { path: string; identity:
   }
   const device = String(propsX.arguments?.typename ?? RSS_DEVICE);
   const props = parseDeviceProperties((propsX.reply as { return: unknown }).return);
+  base.deviceProps = Object.fromEntries(props.map((p) => [p.name, p.type]));
   if (!props.some((p) => p.name === 'rss')) return unsupported(`QEMU ${v}: ${device} has no rss property (RSS needs QEMU >= 5.1); upgrade QEMU`);
 
   const { property, problem: propProblem } = decideProperty(props, device);
@@ -247,7 +253,7 @@ const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFin
 const isInt = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0;
 const isStr = (v: unknown): v is string => typeof v === 'string';
 
-const CAPS_KEYS = new Set(['path', 'realpath', 'identity', 'version', 'supported', 'reason', 'protocol', 'property', 'rssObject', 'rssObjectSha256', 'helperPath', 'probedAt']);
+const CAPS_KEYS = new Set(['path', 'realpath', 'identity', 'version', 'supported', 'reason', 'protocol', 'property', 'deviceProps', 'rssObject', 'rssObjectSha256', 'helperPath', 'probedAt']);
 
 /** Why `v` is not a well-formed EmulatorCaps, or null when it is. Unknown keys are refused too. */
 export function capsShapeProblem(v: unknown): string | null {
@@ -258,6 +264,8 @@ export function capsShapeProblem(v: unknown): string | null {
   if (!isObj(id) || Object.keys(id).length !== 6 || id.realpath !== v.realpath || ![id.dev, id.ino, id.size].every(isInt) || !isNum(id.mtimeMs) || !isNum(id.ctimeMs)) return 'bad identity';
   const ver = v.version;
   if (!isObj(ver) || Object.keys(ver).length !== 4 || ![ver.major, ver.minor, ver.micro].every(isInt) || !isStr(ver.package)) return 'bad version';
+  const dp = v.deviceProps;
+  if (!isObj(dp) || !Object.values(dp).every(isStr)) return 'bad deviceProps';
   if (typeof v.supported !== 'boolean') return 'bad supported';
   if (v.supported ? v.reason !== undefined : !isStr(v.reason)) return 'reason must be present exactly when unsupported';
   if (v.protocol !== null && v.protocol !== 'request-ebpf' && v.protocol !== 'helper') return 'bad protocol';

@@ -48,6 +48,11 @@ test('QEMU 10.0.2 recording: supported through request-ebpf with the ebpf-rss-fd
   assert.equal(caps.rssObjectSha256, createHash('sha256').update(obj).digest('hex'));
   assert.equal(q10.shortened?.bytes, 20208, 'the recording notes the full object size');
   assert.equal(caps.helperPath, undefined);
+  // property types for rewriting key=value devices as typed JSON
+  assert.equal(caps.deviceProps.rss, 'bool');
+  assert.equal(caps.deviceProps.mq, 'bool');
+  assert.equal(caps.deviceProps.vectors, 'uint32');
+  assert.equal(caps.deviceProps['ebpf-rss-fds'], 'list');
   assert.equal(capsShapeProblem(caps), null);
   assert.deepEqual(JSON.parse(JSON.stringify(caps)), caps, 'caps are plain JSON data');
 });
@@ -159,6 +164,8 @@ test('the strict shape check refuses tampered or partial caps', () => {
     ['helper path on request-ebpf caps', (c) => (c.helperPath = '/x')],
     ['bad date', (c) => (c.probedAt = 'yesterday')],
     ['version as string', (c) => (c.version.major = '10')],
+    ['deviceProps missing', (c) => delete c.deviceProps],
+    ['deviceProps with a non-string type', (c) => (c.deviceProps.mq = true)],
   ];
   for (const [what, mutate] of bad) {
     const c = JSON.parse(JSON.stringify(good));
