@@ -73,7 +73,6 @@ export class QmpTransport {
     this.#socket = socket;
     this.#maxLine = opts.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
     this.#writeStallMs = opts.writeStallMs ?? DEFAULT_WRITE_STALL_MS;
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('end', () => this.#fail(closedError('QMP peer closed the connection')));
     socket.on('error', (e) => this.#fail(closedError(`QMP connection failed: ${e.message}`, e)));
     socket.on('close', () => this.#fail(closedError('QMP connection closed')));
@@ -124,8 +123,10 @@ export class QmpTransport {
     return this.#closeReason;
   }
 
+  /** The socket starts flowing with the first listener, so no line is read before anyone listens. */
   onLine(listener: LineListener): void {
     this.#lineListeners.push(listener);
+    if (this.#lineListeners.length === 1) this.#socket.on('data', (chunk: Buffer) => this.#onData(chunk));
   }
 
   /** Called exactly once, with why the connection ended (also for a local close()). */
