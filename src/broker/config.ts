@@ -37,15 +37,16 @@ const schema = yup
       })
       .default({}),
   })
-  .noUnknown(true, (p) => `unknown field ${p.unknown}`)
-  .strict(true);
+  .noUnknown(true, (p) => `unknown field ${p.unknown}`);
 
 export type BrokerConfig = yup.InferType<typeof schema>;
 
 /** Validate a parsed config object; `where` names the file for the message. */
 export function validateConfig(raw: unknown, where = 'config'): BrokerConfig {
   try {
-    return schema.validateSync(raw ?? {}, { abortEarly: true, stripUnknown: false }) as BrokerConfig;
+    // Strict first (no coercion: "2" is not a number here), then cast to fill in the defaults.
+    schema.validateSync(raw ?? {}, { strict: true, abortEarly: true });
+    return schema.cast(raw ?? {}) as BrokerConfig;
   } catch (e) {
     const ve = e as yup.ValidationError;
     const field = ve.path ? `field "${ve.path}"` : 'top level';

@@ -73,6 +73,14 @@ function emulatorPath(v: unknown): string {
   return v;
 }
 
+const ALLOWED_KEYS: Record<Op, string[]> = {
+  hello: ['v', 'id', 'op'],
+  status: ['v', 'id', 'op'],
+  acquire: ['v', 'id', 'op', 'emulator', 'count', 'domain'],
+  prewarm: ['v', 'id', 'op', 'emulator', 'count', 'domain'],
+  release: ['v', 'id', 'op', 'domain'],
+};
+
 /** Parse one request line; throws BROKER_PROTOCOL naming the problem. */
 export function parseRequest(line: string): Request {
   if (line.length > MAX_LINE) throw bad(`request longer than ${MAX_LINE} bytes`);
@@ -86,6 +94,10 @@ export function parseRequest(line: string): Request {
   if (m.v !== PROTOCOL_VERSION) throw bad(`unsupported protocol version ${JSON.stringify(m.v)} (broker speaks ${PROTOCOL_VERSION})`);
   if (!Number.isSafeInteger(m.id)) throw bad('"id" must be an integer');
   const id = m.id as number;
+  // Closed shape: in particular there is no way to hand the broker bytecode or a helper path.
+  const allowed = ALLOWED_KEYS[m.op as Op];
+  const extra = allowed ? Object.keys(m).filter((k) => !allowed.includes(k)) : [];
+  if (extra.length) throw bad(`unexpected field ${JSON.stringify(extra[0])} in ${String(m.op)} request`);
   switch (m.op) {
     case 'hello':
     case 'status':

@@ -1,0 +1,111 @@
+/**
+ * The subcommands: each parses its options and calls into its concept's folder.
+ */
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { parseArgs } from './args';
+import { VirtEbpfError } from '../errors';
+
+export interface Command {
+  summary: string;
+  usage: string;
+  run(argv: string[]): Promise<number>;
+}
+
+function defaultCacheDir(): string {
+  if (process.getuid?.() === 0) return '/var/cache/virt-ebpf/probe';
+  return join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'virt-ebpf', 'probe');
+}
+
+export const COMMANDS: Record<string, Command> = {
+  probe: {
+    summary: 'show which emulators can take eBPF RSS fds, and how',
+    usage: 'virt-ebpf probe [EMULATOR…] [--json] [--no-cache] [--cache-dir DIR]',
+    async run(argv) {
+      const a = parseArgs(argv, { flags: ['json', 'no-cache'], values: ['cache-dir'] }, 'probe');
+      const { probeEmulator, listEmulatorsOnPath, formatProbeTable } = await import('../emulator');
+      const paths = a.positional.length ? a.positional : listEmulatorsOnPath();
+      if (paths.length === 0) {
+        throw new VirtEbpfError('EMULATOR_NOT_FOUND', 'no qemu-system-* on PATH', { remedy: 'install QEMU (apt-get install -t bookworm-backports qemu-system-x86) or name the emulator' });
+      }
+      const rows = [];
+      let failed = 0;
+      for (const p of paths) {
+        try {
+          const r = await probeEmulator(p, { cacheDir: a.values.get('cache-dir') ?? defaultCacheDir(), useCache: !a.flags.has('no-cache') });
+          rows.push(r.caps);
+          if (!r.caps.supported) failed++;
+        } catch (e) {
+          if (paths.length === 1) throw e;
+          failed++;
+          process.stderr.write(`${(e as VirtEbpfError).oneLine?.() ?? String(e)}\n`);
+        }
+      }
+      if (a.flags.has('json')) {
+        process.stdout.write(JSON.stringify(rows.map(({ rssObject: _omit, ...rest }) => rest), null, 2) + '\n');
+      } else {
+        process.stdout.write(formatProbeTable(rows) + '\n');
+      }
+      return failed === paths.length ? 1 : 0;
+    },
+  },
+  exec: {
+    summary: 'run QEMU with eBPF RSS fds for its rss=on virtio-net devices, as another user',
+    usage: 'virt-ebpf exec [--user USER] [--verbose] [--cache-dir DIR] -- EMULATOR ARGS…',
+    async run(argv) {
+      const a = parseArgs(argv, { flags: ['verbose'], values: ['user', 'cache-dir'] }, 'exec');
+      const command = [...a.positional, ...a.rest];
+      const { execEmulator } = await import('../exec');
+      await execEmulator({ user: a.values.get('user'), command, cacheDir: a.values.get('cache-dir') ?? defaultCacheDir(), verbose: a.flags.has('verbose') });
+      return 0; // not reached: exec replaced this process
+    },
+  },
+  xml: {
+    summary: 'transform domain XML: enable|disable eBPF RSS, or show our settings (stdin/stdout or FILE)',
+    usage: 'virt-ebpf xml enable|disable|show [--all-virtio] [--queues N] [--policy strict|fallback] [--wrapper-dir DIR] [--default-emulator PATH] [FILE|-]',
+    async run(argv) {
+      const { runXmlCommand } = await import('../xml');
+      const r = runXmlCommand(argv, () => readFileSync(0, 'utf8'));
+      process.stdout.write(r.stdout);
+      process.stderr.write(r.stderr);
+      return r.code;
+    },
+  },
+  broker: {
+    summary: 'run the privileged broker in the foreground (what virt-ebpfd runs)',
+    usage: 'virt-ebpf broker [--config FILE]',
+    async run(argv) {
+      const a = parseArgs(argv, { values: ['config'] }, 'broker');
+      if (process.getuid?.() !== 0) {
+        throw new VirtEbpfError('NOT_ROOT', 'the broker must run as root (it loads eBPF)', { remedy: 'run it as root, or use the systemd unit virt-ebpfd.socket' });
+      }
+      const { loadConfig } = await import('../broker/config');
+      const { startBroker } = await import('../broker/daemon');
+      const broker = await startBroker(loadConfig(a.values.get('config')));
+      await new Promise<void>((resolve) => {
+        const stop = () => resolve();
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+      });
+      await broker.close();
+      return 0;
+    },
+  },
+  version: {
+    summary: 'print the version',
+    usage: 'virt-ebpf version',
+    async run() {
+      const pkg = JSON.parse(readFileSync(join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string };
+      process.stdout.write(`virt-ebpf ${pkg.version}\n`);
+      return 0;
+    },
+  },
+};
+
+export function usage(): string {
+  const lines = ['virt-ebpf: virtio-net eBPF RSS for unprivileged QEMU under libvirt', '', 'Commands:'];
+  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(8)} ${c.summary}`, `           ${c.usage}`);
+  lines.push('', 'Errors are one line: what failed, why, and what to do. VIRT_EBPF_DEBUG=1 adds the evidence.', '');
+  return lines.join('\n');
+}
