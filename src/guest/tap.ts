@@ -18,6 +18,8 @@ export interface TapOptions {
   name?: string;
   /** Host address on the tap, e.g. "10.199.0.1/30". */
   hostIp?: string;
+  /** Owner, so an unprivileged QEMU (e.g. libvirt-qemu) may attach its queues. */
+  user?: string;
 }
 
 export function ip(args: string[], timeoutMs = 10_000): Promise<string> {
@@ -52,7 +54,7 @@ export async function createTap(opts: TapOptions = {}): Promise<Tap> {
   for (const name of candidates) {
     if (!opts.name && existsSync(`/sys/class/net/${name}`)) continue;
     try {
-      await ip(['tuntap', 'add', 'dev', name, 'mode', 'tap', 'multi_queue']);
+      await ip(['tuntap', 'add', 'dev', name, 'mode', 'tap', 'multi_queue', ...(opts.user ? ['user', opts.user] : [])]);
     } catch (e) {
       // Another process took the name between our check and the add: try the next one.
       lastError = e;
