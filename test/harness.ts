@@ -3,7 +3,7 @@
  * with the reason, because CI runs as root and a missing privilege is a broken setup.
  * `watchFds()` snapshots /proc/self/fd so a suite can assert it leaked nothing.
  */
-import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
@@ -41,4 +41,19 @@ export function watchFds(): () => void {
 export function tempDir(prefix = 'virt-ebpf-test-'): { path: string; remove(): void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/**
+ * A directory the trust check accepts (root-owned, not group/world-writable up to /), for
+ * executables the code under test must agree to run. Not under the checkout: CI may clone it
+ * below a world-writable directory such as /tmp.
+ */
+export const TRUSTED_ROOT = '/var/lib/virt-ebpf-test';
+
+export function trustedDir(name: string): string {
+  const dir = join(TRUSTED_ROOT, name);
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  chmodSync(TRUSTED_ROOT, 0o755);
+  chmodSync(dir, 0o755);
+  return dir;
 }

@@ -1,6 +1,6 @@
 /**
  * Builds the helper-protocol test doubles (test/fixtures/helper) into a root-owned, 0755
- * directory under the repo's .cache/ — trust checks refuse /tmp, and must accept these.
+ * directory (test/harness trustedDir) — trust checks refuse /tmp, and must accept these.
  *
  * - a fake emulator (C, carries the stamp string, execs the QMP script)
  * - helper doubles (C, export the stamp symbol, exec the --fd script in some mode)
@@ -13,7 +13,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { QEMU, REPO } from '../harness';
+import { QEMU, REPO, trustedDir } from '../harness';
 import { untrustedReason } from '../../src/sys/trust';
 
 const SRC = join(REPO, 'test', 'fixtures', 'helper');
@@ -103,7 +103,7 @@ export async function buildHelperDoubles(): Promise<HelperDoubles> {
   for (const js of ['fake-emulator.js', 'helper-double.js']) {
     if (!existsSync(join(DIST, js))) throw new Error(`${join(DIST, js)} missing: run "npx tsc -p ." first`);
   }
-  const parent = join(REPO, '.cache', 'helper-doubles');
+  const parent = trustedDir('helper-doubles');
   mkdirSync(parent, { recursive: true, mode: 0o755 });
   const dir = join(parent, buildKey());
   if (!existsSync(join(dir, 'complete'))) {
@@ -128,7 +128,7 @@ export async function buildHelperDoubles(): Promise<HelperDoubles> {
   }
   const out = { dir, ...layout(dir) };
   const why = untrustedReason(out.helpers.good);
-  if (why !== null) throw new Error(`helper doubles are not trusted (${why}); the repo must sit in root-owned, non-writable directories`);
+  if (why !== null) throw new Error(`helper doubles are not trusted (${why}); its parents must be root-owned and not group/world-writable`);
   return out;
 }
 
