@@ -92,6 +92,80 @@ export const COMMANDS: Record<string, Command> = {
       return 0;
     },
   },
+  install: {
+    summary: 'install the hook, emulator wrappers, broker units and default config (root)',
+    usage: 'virt-ebpf install [--prefix DIR] [--no-rescan]',
+    async run(argv) {
+      const a = parseArgs(argv, { flags: ['no-rescan'], values: ['prefix'] }, 'install');
+      requireRoot('install');
+      const { copyRuntime, sourceRoot, DEFAULT_PREFIX } = await import('../install/runtime');
+      const { chooseEmulators, hostFacts } = await import('../install/host');
+      const { install } = await import('../install/apply');
+      const prefix = a.values.get('prefix') ?? DEFAULT_PREFIX;
+      if (prefix === sourceRoot()) {
+        throw new VirtEbpfError('USAGE', `--prefix ${prefix} is this checkout`, { remedy: 'install into a root-owned directory of its own (default /usr/lib/virt-ebpf)' });
+      }
+      const choices = await chooseEmulators(defaultCacheDir());
+      const wrapped = choices.filter((c) => c.wrapped).map((c) => c.path);
+      if (wrapped.length === 0) {
+        throw new VirtEbpfError('EMULATOR_UNSUPPORTED', 'no supported, trusted qemu-system-* found to wrap', {
+          remedy: 'install QEMU >= 9.0 (apt-get install -t bookworm-backports qemu-system-x86) and run `virt-ebpf probe`',
+        });
+      }
+      copyRuntime(sourceRoot(), prefix);
+      const r = install(hostFacts({ prefix, emulators: wrapped }), { rescan: !a.flags.has('no-rescan') });
+      for (const c of choices) process.stdout.write(`${c.wrapped ? 'wrapped' : 'skipped'}  ${c.path}${c.why ? `: ${c.why}` : ''}\n`);
+      for (const p of r.written) process.stdout.write(`wrote    ${p}\n`);
+      for (const p of r.kept) process.stdout.write(`kept     ${p} (yours)\n`);
+      process.stdout.write(`runtime  ${prefix}\n${r.hookRescan}\n`);
+      return 0;
+    },
+  },
+  uninstall: {
+    summary: 'remove exactly what install added (refuses while domains are enabled, unless --force)',
+    usage: 'virt-ebpf uninstall [--force] [--no-rescan]',
+    async run(argv) {
+      const a = parseArgs(argv, { flags: ['force', 'no-rescan'] }, 'uninstall');
+      requireRoot('uninstall');
+      const { uninstall, readManifest } = await import('../install/apply');
+      const { DEFAULT_PATHS } = await import('../install/plan');
+      const m = readManifest(DEFAULT_PATHS.manifest);
+      if (!m) {
+        process.stdout.write('virt-ebpf is not installed (no manifest); nothing to do\n');
+        return 0;
+      }
+      if (!a.flags.has('force')) {
+        const { enabledDomains } = await import('../libvirt/enabled');
+        const enabled = enabledDomains();
+        if (enabled.length) {
+          throw new VirtEbpfError('USAGE', `domains still use virt-ebpf: ${enabled.join(', ')}`, {
+            remedy: 'run `virt-ebpf disable DOMAIN` for each (their <emulator> points at our wrapper), or uninstall --force',
+          });
+        }
+      }
+      const r = uninstall(DEFAULT_PATHS.manifest, { rescan: !a.flags.has('no-rescan'), removeTree: m.prefix });
+      for (const p of r.removed) process.stdout.write(`removed  ${p}\n`);
+      for (const k of r.kept) process.stdout.write(`kept     ${k.path} (${k.why})\n`);
+      return 0;
+    },
+  },
+  refresh: {
+    summary: 'rewrite wrappers whose real QEMU changed, so libvirt re-reads its capabilities',
+    usage: 'virt-ebpf refresh [--quiet]',
+    async run(argv) {
+      const a = parseArgs(argv, { flags: ['quiet'] }, 'refresh');
+      requireRoot('refresh');
+      const { refreshWrappers } = await import('../install/apply');
+      const { DEFAULT_PATHS } = await import('../install/plan');
+      const r = refreshWrappers(DEFAULT_PATHS.manifest);
+      if (!a.flags.has('quiet')) {
+        for (const x of r.refreshed) process.stdout.write(`refreshed ${x.wrapper} (${x.real} changed)\n`);
+        for (const x of r.missing) process.stdout.write(`missing   ${x}: its wrapper stays until \`virt-ebpf install\` runs again\n`);
+        if (!r.refreshed.length && !r.missing.length) process.stdout.write('all wrappers are current\n');
+      }
+      return 0;
+    },
+  },
   version: {
     summary: 'print the version',
     usage: 'virt-ebpf version',
@@ -102,6 +176,12 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
 };
+
+function requireRoot(what: string): void {
+  if (process.getuid?.() !== 0) {
+    throw new VirtEbpfError('NOT_ROOT', `${what} needs root`, { remedy: `run it as root (sudo virt-ebpf ${what})` });
+  }
+}
 
 export function usage(): string {
   const lines = ['virt-ebpf: virtio-net eBPF RSS for unprivileged QEMU under libvirt', '', 'Commands:'];

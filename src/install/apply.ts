@@ -4,8 +4,8 @@
  * tell libvirtd to rescan its hooks.
  */
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
 import { parseWrapper, renderWrapper } from '../wrapper/script';
@@ -110,7 +110,7 @@ export interface UninstallReport {
   kept: Array<{ path: string; why: string }>;
 }
 
-export function uninstall(manifestPath: string, opts: { rescan?: boolean } = {}): UninstallReport {
+export function uninstall(manifestPath: string, opts: { rescan?: boolean; removeTree?: string } = {}): UninstallReport {
   const m = readManifest(manifestPath);
   const removed: string[] = [];
   const kept: Array<{ path: string; why: string }> = [];
@@ -127,6 +127,11 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean } = {})
   }
   unlinkSync(manifestPath);
   pruneEmptyDirs(dirname(manifestPath));
+  // The copied runtime (see runtime.ts), only if it is ours: it holds our marker files.
+  if (opts.removeTree && existsSync(join(opts.removeTree, 'dist/src/cli/main.js')) && existsSync(join(opts.removeTree, 'templates/hook.sh'))) {
+    rmSync(opts.removeTree, { recursive: true, force: true });
+    removed.push(opts.removeTree);
+  }
   if (opts.rescan !== false) rescanHooks();
   return { removed, kept };
 }

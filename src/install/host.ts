@@ -1,0 +1,57 @@
+/**
+ * Gathering the facts `installPlan` needs from this host (side effects: PATH scan, probes,
+ * file reads), kept apart from the pure plan.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { listEmulatorsOnPath, probeEmulator } from '../emulator';
+import { untrustedReason } from '../sys/trust';
+import { identityOf } from './apply';
+import { HostFacts, InstallPaths } from './plan';
+
+export const TEMPLATE_FILES = ['hook.sh', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf'];
+export const EMULATOR_DIRS = ['/usr/bin', '/usr/local/bin', '/usr/libexec'];
+
+export interface EmulatorChoice {
+  path: string;
+  wrapped: boolean;
+  why?: string;
+}
+
+/** Every qemu-system-* on PATH: wrapped when trusted, in an allowed dir, and supported. */
+export async function chooseEmulators(cacheDir: string, searchPath?: string): Promise<EmulatorChoice[]> {
+  const out: EmulatorChoice[] = [];
+  for (const path of listEmulatorsOnPath(searchPath)) {
+    if (!EMULATOR_DIRS.includes(dirname(path))) {
+      out.push({ path, wrapped: false, why: `not in ${EMULATOR_DIRS.join(', ')}` });
+      continue;
+    }
+    const untrusted = untrustedReason(path);
+    if (untrusted) {
+      out.push({ path, wrapped: false, why: untrusted });
+      continue;
+    }
+    try {
+      const { caps } = await probeEmulator(path, { cacheDir });
+      out.push(caps.supported ? { path, wrapped: true } : { path, wrapped: false, why: caps.reason });
+    } catch (e) {
+      out.push({ path, wrapped: false, why: (e as Error).message });
+    }
+  }
+  return out;
+}
+
+export function hostFacts(opts: { prefix: string; emulators: string[]; paths?: Partial<InstallPaths> }): HostFacts {
+  const templates: Record<string, string> = {};
+  for (const f of TEMPLATE_FILES) templates[f] = readFileSync(join(opts.prefix, 'templates', f), 'utf8');
+  return {
+    node: process.execPath,
+    prefix: opts.prefix,
+    emulators: opts.emulators.map((path) => ({ path, identity: identityOf(path) })),
+    templates,
+    apparmor: existsSync('/etc/apparmor.d/abstractions'),
+    systemd: existsSync('/run/systemd/system'),
+    apt: existsSync('/etc/apt/apt.conf.d'),
+    paths: opts.paths,
+  };
+}
