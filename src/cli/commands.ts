@@ -166,6 +166,17 @@ export const COMMANDS: Record<string, Command> = {
       return 0;
     },
   },
+  doctor: {
+    summary: 'check everything eBPF RSS under libvirt needs, with the fix for each failure',
+    usage: 'virt-ebpf doctor [--json] [--cache-dir DIR]',
+    async run(argv) {
+      const a = parseArgs(argv, { flags: ['json'], values: ['cache-dir'] }, 'doctor');
+      const { runChecks, formatChecks, doctorExitCode } = await import('../doctor');
+      const results = await runChecks({ cacheDir: a.values.get('cache-dir') ?? defaultCacheDir() });
+      process.stdout.write((a.flags.has('json') ? JSON.stringify(results, null, 2) : formatChecks(results)) + '\n');
+      return doctorExitCode(results);
+    },
+  },
   version: {
     summary: 'print the version',
     usage: 'virt-ebpf version',

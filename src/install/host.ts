@@ -3,7 +3,7 @@
  * file reads), kept apart from the pure plan.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { listEmulatorsOnPath, probeEmulator } from '../emulator';
 import { untrustedReason } from '../sys/trust';
 import { identityOf } from './apply';
@@ -21,7 +21,14 @@ export interface EmulatorChoice {
 /** Every qemu-system-* on PATH: wrapped when trusted, in an allowed dir, and supported. */
 export async function chooseEmulators(cacheDir: string, searchPath?: string): Promise<EmulatorChoice[]> {
   const out: EmulatorChoice[] = [];
+  const names = new Map<string, string>();
   for (const path of listEmulatorsOnPath(searchPath)) {
+    const taken = names.get(basename(path));
+    if (taken) {
+      // One wrapper file per name: a domain's <emulator> maps to wrapperDir/basename.
+      out.push({ path, wrapped: false, why: `${taken} (earlier on PATH) is wrapped under the same name` });
+      continue;
+    }
     if (!EMULATOR_DIRS.includes(dirname(path))) {
       out.push({ path, wrapped: false, why: `not in ${EMULATOR_DIRS.join(', ')}` });
       continue;
@@ -34,6 +41,7 @@ export async function chooseEmulators(cacheDir: string, searchPath?: string): Pr
     try {
       const { caps } = await probeEmulator(path, { cacheDir });
       out.push(caps.supported ? { path, wrapped: true } : { path, wrapped: false, why: caps.reason });
+      if (caps.supported) names.set(basename(path), path);
     } catch (e) {
       out.push({ path, wrapped: false, why: (e as Error).message });
     }

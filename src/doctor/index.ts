@@ -1,0 +1,133 @@
+/**
+ * Runs every doctor check and renders the verdicts. The checks that need the host's state
+ * (libbpf, emulators, libvirt, what install left, the broker) live here; kernel facts in
+ * checks.ts.
+ */
+import { existsSync } from 'node:fs';
+import { CheckResult, commandOutput, kernelChecks, sha256File, Check } from './checks';
+import { libvirtQemuAccount } from '../broker/config';
+import { brokerRequest, DEFAULT_SOCKET } from '../broker/client';
+import { DEFAULT_PATHS } from '../install/plan';
+import { readManifest, staleWrappers } from '../install/apply';
+import { isVirtEbpfError } from '../errors';
+
+export { type CheckResult } from './checks';
+
+export interface DoctorOptions {
+  cacheDir: string;
+  socket?: string;
+  manifest?: string;
+  emulators?: string[];
+}
+
+function hostChecks(opts: DoctorOptions): Check[] {
+  const manifestPath = opts.manifest ?? DEFAULT_PATHS.manifest;
+  return [
+    async () => {
+      try {
+        const { libbpf } = await import('../bpf/libbpf');
+        libbpf();
+        return { name: 'libbpf', verdict: 'ok', detail: 'libbpf.so.1 loads', needed: true };
+      } catch (e) {
+        return { name: 'libbpf', verdict: 'fail', detail: (e as Error).message, fix: 'apt-get install libbpf1', needed: true };
+      }
+    },
+    async () => {
+      const { listEmulatorsOnPath, probeEmulator } = await import('../emulator');
+      const paths = opts.emulators ?? listEmulatorsOnPath();
+      if (paths.length === 0) {
+        return { name: 'emulators', verdict: 'fail', detail: 'no qemu-system-* on PATH', fix: 'apt-get install -t bookworm-backports qemu-system-x86', needed: true };
+      }
+      const out: CheckResult[] = [];
+      for (const p of paths) {
+        try {
+          const { caps } = await probeEmulator(p, { cacheDir: opts.cacheDir });
+          out.push({
+            name: `emulator ${p}`,
+            verdict: caps.supported ? 'ok' : 'warn',
+            detail: caps.supported ? `QEMU ${caps.version.major}.${caps.version.minor}.${caps.version.micro}: ${caps.protocol}, ${caps.property?.name}` : `unsupported: ${caps.reason}`,
+            fix: caps.supported ? undefined : 'point domains with RSS NICs at a supported emulator (see the ok lines)',
+            needed: false,
+          });
+        } catch (e) {
+          out.push({ name: `emulator ${p}`, verdict: 'warn', detail: (e as Error).message, needed: false });
+        }
+      }
+      if (!out.some((r) => r.verdict === 'ok')) out.push({ name: 'supported emulator', verdict: 'fail', detail: 'none of the emulators can take eBPF RSS fds', fix: 'install QEMU >= 9.0 (bookworm-backports)', needed: true });
+      return out;
+    },
+    () => {
+      const v = commandOutput('libvirtd', ['--version']);
+      const acct = libvirtQemuAccount();
+      return {
+        name: 'libvirt',
+        verdict: v ? 'ok' : 'warn',
+        detail: v ? `${v}; QEMU runs as ${acct.user}:${acct.group}` : 'libvirtd not found',
+        fix: v ? undefined : 'apt-get install -t bookworm-backports libvirt-daemon-system (virt-ebpf exec works without it)',
+        needed: false,
+      };
+    },
+    () => {
+      let m;
+      try {
+        m = readManifest(manifestPath);
+      } catch (e) {
+        return { name: 'install', verdict: 'fail', detail: (e as Error).message, fix: 'run `virt-ebpf install` again', needed: true };
+      }
+      if (!m) return { name: 'install', verdict: 'warn', detail: 'hook and wrappers not installed (libvirt domains cannot use eBPF RSS)', fix: 'virt-ebpf install', needed: false };
+      const out: CheckResult[] = [];
+      for (const e of m.entries) {
+        const sum = sha256File(e.path);
+        const state = sum === undefined ? 'missing' : sum === e.sha256 ? 'current' : e.kind === 'config' ? 'edited (yours)' : 'modified';
+        const bad = state === 'missing' || state === 'modified';
+        out.push({ name: `${e.kind} ${e.path}`, verdict: bad ? 'fail' : 'ok', detail: state, fix: bad ? 'virt-ebpf install (rewrites it)' : undefined, needed: bad && e.kind !== 'apparmor' && e.kind !== 'apt' });
+      }
+      const stale = staleWrappers(manifestPath);
+      out.push({
+        name: 'wrapper capability freshness',
+        verdict: stale.length ? 'fail' : 'ok',
+        detail: stale.length ? `changed since their wrapper was written: ${stale.map((s) => s.real).join(', ')} (libvirt would use stale capabilities)` : 'every wrapper matches its QEMU',
+        fix: stale.length ? 'virt-ebpf refresh' : undefined,
+        needed: true,
+      });
+      return out;
+    },
+    () => {
+      const socket = opts.socket ?? DEFAULT_SOCKET;
+      try {
+        const { reply } = brokerRequest({ op: 'hello' }, { socket, timeoutMs: 3000 });
+        return { name: 'broker', verdict: 'ok', detail: `${socket}: ${reply.op === 'hello' ? `${reply.broker} ${reply.version}` : 'answers'}`, needed: true };
+      } catch (e) {
+        return {
+          name: 'broker',
+          verdict: existsSync(manifestPath) ? 'fail' : 'warn',
+          detail: isVirtEbpfError(e) ? e.message : String(e),
+          fix: 'systemctl enable --now virt-ebpfd.socket, or run `virt-ebpf broker` as root',
+          needed: existsSync(manifestPath),
+        };
+      }
+    },
+  ];
+}
+
+export async function runChecks(opts: DoctorOptions): Promise<CheckResult[]> {
+  const out: CheckResult[] = [];
+  for (const check of [...kernelChecks, ...hostChecks(opts)]) {
+    const r = await check();
+    out.push(...(Array.isArray(r) ? r : [r]));
+  }
+  return out;
+}
+
+export function formatChecks(results: CheckResult[]): string {
+  const mark = { ok: 'ok  ', warn: 'warn', fail: 'FAIL' } as const;
+  const w = Math.max(...results.map((r) => r.name.length));
+  const lines = results.map((r) => `${mark[r.verdict]}  ${r.name.padEnd(w)}  ${r.detail}${r.fix ? `\n      ${' '.repeat(w)}  fix: ${r.fix}` : ''}`);
+  const failed = results.filter((r) => r.verdict === 'fail' && r.needed).length;
+  lines.push('', failed ? `${failed} needed check(s) failed` : 'everything needed is in place');
+  return lines.join('\n');
+}
+
+export function doctorExitCode(results: CheckResult[]): number {
+  return results.some((r) => r.verdict === 'fail' && r.needed) ? 1 : 0;
+}

@@ -1,0 +1,111 @@
+/**
+ * install/uninstall/refresh into a scratch root (every path overridden): exactly the planned
+ * files with their modes, a manifest, the user's config kept, uninstall removes exactly what
+ * install wrote, refresh rewrites a wrapper only when its QEMU changed.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, readdirSync, utimesSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { install, uninstall, refreshWrappers, staleWrappers, readManifest } from '../../src/install/apply';
+import { installPlan, InstallPaths } from '../../src/install/plan';
+import { hostFacts } from '../../src/install/host';
+import { parseWrapper } from '../../src/wrapper/script';
+import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
+
+function scratchPaths(root: string): InstallPaths {
+  return {
+    wrapperDir: join(root, 'usr/libexec/virt-ebpf'),
+    hookFile: join(root, 'etc/libvirt/hooks/qemu.d/virt-ebpf'),
+    unitDir: join(root, 'etc/systemd/system'),
+    configFile: join(root, 'etc/virt-ebpf/config.json'),
+    apparmorFile: join(root, 'etc/apparmor.d/abstractions/libvirt-qemu.d/virt-ebpf'),
+    aptFile: join(root, 'etc/apt/apt.conf.d/80virt-ebpf'),
+    manifest: join(root, 'var/lib/virt-ebpf/installed.json'),
+  };
+}
+
+function allFiles(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? allFiles(join(dir, e.name)) : [join(dir, e.name)]));
+}
+
+test('install writes exactly the plan, uninstall removes exactly that, the user\'s config survives', () => {
+  needRoot('writes root-owned files');
+  const d = tempDir();
+  try {
+    const paths = scratchPaths(d.path);
+    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: true, apparmor: true, apt: true };
+    const plan = installPlan(facts);
+    assert.deepEqual(plan.map((a) => a.kind).sort(), ['apparmor', 'apt', 'config', 'hook', 'unit', 'unit', 'wrapper']);
+    const r = install(facts, { rescan: false });
+    assert.deepEqual(r.written.sort(), plan.map((a) => a.path).sort());
+    for (const a of plan) {
+      assert.equal(readFileSync(a.path, 'utf8'), a.content);
+      assert.equal(statSync(a.path).mode & 0o777, a.mode, a.path);
+    }
+    const wrapper = parseWrapper(readFileSync(join(paths.wrapperDir, 'qemu-system-x86_64'), 'utf8'));
+    assert.equal(wrapper?.real, QEMU);
+    assert.match(readFileSync(paths.hookFile, 'utf8'), /dist\/src\/hook\/main\.js/);
+    assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} .*cli/main.js broker`));
+    assert.equal(readManifest(paths.manifest)!.entries.length, plan.length);
+
+    // the user edits the config; a second install keeps it, uninstall keeps it too
+    writeFileSync(paths.configFile, '{"policy":"fallback"}\n');
+    install(facts, { rescan: false });
+    assert.equal(readFileSync(paths.configFile, 'utf8'), '{"policy":"fallback"}\n');
+    const u = uninstall(paths.manifest, { rescan: false });
+    assert.deepEqual(u.kept, [{ path: paths.configFile, why: 'edited since install' }]);
+    assert.deepEqual(allFiles(d.path), [paths.configFile], 'nothing else is left');
+  } finally {
+    d.remove();
+  }
+});
+
+test('a config the user had before install is never ours: kept, not in the manifest', () => {
+  needRoot('writes root-owned files');
+  const d = tempDir();
+  try {
+    const paths = scratchPaths(d.path);
+    install({ ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    uninstall(paths.manifest, { rescan: false });
+    mkdirSync(dirname(paths.configFile), { recursive: true });
+    writeFileSync(paths.configFile, '{"pool":{"size":4}}\n');
+    const r = install({ ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    assert.deepEqual(r.kept, [paths.configFile]);
+    assert.ok(!readManifest(paths.manifest)!.entries.some((e) => e.path === paths.configFile));
+    uninstall(paths.manifest, { rescan: false });
+    assert.equal(readFileSync(paths.configFile, 'utf8'), '{"pool":{"size":4}}\n');
+  } finally {
+    d.remove();
+  }
+});
+
+test('refresh rewrites (new ctime) only the wrapper whose QEMU changed', async () => {
+  needRoot('copies QEMU into a trusted dir');
+  const d = tempDir();
+  const bin = trustedDir('install-refresh');
+  const copy = join(bin, 'qemu-system-x86_64');
+  try {
+    copyFileSync(QEMU, copy);
+    const paths = scratchPaths(d.path);
+    install({ ...hostFacts({ prefix: REPO, emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    const w = join(paths.wrapperDir, 'qemu-system-x86_64');
+    assert.deepEqual(refreshWrappers(paths.manifest), { refreshed: [], missing: [] });
+    const before = statSync(w).ctimeMs;
+    const content = readFileSync(w, 'utf8');
+    assert.deepEqual(staleWrappers(paths.manifest), []);
+    await new Promise((r) => setTimeout(r, 20));
+    utimesSync(copy, new Date(), new Date(Date.now() - 1000)); // an "upgrade": new mtime, new ctime
+    assert.deepEqual(staleWrappers(paths.manifest).map((s) => s.real), [copy]);
+    const r = refreshWrappers(paths.manifest);
+    assert.deepEqual(r.refreshed.map((x) => x.real), [copy]);
+    assert.ok(statSync(w).ctimeMs > before, "the wrapper's ctime moved, so libvirt re-probes");
+    assert.notEqual(readFileSync(w, 'utf8'), content);
+    assert.deepEqual(staleWrappers(paths.manifest), []);
+    assert.deepEqual(refreshWrappers(paths.manifest).refreshed, [], 'idempotent');
+    uninstall(paths.manifest, { rescan: false });
+  } finally {
+    d.remove();
+  }
+});
