@@ -1,0 +1,134 @@
+/**
+ * The libvirt hook's decisions, run through the real code path (runHook) with a real broker
+ * process, a scratch state dir and scratch install manifest: prepare prewarms or refuses per
+ * policy, reconnect never fails, release cleans up, migrate/restore adapt only what must.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, ChildProcess } from 'node:child_process';
+import { copyFileSync, existsSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseHookArgs, mayFail, mayReplaceXml, domainUuid } from '../../src/hook/event';
+import { runHook, HookEnv } from '../../src/hook/main';
+import { enableDomain, wrapperInDir, isEnabled } from '../../src/xml';
+import { install } from '../../src/install/apply';
+import { hostFacts } from '../../src/install/host';
+import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
+
+const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
+const uuid = domainUuid(plain)!;
+const dir = tempDir();
+const env: HookEnv = { socket: join(dir.path, 'broker.sock'), stateDir: join(dir.path, 'state'), manifest: join(dir.path, 'none.json'), timeoutMs: 20_000 };
+let broker: ChildProcess | undefined;
+
+function enabled(policy: 'strict' | 'fallback', wrapperDir = '/usr/libexec/virt-ebpf'): string {
+  return enableDomain(plain, { wrapperFor: wrapperInDir(wrapperDir), policy }).xml;
+}
+
+async function startBroker(): Promise<void> {
+  const cfg = join(dir.path, 'broker.json');
+  writeFileSync(cfg, JSON.stringify({ socket: env.socket, cacheDir: join(dir.path, 'cache'), pool: { size: 0 } }));
+  broker = spawn(process.execPath, [join(REPO, 'dist/src/cli/main.js'), 'broker', '--config', cfg], { stdio: 'ignore' });
+  for (let i = 0; i < 200 && !existsSync(env.socket!); i++) await new Promise((r) => setTimeout(r, 50));
+}
+
+async function stopBroker(): Promise<void> {
+  if (!broker) return;
+  const b = broker;
+  broker = undefined;
+  const exited = new Promise((r) => b.once('exit', r));
+  b.kill('SIGTERM');
+  await exited;
+}
+
+before(() => needRoot('runs a broker that loads BPF'));
+after(async () => {
+  await stopBroker();
+  dir.remove();
+});
+
+test('hook arguments: a closed set; only prepare may fail, only migrate/restore may replace the XML', () => {
+  assert.deepEqual(parseHookArgs(['vm', 'prepare', 'begin', '-']), { kind: 'prepare', name: 'vm' });
+  assert.deepEqual(parseHookArgs(['vm', 'release', 'end', 'destroyed']), { kind: 'release', name: 'vm', reason: 'destroyed' });
+  assert.deepEqual(parseHookArgs(['vm', 'started', 'begin', '-']), { kind: 'ignored', name: 'vm', op: 'started', subop: 'begin' });
+  assert.deepEqual(parseHookArgs([]).kind, 'ignored');
+  assert.equal(mayFail(parseHookArgs(['vm', 'reconnect', 'begin', '-'])), false);
+  assert.equal(mayFail(parseHookArgs(['vm', 'prepare', 'begin', '-'])), true);
+  assert.equal(mayReplaceXml(parseHookArgs(['vm', 'restore', 'begin', '-'])), true);
+  assert.equal(mayReplaceXml(parseHookArgs(['vm', 'prepare', 'begin', '-'])), false);
+  assert.equal(uuid.length, 36);
+});
+
+test('a domain we do not handle: every event is a silent no-op', () => {
+  for (const op of ['prepare', 'release', 'migrate', 'restore', 'reconnect']) {
+    assert.deepEqual(runHook(parseHookArgs(['vm', op, op === 'release' ? 'end' : 'begin', '-']), plain, env), { code: 0, stdout: '', stderr: '' });
+  }
+});
+
+test('reconnect never fails, even on broken metadata; prepare does', () => {
+  const broken = enabled('strict').replace(/ original="[^"]*"/, '');
+  assert.equal(runHook({ kind: 'reconnect', name: 'vm' }, broken, env).code, 0);
+  const r = runHook({ kind: 'prepare', name: 'vm' }, broken, env);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^virt-ebpf: .*XML_METADATA/);
+});
+
+test('prepare with the broker down: strict refuses with one line, fallback starts and says so; policy reaches the wrapper', () => {
+  const strict = runHook({ kind: 'prepare', name: 'vm' }, enabled('strict'), env);
+  assert.equal(strict.code, 1);
+  assert.equal(strict.stderr.trim().split('\n').length, 1);
+  assert.match(strict.stderr, /^virt-ebpf: cannot reach the virt-ebpf broker .*\(BROKER_UNREACHABLE\); start it/);
+  assert.deepEqual(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')), { name: 'vm', uuid, policy: 'strict' });
+
+  const fallback = runHook({ kind: 'prepare', name: 'vm' }, enabled('fallback'), env);
+  assert.equal(fallback.code, 0);
+  assert.match(fallback.stderr, /policy is fallback: vm starts without eBPF RSS/);
+  assert.equal(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')).policy, 'fallback');
+});
+
+test('prepare with the broker up prewarms; release drops the state', async () => {
+  await startBroker();
+  try {
+    const r = runHook({ kind: 'prepare', name: 'vm' }, enabled('strict'), env);
+    assert.deepEqual(r, { code: 0, stdout: '', stderr: '' });
+    assert.ok(existsSync(join(env.stateDir!, `${uuid}.json`)));
+    assert.equal(runHook({ kind: 'release', name: 'vm', reason: 'destroyed' }, enabled('strict'), env).code, 0);
+    assert.ok(!existsSync(join(env.stateDir!, `${uuid}.json`)));
+  } finally {
+    await stopBroker();
+  }
+});
+
+test('migrate/restore: keep the XML when this host has the wrapper, run plain when it does not', () => {
+  const elsewhere = enabled('strict', join(dir.path, 'not-installed-here'));
+  const wrapperDir = trustedDir('hook-wrappers');
+  copyFileSync('/bin/true', join(wrapperDir, 'qemu-system-x86_64'));
+  const present = enabled('strict', wrapperDir);
+  assert.deepEqual(runHook({ kind: 'migrate', name: 'vm' }, present, env), { code: 0, stdout: '', stderr: '' });
+  const absent = runHook({ kind: 'restore', name: 'vm' }, elsewhere, env);
+  assert.equal(absent.code, 0);
+  assert.equal(isEnabled(absent.stdout), false);
+  assert.equal(absent.stdout, plain, 'exactly the original document');
+  assert.match(absent.stderr, /runs without eBPF RSS here/);
+});
+
+test('prepare after the real QEMU changed: the wrapper is refreshed and the start is refused once (strict)', () => {
+  const bin = trustedDir('hook-stale');
+  const copy = join(bin, 'qemu-system-x86_64');
+  copyFileSync(QEMU, copy);
+  const w = tempDir();
+  try {
+    const paths = { wrapperDir: join(w.path, 'wrappers'), hookFile: join(w.path, 'hook'), unitDir: join(w.path, 'u'), configFile: join(w.path, 'c.json'), apparmorFile: join(w.path, 'aa'), aptFile: join(w.path, 'apt'), manifest: join(w.path, 'm.json') };
+    install({ ...hostFacts({ prefix: REPO, emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    const xml = enableDomain(plain.replace('/usr/bin/qemu-system-x86_64', copy), { wrapperFor: wrapperInDir(paths.wrapperDir) }).xml;
+    utimesSync(copy, new Date(), new Date());
+    const e = { ...env, manifest: paths.manifest };
+    const r = runHook({ kind: 'prepare', name: 'vm' }, xml, e);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /changed since libvirt read its capabilities; the wrapper is refreshed .*start vm again/);
+    const again = runHook({ kind: 'prepare', name: 'vm' }, xml, e);
+    assert.doesNotMatch(again.stderr, /changed since/, 'refreshed: the next start goes on');
+  } finally {
+    w.remove();
+  }
+});
