@@ -6,6 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import * as yup from 'yup';
 import { VirtEbpfError } from '../errors';
+import { DEFAULT_POLICY, POLICIES } from '../wrapper/policy';
 
 export const DEFAULT_CONFIG_PATH = '/etc/virt-ebpf/config.json';
 
@@ -29,7 +30,7 @@ const schema = yup
         requestTimeoutMs: yup.number().integer().min(100).max(600_000).default(30_000),
       })
       .default({}),
-    policy: yup.string().oneOf(['strict', 'fallback']).default('strict'),
+    policy: yup.string().oneOf([...POLICIES]).default(DEFAULT_POLICY),
     log: yup
       .object({
         level: yup.string().oneOf(['error', 'warn', 'info', 'debug']).default('info'),

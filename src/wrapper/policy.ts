@@ -8,6 +8,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export type Policy = 'strict' | 'fallback';
+export const POLICIES: readonly Policy[] = ['strict', 'fallback'];
+/**
+ * A domain that asked for eBPF RSS and cannot get it fails to start rather than silently
+ * running without it (the same stance libvirt takes on explicit configuration it cannot honour).
+ */
+export const DEFAULT_POLICY: Policy = 'strict';
 
 export const DOMAIN_STATE_DIR = '/run/virt-ebpf/domains';
 
@@ -21,7 +27,7 @@ function readJson(path: string): Record<string, unknown> | undefined {
 }
 
 export function isPolicy(v: unknown): v is Policy {
-  return v === 'strict' || v === 'fallback';
+  return (POLICIES as readonly unknown[]).includes(v);
 }
 
 export function domainStatePath(uuid: string, dir = DOMAIN_STATE_DIR): string | undefined {
@@ -33,5 +39,5 @@ export function resolvePolicy(uuid: string | undefined, opts: { stateDir?: strin
   const perDomain = statePath ? readJson(statePath)?.policy : undefined;
   if (isPolicy(perDomain)) return perDomain;
   const global = readJson(opts.configPath ?? '/etc/virt-ebpf/config.json')?.policy;
-  return isPolicy(global) ? global : 'strict';
+  return isPolicy(global) ? global : DEFAULT_POLICY;
 }

@@ -20,19 +20,14 @@
 import type { Element } from '@xmldom/xmldom';
 import { VirtEbpfError } from '../errors';
 import { childElements, escapeAttr } from './source';
+import { DEFAULT_POLICY, POLICIES, type Policy } from '../wrapper/policy';
 
 /** One constant for our XML namespace; never change it (it identifies existing domains). */
 export const XML_NAMESPACE = 'https://virt-ebpf.org/xmlns/1.0';
 export const XML_PREFIX = 'virt-ebpf';
 export const CONFIG_VERSION = 1;
 
-export type Policy = 'strict' | 'fallback';
-export const POLICIES: readonly Policy[] = ['strict', 'fallback'];
-/**
- * A domain that asked for eBPF RSS and cannot get it fails to start rather than silently
- * running without it (the same stance libvirt takes on explicit configuration it cannot honour).
- */
-export const DEFAULT_POLICY: Policy = 'strict';
+export { type Policy, POLICIES, DEFAULT_POLICY } from '../wrapper/policy';
 
 /** The `<driver>` attributes enable may set. */
 export type NicAttrName = 'rss' | 'queues';
