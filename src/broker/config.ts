@@ -27,7 +27,6 @@ const schema = yup
       .object({
         maxConnectionsPerUid: yup.number().integer().min(1).max(10_000).default(64),
         maxOutstandingPerConnection: yup.number().integer().min(1).max(64).default(4),
-        requestTimeoutMs: yup.number().integer().min(100).max(600_000).default(30_000),
       })
       .default({}),
     policy: yup.string().oneOf([...POLICIES]).default(DEFAULT_POLICY),
