@@ -20,7 +20,7 @@ import {
 } from '../../src/guest';
 import { isVirtEbpfError } from '../../src/errors';
 import { REPO } from '../harness';
-import { ipv4L4Input, toeplitz } from './toeplitz';
+import { HASH_TYPES_ALL, rssHashInput, toeplitz } from '../../src/rss';
 
 const TRANSCRIPT = readFileSync(join(REPO, 'test', 'guest', 'data', 'console-6.1.0-56.txt'), 'utf8');
 
@@ -141,6 +141,8 @@ test('QEMU argv: multiqueue tap and device, vectors 2n+2, vCPUs as given', () =>
 
 test('reference Toeplitz hash matches the published RSS verification vectors', () => {
   const key = Buffer.from('6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa', 'hex');
+  const ipv4L4Input = (src: string, dst: string, sport: number, dport: number): Buffer =>
+    rssHashInput({ family: 4, proto: 'udp', src, dst, sport, dport }, HASH_TYPES_ALL)!.input;
   // Source 66.9.149.187:2794 → destination 161.142.100.80:1766.
   assert.equal(toeplitz(key, ipv4L4Input('66.9.149.187', '161.142.100.80', 2794, 1766)), 0x51ccc178);
   assert.equal(toeplitz(key, ipv4L4Input('66.9.149.187', '161.142.100.80', 2794, 1766).subarray(0, 8)), 0x323e8fc2);

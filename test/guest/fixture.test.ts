@@ -12,7 +12,7 @@ import { bootGuest, DEFAULT_SCRIPT, ensureFixture, parseEthtoolChannels, parseEt
 import { ip } from '../../src/guest/tap';
 import { isVirtEbpfError } from '../../src/errors';
 import { needRoot, QEMU, watchFds } from '../harness';
-import { ipv4L4Input, toeplitz } from './toeplitz';
+import { HASH_TYPES_LINUX_DEFAULT, rssHashInput, toeplitz } from '../../src/rss';
 
 const HOST_IP = '10.199.77.1';
 const GUEST_IP = '10.199.77.2';
@@ -120,7 +120,7 @@ test('UDP flows from the host land exactly on the queues a reference Toeplitz ha
       const sport = sock.address().port;
       for (let p = 0; p < portsPerSocket; p++) {
         const dport = 20000 + p;
-        expected[rss.table[toeplitz(key, ipv4L4Input(HOST_IP, GUEST_IP, sport, dport)) % rss.size]]++;
+        expected[rss.table[toeplitz(key, rssHashInput({ family: 4, proto: 'udp', src: HOST_IP, dst: GUEST_IP, sport, dport }, HASH_TYPES_LINUX_DEFAULT)!.input) % rss.size]]++;
         await new Promise<void>((resolve, reject) => sock.send(Buffer.from('flow'), dport, GUEST_IP, (e) => (e ? reject(e) : resolve())));
       }
     } finally {

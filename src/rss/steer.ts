@@ -1,0 +1,49 @@
+/**
+ * Which queue QEMU's RSS steering program picks for a flow, computed independently of it
+ * (the same decisions as tools/ebpf/rss.bpf.c in QEMU 9–10):
+ *   redirect off            → default_queue
+ *   no enabled hash type, or a hash of 0 → default_queue
+ *   otherwise               → table[hash % indirections_len]; an index past the table → default_queue
+ * The program's value is the queue; the kernel's tun driver then takes it modulo the tap's
+ * queue count. Pure.
+ */
+import type { RssConfig } from '../bpf/rss';
+import { rssHashInput, type Flow, type HashInputKind } from './flow';
+import { toeplitz } from './toeplitz';
+
+/** QEMU's indirection table map holds this many entries (VIRTIO_NET_RSS_MAX_TABLE_LEN). */
+export const RSS_TABLE_ENTRIES = 128;
+
+/** Everything the program reads: its configuration, the key as the guest set it, the whole table map. */
+export interface RssState {
+  config: RssConfig;
+  /** The Toeplitz key in the guest's byte order (as `ethtool -x` shows it), 40 bytes. */
+  key: Uint8Array;
+  /** All entries of the indirection table map (128), not only the first `indirectionsLen`. */
+  table: readonly number[];
+}
+
+export type SteeringPath = 'redirect-off' | 'no-hash' | 'table' | 'past-table';
+
+export interface Steering {
+  queue: number;
+  /** The Toeplitz hash (0 when none was computed). */
+  hash: number;
+  /** What the hash was computed over, when it was. */
+  input?: HashInputKind;
+  /** The table index used (path 'table') or tried ('past-table'). */
+  index?: number;
+  path: SteeringPath;
+}
+
+export function referenceQueue(flow: Flow, s: RssState): Steering {
+  const c = s.config;
+  if (!c.redirect) return { queue: c.defaultQueue, hash: 0, path: 'redirect-off' };
+  const hi = rssHashInput(flow, c.hashTypes);
+  const hash = hi ? toeplitz(s.key, hi.input) : 0;
+  if (hash === 0) return { queue: c.defaultQueue, hash: 0, ...(hi ? { input: hi.kind } : {}), path: 'no-hash' };
+  // eBPF defines x % 0 as x: with no table length the hash itself is the index.
+  const index = c.indirectionsLen === 0 ? hash : hash % c.indirectionsLen;
+  if (index >= s.table.length) return { queue: c.defaultQueue, hash, input: hi!.kind, index, path: 'past-table' };
+  return { queue: s.table[index], hash, input: hi!.kind, index, path: 'table' };
+}
