@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'BPF_PERMISSION'
   | 'BPF_VERIFIER'
   | 'BPF_LOAD'
+  | 'BPF_NOT_FOUND'
   // helper protocol
   | 'HELPER_NOT_FOUND'
   | 'HELPER_UNTRUSTED'
@@ -62,7 +63,11 @@ export type ErrorCode =
   | 'BROKER_DENIED'
   | 'BROKER_LIMIT'
   | 'BROKER_INTERNAL'
-  | 'CONFIG_INVALID';
+  | 'CONFIG_INVALID'
+  // status / verify
+  | 'DOMAIN_NOT_FOUND'
+  | 'NIC_NOT_FOUND'
+  | 'NIC_NO_EBPF';
 
 export interface ErrorInit {
   remedy: string;

@@ -1,9 +1,11 @@
 /**
  * Which queue QEMU's RSS steering program picks for a flow, computed independently of it
- * (the same decisions as tools/ebpf/rss.bpf.c in QEMU 9–10):
- *   redirect off            → default_queue
- *   no enabled hash type, or a hash of 0 → default_queue
- *   otherwise               → table[hash % indirections_len]; an index past the table → default_queue
+ * (the decisions of tools/ebpf/rss.bpf.c as QEMU 10 ships it; checked against the live program):
+ *   redirect off                          → default_queue
+ *   no enabled hash type covers the packet → default_queue
+ *   otherwise → table[hash % indirections_len]; an index past the table → default_queue
+ * A hash of 0 indexes entry 0 like any other (QEMU before the 2024 "Fix RSS error handling"
+ * change sent it to default_queue; only a degenerate key makes that difference visible).
  * The program's value is the queue; the kernel's tun driver then takes it modulo the tap's
  * queue count. Pure.
  */
@@ -27,7 +29,7 @@ export type SteeringPath = 'redirect-off' | 'no-hash' | 'table' | 'past-table';
 
 export interface Steering {
   queue: number;
-  /** The Toeplitz hash (0 when none was computed). */
+  /** The Toeplitz hash (0 when none was computed: path 'redirect-off' or 'no-hash'). */
   hash: number;
   /** What the hash was computed over, when it was. */
   input?: HashInputKind;
@@ -40,10 +42,10 @@ export function referenceQueue(flow: Flow, s: RssState): Steering {
   const c = s.config;
   if (!c.redirect) return { queue: c.defaultQueue, hash: 0, path: 'redirect-off' };
   const hi = rssHashInput(flow, c.hashTypes);
-  const hash = hi ? toeplitz(s.key, hi.input) : 0;
-  if (hash === 0) return { queue: c.defaultQueue, hash: 0, ...(hi ? { input: hi.kind } : {}), path: 'no-hash' };
+  if (!hi) return { queue: c.defaultQueue, hash: 0, path: 'no-hash' };
+  const hash = toeplitz(s.key, hi.input);
   // eBPF defines x % 0 as x: with no table length the hash itself is the index.
   const index = c.indirectionsLen === 0 ? hash : hash % c.indirectionsLen;
-  if (index >= s.table.length) return { queue: c.defaultQueue, hash, input: hi!.kind, index, path: 'past-table' };
-  return { queue: s.table[index], hash, input: hi!.kind, index, path: 'table' };
+  if (index >= s.table.length) return { queue: c.defaultQueue, hash, input: hi.kind, index, path: 'past-table' };
+  return { queue: s.table[index], hash, input: hi.kind, index, path: 'table' };
 }
