@@ -11,6 +11,7 @@
  */
 import koffi from 'koffi';
 import { VirtEbpfError } from '../errors';
+import type { MapShape } from './spec';
 
 export const LIBBPF_SONAME = 'libbpf.so.1';
 export const LIBBPF_WARN = 0;
@@ -20,14 +21,7 @@ export const LIBBPF_DEBUG = 2;
 /** Opaque libbpf handles (koffi external pointers). */
 export type Ptr = unknown;
 
-export interface LibbpfMapInfo {
-  name: string;
-  type: number;
-  keySize: number;
-  valueSize: number;
-  maxEntries: number;
-  flags: number;
-}
+export type LibbpfMapInfo = MapShape;
 
 export interface LibbpfProgramInfo {
   name: string;

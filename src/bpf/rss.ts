@@ -5,7 +5,7 @@
  * of fds that QEMU would mmap with the wrong layout. Pure.
  */
 import { VirtEbpfError } from '../errors';
-import type { BpfMapSpec, BpfSpec } from './spec';
+import type { BpfMapSpec, BpfSpec, MapShape } from './spec';
 
 export const RSS_PROGRAM = 'tun_rss_steering_prog';
 /** QEMU ≥ 9 uses SEC("socket"); the 2021-era source used SEC("tun_rss_steering"). Either is fine: the type is set explicitly. */
@@ -20,14 +20,8 @@ export const BPF_F_MMAPABLE = 0x400;
 export const RSS_ROLES = ['program', 'configuration', 'toeplitz_key', 'indirection_table'] as const;
 export type RssRole = (typeof RSS_ROLES)[number];
 
-export interface ExpectedMap {
+export interface ExpectedMap extends MapShape {
   role: Exclude<RssRole, 'program'>;
-  name: string;
-  type: number;
-  keySize: number;
-  valueSize: number;
-  maxEntries: number;
-  flags: number;
 }
 
 /** Declaration order in the object equals the `ebpf-rss-fds` order. */

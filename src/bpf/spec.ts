@@ -18,7 +18,8 @@ export interface BpfProgramSpec {
 /** Where a map comes from: a BTF `.maps` definition, a legacy `maps` struct, or a global data section. */
 export type BpfMapSource = 'btf' | 'legacy' | 'data';
 
-export interface BpfMapSpec {
+/** What makes two maps the same shape: shared by the parsed spec, libbpf's view and the RSS expectation. */
+export interface MapShape {
   name: string;
   /** BPF_MAP_TYPE_* */
   type: number;
@@ -27,6 +28,9 @@ export interface BpfMapSpec {
   maxEntries: number;
   /** BPF_F_* map flags as declared */
   flags: number;
+}
+
+export interface BpfMapSpec extends MapShape {
   source: BpfMapSource;
   /** LIBBPF_PIN_* (0 none, 1 by name): a pinned map is shared through bpffs */
   pinning: number;
