@@ -177,6 +177,26 @@ export const COMMANDS: Record<string, Command> = {
       return doctorExitCode(results);
     },
   },
+  status: {
+    summary: 'show which running NICs steer with eBPF RSS and what the guest set (root)',
+    usage: 'virt-ebpf status [DOMAIN] [--json]',
+    async run(argv) {
+      const { runStatus } = await import('../status');
+      const r = await runStatus(argv);
+      process.stdout.write(r.stdout);
+      return r.code;
+    },
+  },
+  verify: {
+    summary: "check a domain's live steering program against a reference RSS on crafted flows (root)",
+    usage: 'virt-ebpf verify DOMAIN [--nic ID|MAC|TAP] [--flows N] [--seed S] [--json]',
+    async run(argv) {
+      const { runVerify } = await import('../verify');
+      const r = await runVerify(argv);
+      process.stdout.write(r.stdout);
+      return r.code;
+    },
+  },
   version: {
     summary: 'print the version',
     usage: 'virt-ebpf version',

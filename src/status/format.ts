@@ -1,0 +1,178 @@
+/**
+ * Turn raw map values into what a person (or a script, with --json) wants to know: is RSS on,
+ * with which hash types and key, and how the indirection table spreads over the queues. Pure.
+ */
+import { decodeRssConfig, hashTypeNames, keyFromMapValue, type RssState } from '../rss';
+import type { RawRssMaps } from './live';
+import type { NicEbpf } from './discover';
+
+/** The decoded maps; `table` holds only the entries in use (the first `indirectionsLen`). */
+export interface RssView {
+  redirect: boolean;
+  populateHash: boolean;
+  hashTypes: number;
+  hashTypeNames: string[];
+  indirectionsLen: number;
+  defaultQueue: number;
+  /** The key as the guest set it (what `ethtool -x` shows), lowercase hex. */
+  key: string;
+  table: number[];
+}
+
+export function decodeRssView(raw: RawRssMaps): RssView {
+  const c = decodeRssConfig(raw.config);
+  return {
+    redirect: c.redirect,
+    populateHash: c.populateHash,
+    hashTypes: c.hashTypes,
+    hashTypeNames: hashTypeNames(c.hashTypes),
+    indirectionsLen: c.indirectionsLen,
+    defaultQueue: c.defaultQueue,
+    key: keyFromMapValue(raw.keyValue).toString('hex'),
+    table: raw.table.slice(0, Math.min(c.indirectionsLen, raw.table.length)),
+  };
+}
+
+/** What the reference needs (rss/steer.ts): the config, the key in guest order, the whole table map. */
+export function rssStateFromRaw(raw: RawRssMaps): RssState {
+  return { config: decodeRssConfig(raw.config), key: keyFromMapValue(raw.keyValue), table: raw.table };
+}
+
+export interface QueueShare {
+  queue: number;
+  entries: number;
+  /** entries / table length, 0..1 */
+  share: number;
+}
+
+/** Entries per queue, for queues 0 .. max(queues-1, highest queue in the table). */
+export function queueHistogram(table: readonly number[], queues = 0): QueueShare[] {
+  const n = Math.max(queues, table.length ? Math.max(...table) + 1 : 0);
+  const counts = new Array<number>(n).fill(0);
+  for (const q of table) counts[q]++;
+  return counts.map((entries, queue) => ({ queue, entries, share: table.length ? entries / table.length : 0 }));
+}
+
+/**
+ * - active: the guest turned RSS on; the table steers.
+ * - unconfigured: QEMU wrote nothing yet (all zero): the guest has not set RSS up.
+ * - software: hash reporting is on; QEMU detaches the program and steers in software.
+ * - redirect-off: a hash configuration without steering: everything to the default queue.
+ * - no-ebpf: the NIC asked for RSS but holds no program.
+ * - unreadable: the maps could not be read or the fds are inconsistent.
+ */
+export type NicState = 'active' | 'unconfigured' | 'software' | 'redirect-off' | 'no-ebpf' | 'unreadable';
+
+export function classify(view: RssView, rawKeyAllZero: boolean): { state: NicState; summary: string } {
+  const types = `hash ${view.hashTypeNames.join(' ') || 'none'} (0x${view.hashTypes.toString(16)})`;
+  if (!view.redirect && !view.populateHash && view.hashTypes === 0 && view.indirectionsLen === 0 && view.defaultQueue === 0 && rawKeyAllZero) {
+    return { state: 'unconfigured', summary: 'not configured yet: the guest has not turned RSS on (e.g. no `ethtool -X` yet); the tap spreads flows itself' };
+  }
+  if (view.populateHash) return { state: 'software', summary: `hash reporting on: QEMU steers in software, the program is detached; ${types}` };
+  if (!view.redirect) return { state: 'redirect-off', summary: `steering off: every packet goes to queue ${view.defaultQueue}; ${types}` };
+  return { state: 'active', summary: `on: ${view.indirectionsLen} table entries, default queue ${view.defaultQueue}, ${types}` };
+}
+
+export interface NicStatus {
+  id?: string;
+  netdev?: string;
+  mac?: string;
+  tap?: string;
+  queues?: number;
+  vhost?: boolean;
+  ebpf?: NicEbpf;
+  state: NicState;
+  summary: string;
+  rss?: RssView;
+  histogram?: QueueShare[];
+  problems: string[];
+}
+
+export interface DomainStatus {
+  pid: number;
+  name?: string;
+  uuid?: string;
+  uid?: number;
+  /** The account name of `uid`. */
+  user?: string;
+  nics: NicStatus[];
+}
+
+export interface StatusReport {
+  domains: DomainStatus[];
+}
+
+const BAR = 32;
+const EIGHTHS = ['', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+
+/** A bar of `BAR` cells at share 1, in eighths of a cell. */
+export function bar(share: number, width = BAR): string {
+  const eighths = Math.round(Math.max(0, Math.min(1, share)) * width * 8);
+  return '█'.repeat(Math.floor(eighths / 8)) + EIGHTHS[eighths % 8];
+}
+
+/** `q0 ████████████████████████ 96 (75%)`, one line per queue, aligned. */
+export function formatHistogram(h: readonly QueueShare[]): string[] {
+  const qw = Math.max(...h.map((x) => `q${x.queue}`.length));
+  const nw = Math.max(...h.map((x) => String(x.entries).length));
+  return h.map((x) => `${`q${x.queue}`.padEnd(qw)} ${bar(x.share).padEnd(BAR + 1)}${String(x.entries).padStart(nw)} (${pct(x.share)})`);
+}
+
+function pct(share: number): string {
+  const p = share * 100;
+  return `${Number.isInteger(p) ? p : p.toFixed(1)}%`;
+}
+
+function domainTitle(d: DomainStatus): string {
+  const who = d.user !== undefined ? `user ${d.user}` : d.uid !== undefined ? `uid ${d.uid}` : '';
+  const extra = [d.uuid ? `uuid ${d.uuid}` : '', `pid ${d.pid}`, who].filter(Boolean).join(', ');
+  return `${d.name ?? '(unnamed QEMU)'}  (${extra})`;
+}
+
+function nicTitle(n: NicStatus): string {
+  const parts = [n.id ?? '(no id)', n.mac, n.tap ? `tap ${n.tap}` : undefined, n.queues ? `${n.queues} queue${n.queues > 1 ? 's' : ''}` : undefined, n.netdev ? `netdev ${n.netdev}` : undefined, n.vhost ? 'vhost' : undefined];
+  return parts.filter(Boolean).join('  ');
+}
+
+function ebpfLine(e: NicEbpf): string {
+  const how =
+    e.source === 'fd-numbers'
+      ? `ebpf-rss-fds ${e.fds!.join(',')}`
+      : e.source === 'fd-names'
+        ? `fds passed by name (${e.matchedBy === 'order' ? 'matched by device order' : 'the only unnamed program'})`
+        : `loaded by QEMU itself (${e.matchedBy === 'order' ? 'matched by device order' : 'its only RSS program'})`;
+  return `prog ${e.progId}  maps ${e.mapIds.join(' ')}  via ${how}`;
+}
+
+/** The human report: per domain, per NIC, the state, key and a histogram to read at a glance. */
+export function formatStatus(r: StatusReport): string {
+  if (r.domains.length === 0) return 'no running QEMU has a virtio-net NIC with RSS';
+  const out: string[] = [];
+  for (const d of r.domains) {
+    if (out.length) out.push('');
+    out.push(domainTitle(d));
+    for (const n of d.nics) {
+      out.push(`  ${nicTitle(n)}`);
+      const row = (label: string, text: string): void => {
+        out.push(`    ${label.padEnd(6)} ${text}`);
+      };
+      if (n.ebpf) row('eBPF', ebpfLine(n.ebpf));
+      row('RSS', n.summary);
+      if (n.rss && n.state !== 'unconfigured') {
+        row('key', n.rss.key);
+        if (n.histogram?.length) {
+          const lines = formatHistogram(n.histogram);
+          row('table', lines[0]);
+          for (const l of lines.slice(1)) out.push(`    ${''.padEnd(6)} ${l}`);
+        }
+      }
+      for (const p of n.problems) row('!', p);
+    }
+  }
+  return out.join('\n');
+}
+
+/** `--json`: the report as data (stable field names; the key as hex, the table as numbers). */
+export function statusJson(r: StatusReport): string {
+  return JSON.stringify(r, null, 2);
+}

@@ -1,0 +1,198 @@
+/**
+ * status and verify against real QEMU 10.0.2 processes without a guest: one started by
+ * `virt-ebpf exec` as libvirt-qemu with our eBPF fds, one run directly as libvirt-qemu with
+ * rss=on (no way to eBPF), one run as root (QEMU loads its own program). Maps are written by id
+ * the way QEMU would after a guest's `ethtool -X`, then read back through status and checked
+ * through verify.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readlinkSync } from 'node:fs';
+import { mapUpdate, openMapById, loadRss } from '../../src/bpf';
+import { encodeRssConfig, HASH_TYPES_LINUX_DEFAULT, keyToMapValue, MS_RSS_KEY } from '../../src/rss';
+import { collectStatus, runStatus, type StatusReport } from '../../src/status';
+import { formatVerification, runVerify, verifyProgram } from '../../src/verify';
+import { isVirtEbpfError } from '../../src/errors';
+import { lookupUser } from '../../src/sys/users';
+import { needRoot, watchFds } from '../harness';
+import { rssObject } from '../bpf/fixture';
+import { cli, fdinfoIds, QEMU_USER, startQemu, type TestQemu } from './qemu';
+
+let execd: TestQemu;
+let checkFds: () => void;
+const started: TestQemu[] = [];
+
+before(async () => {
+  needRoot('starts QEMU as libvirt-qemu and as root, reads BPF maps by id');
+  checkFds = watchFds();
+  const t0 = performance.now();
+  execd = await startQemu('exec');
+  started.push(execd);
+  console.log(`# QEMU via virt-ebpf exec (-S) up in ${Math.round(performance.now() - t0)} ms`);
+});
+
+after(async () => {
+  for (const q of started) await q.stop();
+  checkFds?.();
+});
+
+function deviceFds(q: TestQemu): number[] {
+  const dev = q.argv.find((a, i) => q.argv[i - 1] === '-device' && a.includes('ebpf-rss-fds'));
+  assert.ok(dev, `no ebpf-rss-fds in ${q.argv.join(' ')}`);
+  return (JSON.parse(dev) as { 'ebpf-rss-fds': string[] })['ebpf-rss-fds'].map(Number);
+}
+
+test('status finds the exec-started QEMU: the NIC, its fds, ids equal to QEMU\'s fdinfo, not configured yet', async () => {
+  const t0 = performance.now();
+  const report = collectStatus(String(execd.pid));
+  const ms = Math.round(performance.now() - t0);
+  assert.equal(report.domains.length, 1);
+  const d = report.domains[0];
+  assert.deepEqual([d.pid, d.name, d.uuid, d.uid, d.user], [execd.pid, execd.name, execd.uuid, lookupUser(QEMU_USER).uid, QEMU_USER]);
+  assert.equal(d.nics.length, 1);
+  const nic = d.nics[0];
+  assert.deepEqual([nic.id, nic.netdev, nic.mac, nic.tap, nic.queues, nic.vhost], ['net0', 'hostnet0', execd.mac, execd.tap.name, 4, false]);
+  const fds = deviceFds(execd);
+  assert.deepEqual(
+    fds.map((fd) => readlinkSync(`/proc/${execd.pid}/fd/${fd}`)),
+    ['anon_inode:bpf-prog', 'anon_inode:bpf-map', 'anon_inode:bpf-map', 'anon_inode:bpf-map'],
+  );
+  const ids = fdinfoIds(execd.pid, fds);
+  assert.deepEqual(nic.ebpf, { source: 'fd-numbers', matchedBy: 'command-line', fds, progId: ids[0], mapIds: ids.slice(1) });
+  assert.equal(nic.state, 'unconfigured');
+  assert.deepEqual(nic.rss?.table, [], 'indirections_len 0: no entries in use');
+  assert.equal(nic.rss?.key, '0'.repeat(80));
+  assert.deepEqual(nic.problems, []);
+
+  const text = await runStatus([execd.name]);
+  assert.equal(text.code, 0);
+  assert.match(text.stdout, new RegExp(`^${execd.name}  \\(uuid ${execd.uuid}, pid ${execd.pid}, user ${QEMU_USER}\\)$`, 'm'));
+  assert.match(text.stdout, new RegExp(`eBPF   prog ${ids[0]}  maps ${ids.slice(1).join(' ')}  via ebpf-rss-fds ${fds.join(',')}`));
+  assert.match(text.stdout, /RSS {4}not configured yet: the guest has not turned RSS on/);
+  console.log(`# status for one QEMU: ${ms} ms`);
+});
+
+const TABLE = Array.from({ length: 128 }, (_, i) => [0, 1, 2, 3, 0, 1, 2, 0][i % 8]);
+
+function writeRss(mapIds: readonly number[], table: readonly number[]): void {
+  const [c, k, t] = mapIds.map((id) => openMapById(id));
+  try {
+    mapUpdate(c.fd, 0, encodeRssConfig({ redirect: true, populateHash: false, hashTypes: HASH_TYPES_LINUX_DEFAULT, indirectionsLen: table.length, defaultQueue: 0 }));
+    mapUpdate(k.fd, 0, keyToMapValue(MS_RSS_KEY));
+    table.forEach((q, i) => {
+      const v = Buffer.alloc(2);
+      v.writeUInt16LE(q);
+      mapUpdate(t.fd, i, v);
+    });
+  } finally {
+    [c, k, t].forEach((f) => f.close());
+  }
+}
+
+test('values written into the maps by id show in status (text and --json), and verify agrees 256/256', async () => {
+  const nic0 = collectStatus(String(execd.pid)).domains[0].nics[0];
+  writeRss(nic0.ebpf!.mapIds, TABLE);
+
+  const json = await cli(['status', String(execd.pid), '--json']);
+  assert.equal(json.code, 0, json.stderr);
+  const report = JSON.parse(json.stdout) as StatusReport;
+  const nic = report.domains[0].nics[0];
+  assert.equal(nic.state, 'active');
+  assert.deepEqual(nic.rss, {
+    redirect: true,
+    populateHash: false,
+    hashTypes: 0x3f,
+    hashTypeNames: ['IPv4', 'TCPv4', 'UDPv4', 'IPv6', 'TCPv6', 'UDPv6'],
+    indirectionsLen: 128,
+    defaultQueue: 0,
+    key: MS_RSS_KEY.toString('hex'),
+    table: TABLE,
+  });
+  assert.deepEqual(nic.histogram!.map((h) => h.entries), [48, 32, 32, 16]);
+
+  const text = await runStatus([execd.uuid]);
+  assert.match(text.stdout, /RSS {4}on: 128 table entries, default queue 0, hash IPv4 TCPv4 UDPv4 IPv6 TCPv6 UDPv6 \(0x3f\)/);
+  assert.match(text.stdout, new RegExp(`key {4}${MS_RSS_KEY.toString('hex')}`));
+  assert.match(text.stdout, /table {2}q0 █{12} +48 \(37\.5%\)\n +q1 █{8} +32 \(25%\)\n +q2 █{8} +32 \(25%\)\n +q3 █{4} +16 \(12\.5%\)/);
+
+  const t0 = performance.now();
+  const v = await runVerify([execd.name, '--flows', '256']);
+  const ms = Math.round(performance.now() - t0);
+  assert.equal(v.code, 0, v.stdout);
+  assert.match(v.stdout, new RegExp(`^${execd.name} net0 \\(prog ${nic.ebpf!.progId}, seed 1, \\d+ ms\\): 256/256 flows agree with the reference$`, 'm'));
+  const perQueue = [...v.stdout.matchAll(/^ {4}q(\d) .*?(\d+) \| +(\d+)$/gm)].map((m) => [Number(m[2]), Number(m[3])]);
+  assert.equal(perQueue.length, 4);
+  for (const [live, ref] of perQueue) {
+    assert.equal(live, ref);
+    assert.ok(live > 0, 'every queue of the table gets flows');
+  }
+  console.log(`# verify 256 flows on a live QEMU NIC: ${ms} ms`);
+
+  // The CLI wiring, and a different seed still agrees.
+  const viaCli = await cli(['verify', execd.name, '--flows', '64', '--seed', '99', '--json']);
+  assert.equal(viaCli.code, 0, viaCli.stderr);
+  const [r] = JSON.parse(viaCli.stdout) as Array<{ passed: boolean; agreed: number; total: number; seed: number }>;
+  assert.deepEqual([r.passed, r.agreed, r.total, r.seed], [true, 64, 64, 99]);
+});
+
+test('verify catches a disagreement: the live program judged against other maps fails, naming the flows', async () => {
+  const nic = collectStatus(String(execd.pid)).domains[0].nics[0];
+  // A context of our own with a different table: the reference reads it, QEMU's program does not.
+  const other = loadRss(await rssObject());
+  try {
+    writeRss(other.mapIds, Array.from({ length: 128 }, (_, i) => (i + 1) % 4));
+    const v = verifyProgram({ progId: nic.ebpf!.progId, mapIds: other.mapIds as [number, number, number], queues: 4 }, (await import('../../src/verify')).generateFlows(64, 3));
+    assert.ok(v.agreed < 64, `expected disagreements, got ${v.agreed}/64`);
+    const text = formatVerification({ ...v, domain: { pid: execd.pid, name: execd.name }, nic: { id: 'net0', queues: 4 }, seed: 3 });
+    assert.match(text, /flows DISAGREE with the reference/);
+    assert.match(text, /≠ (tcp|udp|ip)[46] .*: live q\d, reference q\d \(.*hash 0x[0-9a-f]{8}, entry \d+\)/);
+  } finally {
+    other.close();
+  }
+});
+
+test('a NIC that asked for RSS but has no eBPF is flagged with why; verify refuses it', async () => {
+  const q = await startQemu('user');
+  started.push(q);
+  const nic = collectStatus(q.name).domains[0].nics[0];
+  assert.equal(nic.state, 'no-ebpf');
+  assert.equal(nic.ebpf, undefined);
+  assert.match(nic.summary, /^asked for RSS but runs without eBPF: QEMU runs as uid \d+ without CAP_BPF and was given no ebpf-rss-fds; QEMU then steers in software$/);
+  const text = await runStatus([q.name]);
+  assert.match(text.stdout, /RSS {4}asked for RSS but runs without eBPF/);
+  await assert.rejects(runVerify([q.name]), (e) => isVirtEbpfError(e, 'NIC_NO_EBPF') && /without CAP_BPF/.test(e.message));
+  const viaCli = await cli(['verify', q.name]);
+  assert.equal(viaCli.code, 1);
+  assert.match(viaCli.stderr.trim(), /^virt-ebpf: NIC net0 of domain .* has no eBPF steering program to verify: .* \(NIC_NO_EBPF\); /);
+  await q.stop();
+});
+
+test('a root QEMU that loaded its own program is tied to its NIC through its fds, and verifies', async () => {
+  const q = await startQemu('root');
+  started.push(q);
+  const nic = collectStatus(String(q.pid)).domains[0].nics[0];
+  const progFds = (await import('node:fs')).readdirSync(`/proc/${q.pid}/fd`).map(Number).filter((fd) => readlinkSync(`/proc/${q.pid}/fd/${fd}`) === 'anon_inode:bpf-prog');
+  assert.equal(progFds.length, 1, 'QEMU 10 loads its RSS program at realize when it may');
+  assert.equal(nic.ebpf?.source, 'self-loaded');
+  assert.equal(nic.ebpf?.matchedBy, 'only-candidate');
+  assert.equal(nic.ebpf?.progId, fdinfoIds(q.pid, progFds)[0]);
+  assert.equal(nic.state, 'unconfigured');
+  writeRss(nic.ebpf!.mapIds, TABLE);
+  const v = await runVerify([String(q.pid), '--flows', '128']);
+  assert.equal(v.code, 0, v.stdout);
+  assert.match(v.stdout, /128\/128 flows agree/);
+  assert.match((await runStatus([String(q.pid)])).stdout, /via loaded by QEMU itself \(its only RSS program\)/);
+  await q.stop();
+});
+
+test('unknown domain and unknown NIC are one-line errors with a remedy', async () => {
+  await assert.rejects(runStatus(['no-such-domain-xyz']), (e) => isVirtEbpfError(e, 'DOMAIN_NOT_FOUND'));
+  await assert.rejects(runVerify([execd.name, '--nic', 'net9']), (e) => isVirtEbpfError(e, 'NIC_NOT_FOUND') && /it has net0/.test(e.message));
+  await assert.rejects(runVerify([execd.name, '--flows', '0']), (e) => isVirtEbpfError(e, 'USAGE'));
+  const r = await cli(['status', 'no-such-domain-xyz']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr.trim(), /^virt-ebpf: no running QEMU with an RSS NIC belongs to domain "no-such-domain-xyz" .*\(DOMAIN_NOT_FOUND\); name a running domain/);
+  // by MAC and by tap name too
+  assert.equal((await runVerify([execd.name, '--nic', execd.mac.toUpperCase(), '--flows', '8'])).code, 0);
+  assert.equal((await runVerify([execd.name, '--nic', execd.tap.name, '--flows', '8'])).code, 0);
+});
