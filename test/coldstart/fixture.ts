@@ -1,0 +1,103 @@
+/**
+ * The cold-start fixture: the REAL `virt-ebpf install` into the system paths (this is a
+ * throwaway CI machine), the broker as a child process on the default socket (the only one
+ * the wrapper can use under libvirt, which scrubs QEMU's environment), and `uninstall --force`
+ * at the end with a check that every path the manifest listed is gone.
+ */
+import assert from 'node:assert/strict';
+import { ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { brokerRequest, DEFAULT_SOCKET } from '../../src/broker/client';
+import { readManifest, type Manifest } from '../../src/install/apply';
+import { DEFAULT_PATHS } from '../../src/install/plan';
+import { DEFAULT_PREFIX } from '../../src/install/runtime';
+import { cli, waitFor } from './libvirt';
+
+export const INSTALLED_CLI = join(DEFAULT_PREFIX, 'dist/src/cli/main.js');
+
+/** Runs `virt-ebpf install` and returns the manifest it wrote. */
+export function installForReal(): Manifest {
+  const r = cli('install');
+  assert.equal(r.status, 0, `virt-ebpf install failed: ${r.stderr.trim()}`);
+  const m = readManifest(DEFAULT_PATHS.manifest);
+  assert.ok(m, `install wrote no manifest at ${DEFAULT_PATHS.manifest}`);
+  for (const e of m.entries) assert.ok(existsSync(e.path), `install listed ${e.path} but it is not there`);
+  assert.ok(existsSync(INSTALLED_CLI), `the runtime is not at ${DEFAULT_PREFIX}`);
+  return m;
+}
+
+/**
+ * Runs `virt-ebpf uninstall --force` and returns what is still on disk of what the manifest
+ * (read just before) listed, plus the runtime tree: the caller asserts it is empty.
+ */
+export function uninstallForReal(): string[] {
+  const m = readManifest(DEFAULT_PATHS.manifest);
+  const r = cli('uninstall', '--force');
+  assert.equal(r.status, 0, `virt-ebpf uninstall --force failed: ${r.stderr.trim()}`);
+  const listed = [...(m?.entries.map((e) => e.path) ?? []), DEFAULT_PATHS.manifest, m?.prefix ?? DEFAULT_PREFIX];
+  return listed.filter((p) => existsSync(p));
+}
+
+function brokerAnswers(timeoutMs = 1000): boolean {
+  try {
+    brokerRequest({ op: 'hello' }, { socket: DEFAULT_SOCKET, timeoutMs });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The installed broker (`node /usr/lib/virt-ebpf/dist/src/cli/main.js broker`) as a child. */
+export class BrokerChild {
+  #child?: ChildProcess;
+  #log = '';
+  #exited?: Promise<void>;
+
+  /** Everything the broker printed (winston text lines) since it started. */
+  get log(): string {
+    return this.#log;
+  }
+
+  get running(): boolean {
+    return this.#child !== undefined;
+  }
+
+  async start(): Promise<void> {
+    assert.ok(!this.#child, 'the broker is already running');
+    assert.ok(!brokerAnswers(), `another broker answers on ${DEFAULT_SOCKET}; stop it first (two brokers would fight over the socket)`);
+    const child = spawn(process.execPath, [INSTALLED_CLI, 'broker'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.#child = child;
+    child.stdout!.on('data', (d) => (this.#log += d));
+    child.stderr!.on('data', (d) => (this.#log += d));
+    this.#exited = new Promise((r) => child.once('exit', () => r()));
+    let gone = false;
+    void this.#exited.then(() => (gone = true));
+    await waitFor(`the broker to answer on ${DEFAULT_SOCKET}`, 15_000, () => {
+      if (gone) assert.fail(`the broker exited during start-up: ${this.#log.trim()}`);
+      return brokerAnswers(500);
+    });
+  }
+
+  /** SIGTERM, bounded wait, SIGKILL if it does not go; the socket stops answering. */
+  async stop(): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    this.#child = undefined;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    await this.#exited;
+    clearTimeout(timer);
+    assert.ok(!brokerAnswers(200), 'the broker still answers after it stopped');
+  }
+
+  /** `handed out` lines' `us` field: the broker's own time from request to sendmsg. */
+  handoffMicros(): number[] {
+    const out: number[] = [];
+    for (const line of this.#log.split('\n')) {
+      const m = /handed out (\{.*\})$/.exec(line);
+      if (m) out.push((JSON.parse(m[1]) as { us: number }).us);
+    }
+    return out;
+  }
+}
