@@ -3,7 +3,7 @@
  * the serial console on QEMU's stdio. For tests; libvirt-driven guests reuse GuestConsole and
  * guestCmdline with their own transport. Always `close()` (it kills, reaps and deletes the tap).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { VirtEbpfError, tail } from '../errors';
 import { guestCmdline, type GuestCmdlineOptions } from './cmdline';
 import type { GuestFixture } from './fixture';
@@ -29,6 +29,12 @@ export interface BootOptions extends GuestCmdlineOptions {
   mac?: string;
   /** Extra `key=value` properties for the virtio-net device. */
   deviceProps?: readonly string[];
+  /**
+   * eBPF RSS fds of this process, [program, configuration, key, table] (an RssContext's), for
+   * QEMU to use instead of loading its own program: QEMU inherits them as fds 3–6 and the
+   * device names them in `ebpf-rss-fds` (then written as JSON: a list has no key=value form).
+   */
+  ebpfRssFds?: readonly number[];
   /** Extra QEMU arguments. */
   qemuArgs?: readonly string[];
   memoryMb?: number;
@@ -74,16 +80,18 @@ export function fixtureQemuArgs(o: {
   memoryMb: number;
   smp: number;
   deviceProps?: readonly string[];
+  /** QEMU's fd numbers (as strings) for `ebpf-rss-fds`; switches the device to JSON. */
+  ebpfRssFds?: readonly string[];
   qemuArgs?: readonly string[];
 }): string[] {
-  const device = [
-    'virtio-net-pci',
+  const props = [
     'netdev=n0',
     `mac=${o.mac}`,
     ...(o.queues > 1 ? ['mq=on', `vectors=${2 * o.queues + 2}`] : []),
     `rss=${o.rss ? 'on' : 'off'}`,
     ...(o.deviceProps ?? []),
-  ].join(',');
+  ];
+  const device = o.ebpfRssFds ? jsonDevice(props, o.ebpfRssFds) : ['virtio-net-pci', ...props].join(',');
   return [
     '-machine', 'q35,accel=tcg',
     '-m', String(o.memoryMb),
@@ -99,6 +107,17 @@ export function fixtureQemuArgs(o: {
     '-device', device,
     ...(o.qemuArgs ?? []),
   ];
+}
+
+/** The fixture's device as JSON: on/off become booleans and digits numbers, as QEMU's JSON form wants. */
+function jsonDevice(props: readonly string[], fds: readonly string[]): string {
+  const o: Record<string, unknown> = { driver: 'virtio-net-pci' };
+  for (const p of props) {
+    const [k, v] = [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)];
+    o[k] = v === 'on' ? true : v === 'off' ? false : /^\d+$/.test(v) ? Number(v) : v;
+  }
+  o['ebpf-rss-fds'] = [...fds];
+  return JSON.stringify(o);
 }
 
 export async function bootGuest(opts: BootOptions): Promise<BootedGuest> {
@@ -118,11 +137,13 @@ export async function bootGuest(opts: BootOptions): Promise<BootedGuest> {
     memoryMb: opts.memoryMb ?? 256,
     smp: opts.smp ?? queues,
     deviceProps: opts.deviceProps,
+    ebpfRssFds: opts.ebpfRssFds?.map((_, i) => String(3 + i)),
     qemuArgs: opts.qemuArgs,
   });
 
   const started = performance.now();
-  const child = spawn(qemu, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
+  // Extra stdio entries become the child's fds 3, 4, …; the first three stay pipes.
+  const child = spawn(qemu, argv, { stdio: ['pipe', 'pipe', 'pipe', ...(opts.ebpfRssFds ?? [])] }) as ChildProcessWithoutNullStreams;
   let stderr = '';
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (d: string) => {
