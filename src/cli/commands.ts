@@ -189,7 +189,7 @@ export const COMMANDS: Record<string, Command> = {
   },
   verify: {
     summary: "check a domain's live steering program against a reference RSS on crafted flows (root)",
-    usage: 'virt-ebpf verify DOMAIN [--nic ID|MAC|TAP] [--flows N] [--seed S] [--json]',
+    usage: 'virt-ebpf verify DOMAIN [--nic ID|MAC|TAP|prog:ID] [--flows N] [--seed S] [--json]',
     async run(argv) {
       const { runVerify } = await import('../verify');
       const r = await runVerify(argv);

@@ -23,10 +23,13 @@ export interface QemuFacts {
 }
 
 export interface NicEbpf {
-  /** How the NIC names its program: inherited fd numbers, QMP getfd names, or not at all (QEMU loaded it). */
-  source: 'fd-numbers' | 'fd-names' | 'self-loaded';
-  /** How the program was tied to the NIC: named on the command line, the only unclaimed program, or device order. */
-  matchedBy: 'command-line' | 'only-candidate' | 'order';
+  /**
+   * How the NIC names its program: inherited fd numbers, QMP getfd names, not at all (QEMU
+   * loaded it), or unknown (a program no command-line NIC could take: a hot-plugged NIC's).
+   */
+  source: 'fd-numbers' | 'fd-names' | 'self-loaded' | 'unnamed';
+  /** How the program was tied to the NIC: named on the command line, the only unclaimed program, device order, or not at all. */
+  matchedBy: 'command-line' | 'only-candidate' | 'order' | 'none';
   /** QEMU's fd numbers [program, configuration, key, table] when known. */
   fds?: number[];
   progId: number;
@@ -35,6 +38,12 @@ export interface NicEbpf {
 }
 
 export interface DiscoveredNic extends NicArgs {
+  /**
+   * 'command-line': a -device of QEMU's command line. 'unnamed-program': an RSS program QEMU
+   * holds that no command-line NIC names or could take — a NIC hot-plugged over QMP, whose
+   * device arguments /proc cannot show (index -1, no id or MAC).
+   */
+  origin: 'command-line' | 'unnamed-program';
   /** The tap's interface name: `ifname=`, or from the tap fds' fdinfo. */
   tap?: string;
   ebpf?: NicEbpf;
@@ -143,6 +152,18 @@ function mapsOfProgram(progId: number): { ids: [number, number, number] } | { pr
   }
 }
 
+/** The role-ordered map ids of a program, or undefined with the reason in `problems`. */
+function inspect(progId: number, problems: string[]): [number, number, number] | undefined {
+  try {
+    const maps = mapsOfProgram(progId);
+    if ('ids' in maps) return maps.ids;
+    problems.push(`program ${progId}: ${maps.problem}`);
+  } catch (e) {
+    problems.push(`cannot inspect program ${progId}: ${(e as Error).message}`);
+  }
+  return undefined;
+}
+
 /** Tie a NIC to the fds its command line names by number; problems explain any mismatch. */
 function fromFdNumbers(pid: number, fds: number[], problems: string[]): NicEbpf | undefined {
   if (fds.length !== 4) {
@@ -218,7 +239,7 @@ export function discoverNics(qemu: QemuFacts, opts: DiscoverOptions = {}): Disco
   const { nics: args } = parseQemuRssArgs(qemu.argv);
   const nics: DiscoveredNic[] = args.map((a) => {
     const tap = tapName(qemu.pid, a);
-    return { ...a, ...(tap ? { tap } : {}), problems: [] };
+    return { ...a, origin: 'command-line', ...(tap ? { tap } : {}), problems: [] };
   });
   const claimed = new Set<number>();
   for (const nic of nics) {
@@ -232,30 +253,40 @@ export function discoverNics(qemu: QemuFacts, opts: DiscoverOptions = {}): Disco
   // fds), or got it by QMP getfd name. Only attribute what is unambiguous or follows device order.
   const open = nics.filter((n) => !n.ebpf && !numericFds(n));
   const candidates = unclaimedPrograms(qemu.pid, claimed);
-  if (open.length > 0 && open.length === candidates.length) {
+  const attribute = open.length > 0 && open.length === candidates.length;
+  if (attribute) {
     open.forEach((nic, i) => {
-      try {
-        const maps = mapsOfProgram(candidates[i].id);
-        if ('problem' in maps) {
-          nic.problems.push(`program ${candidates[i].id}: ${maps.problem}`);
-          return;
-        }
+      const maps = inspect(candidates[i].id, nic.problems);
+      if (maps) {
         nic.ebpf = {
           source: nic.ebpfFds ? 'fd-names' : 'self-loaded',
           matchedBy: open.length === 1 ? 'only-candidate' : 'order',
           progId: candidates[i].id,
-          mapIds: maps.ids,
+          mapIds: maps,
         };
-      } catch (e) {
-        nic.problems.push(`cannot inspect program ${candidates[i].id}: ${(e as Error).message}`);
       }
     });
   } else if (open.length > 0 && candidates.length > 0) {
     for (const nic of open) nic.problems.push(`QEMU holds ${candidates.length} unnamed RSS programs for ${open.length} NICs: cannot tell which is this NIC's`);
   }
+  if (!attribute) {
+    // Still show what those programs steer: a hot-plugged NIC is only visible this way.
+    for (const c of candidates) {
+      const problems: string[] = [];
+      const maps = inspect(c.id, problems);
+      nics.push({
+        index: -1,
+        driver: 'virtio-net',
+        rss: true,
+        origin: 'unnamed-program',
+        ...(maps ? { ebpf: { source: 'unnamed', matchedBy: 'none', fds: [c.fd], progId: c.id, mapIds: maps } } : {}),
+        problems,
+      });
+    }
+  }
   const explain = opts.explainNoEbpf ?? ((q: QemuFacts, n: NicArgs) => defaultNoEbpfReason(q, n, { domainStateDir: opts.domainStateDir }));
   for (const nic of nics) {
-    if (!nic.ebpf && (nic.rss || nic.ebpfFds)) nic.noEbpf = explain(qemu, nic) ?? 'no eBPF program found for it';
+    if (!nic.ebpf && nic.origin === 'command-line' && (nic.rss || nic.ebpfFds)) nic.noEbpf = explain(qemu, nic) ?? 'no eBPF program found for it';
   }
   return nics;
 }
@@ -267,17 +298,20 @@ function allPids(): number[] {
     .sort((a, b) => a - b);
 }
 
-/** Every running QEMU with at least one virtio-net NIC that has rss on or names eBPF fds. */
+/**
+ * Every running QEMU with a virtio-net NIC that has rss on or names eBPF fds on its command
+ * line, or that holds an RSS program anyway (NICs hot-plugged over QMP).
+ */
 export function discoverQemus(opts: DiscoverOptions = {}): QemuProcess[] {
   const out: QemuProcess[] = [];
   for (const pid of opts.pids ?? allPids()) {
     if (pid === process.pid) continue;
     const argv = readArgv(pid);
-    if (!argv || !argv.some((a) => a === '-device' || a === '--device')) continue;
+    if (!argv) continue;
     const facts = readFacts(pid, argv);
     if (!looksLikeQemu(argv[0], facts.exe)) continue;
-    if (parseQemuRssArgs(argv).nics.length === 0) continue;
-    out.push({ ...facts, nics: discoverNics(facts, opts) });
+    const nics = discoverNics(facts, opts);
+    if (nics.length > 0) out.push({ ...facts, nics });
   }
   return out;
 }

@@ -74,6 +74,8 @@ export function classify(view: RssView, rawKeyAllZero: boolean): { state: NicSta
 }
 
 export interface NicStatus {
+  /** 'unnamed-program': a program QEMU holds that no command-line NIC names (a hot-plugged NIC). */
+  origin: 'command-line' | 'unnamed-program';
   id?: string;
   netdev?: string;
   mac?: string;
@@ -130,6 +132,7 @@ function domainTitle(d: DomainStatus): string {
 }
 
 function nicTitle(n: NicStatus): string {
+  if (n.origin === 'unnamed-program') return '(a NIC not on the command line: hot-plugged?)';
   const parts = [n.id ?? '(no id)', n.mac, n.tap ? `tap ${n.tap}` : undefined, n.queues ? `${n.queues} queue${n.queues > 1 ? 's' : ''}` : undefined, n.netdev ? `netdev ${n.netdev}` : undefined, n.vhost ? 'vhost' : undefined];
   return parts.filter(Boolean).join('  ');
 }
@@ -140,7 +143,9 @@ function ebpfLine(e: NicEbpf): string {
       ? `ebpf-rss-fds ${e.fds!.join(',')}`
       : e.source === 'fd-names'
         ? `fds passed by name (${e.matchedBy === 'order' ? 'matched by device order' : 'the only unnamed program'})`
-        : `loaded by QEMU itself (${e.matchedBy === 'order' ? 'matched by device order' : 'its only RSS program'})`;
+        : e.source === 'self-loaded'
+          ? `loaded by QEMU itself (${e.matchedBy === 'order' ? 'matched by device order' : 'its only RSS program'})`
+          : `QEMU's fd ${e.fds?.join(',') ?? '?'}, named on no command-line NIC`;
   return `prog ${e.progId}  maps ${e.mapIds.join(' ')}  via ${how}`;
 }
 

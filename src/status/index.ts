@@ -51,6 +51,7 @@ export function selectQemus(domain: string | undefined, opts: DiscoverOptions = 
 
 export function nicStatus(nic: DiscoveredNic): NicStatus {
   const base = {
+    origin: nic.origin,
     ...(nic.id !== undefined ? { id: nic.id } : {}),
     ...(nic.netdev !== undefined ? { netdev: nic.netdev } : {}),
     ...(nic.mac !== undefined ? { mac: nic.mac } : {}),

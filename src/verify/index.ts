@@ -16,7 +16,7 @@ import { DEFAULT_SEED, generateFlows } from './flows';
 export { buildFrame, ETH_P_IP, ETH_P_IPV6, type FrameOptions } from './frame';
 export { generateFlows, prng, DEFAULT_SEED } from './flows';
 
-export const VERIFY_USAGE = 'virt-ebpf verify DOMAIN [--nic ID|MAC|TAP] [--flows N] [--seed S] [--json]';
+export const VERIFY_USAGE = 'virt-ebpf verify DOMAIN [--nic ID|MAC|TAP|prog:ID] [--flows N] [--seed S] [--json]';
 export const DEFAULT_FLOWS = 256;
 const MAX_FLOWS = 1 << 16;
 
@@ -125,11 +125,14 @@ export function passed(v: ProgramVerification): boolean {
 }
 
 function nicLabel(n: DiscoveredNic): string {
+  if (n.origin === 'unnamed-program') return n.ebpf ? `prog:${n.ebpf.progId}` : 'an unnamed program';
   return n.id ?? n.mac ?? n.tap ?? `device #${n.index}`;
 }
 
+/** By device id, MAC, tap or netdev; a NIC known only by its program (hot-plugged) as prog:ID. */
 function matchesNic(n: DiscoveredNic, wanted: string): boolean {
   const w = wanted.toLowerCase();
+  if (n.ebpf && w === `prog:${n.ebpf.progId}`) return true;
   return [n.id, n.mac, n.tap, n.netdev].some((x) => x !== undefined && x.toLowerCase() === w);
 }
 
@@ -140,7 +143,7 @@ export function selectNics(q: QemuProcess, wanted?: string): DiscoveredNic[] {
     const n = q.nics.find((x) => matchesNic(x, wanted));
     if (!n) {
       throw new VirtEbpfError('NIC_NOT_FOUND', `domain ${name} has no RSS NIC "${wanted}" (it has ${q.nics.map(nicLabel).join(', ')})`, {
-        remedy: 'name the NIC by its device id, MAC, tap name or netdev id, as `virt-ebpf status` shows them',
+        remedy: 'name the NIC by its device id, MAC, tap name or netdev id as `virt-ebpf status` shows them (prog:ID for one known only by its program)',
       });
     }
     if (!n.ebpf) throw noEbpf(name, n);
@@ -168,13 +171,20 @@ export function verifyDomain(domain: string, opts: { nic?: string; flows?: numbe
   const q = qemus[0];
   return selectNics(q, opts.nic).map((n) => ({
     domain: { pid: q.pid, ...(q.domain.name !== undefined ? { name: q.domain.name } : {}), ...(q.domain.uuid !== undefined ? { uuid: q.domain.uuid } : {}) },
-    nic: { ...(n.id !== undefined ? { id: n.id } : {}), ...(n.mac !== undefined ? { mac: n.mac } : {}), ...(n.tap !== undefined ? { tap: n.tap } : {}), ...(n.backend ? { queues: n.backend.queues } : {}) },
+    nic: { ...(n.id !== undefined ? { id: n.id } : { id: nicLabel(n) }), ...(n.mac !== undefined ? { mac: n.mac } : {}), ...(n.tap !== undefined ? { tap: n.tap } : {}), ...(n.backend ? { queues: n.backend.queues } : {}) },
     seed,
     ...verifyProgram({ progId: n.ebpf!.progId, mapIds: n.ebpf!.mapIds, queues: n.backend?.queues, mac: n.mac }, flows),
   }));
 }
 
 const SHOWN_DISAGREEMENTS = 10;
+
+/** What an agreement does not prove when steering is not active. */
+const STATE_CAVEATS: Partial<Record<NicState, string>> = {
+  unconfigured: 'the guest has not configured RSS: every flow takes the default-queue path, so only that path was compared',
+  'redirect-off': 'steering is off: every flow takes the default-queue path, so only that path was compared',
+  software: 'hash reporting is on: QEMU detaches this program and steers in software; the program was checked as it would steer',
+};
 
 function steeringText(s: Steering): string {
   const how = s.path === 'table' ? `entry ${s.index}` : s.path === 'past-table' ? `index ${s.index} past the table → default` : s.path === 'no-hash' ? 'no hash → default' : 'steering off → default';
@@ -200,6 +210,8 @@ export function formatVerification(v: NicVerification): string {
   const bad = v.checks.filter((c) => !c.agree);
   for (const c of bad.slice(0, SHOWN_DISAGREEMENTS)) out.push(`  ≠ ${describeFlow(c.flow)}: live q${c.live}, reference ${steeringText(c.reference)}`);
   if (bad.length > SHOWN_DISAGREEMENTS) out.push(`  … and ${bad.length - SHOWN_DISAGREEMENTS} more`);
+  const caveat = STATE_CAVEATS[v.state];
+  if (caveat) out.push(`  note: ${caveat}`);
   if (v.nic.queues !== undefined && v.checks.some((c) => c.live >= v.nic.queues!)) {
     out.push(`  note: the tap has ${v.nic.queues} queues and takes the program's value modulo ${v.nic.queues}`);
   }

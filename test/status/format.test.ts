@@ -82,6 +82,7 @@ const REPORT: StatusReport = {
       user: 'libvirt-qemu',
       nics: [
         {
+          origin: 'command-line',
           id: 'net0',
           netdev: 'hostnet0',
           mac: '52:54:00:8d:c8:3b',
@@ -95,6 +96,7 @@ const REPORT: StatusReport = {
           problems: [],
         },
         {
+          origin: 'command-line',
           id: 'net1',
           mac: '52:54:00:8d:c8:3c',
           queues: 4,

@@ -13,6 +13,7 @@ import { encodeRssConfig, HASH_TYPES_LINUX_DEFAULT, keyToMapValue, MS_RSS_KEY } 
 import { collectStatus, runStatus, type StatusReport } from '../../src/status';
 import { formatVerification, runVerify, verifyProgram } from '../../src/verify';
 import { isVirtEbpfError } from '../../src/errors';
+import { getfd, QmpClient } from '../../src/qmp';
 import { lookupUser } from '../../src/sys/users';
 import { needRoot, watchFds } from '../harness';
 import { rssObject } from '../bpf/fixture';
@@ -185,6 +186,37 @@ test('a root QEMU that loaded its own program is tied to its NIC through its fds
   await q.stop();
 });
 
+test('a NIC hot-plugged over QMP (getfd names) is not on the command line: status shows it through its program, verify checks it', async () => {
+  const q = await startQemu('root', { rssNic: false, extraArgs: ['-device', 'pcie-root-port,id=rp1,bus=pcie.0,chassis=1'] });
+  started.push(q);
+  assert.equal(collectStatus().domains.some((d) => d.pid === q.pid), false, 'no RSS NIC yet: not listed');
+  const ctx = loadRss(await rssObject());
+  const progId = ctx.progId;
+  const names = ['vebpf-prog', 'vebpf-cfg', 'vebpf-key', 'vebpf-tab'];
+  const qmp = await QmpClient.connect(q.qmpPath, { timeoutMs: 5000 });
+  try {
+    for (const [i, n] of names.entries()) await getfd(qmp, n, ctx.fds[i].fd);
+    await qmp.execute('netdev_add', { type: 'tap', id: 'hot0', ifname: q.tap.name, script: 'no', downscript: 'no', vhost: false, queues: 4 });
+    await qmp.execute('device_add', { driver: 'virtio-net-pci', id: 'hotnic', netdev: 'hot0', bus: 'rp1', mq: true, vectors: 10, rss: true, 'ebpf-rss-fds': names });
+  } finally {
+    qmp.close();
+    ctx.close(); // QEMU holds its own copies now
+  }
+  const d = collectStatus(String(q.pid)).domains[0];
+  assert.equal(d.nics.length, 1);
+  const nic = d.nics[0];
+  assert.equal(nic.origin, 'unnamed-program');
+  assert.deepEqual([nic.ebpf?.source, nic.ebpf?.matchedBy, nic.ebpf?.progId, nic.state], ['unnamed', 'none', progId, 'unconfigured']);
+  writeRss(nic.ebpf!.mapIds, TABLE);
+  const text = await runStatus([String(q.pid)]);
+  assert.match(text.stdout, /^ {2}\(a NIC not on the command line: hot-plugged\?\)$/m);
+  assert.match(text.stdout, new RegExp(`eBPF   prog ${progId} .* named on no command-line NIC`));
+  const v = await runVerify([String(q.pid), '--nic', `prog:${progId}`, '--flows', '64']);
+  assert.equal(v.code, 0, v.stdout);
+  assert.match(v.stdout, new RegExp(`prog:${progId} \\(prog ${progId}, .*64/64 flows agree`));
+  await q.stop();
+});
+
 test('unknown domain and unknown NIC are one-line errors with a remedy', async () => {
   await assert.rejects(runStatus(['no-such-domain-xyz']), (e) => isVirtEbpfError(e, 'DOMAIN_NOT_FOUND'));
   await assert.rejects(runVerify([execd.name, '--nic', 'net9']), (e) => isVirtEbpfError(e, 'NIC_NOT_FOUND') && /it has net0/.test(e.message));
@@ -192,6 +224,9 @@ test('unknown domain and unknown NIC are one-line errors with a remedy', async (
   const r = await cli(['status', 'no-such-domain-xyz']);
   assert.equal(r.code, 1);
   assert.match(r.stderr.trim(), /^virt-ebpf: no running QEMU with an RSS NIC belongs to domain "no-such-domain-xyz" .*\(DOMAIN_NOT_FOUND\); name a running domain/);
+  const nobody = await cli(['status'], { uid: 65534 });
+  assert.equal(nobody.code, 1);
+  assert.match(nobody.stderr.trim(), /^virt-ebpf: status reads other processes' fds and BPF maps by id, which needs root \(NOT_ROOT\); run it as root/);
   // by MAC and by tap name too
   assert.equal((await runVerify([execd.name, '--nic', execd.mac.toUpperCase(), '--flows', '8'])).code, 0);
   assert.equal((await runVerify([execd.name, '--nic', execd.tap.name, '--flows', '8'])).code, 0);

@@ -24,6 +24,8 @@ export interface TestQemu {
   uuid: string;
   mac: string;
   tap: Tap;
+  /** QEMU's QMP socket (one client at a time). */
+  qmpPath: string;
   argv: string[];
   output(): string;
   stop(): Promise<void>;
@@ -42,7 +44,7 @@ async function connectRetry(path: string, proc: ChildProcess, out: () => string)
   }
 }
 
-export async function startQemu(mode: StartMode, opts: { queues?: number; name?: string } = {}): Promise<TestQemu> {
+export async function startQemu(mode: StartMode, opts: { queues?: number; name?: string; rssNic?: boolean; extraArgs?: string[] } = {}): Promise<TestQemu> {
   const queues = opts.queues ?? 4;
   const name = opts.name ?? `vebpf-status-${mode}-${process.pid}`;
   const uuid = randomUUID();
@@ -57,8 +59,13 @@ export async function startQemu(mode: StartMode, opts: { queues?: number; name?:
     '-uuid', uuid,
     '-machine', 'q35', '-accel', 'tcg', '-nodefaults', '-no-user-config', '-display', 'none', '-S',
     '-qmp', `unix:${sock},server=on,wait=off`,
-    '-netdev', `tap,id=hostnet0,ifname=${tap.name},script=no,downscript=no,vhost=off,queues=${queues}`,
-    '-device', JSON.stringify({ driver: 'virtio-net-pci', mq: true, vectors: 2 * queues + 2, rss: true, netdev: 'hostnet0', id: 'net0', mac }),
+    ...(opts.rssNic === false
+      ? []
+      : [
+          '-netdev', `tap,id=hostnet0,ifname=${tap.name},script=no,downscript=no,vhost=off,queues=${queues}`,
+          '-device', JSON.stringify({ driver: 'virtio-net-pci', mq: true, vectors: 2 * queues + 2, rss: true, netdev: 'hostnet0', id: 'net0', mac }),
+        ]),
+    ...(opts.extraArgs ?? []),
   ];
   const proc =
     mode === 'exec'
@@ -85,7 +92,7 @@ export async function startQemu(mode: StartMode, opts: { queues?: number; name?:
   }
   const pid = proc.pid!;
   const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0$/, '').split('\0');
-  return { pid, name, uuid, mac, tap, argv, output: () => out, stop };
+  return { pid, name, uuid, mac, tap, qmpPath: sock, argv, output: () => out, stop };
 }
 
 /** The kernel ids behind fds of another process, read straight from /proc (independently of src/). */
@@ -99,9 +106,10 @@ export function fdinfoIds(pid: number, fds: readonly number[]): number[] {
 }
 
 /** Run the real CLI; resolves with its exit code and output. */
-export function cli(args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function cli(args: string[], opts: { timeoutMs?: number; uid?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const timeoutMs = opts.timeoutMs ?? 60_000;
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...(opts.uid !== undefined ? { uid: opts.uid, gid: opts.uid } : {}) });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));

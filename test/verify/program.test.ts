@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadRss, mapInfo, mapLookup, mapUpdate, openMapById, openProgById, progInfo, progTestRun, type RssContext } from '../../src/bpf';
 import { encodeRssConfig, HASH_TYPE, HASH_TYPES_ALL, HASH_TYPES_LINUX_DEFAULT, keyToMapValue, MS_RSS_KEY, referenceQueue, type RssConfig } from '../../src/rss';
-import { buildFrame, generateFlows, verifyProgram } from '../../src/verify';
+import { buildFrame, formatVerification, generateFlows, verifyProgram } from '../../src/verify';
 import { readRssMaps } from '../../src/status';
 import { isVirtEbpfError } from '../../src/errors';
 import { needRoot, watchFds } from '../harness';
@@ -78,6 +78,9 @@ test('a fresh context reads all zero: the program sends every flow to queue 0', 
   assert.equal(v.state, 'unconfigured');
   assert.equal(v.agreed, 32);
   assert.deepEqual(v.perQueue, [{ queue: 0, live: 32, reference: 32 }]);
+  const text = formatVerification({ ...v, domain: { pid: 1, name: 'vm' }, nic: { id: 'net0' }, seed: 7 });
+  assert.match(text, /^vm net0 \(prog \d+, seed 7, \d+ ms\): 32\/32 flows agree with the reference$/m);
+  assert.match(text, /note: the guest has not configured RSS: every flow takes the default-queue path/);
 });
 
 const cases: Array<{ name: string; config: RssConfig; key?: Buffer; table: number[]; spread?: number }> = [
