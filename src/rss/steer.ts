@@ -4,7 +4,7 @@
  *   redirect off                          → default_queue
  *   no enabled hash type covers the packet → default_queue
  *   otherwise → table[hash % indirections_len]; an index past the table → default_queue
- * A hash of 0 indexes entry 0 like any other (QEMU before the 2024 "Fix RSS error handling"
+ * A hash of 0 indexes entry 0 like any other (QEMU before its "ebpf: Fix RSS error handling"
  * change sent it to default_queue; only a degenerate key makes that difference visible).
  * The program's value is the queue; the kernel's tun driver then takes it modulo the tap's
  * queue count. Pure.
