@@ -67,7 +67,10 @@ export type ErrorCode =
   // status / verify
   | 'DOMAIN_NOT_FOUND'
   | 'NIC_NOT_FOUND'
-  | 'NIC_NO_EBPF';
+  | 'NIC_NO_EBPF'
+  // libvirt API
+  | 'LIBVIRT_MISSING'
+  | 'LIBVIRT_ERROR';
 
 export interface ErrorInit {
   remedy: string;
