@@ -92,6 +92,29 @@ export const COMMANDS: Record<string, Command> = {
       return 0;
     },
   },
+  ...Object.fromEntries(
+    (['enable', 'disable', 'define'] as const).map((name) => [
+      name,
+      {
+        summary: {
+          enable: 'give a defined domain eBPF RSS (applies at its next start)',
+          disable: 'undo enable on a defined domain, restoring its XML exactly',
+          define: 'define a domain from FILE with eBPF RSS enabled',
+        }[name],
+        usage: {
+          enable: 'virt-ebpf enable DOMAIN [--all-virtio] [--queues N] [--policy strict|fallback] [--wrapper-dir DIR] [--connect URI] [--json]',
+          disable: 'virt-ebpf disable DOMAIN [--connect URI] [--json]',
+          define: 'virt-ebpf define FILE [enable options] [--default-emulator PATH] [--connect URI] [--json]',
+        }[name],
+        async run(argv: string[]) {
+          const { runDomainCommand } = await import('../libvirt');
+          const r = runDomainCommand(name, argv);
+          process.stdout.write(r.stdout);
+          return r.code;
+        },
+      } satisfies Command,
+    ]),
+  ),
   install: {
     summary: 'install the hook, emulator wrappers, broker units and default config (root)',
     usage: 'virt-ebpf install [--prefix DIR] [--no-rescan]',
@@ -216,7 +239,7 @@ function requireRoot(what: string): void {
 
 export function usage(): string {
   const lines = ['virt-ebpf: virtio-net eBPF RSS for unprivileged QEMU under libvirt', '', 'Commands:'];
-  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(8)} ${c.summary}`, `           ${c.usage}`);
+  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(9)} ${c.summary}`, `            ${c.usage}`);
   lines.push('', 'Errors are one line: what failed, why, and what to do. VIRT_EBPF_DEBUG=1 adds the evidence.', '');
   return lines.join('\n');
 }

@@ -39,6 +39,22 @@ function writeAtomic(path: string, content: string, mode: number): void {
   renameSync(tmp, path);
 }
 
+/**
+ * Rewrite a wrapper so libvirt notices: libvirt keeps the wrapper's ctime in whole seconds
+ * (`<qemuctime>`), so a rewrite within the same second as the previous change would go
+ * unnoticed. Make sure the new ctime lands in a later second.
+ */
+function rewriteWrapper(path: string, content: string, mode: number): void {
+  const before = existsSync(path) ? Math.floor(statSync(path).ctimeMs / 1000) : -1;
+  writeAtomic(path, content, mode);
+  const after = Math.floor(statSync(path).ctimeMs / 1000);
+  if (after <= before) {
+    const wait = (before + 1) * 1000 - Date.now() + 5;
+    if (wait > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, wait);
+    chmodSync(path, mode); // touches ctime
+  }
+}
+
 export function readManifest(path: string): Manifest | null {
   if (!existsSync(path)) return null;
   try {
@@ -92,7 +108,8 @@ export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): Inst
       kept.push(a.path);
       continue;
     }
-    writeAtomic(a.path, a.content, a.mode);
+    if (a.kind === 'wrapper') rewriteWrapper(a.path, a.content, a.mode);
+    else writeAtomic(a.path, a.content, a.mode);
     written.push(a.path);
     entries.push({ kind: a.kind, path: a.path, sha256: sha(a.content) });
   }
@@ -174,7 +191,7 @@ export function refreshWrappers(manifestPath: string): RefreshReport {
     const now = identityOf(spec.real);
     if (now === spec.identity) continue;
     const content = renderWrapper({ ...spec, identity: now });
-    writeAtomic(e.path, content, 0o755);
+    rewriteWrapper(e.path, content, 0o755);
     e.sha256 = sha(content);
     refreshed.push({ wrapper: e.path, real: spec.real });
   }

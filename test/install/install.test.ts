@@ -100,7 +100,7 @@ test('refresh rewrites (new ctime) only the wrapper whose QEMU changed', async (
     assert.deepEqual(staleWrappers(paths.manifest).map((s) => s.real), [copy]);
     const r = refreshWrappers(paths.manifest);
     assert.deepEqual(r.refreshed.map((x) => x.real), [copy]);
-    assert.ok(statSync(w).ctimeMs > before, "the wrapper's ctime moved, so libvirt re-probes");
+    assert.ok(Math.floor(statSync(w).ctimeMs / 1000) > Math.floor(before / 1000), "the wrapper's ctime moved to a later second (libvirt keeps whole seconds), so libvirt re-probes");
     assert.notEqual(readFileSync(w, 'utf8'), content);
     assert.deepEqual(staleWrappers(paths.manifest), []);
     assert.deepEqual(refreshWrappers(paths.manifest).refreshed, [], 'idempotent');
