@@ -1,71 +1,201 @@
 /**
- * The built-in example (README's first command): probe the installed emulators, then start
- * QEMU as libvirt's unprivileged user with two multiqueue-tap virtio-net NICs with rss=on via
- * `virt-ebpf exec`, and show what the QEMU process holds and what QMP says. Cleans up after.
+ * The built-in example (README's first command, via scripts/demo.sh): eBPF RSS steering under
+ * libvirt, seen in one command. It probes the emulators, installs virt-ebpf for real, starts
+ * the broker (unless one answers), boots the guest fixture as a libvirt domain enabled with
+ * `virt-ebpf enable`, has the guest turn RSS on with `ethtool -X eth0 equal 2`, and prints
+ * `virt-ebpf status` and `virt-ebpf verify` for it. Then it removes the domain and stops the
+ * broker it started — unless `--keep`. The install stays; the last lines say how to remove it.
  */
-import { spawn, execFileSync } from 'node:child_process';
-import { chownSync, readFileSync, readlinkSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { QmpClient, qomGet } from '../src/qmp';
-import { createTap, Tap } from '../src/guest/tap';
-import { bpfFdInfo } from '../src/fdpass';
-import { lookupUser } from '../src/sys/users';
-import { tempDir } from '../test/harness';
+import { brokerRequest, DEFAULT_SOCKET } from '../src/broker/client';
+import { DEFAULT_PREFIX } from '../src/install/runtime';
+import { ensureFixture, startLibvirtGuest, LIBVIRT_URI, type LibvirtGuest } from '../src/guest';
+import { isVirtEbpfError } from '../src/errors';
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist/src/cli/main.js');
-const QEMU = process.env.VIRT_EBPF_QEMU ?? '/usr/bin/qemu-system-x86_64';
-const USER = process.env.VIRT_EBPF_QEMU_USER ?? 'libvirt-qemu';
+const INSTALLED_CLI = join(DEFAULT_PREFIX, 'dist/src/cli/main.js');
+const DOMAIN = 'virt-ebpf-demo';
+const BROKER_LOG = '/run/virt-ebpf/demo-broker.log';
 
-async function main(): Promise<void> {
-  console.log('$ virt-ebpf probe');
-  console.log(execFileSync(process.execPath, [CLI, 'probe'], { encoding: 'utf8' }));
-  const dir = tempDir('virt-ebpf-demo-');
-  const account = lookupUser(USER);
-  chownSync(dir.path, account.uid, account.gid);
-  const taps: Tap[] = [];
-  let qemu: ReturnType<typeof spawn> | undefined;
+const USAGE = 'usage: bash scripts/demo.sh [--keep]\n  --keep  leave the demo domain and the broker running afterwards';
+
+function heading(text: string): void {
+  console.log(`\n== ${text}`);
+}
+
+/** Run the checkout's CLI and print what it prints, as a user would see it. */
+function virtEbpf(args: string[], opts: { allowFail?: boolean } = {}): string {
+  console.log(`$ virt-ebpf ${args.join(' ')}`);
   try {
-    for (let i = 0; i < 2; i++) taps.push(await createTap({ user: USER }));
-    const sock = join(dir.path, 'qmp.sock');
-    const args = ['exec', '--verbose', '--user', USER, '--', QEMU, '-machine', 'q35', '-accel', 'tcg', '-nodefaults', '-display', 'none', '-S', '-qmp', `unix:${sock},server=on,wait=off`];
-    taps.forEach((t, i) => args.push('-netdev', `tap,id=n${i},ifname=${t.name},script=no,downscript=no,vhost=off,queues=4`, '-device', `virtio-net-pci,netdev=n${i},mq=on,vectors=10,rss=on,id=net${i}`));
-    console.log(`$ virt-ebpf ${args.join(' ')}`);
-    qemu = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
-    let qmp: QmpClient | undefined;
-    for (let t = 0; t < 200 && !qmp; t++) {
-      qmp = await QmpClient.connect(sock, { timeoutMs: 1000 }).catch(async () => {
-        await new Promise((r) => setTimeout(r, 100));
-        return undefined;
-      });
-    }
-    if (!qmp) throw new Error('QEMU did not come up');
-    const pid = qemu.pid!;
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    console.log(`\nQEMU pid ${pid} runs as uid ${/^Uid:\s+(\d+)/m.exec(status)?.[1]} (${USER}), CapEff ${/^CapEff:\s+(\S+)/m.exec(status)?.[1]}`);
-    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    for (const dev of cmd.filter((a, i) => cmd[i - 1] === '-device')) {
-      const j = JSON.parse(dev);
-      const fds: string[] = j['ebpf-rss-fds'];
-      const objs = fds.map((n) => {
-        const info = bpfFdInfo(Number(n), pid);
-        return `${n}→${readlinkSync(`/proc/${pid}/fd/${n}`).replace('anon_inode:', '')}#${info.id}`;
-      });
-      const realized = await qomGet(qmp, `/machine/peripheral/${j.id}`, 'realized');
-      console.log(`  ${j.id}: ebpf-rss-fds ${objs.join(' ')}  realized=${realized}`);
-    }
-    await qmp.execute('quit').catch(() => undefined);
-    await qmp.close();
-  } finally {
-    if (qemu && qemu.exitCode === null) {
-      qemu.kill('SIGKILL');
-    }
-    for (const t of taps) await t.remove();
-    dir.remove();
+    const out = execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+    process.stdout.write(out);
+    return out;
+  } catch (e) {
+    const out = String((e as { stdout?: string }).stdout ?? '');
+    process.stdout.write(out);
+    if (!opts.allowFail) throw new Error(`virt-ebpf ${args[0]} failed (exit status ${(e as { status?: number }).status})`);
+    return out;
   }
 }
 
-main().catch((e) => {
-  console.error(`demo failed: ${(e as Error).message}`);
+function brokerAnswers(timeoutMs = 500): boolean {
+  try {
+    brokerRequest({ op: 'hello' }, { socket: DEFAULT_SOCKET, timeoutMs });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The installed broker, in its own process group (a Ctrl-C here must not kill it before we clean up). */
+async function startBroker(): Promise<number> {
+  mkdirSync('/run/virt-ebpf', { recursive: true, mode: 0o755 });
+  const log = openSync(BROKER_LOG, 'a');
+  const child = spawn(process.execPath, [INSTALLED_CLI, 'broker'], { detached: true, stdio: ['ignore', log, log] });
+  closeSync(log);
+  child.unref();
+  const pid = child.pid!;
+  for (let t = 0; t < 150; t++) {
+    if (brokerAnswers()) return pid;
+    if (!alive(pid)) break;
+    await sleep(100);
+  }
+  let why = '';
+  try {
+    why = readFileSync(BROKER_LOG, 'utf8').trim().split('\n').slice(-3).join('\n');
+  } catch {
+    /* no log */
+  }
+  if (alive(pid)) process.kill(pid, 'SIGKILL');
+  throw new Error(`the broker did not come up on ${DEFAULT_SOCKET}:\n${why}`);
+}
+
+async function stopBroker(pid: number): Promise<void> {
+  if (!alive(pid)) return;
+  process.kill(pid, 'SIGTERM');
+  for (let t = 0; t < 100 && alive(pid); t++) await sleep(100);
+  if (alive(pid)) process.kill(pid, 'SIGKILL');
+}
+
+function virsh(...args: string[]): { ok: boolean; out: string } {
+  try {
+    return { ok: true, out: execFileSync('virsh', ['-q', '-c', LIBVIRT_URI, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }) };
+  } catch (e) {
+    return { ok: false, out: String((e as { stderr?: string }).stderr ?? '') };
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const unknown = argv.filter((a) => a !== '--keep');
+  if (unknown.length) {
+    console.error(`demo: unknown argument ${unknown[0]}\n${USAGE}`);
+    process.exitCode = 2;
+    return;
+  }
+  const keep = argv.includes('--keep');
+  let brokerPid: number | undefined;
+  let guest: LibvirtGuest | undefined;
+  let installed = false;
+  // Ctrl-C: exit hooks (the guest driver's and ours) still remove what we started.
+  const onExit = (): void => {
+    if (brokerPid !== undefined && !keep && alive(brokerPid)) process.kill(brokerPid, 'SIGTERM');
+  };
+  process.once('exit', onExit);
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
+
+  try {
+    heading('1. Which emulators can take eBPF RSS fds');
+    virtEbpf(['probe']);
+
+    heading('2. Install: emulator wrapper, libvirt hook, broker config (idempotent)');
+    virtEbpf(['install']);
+    installed = true;
+
+    heading('3. The broker: the only privileged piece; loads eBPF and hands the fds over');
+    if (brokerAnswers()) {
+      console.log(`a broker already answers on ${DEFAULT_SOCKET}: using it`);
+    } else {
+      brokerPid = await startBroker();
+      console.log(`started ${INSTALLED_CLI} broker (pid ${brokerPid}, log ${BROKER_LOG})`);
+    }
+
+    heading('4. A guest under libvirt, with one virtio NIC <driver queues=\'4\' rss=\'on\'/>');
+    console.log('guest fixture: scripts/guest/build.sh (the first run fetches Debian\'s kernel, busybox and ethtool with apt-get download; later runs reuse .cache/guest)');
+    const fixture = await ensureFixture();
+    console.log(`guest: Debian kernel ${fixture.manifest.kernelRelease} + busybox + ethtool, ${Math.round(fixture.manifest.initrdBytes / 1e5) / 10} MB initramfs`);
+    if (virsh('domuuid', DOMAIN).ok) {
+      console.log(`removing the domain ${DOMAIN} a previous --keep run left`);
+      virsh('destroy', DOMAIN);
+      virsh('undefine', DOMAIN);
+    }
+    guest = await startLibvirtGuest({
+      name: DOMAIN,
+      fixture,
+      // Channels first: an `ethtool -L` after `ethtool -X` would turn RSS off in QEMU.
+      script: ['@channels vebpf_maxq eth0'],
+      onStep: (s) => {
+        console.log(`$ ${s.command}   (${s.ms} ms)`);
+        if (s.command.startsWith('virt-ebpf') && s.output.trim()) console.log(s.output.trimEnd().replace(/^/gm, '  '));
+        if (s.command.startsWith('virsh start')) console.log('  (paused until the serial console is attached, so no guest output is lost)');
+      },
+    });
+    const emulator = /<emulator>([^<]*)<\/emulator>/.exec(virsh('dumpxml', DOMAIN).out)?.[1];
+    const capEff = /^CapEff:\s+(\S+)/m.exec(readFileSync(`/proc/${guest.pid}/status`, 'utf8'))?.[1];
+    console.log(`booted to the guest's prompt in ${(guest.bootMs / 1000).toFixed(1)} s (TCG); emulator ${emulator}`);
+    console.log(`QEMU pid ${guest.pid} runs unprivileged (CapEff ${capEff}) on tap ${guest.interfaces[0].tap}`);
+
+    heading('5. In the guest: turn RSS on');
+    console.log('guest$ ethtool -X eth0 equal 2');
+    await guest.console.run('ethtool -X eth0 equal 2');
+    console.log('guest$ ethtool -x eth0');
+    const shown = (await guest.console.run('ethtool -x eth0')).output.trimEnd().split('\n');
+    const keyAt = shown.findIndex((l) => l.startsWith('RSS hash key'));
+    for (const l of [...shown.slice(0, 3), '    …', ...shown.slice(keyAt, keyAt + 2)]) console.log(`  ${l}`);
+
+    heading('6. What steers: QEMU\'s eBPF program and the maps the guest just configured');
+    virtEbpf(['status', DOMAIN]);
+
+    heading('7. Proof: the live program against the reference RSS, flow by flow');
+    virtEbpf(['verify', DOMAIN]);
+  } finally {
+    heading(keep ? 'Left running (--keep)' : 'Cleaning up');
+    if (keep) {
+      guest?.detach();
+      if (guest) {
+        console.log(`domain ${DOMAIN} runs; see it with \`node dist/src/cli/main.js status ${DOMAIN}\``);
+        console.log(`  remove it: virsh destroy ${DOMAIN}; virsh undefine ${DOMAIN}; rm -r /var/lib/libvirt/images/virt-ebpf-guest/${DOMAIN}`);
+      }
+      if (brokerPid !== undefined) console.log(`broker pid ${brokerPid} runs (log ${BROKER_LOG}); stop it with: kill ${brokerPid}`);
+    } else {
+      if (guest) {
+        await guest.close();
+        console.log(`destroyed and undefined ${DOMAIN}, removed its files`);
+      }
+      if (brokerPid !== undefined) {
+        await stopBroker(brokerPid);
+        console.log(`stopped the broker (pid ${brokerPid})`);
+      }
+    }
+    if (installed) console.log('virt-ebpf stays installed; `node dist/src/cli/main.js uninstall` removes exactly what install added');
+  }
+}
+
+main(process.argv.slice(2)).catch((e) => {
+  console.error(`demo failed: ${isVirtEbpfError(e) ? e.oneLine() : (e as Error).message}`);
+  if (isVirtEbpfError(e) && e.detail && process.env.VIRT_EBPF_DEBUG) console.error(e.detail);
   process.exitCode = 1;
 });

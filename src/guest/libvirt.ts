@@ -150,6 +150,8 @@ export interface LibvirtGuestOptions extends GuestCmdlineOptions {
   /** Until READY; default 90 s. `0`: do not wait (the console still collects). */
   readyTimeoutMs?: number;
   log?: (line: string) => void;
+  /** Called after each command the driver runs for the user to see (define, enable, start, resume). */
+  onStep?: (step: { command: string; output: string; ms: number }) => void;
   /** Directory for the per-domain files (default GUEST_IMAGES_DIR). */
   imagesDir?: string;
 }
@@ -175,6 +177,8 @@ export interface LibvirtGuest {
   addHostAddress(cidr: string, nic?: number): Promise<void>;
   /** Destroy, undefine, remove the domain's files and log. Idempotent. */
   close(): Promise<void>;
+  /** Leave the domain running after this process (closes only the console connection). */
+  detach(): void;
 }
 
 function run(cmd: string, args: readonly string[], timeoutMs = 120_000): Promise<string> {
@@ -275,6 +279,15 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
     }
   };
 
+  const removeFiles = (): void => {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(logFile, { force: true });
+    try {
+      rmdirSync(dirname(dir)); // only when no other guest uses it
+    } catch {
+      /* not empty, or gone */
+    }
+  };
   let socket: Socket | undefined;
   let defined = false;
   // Last resort if the process dies without close(): no domain, no files left behind.
@@ -284,7 +297,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
       virshSync('destroy', name);
       virshSync('undefine', name);
     }
-    rmSync(dir, { recursive: true, force: true });
+    removeFiles();
   };
   process.once('exit', cleanupSync);
   let closing: Promise<void> | null = null;
@@ -295,13 +308,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
         await virsh('destroy', name).catch(() => undefined);
         await virsh('undefine', name).catch(() => undefined);
       }
-      rmSync(dir, { recursive: true, force: true });
-      rmSync(logFile, { force: true });
-      try {
-        rmdirSync(dirname(dir)); // only when no other guest uses it
-      } catch {
-        /* not empty, or gone */
-      }
+      removeFiles();
       process.removeListener('exit', cleanupSync);
     })());
 
@@ -324,16 +331,22 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
     });
     const xmlFile = join(dir, 'domain.xml');
     writeFileSync(xmlFile, xml);
-    await virsh('define', xmlFile);
+    const step = async (command: string, doIt: () => Promise<string>): Promise<string> => {
+      const t0 = performance.now();
+      const output = await doIt();
+      opts.onStep?.({ command, output, ms: Math.round(performance.now() - t0) });
+      return output;
+    };
+    await step(`virsh define ${xmlFile}`, () => virsh('define', xmlFile));
     defined = true;
     if (opts.enable !== false) {
-      const policy = opts.enable?.policy;
-      await run(process.execPath, [cli(), 'enable', name, ...(policy ? ['--policy', policy] : [])], 60_000);
+      const args = ['enable', name, ...(opts.enable?.policy ? ['--policy', opts.enable.policy] : [])];
+      await step(`virt-ebpf ${args.join(' ')}`, () => run(process.execPath, [cli(), ...args], 60_000));
     }
     const uuid = (await virsh('domuuid', name)).trim();
 
     const started = performance.now();
-    await virsh('start', '--paused', name);
+    await step(`virsh start --paused ${name}`, () => virsh('start', '--paused', name));
     const pid = readPid(name);
     const interfaces = parseDomiflist(await virsh('domiflist', name));
     for (const i of interfaces) {
@@ -349,7 +362,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
     socket.on('error', () => undefined); // the console reports the end; the error itself is noise
     const describeEnd = (): string => logTail(20);
     const console = new GuestConsole(socket, socket, { log: opts.log, describeEnd });
-    await virsh('resume', name);
+    await step(`virsh resume ${name}`, () => virsh('resume', name));
     const timeout = opts.readyTimeoutMs ?? 90_000;
     if (timeout > 0) await console.waitReady(timeout);
     const bootMs = timeout > 0 ? Math.round(performance.now() - started) : 0;
@@ -375,6 +388,10 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
         await ip(['addr', 'add', cidr, 'dev', tap]);
       },
       close,
+      detach(): void {
+        socket?.destroy();
+        process.removeListener('exit', cleanupSync);
+      },
     };
   } catch (e) {
     const log = logTail(20);
