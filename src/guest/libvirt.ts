@@ -361,17 +361,17 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
     socket = await connectConsole(consoleSocket, 10_000);
     socket.on('error', () => undefined); // the console reports the end; the error itself is noise
     const describeEnd = (): string => logTail(20);
-    const console = new GuestConsole(socket, socket, { log: opts.log, describeEnd });
+    const guestConsole = new GuestConsole(socket, socket, { log: opts.log, describeEnd });
     await step(`virsh resume ${name}`, () => virsh('resume', name));
     const timeout = opts.readyTimeoutMs ?? 90_000;
-    if (timeout > 0) await console.waitReady(timeout);
+    if (timeout > 0) await guestConsole.waitReady(timeout);
     const bootMs = timeout > 0 ? Math.round(performance.now() - started) : 0;
 
     return {
       name,
       uuid,
       pid,
-      console,
+      console: guestConsole,
       interfaces,
       xml,
       bootMs,
