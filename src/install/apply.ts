@@ -55,6 +55,14 @@ function rewriteWrapper(path: string, content: string, mode: number): void {
   }
 }
 
+function sameFile(path: string, content: string, mode: number): boolean {
+  try {
+    return (statSync(path).mode & 0o7777) === mode && readFileSync(path, 'utf8') === content;
+  } catch {
+    return false;
+  }
+}
+
 export function readManifest(path: string): Manifest | null {
   if (!existsSync(path)) return null;
   try {
@@ -106,6 +114,11 @@ export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): Inst
       }
       entries.push(ours);
       kept.push(a.path);
+      continue;
+    }
+    if (sameFile(a.path, a.content, a.mode)) {
+      // Unchanged: leave it alone (rewriting a wrapper would make libvirt re-probe QEMU).
+      entries.push({ kind: a.kind, path: a.path, sha256: sha(a.content) });
       continue;
     }
     if (a.kind === 'wrapper') rewriteWrapper(a.path, a.content, a.mode);

@@ -52,7 +52,10 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
 
     // the user edits the config; a second install keeps it, uninstall keeps it too
     writeFileSync(paths.configFile, '{"policy":"fallback"}\n');
-    install(facts, { rescan: false });
+    const wrapperCtime = statSync(join(paths.wrapperDir, 'qemu-system-x86_64')).ctimeMs;
+    const again = install(facts, { rescan: false });
+    assert.deepEqual(again.written, [], 'nothing changed, nothing rewritten');
+    assert.equal(statSync(join(paths.wrapperDir, 'qemu-system-x86_64')).ctimeMs, wrapperCtime, 'an unchanged wrapper keeps its ctime: libvirt does not re-probe');
     assert.equal(readFileSync(paths.configFile, 'utf8'), '{"policy":"fallback"}\n');
     const u = uninstall(paths.manifest, { rescan: false });
     assert.deepEqual(u.kept, [{ path: paths.configFile, why: 'edited since install' }]);
