@@ -5,6 +5,7 @@
  */
 import { basename, join } from 'node:path';
 import { renderWrapper } from '../wrapper/script';
+import { XML_NAMESPACE } from '../xml/config';
 
 export interface HostFacts {
   /** absolute path of node */
@@ -79,6 +80,7 @@ export function installPlan(facts: HostFacts): Artifact[] {
     HOOK: join(facts.prefix, 'dist/src/hook/main.js'),
     PREFIX: facts.prefix,
     WRAPPER_DIR: p.wrapperDir,
+    XMLNS: XML_NAMESPACE,
   };
   const out: Artifact[] = facts.emulators.map((e) => ({
     kind: 'wrapper' as const,
