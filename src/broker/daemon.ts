@@ -3,7 +3,7 @@
  * that turns an emulator path into a pool source — only for trusted emulators in the allowed
  * directories, through the cached probe, so a changed binary gets a new pool.
  */
-import { readFileSync, realpathSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { VirtEbpfError } from '../errors';
 import { probeEmulator } from '../emulator';
@@ -48,6 +48,10 @@ export function allowlistFor(config: BrokerConfig, qemuConf?: string): Allowlist
 
 export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (oldKey: string) => void) {
   const current = new Map<string, string>(); // realpath -> build key
+  // realpath -> the source made for the binary with that identity. The probe cache would give
+  // the same answer, but reading and parsing it (~30 KB with the eBPF object) on every acquire
+  // is most of the broker's handoff time; a stat is enough to know the binary is unchanged.
+  const memo = new Map<string, { identity: string; source: PoolSource & { propTypes: Record<string, string> } }>();
   return async (emulator: string): Promise<PoolSource & { propTypes: Record<string, string> }> => {
     let real: string;
     try {
@@ -61,6 +65,10 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
       });
     }
     assertTrustedExecutable(real, 'emulator');
+    const st = statSync(real);
+    const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+    const hit = memo.get(real);
+    if (hit && hit.identity === identity) return hit.source;
     const { caps } = await probeEmulator(real, { cacheDir: config.cacheDir });
     assertSupported(caps);
     const id = caps.identity;
@@ -71,7 +79,9 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
       onNewBuild(old);
     }
     current.set(real, key);
-    return { key, load: () => loadContext(caps), propTypes: caps.deviceProps ?? {} };
+    const source = { key, load: () => loadContext(caps), propTypes: caps.deviceProps ?? {} };
+    memo.set(real, { identity, source });
+    return source;
   };
 }
 
