@@ -6,7 +6,8 @@
  */
 import { brokerRequest } from '../broker/client';
 import { domainIdentity, namedFds } from '../argv';
-import { finalArgv, planDevices, setInheritance } from '../exec';
+import { finalArgv, planDevices } from '../exec/plan';
+import { setInheritance } from '../exec/fds';
 import { isVirtEbpfError, VirtEbpfError } from '../errors';
 import * as libc from '../sys/libc';
 import { resolvePolicy } from './policy';
