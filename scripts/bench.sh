@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the benchmarks; tables go to stdout. BENCH_N=k multiplies the sample counts.
+# Set up (idempotent) and run the benchmarks (foundation, then the libvirt cold start); tables go
+# to stdout. BENCH_N=k multiplies the sample counts.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/setup.sh" >&2
 cd "$here"
-exec node dist/bench/index.js "$@"
+node dist/bench/index.js "$@"
+# The libvirt cold start (root: system libvirtd, install, broker); BENCH_COLDSTART=a,b,c picks sections.
+node dist/bench/coldstart.js

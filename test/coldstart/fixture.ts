@@ -39,20 +39,30 @@ export function uninstallForReal(): string[] {
   return listed.filter((p) => existsSync(p));
 }
 
-function brokerAnswers(timeoutMs = 1000): boolean {
+function brokerAnswers(socket: string, timeoutMs = 1000): boolean {
   try {
-    brokerRequest({ op: 'hello' }, { socket: DEFAULT_SOCKET, timeoutMs });
+    brokerRequest({ op: 'hello' }, { socket, timeoutMs });
     return true;
   } catch {
     return false;
   }
 }
 
-/** The installed broker (`node /usr/lib/virt-ebpf/dist/src/cli/main.js broker`) as a child. */
+/**
+ * The installed broker (`node /usr/lib/virt-ebpf/dist/src/cli/main.js broker`) as a child; by
+ * default on the default socket with the installed config (what the wrapper under libvirt uses).
+ */
 export class BrokerChild {
   #child?: ChildProcess;
   #log = '';
   #exited?: Promise<void>;
+  readonly socket: string;
+  readonly #args: string[];
+
+  constructor(opts: { socket?: string; args?: string[] } = {}) {
+    this.socket = opts.socket ?? DEFAULT_SOCKET;
+    this.#args = opts.args ?? [];
+  }
 
   /** Everything the broker printed (winston text lines) since it started. */
   get log(): string {
@@ -65,17 +75,17 @@ export class BrokerChild {
 
   async start(): Promise<void> {
     assert.ok(!this.#child, 'the broker is already running');
-    assert.ok(!brokerAnswers(), `another broker answers on ${DEFAULT_SOCKET}; stop it first (two brokers would fight over the socket)`);
-    const child = spawn(process.execPath, [INSTALLED_CLI, 'broker'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    assert.ok(!brokerAnswers(this.socket), `another broker answers on ${this.socket}; stop it first (two brokers would fight over the socket)`);
+    const child = spawn(process.execPath, [INSTALLED_CLI, 'broker', ...this.#args], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
     child.stdout!.on('data', (d) => (this.#log += d));
     child.stderr!.on('data', (d) => (this.#log += d));
     this.#exited = new Promise((r) => child.once('exit', () => r()));
     let gone = false;
     void this.#exited.then(() => (gone = true));
-    await waitFor(`the broker to answer on ${DEFAULT_SOCKET}`, 15_000, () => {
+    await waitFor(`the broker to answer on ${this.socket}`, 15_000, () => {
       if (gone) assert.fail(`the broker exited during start-up: ${this.#log.trim()}`);
-      return brokerAnswers(500);
+      return brokerAnswers(this.socket, 500);
     });
   }
 
@@ -88,7 +98,7 @@ export class BrokerChild {
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
     await this.#exited;
     clearTimeout(timer);
-    assert.ok(!brokerAnswers(200), 'the broker still answers after it stopped');
+    assert.ok(!brokerAnswers(this.socket, 200), 'the broker still answers after it stopped');
   }
 
   /** `handed out` lines' `us` field: the broker's own time from request to sendmsg. */

@@ -1,0 +1,299 @@
+/**
+ * `node dist/bench/coldstart.js` (root; scripts/bench.sh runs it after the foundation bench):
+ * the libvirt cold start, as printed tables with ratios against baselines measured in the
+ * same run. No timed assertions anywhere.
+ *
+ *  a. `virsh start` until it returns, paired A B C …: the same 1-RSS-NIC domain enabled (A),
+ *     plain with rss=on as libvirt runs it today (B: our hook installed, it runs for every
+ *     domain; C: our hook moved out of qemu.d, i.e. no virt-ebpf at all). Ratio of medians and
+ *     median of per-pair ratios. Then where the wrapper's time goes, process by process.
+ *  b. fd handoff with a warm pool: a client's `acquire count=1` round trip (what the wrapper
+ *     waits for between its request and its exec) and the broker's own `us` log field.
+ *  c. 16 domains started at once, each with 1 RSS NIC, vs 16 plain ones: how many started, wall.
+ *
+ * Uses an existing install and broker when there is one; otherwise installs (and uninstalls at
+ * the end) and runs the installed broker as a child. BENCH_N=k multiplies the sample counts.
+ */
+import { spawnSync } from 'node:child_process';
+import { cpus } from 'node:os';
+import { existsSync, renameSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { brokerRequest, DEFAULT_SOCKET } from '../src/broker/client';
+import { closeAll } from '../src/fdpass';
+import { readManifest } from '../src/install/apply';
+import { DEFAULT_PATHS } from '../src/install/plan';
+import { rescanHooks } from '../src/install/apply';
+import { BrokerChild, INSTALLED_CLI, installForReal, uninstallForReal } from '../test/coldstart/fixture';
+import { bpfFds, define, defineEnabled, domainXml, qemuPid, removeDomain, runAsync, testDomains, virsh, virshTry } from '../test/coldstart/libvirt';
+import { stats, table, Stats } from './stats';
+
+const N = Number(process.env.BENCH_N ?? 1);
+/** BENCH_COLDSTART=a,b,c picks sections (default all). */
+const ONLY = new Set((process.env.BENCH_COLDSTART ?? 'a,b,c').split(','));
+const PREFIX = `vebpf-bench-${process.pid}-`;
+const REAL_QEMU = '/usr/bin/qemu-system-x86_64';
+const WRAPPER = join(DEFAULT_PATHS.wrapperDir, 'qemu-system-x86_64');
+const HOOK = DEFAULT_PATHS.hookFile;
+const HOOK_ASIDE = `/etc/libvirt/hooks/virt-ebpf.bench-aside-${process.pid}`;
+
+const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
+const median = (xs: number[]) => stats(xs).median;
+
+function fmtRatio(x: number): string {
+  return `${x.toFixed(3)}×`;
+}
+
+function brokerAnswers(socket = DEFAULT_SOCKET): boolean {
+  try {
+    brokerRequest({ op: 'hello' }, { socket, timeoutMs: 500 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** One start of an already-defined, shut-off domain: ms until `virsh start` returns; then destroy. */
+async function timedStart(name: string, check?: (pid: number) => void): Promise<number> {
+  const r = await runAsync('virsh', ['-q', '-c', 'qemu:///system', 'start', name]);
+  if (r.status !== 0) throw new Error(`virsh start ${name} failed: ${r.stderr.trim()}`);
+  check?.(qemuPid(name));
+  virsh('destroy', name);
+  return r.ms;
+}
+
+function withoutOurHook<T>(fn: () => Promise<T>): Promise<T> {
+  renameSync(HOOK, HOOK_ASIDE);
+  return fn().finally(() => renameSync(HOOK_ASIDE, HOOK));
+}
+
+async function benchStart(scratch: string, out: string[]): Promise<void> {
+  const A = PREFIX + 'a';
+  const B = PREFIX + 'b';
+  defineEnabled(A, domainXml({ name: A, nics: [{ rss: true }] }), scratch);
+  define(domainXml({ name: B, nics: [{ rss: true }] }), scratch);
+  const assertEbpf = (pid: number) => {
+    if (bpfFds(pid).length !== 4) throw new Error(`the enabled domain's QEMU does not hold 4 BPF fds`);
+  };
+  const assertPlain = (pid: number) => {
+    if (bpfFds(pid).length !== 0) throw new Error('the plain domain holds BPF fds');
+  };
+  // Warm-up: libvirt probes each emulator once (capability cache), the broker probes QEMU.
+  await timedStart(A, assertEbpf);
+  await timedStart(B, assertPlain);
+  await withoutOurHook(() => timedStart(B, assertPlain));
+  const a: number[] = [];
+  const b: number[] = [];
+  const c: number[] = [];
+  for (let i = 0; i < 10 * N; i++) {
+    a.push(await timedStart(A, assertEbpf));
+    b.push(await timedStart(B, assertPlain));
+    c.push(await withoutOurHook(() => timedStart(B, assertPlain)));
+  }
+  const perPair = (x: number[], y: number[]) => median(x.map((v, i) => v / y[i]));
+  out.push(
+    table('a. `virsh start` → returns, 1 RSS NIC (4 queues), TCG, paired A B C', [
+      { name: 'C: plain rss=on, no virt-ebpf hook (today)', stats: stats(c) },
+      { name: 'B: plain rss=on, virt-ebpf hook installed', stats: stats(b), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
+      { name: 'A: enabled (wrapper + broker + hook)', stats: stats(a), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
+    ]),
+    `median of per-pair ratios: A/C ${fmtRatio(perPair(a, c))}, A/B ${fmtRatio(perPair(a, b))}, B/C ${fmtRatio(perPair(b, c))}; ` +
+      `ratio of medians: A/C ${fmtRatio(median(a) / median(c))}, A/B ${fmtRatio(median(a) / median(b))} (target A/C ≤ 1.05×)`,
+    '',
+  );
+  removeDomain(A);
+}
+
+/** Wall time of a command, n times (processes: the wrapper and the hook as libvirt runs them). */
+function timeProcess(n: number, cmd: string, args: string[], input?: string, beforeEach?: () => void): Stats {
+  const xs: number[] = [];
+  for (let i = 0; i < n + 2; i++) {
+    beforeEach?.();
+    const t0 = process.hrtime.bigint();
+    const r = spawnSync(cmd, args, { input, stdio: [input === undefined ? 'ignore' : 'pipe', 'ignore', 'pipe'], timeout: 30_000 });
+    const t = ms(t0);
+    if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr?.toString().trim()}`);
+    if (i >= 2) xs.push(t);
+  }
+  return stats(xs);
+}
+
+/** Until every pool of the default broker is back to its target (no refill load running). */
+function poolFull(): void {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const r = brokerRequest({ op: 'status' }, { timeoutMs: 5000 }).reply;
+    if (r.op === 'status' && r.pools.every((p) => p.ready >= p.target)) return;
+    if (Date.now() > deadline) throw new Error('the broker pool never filled');
+    spawnSync('sleep', ['0.01']);
+  }
+}
+
+async function benchWrapperParts(out: string[]): Promise<void> {
+  const n = 20 * N;
+  // A virtio-net device with rss on, and -version: QEMU exits during option parsing, so the
+  // row measures exactly the wrapper's own path (start, broker round trip, fd setup, exec).
+  const dev = JSON.stringify({ driver: 'virtio-net-pci', rss: true, id: 'net0' });
+  const args = ['-machine', 'none', '-device', dev, '-version'];
+  const entry = join('/usr/lib/virt-ebpf', 'dist/src/wrapper/main.js');
+  const rows = [
+    { name: 'QEMU -version (direct)', stats: timeProcess(n, REAL_QEMU, ['-version']) },
+    { name: 'wrapper, no rss: sh pass-through', stats: timeProcess(n, WRAPPER, ['-version']), baseline: 'QEMU -version (direct)' },
+    { name: 'node -e 0', stats: timeProcess(n, process.execPath, ['-e', '0']) },
+    { name: 'node: load the wrapper module only', stats: timeProcess(n, process.execPath, ['-e', `require(${JSON.stringify(entry)})`]), baseline: 'node -e 0' },
+    { name: 'wrapper, rss device: acquire + exec QEMU', stats: timeProcess(n, WRAPPER, args, undefined, poolFull), baseline: 'QEMU -version (direct)' },
+  ];
+  out.push(table('a\'. where the wrapper\'s time goes (one process each, wall time)', rows));
+  const name = PREFIX + 'hookprobe';
+  const xml = virsh('dumpxml', '--inactive', name);
+  const plainXml = virsh('dumpxml', '--inactive', PREFIX + 'b');
+  // Each prepare reserves a context for the domain; release it first, as a stop would.
+  const release = () => void spawnSync(HOOK, [name, 'release', 'end', '-'], { input: xml, timeout: 30_000 });
+  const hookRows = [
+    { name: 'hook, domain not enabled (prepare begin)', stats: timeProcess(n, HOOK, [PREFIX + 'b', 'prepare', 'begin', '-'], plainXml) },
+    { name: 'hook, event it ignores (start begin)', stats: timeProcess(n, HOOK, [name, 'start', 'begin', '-'], xml), baseline: 'hook, domain not enabled (prepare begin)' },
+    { name: 'hook, prepare begin (enabled: reserve)', stats: timeProcess(n, HOOK, [name, 'prepare', 'begin', '-'], xml, release), baseline: 'hook, domain not enabled (prepare begin)' },
+  ];
+  release();
+  out.push(table("a''. the libvirt hook (libvirt runs it at prepare, start, started, stopped, release for every domain)", hookRows));
+}
+
+async function benchHandoff(out: string[]): Promise<void> {
+  // A broker of our own with a pool large enough that no acquire waits for a load.
+  const dir = mkdtempSync(join(tmpdir(), 'vebpf-bench-'));
+  const socket = join(dir, 'broker.sock');
+  const config = join(dir, 'config.json');
+  const target = 8;
+  writeFileSync(config, JSON.stringify({ socket, pool: { size: target }, log: { level: 'info' } }));
+  const broker = new BrokerChild({ socket, args: ['--config', config] });
+  await broker.start();
+  try {
+    const ready = async () => {
+      await new Promise((res) => setImmediate(res)); // let the broker's log lines in
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const r = brokerRequest({ op: 'status' }, { socket, timeoutMs: 5000 }).reply;
+        if (r.op === 'status' && r.pools.some((p) => p.ready >= target)) return;
+        if (Date.now() > deadline) throw new Error('the broker pool never filled');
+        await new Promise((res) => setTimeout(res, 10));
+      }
+    };
+    const acquire = () => {
+      const t0 = process.hrtime.bigint();
+      const r = brokerRequest({ op: 'acquire', emulator: REAL_QEMU, count: 1 }, { socket, timeoutMs: 10_000 });
+      const t = ms(t0);
+      if (r.fds.length !== 4) throw new Error(`acquire gave ${r.fds.length} fds`);
+      closeAll(r.fds);
+      return t;
+    };
+    acquire(); // first request: the broker probes (cached) and fills the pool
+    const hello: number[] = [];
+    const warm: number[] = [];
+    const n = 200 * N;
+    for (let i = 0; i < n; i++) {
+      await ready();
+      const t0 = process.hrtime.bigint();
+      brokerRequest({ op: 'hello' }, { socket, timeoutMs: 5000 });
+      hello.push(ms(t0));
+      warm.push(acquire());
+    }
+    await new Promise((res) => setTimeout(res, 200));
+    const logged = broker.handoffMicros().slice(-n).map((us) => us / 1000);
+    // Back to back: the pool drains and refills (libbpf loads block the broker) meanwhile.
+    await ready();
+    const busy: number[] = [];
+    for (let i = 0; i < 3 * target; i++) busy.push(acquire());
+    out.push(
+      table(`b. fd handoff, acquire count=1 (4 fds), pool.size=${target}`, [
+        { name: 'client round trip, hello (no fds)', stats: stats(hello) },
+        { name: 'client round trip, acquire, warm pool', stats: stats(warm), baseline: 'client round trip, hello (no fds)' },
+        { name: "broker's own `us`, warm pool", stats: stats(logged) },
+        { name: 'client round trip, back to back (refill running)', stats: stats(busy), baseline: 'client round trip, acquire, warm pool' },
+      ]),
+      'target: p99 ≤ 2 ms with a warm pool',
+      '',
+    );
+  } finally {
+    await broker.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function benchParallel(scratch: string, out: string[]): Promise<void> {
+  const k = 16;
+  const enabled = Array.from({ length: k }, (_, i) => `${PREFIX}par-e${i}`);
+  const plain = Array.from({ length: k }, (_, i) => `${PREFIX}par-p${i}`);
+  for (const name of enabled) defineEnabled(name, domainXml({ name, nics: [{ rss: true }] }), scratch);
+  for (const name of plain) define(domainXml({ name, nics: [{ rss: true }] }), scratch);
+  const wave = async (names: string[], want: number) => {
+    const t0 = process.hrtime.bigint();
+    const rs = await Promise.all(names.map((n) => runAsync('virsh', ['-q', '-c', 'qemu:///system', 'start', n], { timeoutMs: 300_000 })));
+    const wall = ms(t0);
+    let ok = 0;
+    const errors: string[] = [];
+    rs.forEach((r, i) => {
+      if (r.status !== 0) {
+        errors.push(`${names[i]}: ${r.stderr.trim().split('\n').pop()}`);
+        return;
+      }
+      if (bpfFds(qemuPid(names[i])).length === want) ok++;
+      else errors.push(`${names[i]}: ${bpfFds(qemuPid(names[i])).length} BPF fds, expected ${want}`);
+    });
+    for (const n of names) virshTry('destroy', n);
+    return { ok, wall, errors, perStart: stats(rs.map((r) => r.ms)) };
+  };
+  const p = await wave(plain, 0);
+  const e = await wave(enabled, 4);
+  out.push(
+    table(`c. ${k} domains started at once (each 1 RSS NIC, 128 MiB, TCG): per-start time`, [
+      { name: `${k} plain rss=on`, stats: p.perStart },
+      { name: `${k} enabled`, stats: e.perStart, baseline: `${k} plain rss=on` },
+    ]),
+    `started as expected: plain ${p.ok}/${k} (${((100 * p.ok) / k).toFixed(0)} %), enabled ${e.ok}/${k} (${((100 * e.ok) / k).toFixed(0)} %, target 100 %); ` +
+      `wall: plain ${p.wall.toFixed(0)} ms, enabled ${e.wall.toFixed(0)} ms (${fmtRatio(e.wall / p.wall)})`,
+    ...[...p.errors, ...e.errors].map((x) => `  failed: ${x}`),
+    '',
+  );
+  for (const n of [...enabled, ...plain]) removeDomain(n);
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('the cold-start bench needs root (system libvirtd, install, broker)');
+  const out: string[] = [`virt-ebpf cold-start benchmarks — ${new Date().toISOString()} — ${cpus().length}× ${cpus()[0]?.model ?? '?'} — node ${process.version}`, ''];
+  const scratch = mkdtempSync(join(tmpdir(), 'vebpf-bench-xml-'));
+  const installedHere = !readManifest(DEFAULT_PATHS.manifest) || !existsSync(INSTALLED_CLI);
+  if (installedHere) installForReal();
+  const broker = new BrokerChild();
+  const ownBroker = !brokerAnswers();
+  try {
+    if (ownBroker) await broker.start();
+    if (ONLY.has('a')) {
+      await benchStart(scratch, out);
+      const probe = PREFIX + 'hookprobe';
+      defineEnabled(probe, domainXml({ name: probe, nics: [{ rss: true }] }), scratch);
+      await benchWrapperParts(out);
+      removeDomain(probe);
+      removeDomain(PREFIX + 'b');
+    }
+    if (ONLY.has('c')) await benchParallel(scratch, out);
+    if (ownBroker && ONLY.has('a')) {
+      await new Promise((res) => setTimeout(res, 200));
+      const us = broker.handoffMicros().map((x) => x / 1000);
+      if (us.length) out.push(table("broker's own `us` over every start above (prepare reserved the contexts)", [{ name: 'handed out', stats: stats(us) }]));
+    }
+    if (ONLY.has('b')) await benchHandoff(out);
+  } finally {
+    for (const n of testDomains(PREFIX)) removeDomain(n);
+    if (existsSync(HOOK_ASIDE)) renameSync(HOOK_ASIDE, HOOK);
+    if (ownBroker) await broker.stop();
+    if (installedHere) uninstallForReal();
+    else rescanHooks();
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench: ${(e as Error)?.stack ?? String(e)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,54 @@
+/**
+ * The installed hook script is on the path of every `virsh start` of every domain: libvirt runs
+ * it at prepare, start, started, stopped and release. It must start Node only for the events
+ * the hook acts on and only for domains with our metadata, and hand Node the XML unchanged.
+ * The template is rendered by the real install plan; `node` is replaced by a recorder.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { installPlan } from '../../src/install/plan';
+import { hostFacts } from '../../src/install/host';
+import { enableDomain, wrapperInDir } from '../../src/xml';
+import { QEMU, REPO, tempDir } from '../harness';
+import { domainXml } from './libvirt';
+
+const plain = domainXml({ name: 'vm', nics: [{ rss: true }] });
+const enabled = enableDomain(plain, { wrapperFor: wrapperInDir('/usr/libexec/virt-ebpf') }).xml;
+
+test('the hook script starts Node only for prepare/release/migrate/restore of enabled domains, with the XML intact', () => {
+  const d = tempDir();
+  try {
+    const record = join(d.path, 'record');
+    const fakeNode = join(d.path, 'node');
+    writeFileSync(fakeNode, `#!/bin/sh\nprintf '%s\\n' "$*" > '${record}.argv'\ncat > '${record}.stdin'\nexit 7\n`);
+    chmodSync(fakeNode, 0o755);
+    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU] }), node: fakeNode };
+    const hook = installPlan(facts).find((a) => a.kind === 'hook')!;
+    const script = join(d.path, 'hook');
+    writeFileSync(script, hook.content, { mode: 0o755 });
+
+    const call = (xml: string, ...args: string[]) => {
+      rmSync(`${record}.argv`, { force: true });
+      rmSync(`${record}.stdin`, { force: true });
+      const r = spawnSync(script, args, { input: xml, encoding: 'utf8', timeout: 10_000 });
+      return { status: r.status, node: existsSync(`${record}.argv`) };
+    };
+
+    for (const ev of [['start', 'begin'], ['started', 'begin'], ['stopped', 'end'], ['reconnect', 'begin'], ['attach', 'begin']]) {
+      const r = call(enabled, 'vm', ...ev, '-');
+      assert.deepEqual(r, { status: 0, node: false }, `${ev.join(' ')}: decided in sh`);
+    }
+    for (const ev of [['prepare', 'begin'], ['release', 'end'], ['migrate', 'begin'], ['restore', 'begin']]) {
+      assert.deepEqual(call(plain, 'vm', ...ev, '-'), { status: 0, node: false }, `${ev.join(' ')} of a domain without our metadata: decided in sh`);
+      const r = call(enabled, 'vm', ...ev, '-');
+      assert.deepEqual(r, { status: 7, node: true }, `${ev.join(' ')} of an enabled domain: Node runs and its exit status is the hook's`);
+      assert.equal(readFileSync(`${record}.argv`, 'utf8'), `${join(REPO, 'dist/src/hook/main.js')} vm ${ev.join(' ')} -\n`);
+      assert.equal(readFileSync(`${record}.stdin`, 'utf8').trimEnd(), enabled.trimEnd(), 'Node reads the XML libvirt sent');
+    }
+  } finally {
+    d.remove();
+  }
+});
