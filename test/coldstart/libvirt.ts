@@ -102,26 +102,11 @@ export function define(xml: string, scratch: string): void {
   }
 }
 
-/** Whether helper-6's `virt-ebpf enable DOMAIN` (libvirt FFI) is there yet. */
-export function haveEnableCommand(): boolean {
-  return !/unknown command/.test(cli('enable', '--help').stderr);
-}
-
-/**
- * Define `xml` and enable eBPF RSS on it the way a user would: `virt-ebpf enable NAME` once it
- * exists, until then `virt-ebpf xml enable` + `virsh define`.
- */
-export function defineEnabled(name: string, xml: string, scratch: string, opts: { policy?: 'strict' | 'fallback'; emulatorArgs?: string[] } = {}): void {
-  const policy = opts.policy ? ['--policy', opts.policy] : [];
-  if (haveEnableCommand()) {
-    define(xml, scratch);
-    const r = cli('enable', name, ...policy);
-    assert.equal(r.status, 0, `virt-ebpf enable ${name} failed: ${r.stderr.trim()}`);
-    return;
-  }
-  const r = run(process.execPath, [CLI, 'xml', 'enable', ...policy, '-'], { input: xml });
-  assert.equal(r.status, 0, `virt-ebpf xml enable failed: ${r.stderr.trim()}`);
-  define(r.stdout, scratch);
+/** Define `xml`, then enable eBPF RSS on it the way a user does: `virt-ebpf enable NAME`. */
+export function defineEnabled(name: string, xml: string, scratch: string, opts: { policy?: 'strict' | 'fallback' } = {}): void {
+  define(xml, scratch);
+  const r = cli('enable', name, ...(opts.policy ? ['--policy', opts.policy] : []));
+  assert.equal(r.status, 0, `virt-ebpf enable ${name} failed: ${r.stderr.trim()}`);
 }
 
 export function domainState(name: string): string {
