@@ -6,7 +6,20 @@
 import { VirtEbpfError, ErrorCode } from '../errors';
 
 export const PROTOCOL_VERSION = 1;
-export const MAX_LINE = 64 * 1024;
+/** One request line: large enough for a `hook` op's domain XML once JSON-escaped. */
+export const MAX_LINE = 8 * 1024 * 1024;
+export const MAX_EXEC_ARGS = 4096;
+export const MAX_EXEC_ARGV_BYTES = 1024 * 1024;
+export const MAX_HOOK_XML_BYTES = 4 * 1024 * 1024;
+/**
+ * `exec-plan` names the K-th attached fd `@virt-ebpf-fd:K@` in the argv it returns; the shim
+ * substitutes the fd number it received. A command line that already contains the marker is
+ * refused so a real argument can never be rewritten.
+ */
+export const FD_MARKER = '@virt-ebpf-fd:';
+export function fdPlaceholder(k: number): string {
+  return `${FD_MARKER}${k}@`;
+}
 export const MAX_CONTEXTS_PER_REQUEST = 16; // 16 × 4 fds stays far below SCM_MAX_FD (253)
 
 export interface DomainRef {
@@ -19,7 +32,11 @@ export type Request =
   | { v: 1; id: number; op: 'acquire'; emulator: string; count: number; domain?: DomainRef }
   | { v: 1; id: number; op: 'prewarm'; emulator: string; count: number; domain?: DomainRef }
   | { v: 1; id: number; op: 'release'; domain: DomainRef }
-  | { v: 1; id: number; op: 'status' };
+  | { v: 1; id: number; op: 'status' }
+  /** QEMU's command line as the emulator wrapper got it: the broker plans the devices (root peers and the QEMU account) */
+  | { v: 1; id: number; op: 'exec-plan'; emulator: string; argv: string[] }
+  /** libvirt's hook at prepare/release, run inside the broker (root peers only) */
+  | { v: 1; id: number; op: 'hook'; event: 'prepare' | 'release'; name: string; xml: string };
 
 export type Op = Request['op'];
 
@@ -37,6 +54,8 @@ export type Reply =
   | { v: 1; id: number; ok: true; op: 'acquire'; contexts: ContextDescriptor[]; propTypes: Record<string, string> }
   | { v: 1; id: number; ok: true; op: 'prewarm'; ready: number }
   | { v: 1; id: number; ok: true; op: 'release'; dropped: number }
+  | { v: 1; id: number; ok: true; op: 'exec-plan'; argv: string[] | null; fds: number }
+  | { v: 1; id: number; ok: true; op: 'hook'; code: number; stdout: string; stderr: string }
   | { v: 1; id: number; ok: true; op: 'status'; pools: Array<{ emulator: string; ready: number; target: number }>; peers: number }
   | { v: 1; id: number; ok: false; error: { code: string; message: string; remedy: string } };
 
@@ -79,7 +98,26 @@ const ALLOWED_KEYS: Record<Op, string[]> = {
   acquire: ['v', 'id', 'op', 'emulator', 'count', 'domain'],
   prewarm: ['v', 'id', 'op', 'emulator', 'count', 'domain'],
   release: ['v', 'id', 'op', 'domain'],
+  'exec-plan': ['v', 'id', 'op', 'emulator', 'argv'],
+  hook: ['v', 'id', 'op', 'event', 'name', 'xml'],
 };
+
+function execArgv(v: unknown): string[] {
+  if (!Array.isArray(v) || v.length > MAX_EXEC_ARGS || !v.every((a) => typeof a === 'string' && !a.includes('\0'))) {
+    throw bad(`"argv" must be an array of at most ${MAX_EXEC_ARGS} strings`);
+  }
+  const bytes = v.reduce((n: number, a: string) => n + Buffer.byteLength(a), 0);
+  if (bytes > MAX_EXEC_ARGV_BYTES) throw bad(`"argv" is longer than ${MAX_EXEC_ARGV_BYTES} bytes`);
+  if (v.some((a: string) => a.includes(FD_MARKER))) throw bad(`"argv" already contains the fd marker ${FD_MARKER}…@`);
+  return v as string[];
+}
+
+function hookFields(m: Record<string, unknown>): { event: 'prepare' | 'release'; name: string; xml: string } {
+  if (m.event !== 'prepare' && m.event !== 'release') throw bad('"event" must be "prepare" or "release"');
+  if (typeof m.name !== 'string' || m.name.length === 0 || m.name.length > 256) throw bad('"name" must be a string of 1 to 256 characters');
+  if (typeof m.xml !== 'string' || Buffer.byteLength(m.xml) > MAX_HOOK_XML_BYTES) throw bad(`"xml" must be a string of at most ${MAX_HOOK_XML_BYTES} bytes`);
+  return { event: m.event, name: m.name, xml: m.xml };
+}
 
 /** Parse one request line; throws BROKER_PROTOCOL naming the problem. */
 export function parseRequest(line: string): Request {
@@ -107,6 +145,10 @@ export function parseRequest(line: string): Request {
       return { v: 1, id, op: m.op, emulator: emulatorPath(m.emulator), count: count(m.count), domain: domainRef(m.domain, false) };
     case 'release':
       return { v: 1, id, op: 'release', domain: domainRef(m.domain, true)! };
+    case 'exec-plan':
+      return { v: 1, id, op: 'exec-plan', emulator: emulatorPath(m.emulator), argv: execArgv(m.argv) };
+    case 'hook':
+      return { v: 1, id, op: 'hook', ...hookFields(m) };
     default:
       throw bad(`unknown op ${JSON.stringify(m.op)}`);
   }

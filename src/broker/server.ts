@@ -11,7 +11,10 @@ import { VirtEbpfError } from '../errors';
 import { closeAll } from '../fdpass';
 import type { Logger } from '../log';
 import { ContextPool, PoolSource } from './pool';
-import { encode, errorReply, MAX_LINE, parseRequest, Reply, Request, DomainRef } from './protocol';
+import { encode, errorReply, fdPlaceholder, MAX_LINE, parseRequest, Reply, Request, DomainRef } from './protocol';
+import { domainIdentity } from '../argv';
+import { finalArgv, planDevices } from '../exec/plan';
+import { runHook } from '../hook/main';
 
 export const BROKER_VERSION = '0.1.0';
 
@@ -32,6 +35,8 @@ export interface BrokerOptions {
   logger: Logger;
   /** listen on an inherited fd (systemd socket activation) instead of binding `socket` */
   listenFd?: number;
+  /** where the `hook` op keeps domain state and finds the install manifest (tests: scratch dirs) */
+  hookEnv?: { stateDir?: string; manifest?: string };
 }
 
 function domainKey(d?: DomainRef): string | undefined {
@@ -112,7 +117,8 @@ export class Broker {
     let outstanding = 0;
     sock.on('data', (chunk) => {
       buf += chunk.toString('utf8');
-      if (buf.length > MAX_LINE && !buf.includes('\n')) {
+      // Only the new chunk can hold a newline the last look did not see (requests may be MiBs).
+      if (buf.length > MAX_LINE && !chunk.includes(0x0a)) {
         this.#send(sock, errorReply(0, new VirtEbpfError('BROKER_LIMIT', `request longer than ${MAX_LINE} bytes`, { remedy: 'send smaller requests' })));
         sock.destroy();
         return;
@@ -162,13 +168,45 @@ export class Broker {
           return;
         }
         case 'prewarm': {
-          const source = await this.opts.resolve(req.emulator);
-          const key = domainKey(req.domain);
-          const ready = key
-            ? await this.pool.reserve(source, Math.min(req.count, this.opts.maxReservedPerDomain), key)
-            : (this.pool.refill(source.key), 0);
-          log.info('prewarmed', { emulator: req.emulator, domain: req.domain, ready });
+          const ready = await this.#prewarm(req.emulator, req.count, req.domain, log);
           this.#send(sock, { v: 1, id: req.id, ok: true, op: 'prewarm', ready });
+          return;
+        }
+        case 'hook': {
+          if (cred.uid !== 0) {
+            throw new VirtEbpfError('BROKER_DENIED', `uid ${cred.uid} may not run the libvirt hook`, { remedy: 'only libvirt\'s hook, as root, sends hook requests' });
+          }
+          const event = req.event === 'prepare' ? { kind: 'prepare' as const, name: req.name } : { kind: 'release' as const, name: req.name, reason: '-' };
+          const r = await runHook(event, req.xml, {
+            ...this.opts.hookEnv,
+            broker: {
+              prewarm: async (emulator, count, domain) => void (await this.#prewarm(emulator, count, domain, log)),
+              release: (domain) => void this.pool.release(domainKey(domain)!),
+            },
+          });
+          log.info('hook', { event: req.event, name: req.name, code: r.code });
+          this.#send(sock, { v: 1, id: req.id, ok: true, op: 'hook', ...r });
+          return;
+        }
+        case 'exec-plan': {
+          const plan = planDevices(req.argv);
+          if (plan.devices.length === 0) {
+            this.#send(sock, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv: null, fds: 0 });
+            return;
+          }
+          const source = await this.opts.resolve(req.emulator);
+          const domain = domainIdentity(req.argv);
+          const contexts = await this.pool.take(source, plan.devices.length, domainKey(domain));
+          const fds = contexts.flatMap((c) => c.fds);
+          try {
+            let k = 0;
+            const perDevice = contexts.map((c) => Array.from({ length: c.descriptor.fds }, () => fdPlaceholder(k++)));
+            const { argv } = finalArgv(req.argv, plan, perDevice, contexts[0].descriptor.property, source.propTypes);
+            this.#send(sock, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: fds.length }, fds.map((f) => f.fd));
+          } finally {
+            closeAll(fds); // the peer holds its own copies now; ours are never reused
+          }
+          log.info('handed out', { emulator: req.emulator, domain, contexts: contexts.length, us: Number((process.hrtime.bigint() - t0) / 1000n) });
           return;
         }
         case 'acquire': {
@@ -192,6 +230,14 @@ export class Broker {
       log.warn('request failed', { op: req.op, error: (e as Error).message });
       this.#send(sock, errorReply(req.id, e));
     }
+  }
+
+  async #prewarm(emulator: string, count: number, domain: DomainRef | undefined, log: Logger): Promise<number> {
+    const source = await this.opts.resolve(emulator);
+    const key = domainKey(domain);
+    const ready = key ? await this.pool.reserve(source, Math.min(count, this.opts.maxReservedPerDomain), key) : (this.pool.refill(source.key), 0);
+    log.info('prewarmed', { emulator, domain, ready });
+    return ready;
   }
 
   #send(sock: net.Socket, reply: Reply, fds: number[] = []): void {

@@ -6,6 +6,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { brokerRequest } from '../broker/client';
+import type { DomainRef } from '../broker/protocol';
 import { isVirtEbpfError } from '../errors';
 import { disableDomain, isEnabled, readConfig, rssNics } from '../xml';
 import { DOMAIN_STATE_DIR, domainStatePath } from '../wrapper/policy';
@@ -19,18 +20,41 @@ export interface HookResult {
   stderr: string;
 }
 
+/**
+ * What the hook asks of the broker. Inside the broker (the `hook` op) these call the pool
+ * directly: a blocking client to its own socket would deadlock the broker's event loop.
+ */
+export interface HookBroker {
+  prewarm(emulator: string, count: number, domain: DomainRef): Promise<void>;
+  release(domain: DomainRef): void;
+}
+
 export interface HookEnv {
+  broker?: HookBroker;
   socket?: string;
   stateDir?: string;
   manifest?: string;
   timeoutMs?: number;
 }
 
+/** The broker over its socket, for a hook run outside the broker (`node main.js …`, tests). */
+export function clientBroker(env: HookEnv = {}): HookBroker {
+  return {
+    async prewarm(emulator, count, domain) {
+      brokerRequest({ op: 'prewarm', emulator, count, domain }, { socket: env.socket, timeoutMs: env.timeoutMs ?? 20_000 });
+    },
+    release(domain) {
+      brokerRequest({ op: 'release', domain }, { socket: env.socket, timeoutMs: env.timeoutMs ?? 5000 });
+    },
+  };
+}
+
 function line(e: unknown): string {
   return isVirtEbpfError(e) ? e.oneLine() : `virt-ebpf: ${String(e)}`;
 }
 
-export function runHook(event: HookEvent, xml: string, env: HookEnv = {}): HookResult {
+export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}): Promise<HookResult> {
+  const broker = env.broker ?? clientBroker(env);
   const ok = (stdout = '', stderr = ''): HookResult => ({ code: 0, stdout, stderr });
   if (event.kind === 'ignored' || event.kind === 'reconnect') return ok();
   let enabled: boolean;
@@ -49,7 +73,7 @@ export function runHook(event: HookEvent, xml: string, env: HookEnv = {}): HookR
   switch (event.kind) {
     case 'release': {
       try {
-        brokerRequest({ op: 'release', domain }, { socket: env.socket, timeoutMs: env.timeoutMs ?? 5000 });
+        broker.release(domain);
       } catch {
         /* the broker drops unclaimed contexts itself when it restarts */
       }
@@ -79,7 +103,7 @@ export function runHook(event: HookEvent, xml: string, env: HookEnv = {}): HookR
       const count = rssNics(xml).length;
       if (count === 0) return ok();
       try {
-        brokerRequest({ op: 'prewarm', emulator: cfg.emulator.original, count, domain }, { socket: env.socket, timeoutMs: env.timeoutMs ?? 20_000 });
+        await broker.prewarm(cfg.emulator.original, count, domain);
         return ok();
       } catch (e) {
         return fail(line(e));
@@ -88,7 +112,7 @@ export function runHook(event: HookEvent, xml: string, env: HookEnv = {}): HookR
   }
 }
 
-if (require.main === module) {
+async function main(): Promise<void> {
   const event = parseHookArgs(process.argv.slice(2));
   // Bounded: a hook that hangs would hang libvirt's start.
   const guard = setTimeout(() => {
@@ -104,7 +128,7 @@ if (require.main === module) {
   }
   let r: HookResult;
   try {
-    r = runHook(event, xml);
+    r = await runHook(event, xml);
   } catch (e) {
     r = { code: mayFail(event) ? 1 : 0, stdout: '', stderr: line(e) + '\n' };
   }
@@ -112,3 +136,5 @@ if (require.main === module) {
   process.stderr.write(r.stderr);
   process.exitCode = r.code;
 }
+
+if (require.main === module) void main();

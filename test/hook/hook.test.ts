@@ -47,7 +47,7 @@ after(async () => {
   dir.remove();
 });
 
-test('hook arguments: a closed set; only prepare may fail, only migrate/restore may replace the XML', () => {
+test('hook arguments: a closed set; only prepare may fail, only migrate/restore may replace the XML', async () => {
   assert.deepEqual(parseHookArgs(['vm', 'prepare', 'begin', '-']), { kind: 'prepare', name: 'vm' });
   assert.deepEqual(parseHookArgs(['vm', 'release', 'end', 'destroyed']), { kind: 'release', name: 'vm', reason: 'destroyed' });
   assert.deepEqual(parseHookArgs(['vm', 'started', 'begin', '-']), { kind: 'ignored', name: 'vm', op: 'started', subop: 'begin' });
@@ -59,28 +59,28 @@ test('hook arguments: a closed set; only prepare may fail, only migrate/restore 
   assert.equal(uuid.length, 36);
 });
 
-test('a domain we do not handle: every event is a silent no-op', () => {
+test('a domain we do not handle: every event is a silent no-op', async () => {
   for (const op of ['prepare', 'release', 'migrate', 'restore', 'reconnect']) {
-    assert.deepEqual(runHook(parseHookArgs(['vm', op, op === 'release' ? 'end' : 'begin', '-']), plain, env), { code: 0, stdout: '', stderr: '' });
+    assert.deepEqual(await runHook(parseHookArgs(['vm', op, op === 'release' ? 'end' : 'begin', '-']), plain, env), { code: 0, stdout: '', stderr: '' });
   }
 });
 
-test('reconnect never fails, even on broken metadata; prepare does', () => {
+test('reconnect never fails, even on broken metadata; prepare does', async () => {
   const broken = enabled('strict').replace(/ original="[^"]*"/, '');
-  assert.equal(runHook({ kind: 'reconnect', name: 'vm' }, broken, env).code, 0);
-  const r = runHook({ kind: 'prepare', name: 'vm' }, broken, env);
+  assert.equal((await runHook({ kind: 'reconnect', name: 'vm' }, broken, env)).code, 0);
+  const r = await runHook({ kind: 'prepare', name: 'vm' }, broken, env);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /^virt-ebpf: .*XML_METADATA/);
 });
 
-test('prepare with the broker down: strict refuses with one line, fallback starts and says so; policy reaches the wrapper', () => {
-  const strict = runHook({ kind: 'prepare', name: 'vm' }, enabled('strict'), env);
+test('prepare with the broker down: strict refuses with one line, fallback starts and says so; policy reaches the wrapper', async () => {
+  const strict = await runHook({ kind: 'prepare', name: 'vm' }, enabled('strict'), env);
   assert.equal(strict.code, 1);
   assert.equal(strict.stderr.trim().split('\n').length, 1);
   assert.match(strict.stderr, /^virt-ebpf: cannot reach the virt-ebpf broker .*\(BROKER_UNREACHABLE\); start it/);
   assert.deepEqual(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')), { name: 'vm', uuid, policy: 'strict' });
 
-  const fallback = runHook({ kind: 'prepare', name: 'vm' }, enabled('fallback'), env);
+  const fallback = await runHook({ kind: 'prepare', name: 'vm' }, enabled('fallback'), env);
   assert.equal(fallback.code, 0);
   assert.match(fallback.stderr, /policy is fallback: vm starts without eBPF RSS/);
   assert.equal(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')).policy, 'fallback');
@@ -89,30 +89,30 @@ test('prepare with the broker down: strict refuses with one line, fallback start
 test('prepare with the broker up prewarms; release drops the state', async () => {
   await startBroker();
   try {
-    const r = runHook({ kind: 'prepare', name: 'vm' }, enabled('strict'), env);
+    const r = await runHook({ kind: 'prepare', name: 'vm' }, enabled('strict'), env);
     assert.deepEqual(r, { code: 0, stdout: '', stderr: '' });
     assert.ok(existsSync(join(env.stateDir!, `${uuid}.json`)));
-    assert.equal(runHook({ kind: 'release', name: 'vm', reason: 'destroyed' }, enabled('strict'), env).code, 0);
+    assert.equal((await runHook({ kind: 'release', name: 'vm', reason: 'destroyed' }, enabled('strict'), env)).code, 0);
     assert.ok(!existsSync(join(env.stateDir!, `${uuid}.json`)));
   } finally {
     await stopBroker();
   }
 });
 
-test('migrate/restore: keep the XML when this host has the wrapper, run plain when it does not', () => {
+test('migrate/restore: keep the XML when this host has the wrapper, run plain when it does not', async () => {
   const elsewhere = enabled('strict', join(dir.path, 'not-installed-here'));
   const wrapperDir = trustedDir('hook-wrappers');
   copyFileSync('/bin/true', join(wrapperDir, 'qemu-system-x86_64'));
   const present = enabled('strict', wrapperDir);
-  assert.deepEqual(runHook({ kind: 'migrate', name: 'vm' }, present, env), { code: 0, stdout: '', stderr: '' });
-  const absent = runHook({ kind: 'restore', name: 'vm' }, elsewhere, env);
+  assert.deepEqual(await runHook({ kind: 'migrate', name: 'vm' }, present, env), { code: 0, stdout: '', stderr: '' });
+  const absent = await runHook({ kind: 'restore', name: 'vm' }, elsewhere, env);
   assert.equal(absent.code, 0);
   assert.equal(isEnabled(absent.stdout), false);
   assert.equal(absent.stdout, plain, 'exactly the original document');
   assert.match(absent.stderr, /runs without eBPF RSS here/);
 });
 
-test('prepare after the real QEMU changed: the wrapper is refreshed and the start is refused once (strict)', () => {
+test('prepare after the real QEMU changed: the wrapper is refreshed and the start is refused once (strict)', async () => {
   const bin = trustedDir('hook-stale');
   const copy = join(bin, 'qemu-system-x86_64');
   copyFileSync(QEMU, copy);
@@ -123,10 +123,10 @@ test('prepare after the real QEMU changed: the wrapper is refreshed and the star
     const xml = enableDomain(plain.replace('/usr/bin/qemu-system-x86_64', copy), { wrapperFor: wrapperInDir(paths.wrapperDir) }).xml;
     utimesSync(copy, new Date(), new Date());
     const e = { ...env, manifest: paths.manifest };
-    const r = runHook({ kind: 'prepare', name: 'vm' }, xml, e);
+    const r = await runHook({ kind: 'prepare', name: 'vm' }, xml, e);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /changed since libvirt read its capabilities; the wrapper is refreshed .*start vm again/);
-    const again = runHook({ kind: 'prepare', name: 'vm' }, xml, e);
+    const again = await runHook({ kind: 'prepare', name: 'vm' }, xml, e);
     assert.doesNotMatch(again.stderr, /changed since/, 'refreshed: the next start goes on');
   } finally {
     w.remove();
