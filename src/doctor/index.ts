@@ -33,6 +33,11 @@ function hostChecks(opts: DoctorOptions): Check[] {
       }
     },
     async () => {
+      const { PYTHON } = await import('../install/host');
+      const has = existsSync(PYTHON);
+      return { name: 'python3', verdict: has ? 'ok' : 'fail', detail: has ? `${PYTHON} (runs the wrapper and hook shims)` : `${PYTHON} is missing: enabled domains cannot start`, fix: has ? undefined : 'apt-get install python3', needed: true };
+    },
+    async () => {
       const { listEmulatorsOnPath, probeEmulator } = await import('../emulator');
       const paths = opts.emulators ?? listEmulatorsOnPath();
       if (paths.length === 0) {

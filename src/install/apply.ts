@@ -99,6 +99,9 @@ export function rescanHooks(): string {
 }
 
 export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): InstallReport {
+  if (!existsSync(facts.python)) {
+    throw new VirtEbpfError('PYTHON_MISSING', `${facts.python} does not exist: the emulator wrapper and the hook run their start-path shims with it`, { remedy: 'apt-get install python3' });
+  }
   const paths = resolvePaths(facts);
   const plan = installPlan(facts);
   const previous = readManifest(paths.manifest);

@@ -10,6 +10,8 @@ import { XML_NAMESPACE } from '../xml/config';
 export interface HostFacts {
   /** absolute path of node */
   node: string;
+  /** absolute path of python3 (the start-path shims) */
+  python: string;
   /** the project's installed root (holds dist/ and templates/) */
   prefix: string;
   /** real emulators to wrap, with their identity strings */
@@ -78,6 +80,8 @@ export function installPlan(facts: HostFacts): Artifact[] {
     NODE: facts.node,
     CLI: cli,
     HOOK: join(facts.prefix, 'dist/src/hook/main.js'),
+    PYTHON: facts.python,
+    HOOK_SHIM: join(facts.prefix, 'shims/hook.py'),
     PREFIX: facts.prefix,
     WRAPPER_DIR: p.wrapperDir,
     XMLNS: XML_NAMESPACE,
@@ -86,7 +90,7 @@ export function installPlan(facts: HostFacts): Artifact[] {
     kind: 'wrapper' as const,
     path: wrapperPath(p, e.path),
     mode: 0o755,
-    content: renderWrapper({ real: e.path, node: facts.node, entry: join(facts.prefix, 'dist/src/wrapper/main.js'), identity: e.identity }),
+    content: renderWrapper({ real: e.path, python: facts.python, shim: join(facts.prefix, 'shims/wrapper.py'), identity: e.identity }),
   }));
   out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates['hook.sh'], vars) });
   out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });

@@ -1,8 +1,9 @@
 /**
  * The installed hook script is on the path of every `virsh start` of every domain: libvirt runs
- * it at prepare, start, started, stopped and release. It must start Node only for the events
- * the hook acts on and only for domains with our metadata, and hand Node the XML unchanged.
- * The template is rendered by the real install plan; `node` is replaced by a recorder.
+ * it at prepare, start, started, stopped and release. It must start an interpreter only for the
+ * events the hook acts on and only for domains with our metadata, and hand it the XML unchanged:
+ * prepare/release (the start path) go to the Python shim, migrate/restore to Node. The template
+ * is rendered by the real install plan; `node` and `python3` are replaced by recorders.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,14 +19,17 @@ import { domainXml } from './libvirt';
 const plain = domainXml({ name: 'vm', nics: [{ rss: true }] });
 const enabled = enableDomain(plain, { wrapperFor: wrapperInDir('/usr/libexec/virt-ebpf') }).xml;
 
-test('the hook script starts Node only for prepare/release/migrate/restore of enabled domains, with the XML intact', () => {
+test('the hook script starts an interpreter only for prepare/release/migrate/restore of enabled domains, with the XML intact', () => {
   const d = tempDir();
   try {
     const record = join(d.path, 'record');
     const fakeNode = join(d.path, 'node');
-    writeFileSync(fakeNode, `#!/bin/sh\nprintf '%s\\n' "$*" > '${record}.argv'\ncat > '${record}.stdin'\nexit 7\n`);
-    chmodSync(fakeNode, 0o755);
-    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU] }), node: fakeNode };
+    const fakePython = join(d.path, 'python3');
+    for (const fake of [fakeNode, fakePython]) {
+      writeFileSync(fake, `#!/bin/sh\nprintf '%s %s\\n' "$0" "$*" > '${record}.argv'\ncat > '${record}.stdin'\nexit 7\n`);
+      chmodSync(fake, 0o755);
+    }
+    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU] }), node: fakeNode, python: fakePython };
     const hook = installPlan(facts).find((a) => a.kind === 'hook')!;
     const script = join(d.path, 'hook');
     writeFileSync(script, hook.content, { mode: 0o755 });
@@ -44,9 +48,11 @@ test('the hook script starts Node only for prepare/release/migrate/restore of en
     for (const ev of [['prepare', 'begin'], ['release', 'end'], ['migrate', 'begin'], ['restore', 'begin']]) {
       assert.deepEqual(call(plain, 'vm', ...ev, '-'), { status: 0, node: false }, `${ev.join(' ')} of a domain without our metadata: decided in sh`);
       const r = call(enabled, 'vm', ...ev, '-');
-      assert.deepEqual(r, { status: 7, node: true }, `${ev.join(' ')} of an enabled domain: Node runs and its exit status is the hook's`);
-      assert.equal(readFileSync(`${record}.argv`, 'utf8'), `${join(REPO, 'dist/src/hook/main.js')} vm ${ev.join(' ')} -\n`);
-      assert.equal(readFileSync(`${record}.stdin`, 'utf8').trimEnd(), enabled.trimEnd(), 'Node reads the XML libvirt sent');
+      assert.deepEqual(r, { status: 7, node: true }, `${ev.join(' ')} of an enabled domain: the interpreter runs and its exit status is the hook's`);
+      const startPath = ev[0] === 'prepare' || ev[0] === 'release';
+      const expected = startPath ? `${fakePython} -I -S ${join(REPO, 'shims/hook.py')}` : `${fakeNode} ${join(REPO, 'dist/src/hook/main.js')}`;
+      assert.equal(readFileSync(`${record}.argv`, 'utf8'), `${expected} vm ${ev.join(' ')} -\n`);
+      assert.equal(readFileSync(`${record}.stdin`, 'utf8').trimEnd(), enabled.trimEnd(), 'the interpreter reads the XML libvirt sent');
     }
   } finally {
     d.remove();

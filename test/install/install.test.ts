@@ -46,6 +46,8 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     }
     const wrapper = parseWrapper(readFileSync(join(paths.wrapperDir, 'qemu-system-x86_64'), 'utf8'));
     assert.equal(wrapper?.real, QEMU);
+    assert.deepEqual({ python: wrapper?.python, shim: wrapper?.shim }, { python: '/usr/bin/python3', shim: join(REPO, 'shims/wrapper.py') }, 'Debian\'s python3, named absolutely');
+    assert.match(readFileSync(paths.hookFile, 'utf8'), new RegExp(`'prepare begin'\\|'release end'\\) run='/usr/bin/python3 -I -S ${REPO}/shims/hook\\.py'`));
     assert.match(readFileSync(paths.hookFile, 'utf8'), /dist\/src\/hook\/main\.js/);
     assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} .*cli/main.js broker`));
     assert.equal(readManifest(paths.manifest)!.entries.length, plan.length);
@@ -108,6 +110,17 @@ test('refresh rewrites (new ctime) only the wrapper whose QEMU changed', async (
     assert.deepEqual(staleWrappers(paths.manifest), []);
     assert.deepEqual(refreshWrappers(paths.manifest).refreshed, [], 'idempotent');
     uninstall(paths.manifest, { rescan: false });
+  } finally {
+    d.remove();
+  }
+});
+
+test('install refuses without python3: the start-path shims need it', () => {
+  const d = tempDir();
+  try {
+    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU], paths: scratchPaths(d.path) }), python: join(d.path, 'no-python3') };
+    assert.throws(() => install(facts, { rescan: false }), (e: Error & { code?: string; remedy?: string }) => e.code === 'PYTHON_MISSING' && e.remedy === 'apt-get install python3');
+    assert.deepEqual(allFiles(d.path), [], 'nothing was written');
   } finally {
     d.remove();
   }

@@ -1,0 +1,88 @@
+/**
+ * The Python shims on the start path, with the broker down (the broker-up path is the libvirt
+ * acceptance in test/coldstart): the wrapper shim refuses with exactly one line under strict and
+ * execs the real emulator with the original argv and no BPF fds under fallback; the hook shim
+ * decides strict/fallback from the domain XML and leaves the policy for the wrapper.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { domainUuid } from '../../src/hook/event';
+import { enableDomain, wrapperInDir } from '../../src/xml';
+import { REPO, tempDir } from '../harness';
+
+const PYTHON = '/usr/bin/python3';
+const dir = tempDir();
+const stateDir = join(dir.path, 'domains');
+const env = { PATH: '/usr/bin:/bin', VIRT_EBPF_BROKER_SOCKET: join(dir.path, 'no-broker.sock'), VIRT_EBPF_DOMAIN_STATE_DIR: stateDir };
+const uuid = '0b7e2f1a-1111-4222-8333-444455556666';
+const dev = JSON.stringify({ driver: 'virtio-net-pci', rss: true, id: 'net0' });
+const args = ['-name', 'guest=shimvm,,x,debug-threads=on', '-uuid', uuid, '-device', dev, '-nodefaults', 'an arg with spaces'];
+const UNREACHABLE = /^virt-ebpf: cannot reach the virt-ebpf broker at \S+: No such file or directory \(BROKER_UNREACHABLE\); start it \(systemctl start virt-ebpfd\.socket, or `virt-ebpf broker` as root\) and check `virt-ebpf doctor`$/;
+
+/** A stand-in for QEMU that records its argv and what its open fds are. */
+const fakeQemu = join(dir.path, 'qemu');
+writeFileSync(fakeQemu, `#!/bin/sh\nprintf '%s\\n' "$@" > '${fakeQemu}.argv'\nfor f in /proc/$$/fd/*; do readlink "$f"; done > '${fakeQemu}.fds'\nexit 3\n`);
+chmodSync(fakeQemu, 0o755);
+
+after(() => dir.remove());
+
+function policyFor(policy: 'strict' | 'fallback'): void {
+  mkdirSync(stateDir, { recursive: true });
+  writeFileSync(join(stateDir, `${uuid}.json`), JSON.stringify({ name: 'shimvm', uuid, policy }) + '\n');
+}
+
+function wrapper() {
+  for (const f of ['argv', 'fds']) writeFileSync(`${fakeQemu}.${f}`, '');
+  return spawnSync(PYTHON, ['-I', '-S', join(REPO, 'shims/wrapper.py'), fakeQemu, ...args], { env, encoding: 'utf8', timeout: 10_000 });
+}
+
+test('wrapper shim, broker down, strict: one line with the TS wording, exit 1, QEMU never runs', () => {
+  policyFor('strict');
+  const r = wrapper();
+  assert.equal(r.status, 1);
+  assert.equal(r.stdout, '');
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0], UNREACHABLE);
+  assert.equal(readFileSync(`${fakeQemu}.argv`, 'utf8'), '', 'the emulator was not started');
+});
+
+test('wrapper shim, broker down, fallback: says so and execs the real emulator with the original argv and no BPF fds', () => {
+  policyFor('fallback');
+  const r = wrapper();
+  assert.equal(r.status, 3, 'the exit status is the emulator\'s: same process, exec');
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 2, r.stderr);
+  assert.match(lines[0], UNREACHABLE);
+  assert.equal(lines[1], 'virt-ebpf: policy is fallback: starting shimvm,x without eBPF RSS steering');
+  assert.equal(readFileSync(`${fakeQemu}.argv`, 'utf8'), args.join('\n') + '\n', 'exactly the original arguments');
+  const fds = readFileSync(`${fakeQemu}.fds`, 'utf8').trim().split('\n');
+  assert.ok(fds.length >= 3);
+  assert.ok(!fds.some((f) => /^anon_inode:bpf/.test(f)), fds.join(' '));
+});
+
+test('hook shim, broker down: prepare strict refuses with one line, fallback goes on; both leave the policy for the wrapper; release cleans up', () => {
+  const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
+  const id = domainUuid(plain)!;
+  const state = join(stateDir, `${id}.json`);
+  const hook = (xml: string, ...ev: string[]) => spawnSync(PYTHON, ['-I', '-S', join(REPO, 'shims/hook.py'), 'vm', ...ev, '-'], { env, input: xml, encoding: 'utf8', timeout: 10_000 });
+  const enabled = (policy: 'strict' | 'fallback') => enableDomain(plain, { wrapperFor: wrapperInDir('/usr/libexec/virt-ebpf'), policy }).xml;
+
+  const strict = hook(enabled('strict'), 'prepare', 'begin');
+  assert.equal(strict.status, 1);
+  assert.equal(strict.stderr.trimEnd().split('\n').length, 1);
+  assert.match(strict.stderr.trimEnd(), UNREACHABLE);
+  assert.deepEqual(JSON.parse(readFileSync(state, 'utf8')), { name: 'vm', uuid: id, policy: 'strict' });
+
+  const fallback = hook(enabled('fallback'), 'prepare', 'begin');
+  assert.equal(fallback.status, 0);
+  assert.match(fallback.stderr, /\nvirt-ebpf: policy is fallback: vm starts without eBPF RSS if the wrapper cannot get fds\n$/);
+  assert.equal(JSON.parse(readFileSync(state, 'utf8')).policy, 'fallback');
+
+  const release = hook(enabled('fallback'), 'release', 'end');
+  assert.deepEqual({ status: release.status, stderr: release.stderr }, { status: 0, stderr: '' });
+  assert.ok(!existsSync(state));
+});
