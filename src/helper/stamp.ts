@@ -8,7 +8,7 @@
  */
 import { createReadStream, readFileSync, statSync } from 'node:fs';
 import { VirtEbpfError } from '../errors';
-import { ElfFormatError, readElfSymbols } from './elf-symbols';
+import { ElfFormatError, readElf, readSymbols, SHN_UNDEF } from '../elf';
 
 export const STAMP_PREFIXES = ['qemuHelperStamp_', 'qemuEbpfRssHelperStamp_'] as const;
 const HEX_LEN = 40;
@@ -27,9 +27,13 @@ export function shortStamp(stamp: string): string {
   return isStamp(stamp) ? `${stamp.slice(0, stamp.length - HEX_LEN + 12)}…` : stamp;
 }
 
-/** Distinct stamp symbols of a helper ELF (`.symtab` and `.dynsym`). Throws ElfFormatError. */
+/**
+ * Distinct stamp symbols a helper ELF defines (`.symtab` and `.dynsym`; any machine, since only
+ * names matter). Throws ElfFormatError.
+ */
 export function helperStampsFromElf(elf: Buffer): string[] {
-  return [...new Set(readElfSymbols(elf).filter((s) => s.shndx !== 0 && isStamp(s.name)).map((s) => s.name))];
+  const symbols = readSymbols(readElf(elf, { maxBytes: MAX_HELPER_BYTES }));
+  return [...new Set(symbols.filter((s) => s.shndx !== SHN_UNDEF && isStamp(s.name)).map((s) => s.name))];
 }
 
 function isHex(byte: number): boolean {
@@ -99,7 +103,8 @@ export async function readEmulatorStamps(emulatorPath: string, chunkBytes = 1024
 /** Distinct stamp symbols of a helper executable. Throws ElfFormatError when it is no ELF64 LE file. */
 export function readHelperStamps(helperPath: string): string[] {
   const size = statSync(helperPath).size;
-  if (size > MAX_HELPER_BYTES) throw new ElfFormatError(`${size} bytes is too large for a helper`);
+  // checked before reading, so a huge file is never pulled into memory
+  if (size > MAX_HELPER_BYTES) throw new ElfFormatError(`${size} bytes is too large for a helper`, { fields: { size, maxBytes: MAX_HELPER_BYTES } });
   return helperStampsFromElf(readFileSync(helperPath));
 }
 
@@ -129,12 +134,12 @@ export const STAMP_REMEDY = 'use the helper built with this QEMU (query-helper-p
 /** Resolve to the shared stamp, or throw HELPER_STAMP_MISMATCH. Reads both files, runs nothing. */
 export async function verifyStamp(helperPath: string, emulatorPath: string): Promise<string> {
   let helperStamps: string[] = [];
-  let helperProblem: string | undefined;
+  let helperError: ElfFormatError | undefined;
   try {
     helperStamps = readHelperStamps(helperPath);
   } catch (e) {
     if (!(e instanceof ElfFormatError)) throw ioError('helper', helperPath, e);
-    helperProblem = e.message;
+    helperError = e;
   }
   let emulatorStamps: string[];
   try {
@@ -142,11 +147,14 @@ export async function verifyStamp(helperPath: string, emulatorPath: string): Pro
   } catch (e) {
     throw ioError('emulator', emulatorPath, e);
   }
-  const verdict = judgeStamps(helperPath, helperStamps, emulatorPath, emulatorStamps, helperProblem);
+  // The verdict alone ("not an ELF file") keeps the message to one short line; the reader's
+  // error, evidence included, stays reachable as the cause.
+  const verdict = judgeStamps(helperPath, helperStamps, emulatorPath, emulatorStamps, helperError?.problem);
   if (verdict.ok) return verdict.stamp;
   throw new VirtEbpfError('HELPER_STAMP_MISMATCH', `helper stamp check failed: ${verdict.reason}`, {
     remedy: STAMP_REMEDY,
     detail: `helper stamps: ${helperStamps.join(' ') || '(none)'}\nemulator stamps: ${emulatorStamps.join(' ') || '(none)'}`,
+    cause: helperError,
     fields: { helperPath, emulatorPath, helperStamps, emulatorStamps },
   });
 }

@@ -24,7 +24,7 @@ import {
   symbolSection,
 } from '../../src/elf';
 import { needRoot, QEMU } from '../harness';
-import { buildHelperDoubles, type HelperDoubles } from '../helper/doubles';
+import { buildHelperDoubles, STAMP, type HelperDoubles } from '../helper/doubles';
 import { buildElf, strtab, symbols } from './build';
 
 let doubles: HelperDoubles;
@@ -45,6 +45,19 @@ function refused(read: () => unknown, re: RegExp): ElfFormatError {
   });
   return caught as ElfFormatError;
 }
+
+test('symbols are read from .symtab and from .dynsym', () => {
+  const tables = (v: keyof HelperDoubles['helpers']): string[] =>
+    readSymbols(readElf(readFileSync(doubles.helpers[v])))
+      .filter((s) => s.name === STAMP)
+      .map((s) => s.table)
+      .sort();
+  assert.deepEqual(tables('good'), ['dynsym', 'symtab']);
+  assert.deepEqual(tables('symtabOnly'), ['symtab']);
+  assert.deepEqual(tables('dynsymOnly'), ['dynsym']);
+  // an ordinary binary exports symbols
+  assert.ok(readSymbols(readElf(readFileSync('/usr/bin/true'))).length > 0);
+});
 
 test('real files: an executable, the QEMU binary and a BPF relocatable, each as it is', () => {
   const machine = process.arch === 'arm64' ? EM_AARCH64 : EM_X86_64;
@@ -70,6 +83,50 @@ test('real files: an executable, the QEMU binary and a BPF relocatable, each as 
   assert.equal(sec?.name, 'socket');
   assert.equal(sectionData(rss, sec).length, sec.size);
   assert.ok(Number(prog.size) > 0 && Number(prog.size) <= sec.size);
+});
+
+test('malformed ELF input is an ElfFormatError, never a crash', () => {
+  const good = readFileSync(doubles.helpers.good);
+  assert.throws(() => readSymbols(readElf(Buffer.from('#!/bin/sh\necho hi\n'))), ElfFormatError);
+  assert.throws(() => readElf(good.subarray(0, 200)), /outside the 200-byte file/);
+  const elf32 = Buffer.from(good);
+  elf32[4] = 1;
+  assert.throws(() => readElf(elf32), /not a 64-bit/);
+  // Flip bytes in the header fields, the section table and the symbol/string tables (the magic
+  // stays, so the parser gets past it): every outcome is a result or an ElfFormatError.
+  let state = 0x9e3779b9;
+  const rand = (n: number): number => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) % n;
+  };
+  const { sections } = readElf(good);
+  const shoff = Number(good.readBigUInt64LE(0x28));
+  const regions: [number, number][] = [
+    [16, 48],
+    [shoff, sections.length * 64],
+    ...sections.filter((s) => ['.symtab', '.dynsym', '.strtab', '.dynstr'].includes(s.name)).map((s): [number, number] => [s.offset, s.size]),
+  ];
+  assert.equal(regions.length, 6);
+  const outcomes = new Map<string, number>();
+  for (let i = 0; i < 3000; i++) {
+    const b = Buffer.from(good);
+    for (let k = 0, n = 1 + rand(4); k < n; k++) {
+      const [start, len] = regions[rand(regions.length)];
+      b[start + rand(len)] = rand(256);
+    }
+    let outcome: string;
+    try {
+      outcome = readSymbols(readElf(b)).some((s) => s.name === STAMP && s.shndx !== 0) ? 'stamp' : 'no stamp';
+    } catch (e) {
+      assert.ok(e instanceof ElfFormatError, `mutation ${i}: ${(e as Error).stack}`);
+      outcome = 'ElfFormatError';
+    }
+    outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+  }
+  // the mutations reached all three outcomes, so the check above was exercised
+  assert.equal(outcomes.size, 3, JSON.stringify([...outcomes]));
 });
 
 test('the error says what is wrong: a short problem, the evidence, the numbers, the input named as the caller calls it', () => {
