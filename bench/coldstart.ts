@@ -140,7 +140,7 @@ async function benchWrapperParts(out: string[]): Promise<void> {
     { name: 'QEMU -version (direct)', stats: timeProcess(n, REAL_QEMU, ['-version']) },
     { name: 'wrapper, no rss: sh pass-through', stats: timeProcess(n, WRAPPER, ['-version']), baseline: 'QEMU -version (direct)' },
     { name: 'node -e 0 (what the wrapper used to start)', stats: timeProcess(n, process.execPath, ['-e', '0']) },
-    { name: 'python3 -I -S: compile + import the shim\'s modules', stats: timeProcess(n, '/usr/bin/python3', ['-I', '-S', '-c', `import json,os,re,socket,sys; compile(open(${JSON.stringify(shim)}).read(), 'w', 'exec')`]), baseline: 'node -e 0 (what the wrapper used to start)' },
+    { name: 'python3 -I -S: compile + import the shim\'s modules', stats: timeProcess(n, '/usr/bin/python3', ['-I', '-S', '-c', `import _json,_socket,os,sys; compile(open(${JSON.stringify(shim)}).read(), 'w', 'exec')`]), baseline: 'node -e 0 (what the wrapper used to start)' },
     { name: 'wrapper, rss device: exec-plan + exec QEMU', stats: timeProcess(n, WRAPPER, args, undefined, poolFull), baseline: 'QEMU -version (direct)' },
   ];
   out.push(table('a\'. where the wrapper\'s time goes (one process each, wall time)', rows));
