@@ -102,36 +102,121 @@ def domain_name(args):
     return name
 
 
-def read_policy(path):
+def read_json(path):
     try:
         with open(path) as f:
-            p = loads(f.read()).get('policy')
-        return p if p in ('strict', 'fallback') else None
+            v = loads(f.read())
+        return v if isinstance(v, dict) else {}
     except (OSError, ValueError, AttributeError, StopIteration):  # StopIteration: _json on broken JSON
-        return None
+        return {}
+
+
+def domain_state(args):
+    """What libvirt's hook recorded for this domain at prepare (policy, hotplug), if anything."""
+    uuid = option(args, '-uuid') or ''
+    is_uuid = len(uuid) == 36 and all(c in '0123456789abcdefABCDEF-' for c in uuid)
+    return read_json('%s/%s.json' % (STATE_DIR, uuid.lower())) if is_uuid else {}
 
 
 def policy(args):
     """Same order as src/wrapper/policy.ts resolvePolicy: per domain, global, strict."""
-    uuid = option(args, '-uuid') or ''
-    is_uuid = len(uuid) == 36 and all(c in '0123456789abcdefABCDEF-' for c in uuid)
-    per_domain = read_policy('%s/%s.json' % (STATE_DIR, uuid.lower())) if is_uuid else None
-    return per_domain or read_policy(CONFIG) or 'strict'
+    for p in (domain_state(args).get('policy'), read_json(CONFIG).get('policy')):
+        if p in ('strict', 'fallback'):
+            return p
+    return 'strict'
+
+
+ACCEPT_TIMEOUT = 10
+
+
+def monitor(args):
+    """(index, fd, other options) of libvirt's monitor: `-chardev socket,id=charmonitor,fd=N,server=on,…`."""
+    for i, a in enumerate(args[:-1]):
+        if args[i] not in ('-chardev', '--chardev') or not args[i + 1].startswith('socket,'):
+            continue
+        opts = args[i + 1].split(',')  # libvirt never puts a comma in these values
+        if 'id=charmonitor' not in opts or 'server=on' not in opts:
+            continue
+        fd = [o[3:] for o in opts if o.startswith('fd=')]
+        if len(fd) == 1 and fd[0].isdigit():
+            rest = [o for o in opts[1:] if o.split('=')[0] not in ('fd', 'server', 'wait')]
+            return i + 1, int(fd[0]), rest
+    return None
+
+
+def interpose(real, args, pol):
+    """Put the QMP interposer (shims/interposer.py) between libvirt and QEMU's monitor.
+
+    libvirt listens on the monitor socket and connects right after it lets the emulator run,
+    so the connection is taken here, before the exec. QEMU gets one end of a socketpair as
+    its monitor and keeps copies of every socket, so nothing of ours can ever close libvirt's
+    connection. Returns the argv QEMU runs with (unchanged when there is no monitor to take).
+    """
+    found = monitor(args)
+    if found is None:
+        return args
+    index, lfd, rest = found
+    import select
+    if not select.select([lfd], [], [], ACCEPT_TIMEOUT)[0]:
+        sys.stderr.write('virt-ebpf: libvirt did not connect to the monitor within %d s: hot-plugged NICs get no eBPF fds\n' % ACCEPT_TIMEOUT)
+        return args
+    lsock = _socket.socket(fileno=lfd)
+    try:
+        cfd, _ = lsock._accept()
+    finally:
+        lsock.detach()
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    afd, bfd = ours.detach(), theirs.detach()
+    qemu_pid = os.getpid()  # exec keeps it
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            keep = {0, 1, 2, lfd, afd, cfd}
+            for name in os.listdir('/proc/self/fd'):  # no tap, vhost or eBPF fd of QEMU's in ours
+                if int(name) not in keep:
+                    try:
+                        os.close(int(name))
+                    except OSError:
+                        pass
+            for fd in (lfd, afd, cfd):
+                os.set_inheritable(fd, True)
+            shim = __file__.rsplit('/', 1)[0] + '/interposer.py'
+            os.execv(sys.executable, [sys.executable, '-I', '-S', shim, str(lfd), str(afd), str(cfd), str(qemu_pid), real, pol,
+                                      domain_name(args) or '', (option(args, '-uuid') or '').lower()])
+        finally:
+            os._exit(127)
+    os.waitpid(child, 0)
+    for fd in (afd, bfd, cfd):  # QEMU keeps them all: its monitor, and copies that outlive us
+        os.set_inheritable(fd, True)
+    out = list(args)
+    out[index] = ','.join(['socket'] + ['fd=%d' % bfd] + [o for o in rest])
+    return out
+
+
+def hotplug_wanted(args):
+    return domain_state(args).get('hotplug', True) is not False
 
 
 def main():
     real, args = sys.argv[1], sys.argv[2:]
-    try:
-        argv, fds = exec_plan(real, args)
-    except Refused as e:
-        sys.stderr.write('virt-ebpf: %s\n' % e)
-        if policy(args) == 'strict':
-            sys.exit(1)
-        sys.stderr.write('virt-ebpf: policy is fallback: starting %s without eBPF RSS steering\n' % (domain_name(args) or 'the domain'))
-        sys.stderr.flush()
-        os.execv(real, [real] + args)
+    pol = policy(args)
+    argv, fds = None, []
+    if any('rss' in a for a in args):
+        try:
+            argv, fds = exec_plan(real, args)
+        except Refused as e:
+            sys.stderr.write('virt-ebpf: %s\n' % e)
+            if pol == 'strict':
+                sys.exit(1)
+            sys.stderr.write('virt-ebpf: policy is fallback: starting %s without eBPF RSS steering\n' % (domain_name(args) or 'the domain'))
+            sys.stderr.flush()
     if argv is None:  # no device to steer (e.g. rss=off): run QEMU as asked
-        os.execv(real, [real] + args)
+        argv = args
+    if hotplug_wanted(args):
+        argv = interpose(real, argv, pol)
     for fd in fds:
         os.set_inheritable(fd, True)  # ours are close-on-exec (PEP 446); QEMU must inherit them
     for k, fd in enumerate(fds):  # the broker wrote @virt-ebpf-fd:K@ for the K-th fd

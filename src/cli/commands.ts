@@ -63,7 +63,7 @@ export const COMMANDS: Record<string, Command> = {
   },
   xml: {
     summary: 'transform domain XML: enable|disable eBPF RSS, or show our settings (stdin/stdout or FILE)',
-    usage: 'virt-ebpf xml enable|disable|show [--all-virtio] [--queues N] [--policy strict|fallback] [--wrapper-dir DIR] [--default-emulator PATH] [FILE|-]',
+    usage: 'virt-ebpf xml enable|disable|show [--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off] [--wrapper-dir DIR] [--default-emulator PATH] [FILE|-]',
     async run(argv) {
       const { runXmlCommand } = await import('../xml');
       const r = runXmlCommand(argv, () => readFileSync(0, 'utf8'));
@@ -102,7 +102,7 @@ export const COMMANDS: Record<string, Command> = {
           define: 'define a domain from FILE with eBPF RSS enabled',
         }[name],
         usage: {
-          enable: 'virt-ebpf enable DOMAIN [--all-virtio] [--queues N] [--policy strict|fallback] [--wrapper-dir DIR] [--connect URI] [--json]',
+          enable: 'virt-ebpf enable DOMAIN [--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off] [--wrapper-dir DIR] [--connect URI] [--json]',
           disable: 'virt-ebpf disable DOMAIN [--connect URI] [--json]',
           define: 'virt-ebpf define FILE [enable options] [--default-emulator PATH] [--connect URI] [--json]',
         }[name],

@@ -10,7 +10,7 @@ import { openConnection } from './connection';
 
 export type DomainCommand = 'enable' | 'disable' | 'define';
 
-const ENABLE_OPTS = '[--all-virtio] [--queues N] [--policy strict|fallback] [--wrapper-dir DIR]';
+const ENABLE_OPTS = '[--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off] [--wrapper-dir DIR]';
 export const DOMAIN_COMMAND_USAGE: Record<DomainCommand, string> = {
   enable: `virt-ebpf enable DOMAIN ${ENABLE_OPTS} [--connect URI] [--json]`,
   disable: 'virt-ebpf disable DOMAIN [--connect URI] [--json]',
@@ -27,6 +27,7 @@ Options:
   --all-virtio          turn rss on for every virtio NIC on a tap backend that has no rss setting
   --queues N            queues (>= 2) for the NICs --all-virtio turns on
   --policy P            what the wrapper does when eBPF fds are unavailable (strict|fallback; default strict)
+  --hotplug on|off      give NICs hot-plugged with rss on their eBPF fds (QMP interposer; default on)
   --wrapper-dir DIR     where the wrappers are (default /usr/libexec/virt-ebpf)
   --default-emulator P  define: the emulator to wrap for a FILE without <emulator> (default: libvirt's choice)
   --connect URI         libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)
@@ -43,7 +44,7 @@ export function parseDomainCommand(command: DomainCommand, argv: readonly string
     argv,
     {
       flags: ['json', ...(enableLike ? ['all-virtio'] : [])],
-      values: ['connect', ...(enableLike ? ['queues', 'policy', 'wrapper-dir'] : []), ...(command === 'define' ? ['default-emulator'] : [])],
+      values: ['connect', ...(enableLike ? ['queues', 'policy', 'hotplug', 'wrapper-dir'] : []), ...(command === 'define' ? ['default-emulator'] : [])],
     },
     command,
   );
@@ -59,6 +60,11 @@ export function parseDomainCommand(command: DomainCommand, argv: readonly string
   if (policy !== undefined) {
     if (!POLICIES.includes(policy as Policy)) throw usage(command, `--policy must be one of ${POLICIES.join(', ')}, not "${policy}"`);
     opts.policy = policy as Policy;
+  }
+  const hotplug = a.values.get('hotplug');
+  if (hotplug !== undefined) {
+    if (hotplug !== 'on' && hotplug !== 'off') throw usage(command, `--hotplug must be on or off, not "${hotplug}"`);
+    opts.hotplug = hotplug;
   }
   for (const [key, field] of [
     ['wrapper-dir', 'wrapperDir'],

@@ -38,6 +38,8 @@ export interface EnableCommandOptions {
   queues?: number;
   /** What the wrapper does without eBPF fds (default strict; an enabled domain keeps its own). */
   policy?: Policy;
+  /** Interpose on the monitor so hot-plugged RSS NICs get eBPF fds (default on; an enabled domain keeps its own). */
+  hotplug?: 'on' | 'off';
 }
 
 export interface DefineCommandOptions extends EnableCommandOptions {
@@ -71,6 +73,7 @@ function transformOptions(opts: EnableCommandOptions) {
     ...(opts.allVirtio !== undefined ? { allVirtio: opts.allVirtio } : {}),
     ...(opts.queues !== undefined ? { queues: opts.queues } : {}),
     ...(opts.policy !== undefined ? { policy: opts.policy } : {}),
+    ...(opts.hotplug !== undefined ? { hotplug: opts.hotplug } : {}),
   };
 }
 

@@ -224,3 +224,30 @@ export function connectUnix(path: string): number {
   }
   return fd;
 }
+
+const openFn = libc.func('int open(const char *, int, ...)');
+const ioctlBufFn = libc.func('int ioctl(int, unsigned long, void *)');
+const O_RDWR = 2;
+const TUNSETIFF = 0x400454ca;
+const IFF_TAP = 0x0002;
+const IFF_NO_PI = 0x1000;
+const IFF_MULTI_QUEUE = 0x0100;
+const IFF_VNET_HDR = 0x4000;
+
+/**
+ * One queue of a multi-queue tap, as libvirt opens it for QEMU (`/dev/net/tun`, TUNSETIFF with
+ * IFF_TAP|IFF_NO_PI|IFF_MULTI_QUEUE|IFF_VNET_HDR); the fd is close-on-exec.
+ */
+export function openTapQueue(name: string): number {
+  if (Buffer.byteLength(name) > 15) throw new VirtEbpfError('SYSCALL', `interface name too long: ${name}`, { remedy: 'use a name of at most 15 bytes' });
+  const fd = check('open(/dev/net/tun)', openFn('/dev/net/tun', O_RDWR | O_CLOEXEC, 'int', 0));
+  const ifr = Buffer.alloc(40);
+  ifr.write(name, 0);
+  ifr.writeUInt16LE(IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR, 16);
+  if (Number(ioctlBufFn(fd, TUNSETIFF, ifr)) < 0) {
+    const err = sysError(`TUNSETIFF(${name})`);
+    closeFn(fd);
+    throw err;
+  }
+  return fd;
+}

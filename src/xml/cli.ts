@@ -19,7 +19,7 @@ export interface CommandResult {
   code: number;
 }
 
-const USAGE = `usage: virt-ebpf xml enable [--all-virtio] [--queues N] [--policy strict|fallback]
+const USAGE = `usage: virt-ebpf xml enable [--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off]
                           [--wrapper-dir DIR] [--default-emulator PATH] [FILE]
        virt-ebpf xml disable [FILE]
        virt-ebpf xml show [FILE]
@@ -29,6 +29,8 @@ and what changed to stderr. show prints our metadata and the RSS NICs as JSON.
   --queues N            queues (>= 2) for the NICs --all-virtio turns on; without it, NICs
                         with fewer than 2 queues are skipped with a warning
   --policy P            what the wrapper does when eBPF fds are unavailable (default strict)
+  --hotplug on|off      give NICs hot-plugged with rss on their eBPF fds through the QMP
+                        interposer (default on)
   --wrapper-dir DIR     where the wrappers are (default ${DEFAULT_WRAPPER_DIR}); the wrapper
                         of /x/y/qemu-system-x86_64 is DIR/qemu-system-x86_64
   --default-emulator P  the emulator libvirt picks for a domain without <emulator>
@@ -49,6 +51,7 @@ interface Parsed {
   allVirtio: boolean;
   queues?: number;
   policy?: Policy;
+  hotplug?: 'on' | 'off';
   wrapperDir: string;
   defaultEmulator?: string;
 }
@@ -89,6 +92,12 @@ function parse(argv: string[]): Parsed | 'help' {
         const v = value();
         if (!POLICIES.includes(v as Policy)) throw usage(`--policy must be one of ${POLICIES.join(', ')}, not "${v}"`);
         out.policy = v as Policy;
+        break;
+      }
+      case '--hotplug': {
+        const v = value();
+        if (v !== 'on' && v !== 'off') throw usage(`--hotplug must be on or off, not "${v}"`);
+        out.hotplug = v;
         break;
       }
       case '--wrapper-dir': {
@@ -141,6 +150,7 @@ export function runXmlCommand(argv: string[], stdin: string | (() => string)): C
           allVirtio: p.allVirtio,
           ...(p.queues !== undefined ? { queues: p.queues } : {}),
           ...(p.policy !== undefined ? { policy: p.policy } : {}),
+          ...(p.hotplug !== undefined ? { hotplug: p.hotplug } : {}),
           ...(p.defaultEmulator !== undefined ? { defaultEmulator: p.defaultEmulator } : {}),
         });
         return { stdout: r.xml, stderr: report(r.changes, r.warnings), code: 0 };

@@ -55,6 +55,11 @@ export type MetadataOrigin = 'existing' | 'created' | 'expanded';
 export interface XmlConfig {
   version: number;
   policy: Policy;
+  /**
+   * Whether the QMP interposer runs for this domain, so NICs hot-plugged with rss on get eBPF
+   * fds (`hotplug="off"` opts out; absent means on).
+   */
+  hotplug: 'on' | 'off';
   emulator: {
     /** The real emulator the wrapper execs. */
     original: string;
@@ -90,6 +95,8 @@ export function parseConfigElement(el: Element): XmlConfig {
   }
   const policy = el.getAttribute('policy') ?? DEFAULT_POLICY;
   if (!POLICIES.includes(policy as Policy)) throw corrupt(`unknown policy "${policy}"`);
+  const hotplug = el.getAttribute('hotplug') ?? 'on';
+  if (hotplug !== 'on' && hotplug !== 'off') throw corrupt(`unknown hotplug="${hotplug}"`);
   const meta = el.getAttribute('metadata') ?? 'existing';
   if (meta !== 'existing' && meta !== 'created' && meta !== 'expanded') throw corrupt(`unknown metadata="${meta}"`);
 
@@ -111,6 +118,7 @@ export function parseConfigElement(el: Element): XmlConfig {
   return {
     version,
     policy: policy as Policy,
+    hotplug,
     emulator: { original: need(emu, 'original'), wrapper: need(emu, 'wrapper'), elementCreated: emu.getAttribute('element') === 'created' },
     metadata: meta,
     nics,
@@ -128,6 +136,7 @@ export function formatConfigElement(cfg: XmlConfig, indent: string, unit: string
   const i1 = indent + unit;
   const i2 = i1 + unit;
   let out = `<${p}:config xmlns:${p}="${XML_NAMESPACE}"${a('version', String(cfg.version))}${a('policy', cfg.policy)}`;
+  if (cfg.hotplug === 'off') out += a('hotplug', 'off');
   if (cfg.metadata !== 'existing') out += a('metadata', cfg.metadata);
   out += '>';
   out += `${nl}${i1}<${p}:emulator${a('original', cfg.emulator.original)}${a('wrapper', cfg.emulator.wrapper)}`;

@@ -38,6 +38,8 @@ export interface EnableOptions {
   queues?: number;
   /** What the wrapper does when it cannot get eBPF fds; kept across enables unless given. */
   policy?: Policy;
+  /** Interpose on the monitor so hot-plugged RSS NICs get fds (default on); kept unless given. */
+  hotplug?: 'on' | 'off';
 }
 
 /** A virtio NIC with rss on that can carry eBPF RSS. */
@@ -56,7 +58,8 @@ export type Change =
   | { kind: 'nic-attr'; nic: string; attr: NicAttrName; from?: string; to?: string }
   | { kind: 'nic-driver'; nic: string; action: 'created' | 'removed' }
   | { kind: 'metadata'; action: 'created' | 'updated' | 'removed' }
-  | { kind: 'policy'; from?: Policy; to: Policy };
+  | { kind: 'policy'; from?: Policy; to: Policy }
+  | { kind: 'hotplug'; from: 'on' | 'off'; to: 'on' | 'off' };
 
 export interface EnableResult {
   xml: string;
@@ -86,6 +89,8 @@ export function describeChange(c: Change): string {
       return `virt-ebpf metadata ${c.action}`;
     case 'policy':
       return `policy ${c.from ?? '(none)'} -> ${c.to}`;
+    case 'hotplug':
+      return `hotplug ${c.from} -> ${c.to}`;
   }
 }
 
@@ -194,6 +199,9 @@ function validateOptions(opts: EnableOptions): void {
       remedy: 'pass an integer from 2 to 256 (RSS spreads packets over at least two queues)',
     });
   }
+  if (opts.hotplug !== undefined && opts.hotplug !== 'on' && opts.hotplug !== 'off') {
+    throw new VirtEbpfError('USAGE', `hotplug must be on or off, not "${String(opts.hotplug)}"`, { remedy: 'pass --hotplug on or --hotplug off' });
+  }
   if (opts.policy !== undefined && !POLICIES.includes(opts.policy)) {
     throw new VirtEbpfError('USAGE', `unknown policy "${opts.policy}"`, { remedy: `use one of: ${POLICIES.join(', ')}` });
   }
@@ -207,7 +215,7 @@ export function enableDomain(xml: string, opts: EnableOptions): EnableResult {
   const before = view.config;
   const cfg: XmlConfig = before
     ? cloneConfig(before)
-    : { version: CONFIG_VERSION, policy: DEFAULT_POLICY, emulator: { original: '', wrapper: '', elementCreated: false }, metadata: 'existing', nics: [] };
+    : { version: CONFIG_VERSION, policy: DEFAULT_POLICY, hotplug: 'on', emulator: { original: '', wrapper: '', elementCreated: false }, metadata: 'existing', nics: [] };
 
   // NICs first: a refusal must come before anything else is decided.
   const refused = view.interfaces.filter((i) => i.rss === 'on' && i.unsupported !== undefined);
@@ -229,6 +237,9 @@ export function enableDomain(xml: string, opts: EnableOptions): EnableResult {
   const policy = opts.policy ?? before?.policy ?? DEFAULT_POLICY;
   if (before && before.policy !== policy) w.changes.push({ kind: 'policy', from: before.policy, to: policy });
   cfg.policy = policy;
+  const hotplug = opts.hotplug ?? before?.hotplug ?? 'on';
+  if (before && before.hotplug !== hotplug) w.changes.push({ kind: 'hotplug', from: before.hotplug, to: hotplug });
+  cfg.hotplug = hotplug;
 
   if (!before || JSON.stringify(before) !== JSON.stringify(cfg)) writeConfig(view, w, cfg, !!before);
 

@@ -21,8 +21,8 @@ const dir = tempDir();
 const env: HookEnv = { socket: join(dir.path, 'broker.sock'), stateDir: join(dir.path, 'state'), manifest: join(dir.path, 'none.json'), timeoutMs: 20_000 };
 let broker: ChildProcess | undefined;
 
-function enabled(policy: 'strict' | 'fallback', wrapperDir = '/usr/libexec/virt-ebpf'): string {
-  return enableDomain(plain, { wrapperFor: wrapperInDir(wrapperDir), policy }).xml;
+function enabled(policy: 'strict' | 'fallback', wrapperDir = '/usr/libexec/virt-ebpf', hotplug?: 'on' | 'off'): string {
+  return enableDomain(plain, { wrapperFor: wrapperInDir(wrapperDir), policy, ...(hotplug ? { hotplug } : {}) }).xml;
 }
 
 async function startBroker(): Promise<void> {
@@ -78,7 +78,11 @@ test('prepare with the broker down: strict refuses with one line, fallback start
   assert.equal(strict.code, 1);
   assert.equal(strict.stderr.trim().split('\n').length, 1);
   assert.match(strict.stderr, /^virt-ebpf: cannot reach the virt-ebpf broker .*\(BROKER_UNREACHABLE\); start it/);
-  assert.deepEqual(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')), { name: 'vm', uuid, policy: 'strict' });
+  assert.deepEqual(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')), { name: 'vm', uuid, policy: 'strict', hotplug: true });
+
+  // The per-domain opt-out of the QMP interposer reaches the wrapper the same way.
+  await runHook({ kind: 'prepare', name: 'vm' }, enabled('strict', '/usr/libexec/virt-ebpf', 'off'), env);
+  assert.equal(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')).hotplug, false);
 
   const fallback = await runHook({ kind: 'prepare', name: 'vm' }, enabled('fallback'), env);
   assert.equal(fallback.code, 0);

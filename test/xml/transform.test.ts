@@ -153,6 +153,21 @@ test('policy is stored, kept across enables unless given, and changing it rewrit
   assert.equal(disableDomain(c.xml).xml, input);
 });
 
+test('hotplug opt-out: hotplug="off" is stored only when off, kept across enables unless given, and disable restores the input', () => {
+  const input = read('one-rss-nic.in.xml');
+  const on = enableDomain(input, { wrapperFor });
+  assert.equal(readConfig(on.xml)!.hotplug, 'on');
+  assert.doesNotMatch(on.xml, /hotplug=/, 'the default writes nothing: XML enabled before this option stays byte-identical');
+  const off = enableDomain(on.xml, { wrapperFor, hotplug: 'off' });
+  assert.match(off.xml, /<virt-ebpf:config [^>]*hotplug="off"/);
+  assert.deepEqual(off.changes, [{ kind: 'hotplug', from: 'on', to: 'off' }, { kind: 'metadata', action: 'updated' }]);
+  assert.equal(enableDomain(off.xml, { wrapperFor }).xml, off.xml, 'kept when not given');
+  assert.equal(enableDomain(off.xml, { wrapperFor, hotplug: 'on' }).xml, on.xml);
+  assert.equal(disableDomain(off.xml).xml, input);
+  expectError(() => enableDomain(input, { wrapperFor, hotplug: 'maybe' as never }), 'USAGE', /hotplug/);
+  expectError(() => readConfig(off.xml.replace('hotplug="off"', 'hotplug="sometimes"')), 'XML_METADATA', /hotplug/);
+});
+
 test('a second enable with all-virtio extends the record; disable still restores the first input', () => {
   const input = read('all-virtio-noqueues.in.xml');
   const first = enableDomain(input, { wrapperFor, allVirtio: true });

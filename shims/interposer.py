@@ -1,0 +1,511 @@
+# virt-ebpf QMP interposer: sits between libvirt's monitor connection and QEMU's monitor so a
+# hot-plugged virtio-net NIC with rss on gets its eBPF fds. Started by the emulator wrapper
+# (shims/wrapper.py) as libvirt's QEMU user, one per domain, before the wrapper execs QEMU:
+#
+#   python3 -I -S interposer.py LISTEN_FD QEMU_FD CLIENT_FD QEMU_PID REAL POLICY NAME UUID
+#
+#   LISTEN_FD  libvirt's pre-opened monitor socket (listening); a restarted libvirtd connects here
+#   QEMU_FD    our end of the socketpair QEMU uses as its monitor (`-chardev socket,fd=…`)
+#   CLIENT_FD  libvirt's connection, accepted by the wrapper (-1: accept one from LISTEN_FD)
+#   QEMU_PID   the wrapper's pid, which QEMU keeps when the wrapper execs it
+#
+# Everything passes through unchanged, fds that libvirt sends with SCM_RIGHTS included, except
+# a `device_add` of a virtio-net device with rss on and no eBPF fds: it gets the fds from the
+# broker, hands them to QEMU with `getfd` under unique names and adds "ebpf-rss-fds": [names].
+# Replies to our own commands (ids "virt-ebpf-…") never reach libvirt.
+#
+# Nothing of ours may disconnect libvirt from QEMU (libvirt takes monitor EOF as QEMU's death):
+#  - QEMU itself holds a copy of every socket here (the wrapper leaves them open across exec;
+#    after a libvirtd restart the new connection is handed to QEMU with `getfd`), so no exit or
+#    kill of ours closes a connection: at worst a command waits until the relay is back.
+#  - Two processes watch each other: the relay and a keeper holding the same sockets. When one
+#    dies (kill -9 included), the other starts a new one; a new relay resumes from the kernel's
+#    socket buffers.
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+BROKER = os.environ.get('VIRT_EBPF_BROKER_SOCKET', '/run/virt-ebpf/broker.sock')
+REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`'
+OWN = 'virt-ebpf-'
+MAX_LINE = 64 << 20
+VIRTIO_NET = ('virtio-net', 'virtio-net-pci', 'virtio-net-pci-transitional', 'virtio-net-pci-non-transitional', 'virtio-net-device', 'virtio-net-ccw')
+TRUE = ('on', 'yes', 'true', 'y')
+
+
+def set_name(name):
+    """The process name ps and tests see: vebpf-relay or vebpf-keeper (comm, 15 bytes)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError, ImportError):
+        pass
+
+
+def log(msg):
+    """One line in the domain's log (QEMU's stderr, which libvirt keeps)."""
+    try:
+        os.write(2, ('virt-ebpf interposer[%d]: %s\n' % (os.getpid(), msg)).encode())
+    except OSError:
+        pass
+
+
+class Refused(Exception):
+    """The broker could not be asked or said no; str() is the one-line message."""
+
+
+def acquire(real, name, uuid):
+    """One RSS context from the broker: ([fds], property name)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    fds = []
+    try:
+        try:
+            s.connect(BROKER)
+        except OSError as e:
+            raise Refused('cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s' % (BROKER, e.strerror or e, REMEDY))
+        domain = {k: v for k, v in (('name', name), ('uuid', uuid)) if v}
+        s.sendall(json.dumps({'v': 1, 'id': 1, 'op': 'acquire', 'emulator': real, 'count': 1, 'domain': domain}).encode() + b'\n')
+        buf = b''
+        while b'\n' not in buf:
+            try:
+                data, got, _, _ = socket.recv_fds(s, 1 << 20, 16)
+            except (TimeoutError, socket.timeout):
+                raise Refused('cannot reach the virt-ebpf broker at %s: no reply within 10000 ms (BROKER_UNREACHABLE); %s' % (BROKER, REMEDY))
+            fds += got
+            if not data:
+                raise Refused('cannot reach the virt-ebpf broker at %s: the broker closed the connection without a reply (BROKER_UNREACHABLE); %s' % (BROKER, REMEDY))
+            buf += data
+        reply = json.loads(buf[:buf.index(b'\n')])
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        s.close()
+    if not reply.get('ok'):
+        for fd in fds:
+            os.close(fd)
+        err = reply.get('error', {})
+        raise Refused('broker: %s (%s); %s' % (err.get('message'), err.get('code'), err.get('remedy')))
+    ctx = reply['contexts'][0]
+    if ctx['property']['name'] != 'ebpf-rss-fds':
+        for fd in fds:
+            os.close(fd)
+        raise Refused('hot-plug needs the ebpf-rss-fds property (QEMU >= 9.0); this emulator uses %s (HOTPLUG_UNSUPPORTED); '
+                      'add the NIC to the domain XML and restart the domain' % ctx['property']['name'])
+    return fds[:ctx['fds']], ctx['property']['name']
+
+
+def wants_fds(msg):
+    """A device_add of a virtio-net device with rss on that names no eBPF fds of its own."""
+    if not isinstance(msg, dict) or msg.get('execute') != 'device_add':
+        return False
+    a = msg.get('arguments')
+    if not isinstance(a, dict) or a.get('driver') not in VIRTIO_NET:
+        return False
+    rss = a.get('rss')
+    on = rss is True or (isinstance(rss, str) and rss in TRUE)
+    return on and 'ebpf-rss-fds' not in a and 'ebpf_rss_fds' not in a
+
+
+class Peer:
+    """One side of the relay: a socket, its unread bytes, and fds that came with them."""
+
+    def __init__(self, fd):
+        self.sock = socket.socket(fileno=fd)
+        self.buf = b''
+        self.fds = []  # [(offset in buf where the message carrying them started, [fds])]
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def read(self):
+        """False on EOF."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, 64)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data, fds = b'', []
+        if fds:
+            self.fds.append((len(self.buf), fds))
+        if not data:
+            return False
+        self.buf += data
+        if len(self.buf) > MAX_LINE and b'\n' not in self.buf:
+            raise OSError('a line longer than %d bytes' % MAX_LINE)
+        return True
+
+    def lines(self):
+        """Complete lines with the fds that arrived with them."""
+        while b'\n' in self.buf:
+            n = self.buf.index(b'\n') + 1
+            line, self.buf = self.buf[:n], self.buf[n:]
+            fds = [f for off, group in self.fds if off < n for f in group]
+            self.fds = [(off - n, g) for off, g in self.fds if off >= n]
+            yield line, fds
+
+    def send(self, data, fds=()):
+        self.sock.setblocking(True)
+        try:
+            if fds:
+                sent = socket.send_fds(self.sock, [data], list(fds))
+                data = data[sent:]
+            if data:
+                self.sock.sendall(data)
+        finally:
+            self.sock.setblocking(False)
+
+
+class Relay:
+    def __init__(self, listen_fd, qemu_fd, client_fd, real, policy, name, uuid, control, respawned):
+        self.listen = socket.socket(fileno=listen_fd)
+        self.listen.setblocking(False)
+        self.qemu = Peer(qemu_fd)
+        self.qemu.sock.setblocking(False)
+        self.client = None
+        self.real, self.policy, self.name, self.uuid = real, policy, name, uuid
+        self.control = control  # socket to the keeper: it learns each new libvirt connection
+        self.greeting = None
+        self.serial = 0
+        self.pending = []  # [(id, generation)] of libvirt's commands QEMU has not answered yet
+        self.generation = 0
+        self.negotiating = False  # a reconnected libvirt: answer its qmp_capabilities ourselves
+        self.cleanup = {}  # device_add id -> our fd names, closed again if the device_add fails
+        if client_fd >= 0:
+            self.attach(client_fd, fresh=True)
+        if respawned:
+            self.greeting = self.synth_greeting()
+
+    def own_id(self):
+        self.serial += 1
+        return '%s%d-%d' % (OWN, os.getpid(), self.serial)
+
+    def attach(self, fd, fresh):
+        self.client = Peer(fd)
+        self.client.sock.setblocking(False)
+        self.generation += 1
+        self.negotiating = not fresh
+
+    # ---- QEMU -> libvirt ----
+    def from_qemu(self, line, fds):
+        for f in fds:  # QEMU never sends fds on the monitor; never keep one open by accident
+            os.close(f)
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            msg = None
+        if isinstance(msg, dict):
+            if 'QMP' in msg and self.greeting is None:
+                self.greeting = line
+            mid = msg.get('id')
+            if isinstance(mid, str) and mid.startswith(OWN):
+                return  # a reply to us that nobody waits for (a relay before us died): drop it
+            if ('return' in msg or 'error' in msg) and self.pending:
+                gen = self.pop_pending(mid)
+                if gen != self.generation:
+                    return  # answers a command of a libvirt connection that is gone
+                names = self.cleanup.pop(json.dumps(mid), None)
+                if names and 'error' in msg:
+                    self.close_names(names)
+        if self.client is not None:
+            try:
+                self.client.send(line)
+            except OSError:
+                self.drop_client()
+
+    def pop_pending(self, mid):
+        for i, (pid, gen) in enumerate(self.pending):
+            if pid == mid:
+                del self.pending[i]
+                return gen
+        return self.pending.pop(0)[1]
+
+    # ---- libvirt -> QEMU ----
+    def from_client(self, line, fds):
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            msg = None
+        if self.negotiating and isinstance(msg, dict) and msg.get('execute') == 'qmp_capabilities':
+            self.negotiating = False  # QEMU's session is already in command mode
+            reply = {'return': {}}
+            if 'id' in msg:
+                reply['id'] = msg['id']
+            self.client.send(json.dumps(reply).encode() + b'\r\n')
+            return
+        self.negotiating = False
+        if wants_fds(msg):
+            line, fds = self.hotplug(msg, line, fds)
+            if line is None:
+                return
+        if isinstance(msg, dict) and ('execute' in msg or 'exec-oob' in msg):
+            self.pending.append((msg.get('id'), self.generation))
+        self.qemu.send(line, fds)
+        for f in fds:
+            os.close(f)
+
+    def hotplug(self, msg, line, fds):
+        """The device_add line to send instead (None: answered already)."""
+        dev = msg['arguments'].get('id') or 'anon'
+        try:
+            bpf, prop = acquire(self.real, self.name, self.uuid)
+        except Refused as e:
+            if self.policy == 'strict':
+                log('device_add %s refused: %s' % (dev, e))
+                self.reply_error(msg, 'virt-ebpf: %s' % e)
+                for f in fds:
+                    os.close(f)
+                return None, fds
+            log('%s; policy is fallback: %s is added without eBPF RSS steering' % (e, dev))
+            return line, fds
+        names = ['%shp-%s-%d-%d' % (OWN, dev, self.serial + 1, i) for i in range(len(bpf))]
+        self.serial += 1
+        try:
+            ok = self.own_commands([({'execute': 'getfd', 'arguments': {'fdname': n}}, [f]) for n, f in zip(names, bpf)])
+        finally:
+            for f in bpf:
+                os.close(f)
+        if ok is not True:
+            self.close_names(names)
+            if self.policy == 'strict':
+                self.reply_error(msg, 'virt-ebpf: QEMU refused the eBPF fds: %s' % ok)
+                for f in fds:
+                    os.close(f)
+                return None, fds
+            log('QEMU refused the eBPF fds (%s); policy is fallback: %s is added without eBPF RSS steering' % (ok, dev))
+            return line, fds
+        args = dict(msg['arguments'])
+        args[prop] = names
+        out = dict(msg)
+        out['arguments'] = args
+        self.cleanup[json.dumps(msg.get('id'))] = names
+        log('device_add %s: eBPF RSS fds %s' % (dev, ','.join(names)))
+        return json.dumps(out).encode() + b'\r\n', fds
+
+    def reply_error(self, msg, desc):
+        if self.client is None:
+            return
+        reply = {'error': {'class': 'GenericError', 'desc': desc}}
+        if 'id' in msg:
+            reply['id'] = msg['id']
+        self.client.send(json.dumps(reply).encode() + b'\r\n')
+
+    def close_names(self, names):
+        self.own_commands([({'execute': 'closefd', 'arguments': {'fdname': n}}, []) for n in names])
+
+    def own_commands(self, cmds):
+        """Send our commands, relay whatever else QEMU says meanwhile; True or the first error."""
+        ids = []
+        for cmd, fds in cmds:
+            cmd = dict(cmd)
+            cmd['id'] = self.own_id()
+            ids.append(cmd['id'])
+            self.qemu.send(json.dumps(cmd).encode() + b'\r\n', fds)
+        result = True
+        deadline = time.monotonic() + 10
+        while ids:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.qemu], [], [], left)[0]:
+                return 'no reply within 10 s'
+            if not self.qemu.read():
+                raise EOFError('QEMU closed its monitor')
+            for line, fds in self.qemu.lines():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = None
+                if isinstance(msg, dict) and msg.get('id') in ids:
+                    ids.remove(msg['id'])
+                    if 'error' in msg and result is True:
+                        result = msg['error'].get('desc', 'error')
+                else:
+                    self.from_qemu(line, fds)
+        return result
+
+    def synth_greeting(self):
+        """After a restart of ours: QEMU's greeting again, from query-version."""
+        cid = self.own_id()
+        self.qemu.send(json.dumps({'execute': 'query-version', 'id': cid}).encode() + b'\r\n')
+        version = None
+        deadline = time.monotonic() + 10
+        while version is None and time.monotonic() < deadline:
+            if not select.select([self.qemu], [], [], max(0, deadline - time.monotonic()))[0]:
+                break
+            if not self.qemu.read():
+                raise EOFError('QEMU closed its monitor')
+            for line, fds in self.qemu.lines():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = None
+                if isinstance(msg, dict) and msg.get('id') == cid:
+                    version = msg.get('return')
+                else:
+                    self.from_qemu(line, fds)
+        return json.dumps({'QMP': {'version': version or {}, 'capabilities': ['oob']}}).encode() + b'\r\n'
+
+    def drop_client(self):
+        if self.client is not None:
+            for _, group in self.client.fds:
+                for f in group:
+                    os.close(f)
+            self.client.sock.close()
+            self.client = None
+            self.pending = []  # replies still due are for a connection that is gone
+            self.tell_keeper(None)
+
+    def accept(self):
+        try:
+            fd, _ = self.listen._accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self.drop_client()
+        self.attach(fd, fresh=False)
+        self.client.send(self.greeting or b'')
+        self.tell_keeper(fd)
+        # QEMU keeps a copy too, so no death of ours can close this connection either.
+        self.own_commands([({'execute': 'getfd', 'arguments': {'fdname': OWN + 'libvirt-connection'}}, [fd])])
+        log('libvirt reconnected')
+
+    def tell_keeper(self, fd):
+        if self.control is None:
+            return
+        try:
+            if fd is None:
+                self.control.send(b'-')
+            else:
+                socket.send_fds(self.control, [b'+'], [fd])
+        except OSError:
+            pass
+
+    def run(self):
+        while True:
+            watch = [self.qemu, self.listen] + ([self.client] if self.client else []) + ([self.control] if self.control else [])
+            ready = select.select(watch, [], [])[0]
+            if self.control in ready:
+                try:
+                    gone = self.control.recv(1) == b''
+                except OSError:
+                    gone = True
+                if gone:  # the keeper died: start another one
+                    self.control.close()
+                    self.control = start_keeper(self)
+            if self.qemu in ready:
+                if not self.qemu.read():
+                    return  # QEMU is gone
+                for line, fds in self.qemu.lines():
+                    self.from_qemu(line, fds)
+            if self.client is not None and self.client in ready:
+                alive = self.client.read()
+                for line, fds in self.client.lines():
+                    self.from_client(line, fds)
+                if not alive:
+                    log('libvirt closed its monitor connection; waiting for it to reconnect')
+                    self.drop_client()
+            if self.listen in ready:
+                self.accept()
+
+
+# ---- the pair of processes that keep each other alive ----
+ARGS = {}
+
+
+def start_keeper(relay):
+    """Fork a keeper for this relay; returns the relay's end of their control socket."""
+    mine, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        mine.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        client = relay.client.fileno() if relay.client else -1
+        keeper(os.getppid(), theirs, client)
+        os._exit(0)
+    theirs.close()
+    return mine
+
+
+def keeper(relay_pid, control, client_fd):
+    """Wait for the relay; if it dies while QEMU lives, start a new relay with the same sockets."""
+    set_name('vebpf-keeper')
+    client = os.dup(client_fd) if client_fd >= 0 else -1
+    try:
+        qemu_pidfd = os.pidfd_open(ARGS['qemu_pid'])
+    except OSError:
+        return  # QEMU is gone already
+    while True:
+        ready = select.select([qemu_pidfd, control], [], [])[0]
+        if qemu_pidfd in ready:
+            return
+        try:
+            msg, fds, _, _ = socket.recv_fds(control, 1, 4)
+        except OSError:
+            msg, fds = b'', []
+        if msg in (b'+', b'-'):  # libvirt's connection changed
+            if client >= 0:
+                os.close(client)
+            client = fds[0] if fds else -1
+            continue
+        if msg == b'x':  # QEMU closed the monitor: the relay is done, so are we
+            return
+        # EOF: the relay died (or was killed) while QEMU lives. Start another one.
+        control.close()
+        try:
+            os.waitpid(relay_pid, 0)
+        except ChildProcessError:
+            pass  # the first relay is our parent, not our child
+        if select.select([qemu_pidfd], [], [], 0)[0]:
+            return
+        mine, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the new relay; this keeper watches it
+            os.close(qemu_pidfd)
+            mine.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+            log('the relay died; a new one takes over')
+            run_relay(client, theirs, respawned=True)
+            os._exit(0)
+        theirs.close()
+        control, relay_pid = mine, pid
+
+
+def run_relay(client_fd, control, respawned):
+    set_name('vebpf-relay')
+    a = ARGS
+    relay = None
+    try:
+        relay = Relay(a['listen'], a['qemu'], client_fd, a['real'], a['policy'], a['name'], a['uuid'], control, respawned)
+        relay.run()
+    except EOFError:
+        pass
+    try:
+        (relay.control if relay else control).send(b'x')  # QEMU is gone: the keeper may stop too
+    except OSError:
+        pass
+
+
+def main():
+    listen_fd, qemu_fd, client_fd, qemu_pid = (int(x) for x in sys.argv[1:5])
+    real, policy, name, uuid = sys.argv[5:9]
+    ARGS.update(listen=listen_fd, qemu=qemu_fd, real=real, policy=policy, name=name, uuid=uuid, qemu_pid=qemu_pid)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    mine, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the first keeper
+        mine.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        keeper(os.getppid(), theirs, client_fd)
+        os._exit(0)
+    theirs.close()
+    run_relay(client_fd, mine, respawned=False)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,146 @@
+/**
+ * A QEMU started the way libvirt starts one, minus libvirt: the monitor is a listening unix
+ * socket whose fd QEMU's command line names (`-chardev socket,id=charmonitor,fd=N,server=on`),
+ * the emulator wrapper shim runs first as the QEMU account, and "libvirt" is our own QMP
+ * client connecting to that socket. Everything else is real: QEMU 10.0.2, the broker, BPF, taps.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO, QEMU } from '../harness';
+import { sleep, until } from '../broker/support';
+
+export const WRAPPER_SHIM = join(REPO, 'shims/wrapper.py');
+export const PYTHON = '/usr/bin/python3';
+const MONITOR_FD = 30;
+
+// Binds the monitor socket as libvirt does (root, then chowned), drops to the QEMU account,
+// and execs the wrapper shim with the listening socket at MONITOR_FD.
+const LAUNCHER = `
+import os, socket, sys
+path, uid, gid, fdnum = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+s.listen(8)
+os.chown(path, uid, gid)
+os.dup2(s.fileno(), fdnum)
+s.close()
+os.set_inheritable(fdnum, True)
+os.setgroups([])
+os.setgid(gid)
+os.setuid(uid)
+os.execv(sys.argv[5], sys.argv[5:])
+`;
+
+export interface DomainQemu {
+  pid: number;
+  monitor: string;
+  child: ChildProcess;
+  /** QEMU's stderr so far (the domain log, where the interposer writes too) */
+  log(): string;
+  kill(): Promise<void>;
+}
+
+export interface DomainQemuOptions {
+  dir: string;
+  uid: number;
+  gid: number;
+  uuid: string;
+  name: string;
+  broker: string;
+  stateDir: string;
+  /** extra QEMU arguments (devices present at start) */
+  extra?: string[];
+}
+
+export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
+  const monitor = join(o.dir, `${o.name}.monitor`);
+  chmodSync(o.dir, 0o755);
+  const args = [
+    '-name', `guest=${o.name},debug-threads=on`,
+    '-uuid', o.uuid,
+    '-S', '-no-user-config', '-nodefaults', '-nographic',
+    '-machine', 'q35,accel=tcg',
+    '-m', '128',
+    '-chardev', `socket,id=charmonitor,fd=${MONITOR_FD},server=on,wait=off`,
+    '-mon', 'chardev=charmonitor,id=monitor,mode=control',
+    ...[1, 2, 3, 4, 5].flatMap((i) => ['-device', JSON.stringify({ driver: 'pcie-root-port', port: 15 + i, chassis: i, id: `pci.${i}`, bus: 'pcie.0', addr: `0x2.${i - 1}`, ...(i === 1 ? { multifunction: true } : {}) })]),
+    ...(o.extra ?? []),
+  ];
+  const child = spawn(PYTHON, ['-c', LAUNCHER, monitor, String(o.uid), String(o.gid), String(MONITOR_FD), PYTHON, '-I', '-S', WRAPPER_SHIM, QEMU, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, VIRT_EBPF_BROKER_SOCKET: o.broker, VIRT_EBPF_DOMAIN_STATE_DIR: o.stateDir },
+  });
+  let log = '';
+  child.stderr!.on('data', (c) => (log += c));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  return (async () => {
+    await until('the monitor socket to exist', () => existsSync(monitor), 10_000, 20);
+    return {
+      pid: child.pid!,
+      monitor,
+      child,
+      log: () => log,
+      async kill() {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+        await exited;
+      },
+    };
+  })();
+}
+
+/** The eBPF objects a process holds: counts of bpf-prog and bpf-map fds. */
+export function bpfFdsOf(pid: number): { progs: number; maps: number } {
+  let progs = 0;
+  let maps = 0;
+  for (const name of readdirSync(`/proc/${pid}/fd`)) {
+    let t = '';
+    try {
+      t = readlinkSync(`/proc/${pid}/fd/${name}`);
+    } catch {
+      continue;
+    }
+    if (t === 'anon_inode:bpf-prog') progs++;
+    if (t === 'anon_inode:bpf-map') maps++;
+  }
+  return { progs, maps };
+}
+
+export function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^\d+ \(.*\) Z /.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+/** The interposer's processes for the QEMU with this pid: relay and keeper (by comm). */
+export function interposerPids(qemuPid: number): { relay: number[]; keeper: number[] } {
+  const out = { relay: [] as number[], keeper: [] as number[] };
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const comm = readFileSync(`/proc/${name}/comm`, 'utf8').trim();
+      if (comm !== 'vebpf-relay' && comm !== 'vebpf-keeper') continue;
+      const argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (argv[7] !== String(qemuPid) || !alive(Number(name))) continue;
+      (comm === 'vebpf-relay' ? out.relay : out.keeper).push(Number(name));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** Wait until exactly one relay and one keeper serve this QEMU. */
+export async function interposerReady(qemuPid: number, timeoutMs = 10_000): Promise<{ relay: number; keeper: number }> {
+  let p = interposerPids(qemuPid);
+  await until('one relay and one keeper', () => {
+    p = interposerPids(qemuPid);
+    return p.relay.length === 1 && p.keeper.length === 1;
+  }, timeoutMs, 20);
+  return { relay: p.relay[0], keeper: p.keeper[0] };
+}
+
+export { sleep, until };
