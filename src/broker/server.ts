@@ -17,6 +17,8 @@ import { finalArgv, planDevices } from '../exec/plan';
 import { runHook } from '../hook/main';
 
 export const BROKER_VERSION = '0.1.0';
+/** How long a refused peer may keep its end open after our one-line reply. */
+export const REFUSED_LINGER_MS = 2_000;
 
 export interface Allowlist {
   uids: ReadonlySet<number>;
@@ -101,14 +103,14 @@ export class Broker {
       this.#send(sock, errorReply(0, new VirtEbpfError('BROKER_DENIED', `uid ${cred.uid} gid ${cred.gid} may not use the broker`, {
         remedy: 'add the account to allowUsers/allowGroups in /etc/virt-ebpf/config.json',
       })));
-      sock.end();
+      this.#hangUp(sock);
       return;
     }
     const n = (this.#perUid.get(cred.uid) ?? 0) + 1;
     if (n > this.opts.maxConnectionsPerUid) {
       log.warn('peer refused: too many connections');
       this.#send(sock, errorReply(0, new VirtEbpfError('BROKER_LIMIT', `uid ${cred.uid} has too many open connections`, { remedy: 'close idle connections or raise limits.maxConnectionsPerUid' })));
-      sock.end();
+      this.#hangUp(sock);
       return;
     }
     this.#perUid.set(cred.uid, n);
@@ -142,6 +144,18 @@ export class Broker {
       if (left <= 0) this.#perUid.delete(cred.uid);
       else this.#perUid.set(cred.uid, left);
     });
+  }
+
+  /**
+   * Close a refused connection without losing the reply: read (and drop) what the peer sent so
+   * its EOF is seen (a paused socket never sees it, and destroying one with unread input makes
+   * the peer read ECONNRESET instead of our line); a peer that keeps its end open is cut off.
+   */
+  #hangUp(sock: net.Socket): void {
+    sock.on('error', () => {});
+    sock.end();
+    sock.resume();
+    setTimeout(() => sock.destroy(), REFUSED_LINGER_MS).unref();
   }
 
   async #handle(sock: net.Socket, line: string, cred: libc.PeerCred, log: Logger): Promise<void> {
