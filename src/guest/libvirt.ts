@@ -55,6 +55,8 @@ export interface GuestDomainXmlOptions {
   vcpus?: number;
   memoryMb?: number;
   emulator?: string;
+  /** PCIe root ports (cold-plugged NICs use some): q35 hot-plugs only into free ones. */
+  hotplugSlots?: number;
 }
 
 const xmlEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
@@ -101,6 +103,10 @@ export function guestDomainXml(o: GuestDomainXmlOptions): string {
     `  <devices>`,
     `    <emulator>${xmlEscape(o.emulator ?? DEFAULT_EMULATOR)}</emulator>`,
     `    <controller type='usb' model='none'/>`,
+    // Spare root ports need explicit indexes, after pcie-root's 0 (libvirt places the
+    // cold-plugged NICs in the first ones and adds none of its own then).
+    ...(o.hotplugSlots ? [`    <controller type='pci' index='0' model='pcie-root'/>`] : []),
+    ...Array.from({ length: o.hotplugSlots ?? 0 }, (_, i) => `    <controller type='pci' index='${i + 1}' model='pcie-root-port'/>`),
     ...nics,
     `    <serial type='unix'>`,
     `      <source mode='bind' path='${xmlEscape(o.consoleSocket)}'/>`,
@@ -142,6 +148,8 @@ export interface LibvirtGuestOptions extends GuestCmdlineOptions {
   vcpus?: number;
   memoryMb?: number;
   emulator?: string;
+  /** Spare PCIe root ports for NICs hot-plugged later. */
+  hotplugSlots?: number;
   /**
    * Run `virt-ebpf enable NAME` (the checkout's CLI) between define and start, with the policy
    * given; `false` starts the domain as defined. Default: enable with the configured policy.
@@ -328,6 +336,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
       vcpus: opts.vcpus,
       memoryMb: opts.memoryMb,
       emulator: opts.emulator,
+      hotplugSlots: opts.hotplugSlots,
     });
     const xmlFile = join(dir, 'domain.xml');
     writeFileSync(xmlFile, xml);

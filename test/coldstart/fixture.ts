@@ -89,6 +89,20 @@ export class BrokerChild {
     });
   }
 
+  /** The broker's pid (undefined when not running). */
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
+  /** kill -9: no clean-up of any kind, as a crash would leave it. */
+  async crash(): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    this.#child = undefined;
+    child.kill('SIGKILL');
+    await this.#exited;
+  }
+
   /** SIGTERM, bounded wait, SIGKILL if it does not go; the socket stops answering. */
   async stop(): Promise<void> {
     const child = this.#child;

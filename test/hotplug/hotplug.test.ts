@@ -1,0 +1,294 @@
+/**
+ * Hot-plug under stock libvirt, end to end on the real things: the REAL `virt-ebpf install`,
+ * the installed broker, the guest fixture as a libvirt domain enabled with `virt-ebpf enable`
+ * (hot-plug is on by default), and `virsh attach-device --live` / `detach-device --live` of
+ * virtio NICs. The wrapper has put the QMP interposer between libvirtd and QEMU; these tests
+ * check what a user sees:
+ *   - attach 1, then 3 RSS NICs: each holds its own program and 3 maps in QEMU, the guest
+ *     brings them up and sets RSS, and `virt-ebpf status` shows them with the guest's table;
+ *   - detach: the NIC's fds are gone from QEMU; a NIC without RSS is untouched;
+ *   - broker down: strict refuses the attach with our message, the VM keeps running;
+ *     fallback attaches without eBPF;
+ *   - kill -9 of the relay, the keeper, the broker, and a libvirtd restart: libvirt stays
+ *     connected, the VM keeps running, hot-plug keeps working.
+ * Domains are vebpf-hp-<pid>-…; destroyed, undefined and their files removed in after().
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../../src/guest';
+import { libvirtQemuAccount } from '../../src/broker/config';
+import { lookupUser } from '../../src/sys/users';
+import { readManifest } from '../../src/install/apply';
+import { DEFAULT_PATHS } from '../../src/install/plan';
+import type { StatusReport } from '../../src/status';
+import { needRoot, tempDir } from '../harness';
+import { BrokerChild, installForReal } from '../coldstart/fixture';
+import { bpfFds, cli as cliSync, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt';
+import { cli } from '../status/qemu';
+import { alive, interposerPids, interposerReady, sleep } from '../interposer/support';
+
+const PREFIX = `vebpf-hp-${process.pid}-`;
+const URI = 'qemu:///system';
+const broker = new BrokerChild();
+const scratch = tempDir('virt-ebpf-hotplug-');
+let fixture: GuestFixture;
+let guest: LibvirtGuest;
+let fallback: LibvirtGuest | undefined;
+let installedBefore = false;
+let qemuUid: number;
+let macSerial = 0x10;
+
+before(async () => {
+  needRoot('installs into system paths, runs the broker, starts domains in the system libvirtd, restarts libvirtd');
+  const v = run('virsh', ['-c', URI, 'version'], { timeoutMs: 30_000 });
+  assert.equal(v.status, 0, `libvirtd is not reachable (${v.stderr.trim()}); start it (scripts/setup.sh does)`);
+  qemuUid = lookupUser(libvirtQemuAccount().user).uid;
+  fixture = await ensureFixture();
+  installedBefore = Boolean(readManifest(DEFAULT_PATHS.manifest));
+  installForReal();
+  await broker.start();
+  guest = await startLibvirtGuest({
+    name: PREFIX + 'main',
+    fixture,
+    nics: [{ queues: 2 }],
+    vcpus: 2,
+    hotplugSlots: 10,
+    script: ['@channels vebpf_maxq eth0'],
+  });
+  console.log(`# virsh start to READY ${guest.bootMs} ms`);
+});
+
+after(async () => {
+  await fallback?.close();
+  await guest?.close();
+  if (broker.running) await broker.stop();
+  if (!installedBefore && readManifest(DEFAULT_PATHS.manifest)) {
+    const r = cliSync('uninstall', '--force');
+    assert.equal(r.status, 0, r.stderr);
+  }
+  scratch.remove();
+});
+
+function nicXml(opts: { rss: boolean; queues?: number }): { file: string; mac: string } {
+  const mac = `52:54:00:be:0f:${(macSerial++).toString(16).padStart(2, '0')}`;
+  const file = join(scratch.path, `nic-${mac.replace(/:/g, '')}.xml`);
+  writeFileSync(
+    file,
+    `<interface type='ethernet'>\n  <mac address='${mac}'/>\n  <model type='virtio'/>\n  <driver queues='${opts.queues ?? 2}'${opts.rss ? " rss='on'" : ''}/>\n</interface>\n`,
+  );
+  return { file, mac };
+}
+
+function virsh(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  return run('virsh', ['-c', URI, ...args], { timeoutMs: 120_000 });
+}
+
+function attach(name: string, file: string): { status: number | null; stdout: string; stderr: string } {
+  return virsh('attach-device', name, file, '--live');
+}
+
+function bpfCount(pid: number): { progs: number; maps: number } {
+  const fds = bpfFds(pid);
+  return { progs: fds.filter((f) => f.kind === 'prog').length, maps: fds.filter((f) => f.kind === 'map').length };
+}
+
+/** libvirt still talks to QEMU: a QMP command through libvirt's own monitor connection. */
+function libvirtTalks(name: string): string {
+  const r = virsh('qemu-monitor-command', name, '{"execute":"query-status"}');
+  assert.equal(r.status, 0, `libvirt lost QEMU's monitor: ${r.stderr}`);
+  return (JSON.parse(r.stdout) as { return: { status: string } }).return.status;
+}
+
+/** The guest's interface with this MAC, once the guest has it (PCIe hot-plug takes a while under TCG). */
+async function guestIface(mac: string, timeoutMs = 90_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const out = (await guest.console.run(`for d in /sys/class/net/*; do echo "\${d##*/} $(cat $d/address)"; done`)).output;
+    const hit = out.split('\n').map((l) => l.trim().split(' ')).find((p) => p[1] === mac);
+    if (hit) return hit[0];
+    if (Date.now() > deadline) throw new Error(`the guest never saw a NIC with MAC ${mac}: ${out}`);
+    await sleep(1000);
+  }
+}
+
+async function statusOf(name: string): Promise<StatusReport['domains'][number]> {
+  const r = await cli(['status', name, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const report = JSON.parse(r.stdout) as StatusReport;
+  assert.equal(report.domains.length, 1);
+  return report.domains[0];
+}
+
+function memoryKiB(pid: number): { rss: number; pss: number } {
+  const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const field = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+  return { rss: field('Rss'), pss: field('Pss') };
+}
+
+test('the wrapper put the interposer between libvirt and QEMU: unprivileged relay and keeper, QEMU on a socketpair, libvirt talks through it', async () => {
+  const t0 = performance.now();
+  const p = await interposerReady(guest.pid);
+  console.log(`# interposer found in ${Math.round(performance.now() - t0)} ms`);
+  for (const pid of [p.relay, p.keeper]) assert.equal(procStatus(pid).uid, qemuUid, 'the interposer runs as the QEMU account');
+  const argv = cmdline(guest.pid);
+  const mon = argv[argv.findIndex((a) => a.includes('id=charmonitor'))];
+  assert.match(mon, /^socket,fd=\d+,id=charmonitor$/, 'QEMU\'s monitor is our socketpair, not libvirt\'s listening socket');
+  assert.equal(libvirtTalks(guest.name), 'running');
+  assert.deepEqual(bpfCount(guest.pid), { progs: 1, maps: 3 }, 'the cold-plugged NIC');
+  const m = [memoryKiB(p.relay), memoryKiB(p.keeper)];
+  console.log(`# interposer memory per domain: relay RSS ${m[0].rss} KiB PSS ${m[0].pss} KiB, keeper RSS ${m[1].rss} KiB PSS ${m[1].pss} KiB; sum PSS ${m[0].pss + m[1].pss} KiB`);
+});
+
+const hotplugged: Array<{ file: string; mac: string }> = [];
+
+test('attach 1, then 3 RSS NICs live: each holds its own program and 3 maps; the guest brings them up; status shows them with the guest\'s table', async () => {
+  for (const count of [1, 3]) {
+    for (let i = 0; i < count; i++) {
+      const nic = nicXml({ rss: true });
+      const r = attach(guest.name, nic.file);
+      assert.equal(r.status, 0, `attach-device failed: ${r.stderr}\n${guest.logTail(10)}`);
+      hotplugged.push(nic);
+      const n = 1 + hotplugged.length;
+      assert.deepEqual(bpfCount(guest.pid), { progs: n, maps: 3 * n }, `${n} RSS NICs: 4 fds each`);
+    }
+  }
+  assert.match(guest.logTail(40), /device_add net\d+: eBPF RSS fds virt-ebpf-hp-/);
+  // Programs and maps are all distinct objects (a context is never shared).
+  const ids = bpfFds(guest.pid).map((f) => `${f.kind}:${f.id}`);
+  assert.equal(new Set(ids).size, ids.length);
+
+  const ifaces = [];
+  for (const nic of hotplugged) ifaces.push(await guestIface(nic.mac));
+  const dev = ifaces[0];
+  await guest.console.run(`ip link set ${dev} up`);
+  await guest.console.run(`ethtool -L ${dev} combined 2`);
+  await guest.console.run(`ethtool -X ${dev} equal 2`);
+  const want = parseEthtoolRss((await guest.console.run(`ethtool -x ${dev}`)).output);
+  const d = await statusOf(guest.name);
+  const hot = d.nics.filter((n) => n.origin === 'unnamed-program');
+  assert.equal(hot.length, 4, `status shows the 4 hot-plugged NICs: ${JSON.stringify(d.nics.map((n) => n.origin))}`);
+  for (const n of hot) assert.ok(n.ebpf && n.ebpf.progId > 0, 'each with its live program');
+  const active = hot.filter((n) => n.state === 'active');
+  assert.equal(active.length, 1, `the one the guest configured is active: ${hot.map((n) => n.summary).join(' | ')}`);
+  assert.deepEqual(active[0].rss!.table, want.table, 'status reads exactly the table the guest set');
+  assert.equal(active[0].rss!.key, want.key);
+});
+
+test('detach-device: the NIC\'s program and maps are gone from QEMU, and libvirt drops the NIC', async () => {
+  const before = bpfCount(guest.pid);
+  const nic = hotplugged.pop()!;
+  const r = virsh('detach-device', guest.name, nic.file, '--live');
+  assert.equal(r.status, 0, r.stderr);
+  await waitFor('QEMU to drop the detached NIC\'s eBPF fds', 90_000, () => {
+    const now = bpfCount(guest.pid);
+    return now.progs === before.progs - 1 && now.maps === before.maps - 3;
+  });
+  const list = virsh('domiflist', guest.name).stdout;
+  assert.ok(!list.includes(nic.mac), 'libvirt removed it too');
+});
+
+test('attaching a NIC without RSS is untouched: no eBPF fds, no ebpf-rss-fds', async () => {
+  const before = bpfCount(guest.pid);
+  const nic = nicXml({ rss: false });
+  const r = attach(guest.name, nic.file);
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(virsh('domiflist', guest.name).stdout.includes(nic.mac));
+  assert.deepEqual(bpfCount(guest.pid), before);
+});
+
+test('broker down, strict: attach-device fails with our message, the VM keeps running and libvirt keeps talking to it', async () => {
+  await broker.stop();
+  try {
+    const before = bpfCount(guest.pid);
+    const nic = nicXml({ rss: true });
+    const r = attach(guest.name, nic.file);
+    assert.notEqual(r.status, 0, 'the attach must fail under strict');
+    assert.match(r.stderr, /virt-ebpf: cannot reach the virt-ebpf broker .*BROKER_UNREACHABLE/);
+    assert.equal(libvirtTalks(guest.name), 'running');
+    assert.ok(!virsh('domiflist', guest.name).stdout.includes(nic.mac), 'libvirt rolled the NIC back');
+    assert.deepEqual(bpfCount(guest.pid), before);
+    assert.match((await guest.console.run('echo still-here')).output, /still-here/, 'the guest runs');
+  } finally {
+    await broker.start();
+  }
+});
+
+test('kill -9 of the relay, the keeper and the broker, one after the other: libvirt stays connected, the VM runs, hot-plug works after each', async () => {
+  const attachOne = (): void => {
+    const before = bpfCount(guest.pid);
+    const nic = nicXml({ rss: true });
+    const r = attach(guest.name, nic.file);
+    assert.equal(r.status, 0, r.stderr);
+    hotplugged.push(nic);
+    assert.deepEqual(bpfCount(guest.pid), { progs: before.progs + 1, maps: before.maps + 3 });
+  };
+  const first = await interposerReady(guest.pid);
+  process.kill(first.relay, 'SIGKILL');
+  await waitFor('a new relay', 10_000, () => {
+    const p = interposerPids(guest.pid);
+    return p.relay.length === 1 && p.relay[0] !== first.relay;
+  });
+  assert.equal(libvirtTalks(guest.name), 'running');
+  attachOne();
+
+  const second = await interposerReady(guest.pid);
+  process.kill(second.keeper, 'SIGKILL');
+  await waitFor('a new keeper', 10_000, () => {
+    const p = interposerPids(guest.pid);
+    return p.keeper.length === 1 && p.keeper[0] !== second.keeper;
+  });
+  assert.equal(libvirtTalks(guest.name), 'running');
+
+  await broker.crash();
+  assert.equal(libvirtTalks(guest.name), 'running');
+  await broker.start();
+  attachOne();
+  assert.ok(alive(guest.pid));
+  assert.match((await guest.console.run('echo still-here')).output, /still-here/);
+});
+
+test('libvirtd restarts: it reconnects to the monitor through the interposer, the VM keeps running, hot-plug keeps working', async () => {
+  const pidOf = (): number[] => spawnSync('pidof', ['libvirtd'], { encoding: 'utf8' }).stdout.trim().split(/\s+/).filter(Boolean).map(Number);
+  const old = pidOf();
+  assert.ok(old.length > 0, 'libvirtd runs');
+  for (const pid of old) process.kill(pid, 'SIGTERM');
+  await waitFor('libvirtd to exit', 30_000, () => pidOf().length === 0);
+  execFileSync('libvirtd', ['-d']);
+  await waitFor('libvirtd to answer', 30_000, () => virsh('list').status === 0);
+  await waitFor(`libvirt to see ${guest.name} running again`, 30_000, () => virsh('domstate', guest.name).stdout.trim() === 'running');
+  assert.equal(libvirtTalks(guest.name), 'running');
+  assert.match(guest.logTail(20), /libvirt reconnected/);
+  const before = bpfCount(guest.pid);
+  const nic = nicXml({ rss: true });
+  const r = attach(guest.name, nic.file);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(bpfCount(guest.pid), { progs: before.progs + 1, maps: before.maps + 3 });
+  assert.match((await guest.console.run('echo still-here')).output, /still-here/);
+});
+
+test('fallback policy, broker down: attach-device succeeds without eBPF and the domain log says why', async () => {
+  fallback = await startLibvirtGuest({
+    name: PREFIX + 'fallback',
+    fixture,
+    nics: [{ queues: 2, rss: false }],
+    vcpus: 2,
+    hotplugSlots: 3,
+    enable: { policy: 'fallback' },
+    readyTimeoutMs: 0,
+  });
+  await interposerReady(fallback.pid);
+  await broker.stop();
+  try {
+    const nic = nicXml({ rss: true });
+    const r = attach(fallback.name, nic.file);
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(virsh('domiflist', fallback.name).stdout.includes(nic.mac));
+    assert.deepEqual(bpfCount(fallback.pid), { progs: 0, maps: 0 });
+    assert.match(fallback.logTail(20), /policy is fallback: net\d+ is added without eBPF RSS steering/);
+  } finally {
+    await broker.start();
+  }
+});
