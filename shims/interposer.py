@@ -253,6 +253,7 @@ class Relay:
     def hotplug(self, msg, line, fds):
         """The device_add line to send instead (None: answered already)."""
         dev = msg['arguments'].get('id') or 'anon'
+        t0 = time.monotonic()
         try:
             bpf, prop = acquire(self.real, self.name, self.uuid)
         except Refused as e:
@@ -264,6 +265,7 @@ class Relay:
                 return None, fds
             log('%s; policy is fallback: %s is added without eBPF RSS steering' % (e, dev))
             return line, fds
+        t1 = time.monotonic()
         names = ['%shp-%s-%d-%d' % (OWN, dev, self.serial + 1, i) for i in range(len(bpf))]
         self.serial += 1
         try:
@@ -285,7 +287,7 @@ class Relay:
         out = dict(msg)
         out['arguments'] = args
         self.cleanup[json.dumps(msg.get('id'))] = names
-        log('device_add %s: eBPF RSS fds %s' % (dev, ','.join(names)))
+        log('device_add %s: eBPF RSS fds %s (broker %.1f ms, getfd %.1f ms)' % (dev, ','.join(names), (t1 - t0) * 1e3, (time.monotonic() - t1) * 1e3))
         return json.dumps(out).encode() + b'\r\n', fds
 
     def reply_error(self, msg, desc):

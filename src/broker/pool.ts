@@ -89,6 +89,12 @@ export class ContextPool {
     this.#sources.delete(key);
   }
 
+  /** Keep `target` contexts ready for this emulator from now on (prewarm without a domain). */
+  warm(source: PoolSource): void {
+    this.#sources.set(source.key, source);
+    this.refill(source.key);
+  }
+
   refill(key: string): void {
     if (this.#closed || this.#refilling.has(key) || this.target === 0) return;
     const source = this.#sources.get(key);

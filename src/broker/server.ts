@@ -249,7 +249,7 @@ export class Broker {
   async #prewarm(emulator: string, count: number, domain: DomainRef | undefined, log: Logger): Promise<number> {
     const source = await this.opts.resolve(emulator);
     const key = domainKey(domain);
-    const ready = key ? await this.pool.reserve(source, Math.min(count, this.opts.maxReservedPerDomain), key) : (this.pool.refill(source.key), 0);
+    const ready = key ? await this.pool.reserve(source, Math.min(count, this.opts.maxReservedPerDomain), key) : (this.pool.warm(source), 0);
     log.info('prewarmed', { emulator, domain, ready });
     return ready;
   }

@@ -192,3 +192,13 @@ test('emulators: QEMU\'s microvm build (no request-ebpf) → EMULATOR_UNSUPPORTE
   assert.equal(o.ok === false && o.code, 'EMULATOR_UNSUPPORTED', JSON.stringify(o));
   assert.match(o.ok === false ? o.message : '', /qemu-system-x86_64-microvm cannot take eBPF RSS fds: ./);
 });
+
+test('prewarm without a domain fills the pool of a broker that has not served that emulator yet', async () => {
+  const b = await broker({ pool: { size: 2 } });
+  const r = await ask(b.socket, { v: 1, id: 1, op: 'prewarm', emulator: QEMU, count: 2 });
+  assert.equal(r.ok, true, JSON.stringify(r));
+  await until('the pool to hold 2 ready contexts', async () => {
+    const st = await ask(b.socket, { v: 1, id: 2, op: 'status' });
+    return st.pools.length === 1 && st.pools[0].ready === 2;
+  }, 30_000, 100);
+});
