@@ -12,12 +12,11 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../src/qmp';
-import * as libc from '../src/sys/libc';
 import { lookupUser } from '../src/sys/users';
-import { createTap, type Tap } from '../src/guest/tap';
+import type { Tap } from '../src/guest/tap';
 import { ask, startTestBroker } from '../test/broker/support';
 import { tempDir, QEMU } from '../test/harness';
-import { interposerReady, startDomainQemu, until, type DomainQemu } from '../test/interposer/support';
+import { addNetdev, interposerReady, startDomainQemu, until, type DomainQemu } from '../test/interposer/support';
 import { sample, stats, table } from './stats';
 
 const N = Number(process.env.BENCH_N ?? 1);
@@ -77,21 +76,6 @@ async function main(): Promise<void> {
 
     // device_add: rss off vs on, PORTS of each (q35 hot-plugs into free root ports only).
     const b = await domain();
-    const addNetdev = async (c: QmpClient, id: string): Promise<void> => {
-      const tap = await createTap({ user: 'libvirt-qemu' });
-      taps.push(tap);
-      const names: string[] = [];
-      for (let i = 0; i < 2; i++) {
-        const fd = libc.openTapQueue(tap.name);
-        try {
-          await c.execute('getfd', { fdname: `fd-${id}-${i}` }, { fds: [fd] });
-        } finally {
-          libc.close(fd);
-        }
-        names.push(`fd-${id}-${i}`);
-      }
-      await c.execute('netdev_add', { type: 'tap', id, fds: names.join(':'), vhost: false });
-    };
     // Fill the broker's pool first, as the hook's prepare does for a domain: the handoff is
     // measured, not a load (a load is in the foundation bench).
     await ask(broker.socket, { v: 1, id: 1, op: 'prewarm', emulator: QEMU, count: 4 });
@@ -103,7 +87,7 @@ async function main(): Promise<void> {
     const rssAdd: number[] = [];
     for (let i = 1; i <= PORTS; i++) {
       for (const [c, rss, into] of [[a.c, false, plainAdd], [b.c, true, rssAdd]] as const) {
-        await addNetdev(c, `hn${i}`);
+        await addNetdev(c, `hn${i}`, 2, taps);
         const t0 = process.hrtime.bigint();
         await c.execute('device_add', { driver: 'virtio-net-pci', mq: true, vectors: 6, ...(rss ? { rss: true } : {}), netdev: `hn${i}`, id: `n${i}`, bus: `pci.${i}`, addr: '0x0' });
         into.push(Number(process.hrtime.bigint() - t0) / 1e6);

@@ -257,14 +257,7 @@ class Relay:
         try:
             bpf, prop = acquire(self.real, self.name, self.uuid)
         except Refused as e:
-            if self.policy == 'strict':
-                log('device_add %s refused: %s' % (dev, e))
-                self.reply_error(msg, 'virt-ebpf: %s' % e)
-                for f in fds:
-                    os.close(f)
-                return None, fds
-            log('%s; policy is fallback: %s is added without eBPF RSS steering' % (e, dev))
-            return line, fds
+            return self.without_fds(msg, line, fds, str(e))
         t1 = time.monotonic()
         names = ['%shp-%s-%d-%d' % (OWN, dev, self.serial + 1, i) for i in range(len(bpf))]
         self.serial += 1
@@ -275,13 +268,7 @@ class Relay:
                 os.close(f)
         if ok is not True:
             self.close_names(names)
-            if self.policy == 'strict':
-                self.reply_error(msg, 'virt-ebpf: QEMU refused the eBPF fds: %s' % ok)
-                for f in fds:
-                    os.close(f)
-                return None, fds
-            log('QEMU refused the eBPF fds (%s); policy is fallback: %s is added without eBPF RSS steering' % (ok, dev))
-            return line, fds
+            return self.without_fds(msg, line, fds, 'QEMU refused the eBPF fds: %s' % ok)
         args = dict(msg['arguments'])
         args[prop] = names
         out = dict(msg)
@@ -289,6 +276,18 @@ class Relay:
         self.cleanup[json.dumps(msg.get('id'))] = names
         log('device_add %s: eBPF RSS fds %s (broker %.1f ms, getfd %.1f ms)' % (dev, ','.join(names), (t1 - t0) * 1e3, (time.monotonic() - t1) * 1e3))
         return json.dumps(out).encode() + b'\r\n', fds
+
+    def without_fds(self, msg, line, fds, why):
+        """No eBPF fds for this device_add: strict answers libvirt with an error, fallback sends it on."""
+        dev = msg['arguments'].get('id') or 'anon'
+        if self.policy == 'strict':
+            log('device_add %s refused: %s' % (dev, why))
+            self.reply_error(msg, 'virt-ebpf: %s' % why)
+            for f in fds:
+                os.close(f)
+            return None, fds
+        log('%s; policy is fallback: %s is added without eBPF RSS steering' % (why, dev))
+        return line, fds
 
     def reply_error(self, msg, desc):
         if self.client is None:
@@ -303,18 +302,26 @@ class Relay:
 
     def own_commands(self, cmds):
         """Send our commands, relay whatever else QEMU says meanwhile; True or the first error."""
+        replies = self.ask_qemu(cmds)
+        if replies is None:
+            return 'no reply within 10 s'
+        errors = [r['error'].get('desc', 'error') for r in replies if 'error' in r]
+        return errors[0] if errors else True
+
+    def ask_qemu(self, cmds):
+        """Our commands' replies in order (None after 10 s); QEMU's other lines go on to libvirt."""
         ids = []
         for cmd, fds in cmds:
             cmd = dict(cmd)
             cmd['id'] = self.own_id()
             ids.append(cmd['id'])
             self.qemu.send(json.dumps(cmd).encode() + b'\r\n', fds)
-        result = True
+        replies = {}
         deadline = time.monotonic() + 10
-        while ids:
+        while len(replies) < len(ids):
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.qemu], [], [], left)[0]:
-                return 'no reply within 10 s'
+                return None
             if not self.qemu.read():
                 raise EOFError('QEMU closed its monitor')
             for line, fds in self.qemu.lines():
@@ -323,33 +330,15 @@ class Relay:
                 except ValueError:
                     msg = None
                 if isinstance(msg, dict) and msg.get('id') in ids:
-                    ids.remove(msg['id'])
-                    if 'error' in msg and result is True:
-                        result = msg['error'].get('desc', 'error')
+                    replies[msg['id']] = msg
                 else:
                     self.from_qemu(line, fds)
-        return result
+        return [replies[i] for i in ids]
 
     def synth_greeting(self):
         """After a restart of ours: QEMU's greeting again, from query-version."""
-        cid = self.own_id()
-        self.qemu.send(json.dumps({'execute': 'query-version', 'id': cid}).encode() + b'\r\n')
-        version = None
-        deadline = time.monotonic() + 10
-        while version is None and time.monotonic() < deadline:
-            if not select.select([self.qemu], [], [], max(0, deadline - time.monotonic()))[0]:
-                break
-            if not self.qemu.read():
-                raise EOFError('QEMU closed its monitor')
-            for line, fds in self.qemu.lines():
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    msg = None
-                if isinstance(msg, dict) and msg.get('id') == cid:
-                    version = msg.get('return')
-                else:
-                    self.from_qemu(line, fds)
+        replies = self.ask_qemu([({'execute': 'query-version'}, [])])
+        version = replies[0].get('return') if replies else None
         return json.dumps({'QMP': {'version': version or {}, 'capabilities': ['oob']}}).encode() + b'\r\n'
 
     def drop_client(self):

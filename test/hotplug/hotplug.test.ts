@@ -28,7 +28,7 @@ import { needRoot, tempDir } from '../harness';
 import { BrokerChild, installForReal } from '../coldstart/fixture';
 import { bpfFds, cli as cliSync, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
-import { alive, interposerPids, interposerReady, sleep } from '../interposer/support';
+import { alive, interposerReady, replaced, sleep } from '../interposer/support';
 
 const PREFIX = `vebpf-hp-${process.pid}-`;
 const URI = 'qemu:///system';
@@ -227,19 +227,13 @@ test('kill -9 of the relay, the keeper and the broker, one after the other: libv
   };
   const first = await interposerReady(guest.pid);
   process.kill(first.relay, 'SIGKILL');
-  await waitFor('a new relay', 10_000, () => {
-    const p = interposerPids(guest.pid);
-    return p.relay.length === 1 && p.relay[0] !== first.relay;
-  });
+  await replaced(guest.pid, 'relay', first.relay);
   assert.equal(libvirtTalks(guest.name), 'running');
   attachOne();
 
   const second = await interposerReady(guest.pid);
   process.kill(second.keeper, 'SIGKILL');
-  await waitFor('a new keeper', 10_000, () => {
-    const p = interposerPids(guest.pid);
-    return p.keeper.length === 1 && p.keeper[0] !== second.keeper;
-  });
+  await replaced(guest.pid, 'keeper', second.keeper);
   assert.equal(libvirtTalks(guest.name), 'running');
 
   await broker.crash();

@@ -11,12 +11,11 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
-import * as libc from '../../src/sys/libc';
 import { lookupUser } from '../../src/sys/users';
-import { createTap, type Tap } from '../../src/guest/tap';
+import type { Tap } from '../../src/guest/tap';
 import { needRoot, tempDir } from '../harness';
 import { startTestBroker, type TestBroker } from '../broker/support';
-import { alive, bpfFdsOf, interposerPids, interposerReady, sleep, startDomainQemu, until, type DomainQemu } from './support';
+import { addNetdev as addNetdevTo, alive, bpfFdsOf, interposerPids, interposerReady, replaced, sleep, startDomainQemu, until, type DomainQemu } from './support';
 
 const dir = tempDir('virt-ebpf-interposer-');
 const stateDir = join(dir.path, 'domains');
@@ -55,21 +54,8 @@ async function connect(q: DomainQemu): Promise<QmpClient> {
   return c;
 }
 
-/** What libvirt does for a tap NIC: getfd each queue's tap fd, netdev_add naming them. */
-async function addNetdev(c: QmpClient, id: string, queues: number): Promise<void> {
-  const tap = await createTap({ user: 'libvirt-qemu' });
-  taps.push(tap);
-  const names: string[] = [];
-  for (let i = 0; i < queues; i++) {
-    const fd = libc.openTapQueue(tap.name);
-    try {
-      await c.execute('getfd', { fdname: `fd-${id}-${i}` }, { fds: [fd] });
-    } finally {
-      libc.close(fd);
-    }
-    names.push(`fd-${id}-${i}`);
-  }
-  await c.execute('netdev_add', { type: 'tap', id, fds: names.join(':'), vhost: false });
+function addNetdev(c: QmpClient, id: string, queues: number): Promise<void> {
+  return addNetdevTo(c, id, queues, taps);
 }
 
 function rssNic(id: string, netdev: string, bus: string, extra: Record<string, unknown> = {}) {
@@ -158,18 +144,12 @@ test('kill -9 of the relay, then of the keeper: the client stays connected, a ne
   const c = await connect(q);
   const first = await interposerReady(q.pid);
   process.kill(first.relay, 'SIGKILL');
-  await until('a new relay', () => {
-    const p = interposerPids(q.pid);
-    return p.relay.length === 1 && p.relay[0] !== first.relay;
-  });
+  await replaced(q.pid, 'relay', first.relay);
   assert.equal((await c.execute<{ status: string }>('query-status')).status, 'prelaunch', 'commands still answered');
   const second = await interposerReady(q.pid);
   assert.equal(second.keeper, first.keeper, 'the keeper started the new relay');
   process.kill(second.keeper, 'SIGKILL');
-  await until('a new keeper', () => {
-    const p = interposerPids(q.pid);
-    return p.keeper.length === 1 && p.keeper[0] !== second.keeper;
-  });
+  await replaced(q.pid, 'keeper', second.keeper);
   await addNetdev(c, 'hostnet1', 2);
   await c.execute('device_add', rssNic('net1', 'hostnet1', 'pci.1'));
   assert.deepEqual(bpfFdsOf(q.pid), { progs: 1, maps: 3 });

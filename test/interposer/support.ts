@@ -8,6 +8,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO, QEMU } from '../harness';
+import type { QmpClient } from '../../src/qmp';
+import * as libc from '../../src/sys/libc';
+import { createTap, type Tap } from '../../src/guest/tap';
 import { sleep, until } from '../broker/support';
 
 export const WRAPPER_SHIM = join(REPO, 'shims/wrapper.py');
@@ -141,6 +144,35 @@ export async function interposerReady(qemuPid: number, timeoutMs = 10_000): Prom
     return p.relay.length === 1 && p.keeper.length === 1;
   }, timeoutMs, 20);
   return { relay: p.relay[0], keeper: p.keeper[0] };
+}
+
+/** Wait until the relay or keeper `old` has been replaced by exactly one new one. */
+export async function replaced(qemuPid: number, role: 'relay' | 'keeper', old: number, timeoutMs = 10_000): Promise<void> {
+  await until(`a new ${role}`, () => {
+    const p = interposerPids(qemuPid)[role];
+    return p.length === 1 && p[0] !== old;
+  }, timeoutMs, 20);
+}
+
+/**
+ * What libvirt does for a tap NIC before its device_add: open each queue of a fresh tap (owned
+ * by the QEMU account), `getfd` each over the monitor, `netdev_add` naming them. The tap is
+ * pushed to `taps` for the caller to remove.
+ */
+export async function addNetdev(c: QmpClient, id: string, queues: number, taps: Tap[]): Promise<void> {
+  const tap = await createTap({ user: 'libvirt-qemu' });
+  taps.push(tap);
+  const names: string[] = [];
+  for (let i = 0; i < queues; i++) {
+    const fd = libc.openTapQueue(tap.name);
+    try {
+      await c.execute('getfd', { fdname: `fd-${id}-${i}` }, { fds: [fd] });
+    } finally {
+      libc.close(fd);
+    }
+    names.push(`fd-${id}-${i}`);
+  }
+  await c.execute('netdev_add', { type: 'tap', id, fds: names.join(':'), vhost: false });
 }
 
 export { sleep, until };
