@@ -10,6 +10,7 @@ import { brokerRequest, DEFAULT_SOCKET } from '../broker/client';
 import { DEFAULT_PATHS } from '../install/plan';
 import { readManifest, staleWrappers } from '../install/apply';
 import { isVirtEbpfError } from '../errors';
+import { scanInterposers } from '../wrapper/interposer';
 
 export { type CheckResult } from './checks';
 
@@ -112,7 +113,30 @@ function hostChecks(opts: DoctorOptions): Check[] {
         };
       }
     },
+    interposerCheck,
   ];
+}
+
+/**
+ * Every running domain whose monitor is on the interposer has a relay serving it. With relay
+ * and keeper both gone (killed at once) libvirt stays connected but its commands wait.
+ */
+export function interposerCheck(): CheckResult {
+  const name = 'hot-plug interposers';
+  const qemus = scanInterposers();
+  if (qemus.length === 0) return { name, verdict: 'ok', detail: 'no running domain has one', needed: false };
+  const unserved = qemus.filter((q) => q.relays.length === 0);
+  if (unserved.length === 0) {
+    const lone = qemus.filter((q) => q.keepers.length === 0).length;
+    return { name, verdict: 'ok', detail: `${qemus.length} domain(s), each served by a relay${lone ? ` (${lone} without a keeper right now: the relay starts one)` : ''}`, needed: true };
+  }
+  return {
+    name,
+    verdict: 'fail',
+    detail: `no relay serves the monitor of ${unserved.map((q) => `${q.name ?? '?'} (QEMU pid ${q.pid})`).join(', ')}: the VM runs, libvirt stays connected, but its monitor commands wait`,
+    fix: 'shut the domain down from inside the guest, or `virsh destroy` it, and start it again',
+    needed: true,
+  };
 }
 
 export async function runChecks(opts: DoctorOptions): Promise<CheckResult[]> {

@@ -13,6 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
 import { lookupUser } from '../../src/sys/users';
 import type { Tap } from '../../src/guest/tap';
+import { interposerCheck } from '../../src/doctor';
 import { needRoot, tempDir } from '../harness';
 import { startTestBroker, type TestBroker } from '../broker/support';
 import { addNetdev as addNetdevTo, alive, bpfFdsOf, interposerPids, interposerReady, replaced, sleep, startDomainQemu, until, type DomainQemu } from './support';
@@ -143,6 +144,7 @@ test('kill -9 of the relay, then of the keeper: the client stays connected, a ne
   const { q } = await domain();
   const c = await connect(q);
   const first = await interposerReady(q.pid);
+  assert.equal(interposerCheck().verdict, 'ok');
   process.kill(first.relay, 'SIGKILL');
   await replaced(q.pid, 'relay', first.relay);
   assert.equal((await c.execute<{ status: string }>('query-status')).status, 'prelaunch', 'commands still answered');
@@ -160,6 +162,10 @@ test('kill -9 of the relay, then of the keeper: the client stays connected, a ne
   await sleep(300);
   assert.ok(alive(q.pid), 'QEMU lives');
   assert.equal(c.closed, false, 'the client never saw EOF');
+  const doctor = interposerCheck();
+  assert.equal(doctor.verdict, 'fail', 'doctor names the unserved monitor');
+  assert.match(doctor.detail, new RegExp(`QEMU pid ${q.pid}\\)`));
+  assert.match(doctor.fix ?? '', /virsh destroy/);
 });
 
 test('the client reconnects (libvirtd restart): a greeting again, qmp_capabilities answered, hot-plug works on the new connection', async () => {

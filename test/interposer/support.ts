@@ -11,6 +11,7 @@ import { REPO, QEMU } from '../harness';
 import type { QmpClient } from '../../src/qmp';
 import * as libc from '../../src/sys/libc';
 import { createTap, type Tap } from '../../src/guest/tap';
+import { scanInterposers } from '../../src/wrapper/interposer';
 import { sleep, until } from '../broker/support';
 
 export const WRAPPER_SHIM = join(REPO, 'shims/wrapper.py');
@@ -120,20 +121,8 @@ export function alive(pid: number): boolean {
 
 /** The interposer's processes for the QEMU with this pid: relay and keeper (by comm). */
 export function interposerPids(qemuPid: number): { relay: number[]; keeper: number[] } {
-  const out = { relay: [] as number[], keeper: [] as number[] };
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const comm = readFileSync(`/proc/${name}/comm`, 'utf8').trim();
-      if (comm !== 'vebpf-relay' && comm !== 'vebpf-keeper') continue;
-      const argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
-      if (argv[7] !== String(qemuPid) || !alive(Number(name))) continue;
-      (comm === 'vebpf-relay' ? out.relay : out.keeper).push(Number(name));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
+  const q = scanInterposers().find((x) => x.pid === qemuPid);
+  return { relay: q?.relays ?? [], keeper: q?.keepers ?? [] };
 }
 
 /** Wait until exactly one relay and one keeper serve this QEMU. */

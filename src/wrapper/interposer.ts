@@ -1,0 +1,90 @@
+/**
+ * Seeing the QMP interposer from outside (shims/interposer.py runs it): which QEMU processes
+ * have their monitor on our socketpair, and which relay and keeper serve each. The parsers are
+ * pure; `scanInterposers` reads /proc.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+
+/** The process names the interposer gives itself (prctl PR_SET_NAME). */
+export const RELAY_COMM = 'vebpf-relay';
+export const KEEPER_COMM = 'vebpf-keeper';
+
+/**
+ * QEMU's monitor as the wrapper rewrites it for the interposer: `-chardev socket,fd=N,id=charmonitor`
+ * (a connected socket; libvirt's own form is a listening one, `…,server=on,wait=off`).
+ */
+export function hasInterposedMonitor(argv: readonly string[]): boolean {
+  for (let i = 0; i < argv.length - 1; i++) {
+    if (argv[i] !== '-chardev' && argv[i] !== '--chardev') continue;
+    const opts = argv[i + 1].split(',');
+    if (opts[0] === 'socket' && opts.includes('id=charmonitor') && opts.some((o) => /^fd=\d+$/.test(o)) && !opts.includes('server=on')) return true;
+  }
+  return false;
+}
+
+/** The QEMU pid an interposer process serves: its command line is `python3 -I -S interposer.py L A C QEMU_PID …`. */
+export function servedQemuPid(argv: readonly string[]): number | undefined {
+  const at = argv.findIndex((a) => a.endsWith('/interposer.py'));
+  const v = at >= 0 ? argv[at + 4] : undefined;
+  return v !== undefined && /^\d+$/.test(v) ? Number(v) : undefined;
+}
+
+export interface InterposedQemu {
+  pid: number;
+  /** `-name guest=…` when given */
+  name?: string;
+  relays: number[];
+  keepers: number[];
+}
+
+function readArgv(pid: string): string[] | undefined {
+  try {
+    const raw = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return raw ? raw.replace(/\0$/, '').split('\0') : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function isZombie(pid: string): boolean {
+  try {
+    return /^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+function guestName(argv: readonly string[]): string | undefined {
+  const i = argv.lastIndexOf('-name');
+  const v = i >= 0 ? argv[i + 1] : undefined;
+  if (v === undefined) return undefined;
+  return (v.startsWith('guest=') ? v.slice(6) : v).split(/,(?!,)/)[0].replace(/,,/g, ',');
+}
+
+/** Every running QEMU with an interposed monitor, with the relays and keepers serving it. */
+export function scanInterposers(): InterposedQemu[] {
+  const qemus = new Map<number, InterposedQemu>();
+  const helpers: Array<{ pid: number; comm: string; qemu: number }> = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let comm: string;
+    try {
+      comm = readFileSync(`/proc/${name}/comm`, 'utf8').trim();
+    } catch {
+      continue;
+    }
+    const argv = readArgv(name);
+    if (!argv || isZombie(name)) continue;
+    if (comm === RELAY_COMM || comm === KEEPER_COMM) {
+      const qemu = servedQemuPid(argv);
+      if (qemu !== undefined) helpers.push({ pid: Number(name), comm, qemu });
+    } else if (hasInterposedMonitor(argv)) {
+      qemus.set(Number(name), { pid: Number(name), name: guestName(argv), relays: [], keepers: [] });
+    }
+  }
+  for (const h of helpers) {
+    const q = qemus.get(h.qemu);
+    if (q) (h.comm === RELAY_COMM ? q.relays : q.keepers).push(h.pid);
+  }
+  return [...qemus.values()].sort((a, b) => a.pid - b.pid);
+}
