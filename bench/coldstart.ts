@@ -3,7 +3,8 @@
  * the libvirt cold start, as printed tables with ratios against baselines measured in the
  * same run. No timed assertions anywhere.
  *
- *  a. `virsh start` until it returns, paired A B C …: the same 1-RSS-NIC domain enabled (A),
+ *  a. `virsh start` until it returns, paired A A0 B C …: the same 1-RSS-NIC domain enabled (A,
+ *     with the QMP interposer for hot-plug; A0, enabled with --hotplug off),
  *     plain with rss=on as libvirt runs it today (B: our hook installed, it runs for every
  *     domain; C: our hook moved out of qemu.d, i.e. no virt-ebpf at all). Ratio of medians and
  *     median of per-pair ratios. Then where the wrapper's time goes, process by process.
@@ -69,8 +70,10 @@ function withoutOurHook<T>(fn: () => Promise<T>): Promise<T> {
 
 async function benchStart(scratch: string, out: string[]): Promise<void> {
   const A = PREFIX + 'a';
+  const A0 = PREFIX + 'a0';
   const B = PREFIX + 'b';
   defineEnabled(A, domainXml({ name: A, nics: [{ rss: true }] }), scratch);
+  defineEnabled(A0, domainXml({ name: A0, nics: [{ rss: true }] }), scratch, { hotplug: 'off' });
   define(domainXml({ name: B, nics: [{ rss: true }] }), scratch);
   const assertEbpf = (pid: number) => {
     if (bpfFds(pid).length !== 4) throw new Error(`the enabled domain's QEMU does not hold 4 BPF fds`);
@@ -80,28 +83,33 @@ async function benchStart(scratch: string, out: string[]): Promise<void> {
   };
   // Warm-up: libvirt probes each emulator once (capability cache), the broker probes QEMU.
   await timedStart(A, assertEbpf);
+  await timedStart(A0, assertEbpf);
   await timedStart(B, assertPlain);
   await withoutOurHook(() => timedStart(B, assertPlain));
   const a: number[] = [];
+  const a0: number[] = [];
   const b: number[] = [];
   const c: number[] = [];
   for (let i = 0; i < 10 * N; i++) {
     a.push(await timedStart(A, assertEbpf));
+    a0.push(await timedStart(A0, assertEbpf));
     b.push(await timedStart(B, assertPlain));
     c.push(await withoutOurHook(() => timedStart(B, assertPlain)));
   }
   const perPair = (x: number[], y: number[]) => median(x.map((v, i) => v / y[i]));
   out.push(
-    table('a. `virsh start` → returns, 1 RSS NIC (4 queues), TCG, paired A B C', [
+    table('a. `virsh start` → returns, 1 RSS NIC (4 queues), TCG, paired A A0 B C', [
       { name: 'C: plain rss=on, no virt-ebpf hook (today)', stats: stats(c) },
       { name: 'B: plain rss=on, virt-ebpf hook installed', stats: stats(b), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
-      { name: 'A: enabled (wrapper + broker + hook)', stats: stats(a), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
+      { name: 'A0: enabled, --hotplug off (wrapper + broker + hook)', stats: stats(a0), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
+      { name: 'A: enabled, hot-plug on (+ QMP interposer)', stats: stats(a), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
     ]),
-    `median of per-pair ratios: A/C ${fmtRatio(perPair(a, c))}, A/B ${fmtRatio(perPair(a, b))}, B/C ${fmtRatio(perPair(b, c))}; ` +
+    `median of per-pair ratios: A/C ${fmtRatio(perPair(a, c))}, A0/C ${fmtRatio(perPair(a0, c))}, A/A0 ${fmtRatio(perPair(a, a0))}, A/B ${fmtRatio(perPair(a, b))}, B/C ${fmtRatio(perPair(b, c))}; ` +
       `ratio of medians: A/C ${fmtRatio(median(a) / median(c))}, A/B ${fmtRatio(median(a) / median(b))} (target A/C ≤ 1.05×)`,
     '',
   );
   removeDomain(A);
+  removeDomain(A0);
 }
 
 /** Wall time of a command, n times (processes: the wrapper and the hook as libvirt runs them). */

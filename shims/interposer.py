@@ -6,7 +6,9 @@
 #
 #   LISTEN_FD  libvirt's pre-opened monitor socket (listening); a restarted libvirtd connects here
 #   QEMU_FD    our end of the socketpair QEMU uses as its monitor (`-chardev socket,fd=…`)
-#   CLIENT_FD  libvirt's connection, accepted by the wrapper (-1: accept one from LISTEN_FD)
+#   CLIENT_FD  from:N — the wrapper sends libvirt's connection (SCM_RIGHTS) on fd N once it
+#              has accepted it (EOF: the domain did not start; we exit); or the connection's
+#              own fd number; or -1: accept one from LISTEN_FD
 #   QEMU_PID   the wrapper's pid, which QEMU keeps when the wrapper execs it
 #
 # Everything passes through unchanged, fds that libvirt sends with SCM_RIGHTS included, except
@@ -32,6 +34,8 @@ import time
 BROKER = os.environ.get('VIRT_EBPF_BROKER_SOCKET', '/run/virt-ebpf/broker.sock')
 REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`'
 OWN = 'virt-ebpf-'
+OWN_B = OWN.encode()
+CMSG_FDS = socket.CMSG_SPACE(64 * 4)  # room for 64 fds in one message (libvirt sends a few)
 MAX_LINE = 64 << 20
 VIRTIO_NET = ('virtio-net', 'virtio-net-pci', 'virtio-net-pci-transitional', 'virtio-net-pci-non-transitional', 'virtio-net-device', 'virtio-net-ccw')
 TRUE = ('on', 'yes', 'true', 'y')
@@ -114,10 +118,13 @@ def wants_fds(msg):
 
 
 class Peer:
-    """One side of the relay: a socket, its unread bytes, and fds that came with them."""
+    """One side of the relay: a blocking socket (read only when select says so), its unread
+    bytes, and the fds that came with them (libvirt's side only: QEMU never sends fds)."""
 
-    def __init__(self, fd):
+    def __init__(self, fd, with_fds):
         self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(True)
+        self.with_fds = with_fds
         self.buf = b''
         self.fds = []  # [(offset in buf where the message carrying them started, [fds])]
 
@@ -127,13 +134,19 @@ class Peer:
     def read(self):
         """False on EOF."""
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, 64)
-        except (BlockingIOError, InterruptedError):
+            if self.with_fds:
+                data, anc, _, _ = self.sock.recvmsg(1 << 20, CMSG_FDS)
+                if anc:
+                    fds = [int.from_bytes(c[i:i + 4], sys.byteorder, signed=True)
+                           for level, kind, c in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                           for i in range(0, len(c) - 3, 4)]
+                    self.fds.append((len(self.buf), fds))
+            else:
+                data = self.sock.recv(1 << 20)
+        except InterruptedError:
             return True
         except OSError:
-            data, fds = b'', []
-        if fds:
-            self.fds.append((len(self.buf), fds))
+            data = b''
         if not data:
             return False
         self.buf += data
@@ -143,40 +156,46 @@ class Peer:
 
     def lines(self):
         """Complete lines with the fds that arrived with them."""
-        while b'\n' in self.buf:
-            n = self.buf.index(b'\n') + 1
+        while True:
+            n = self.buf.find(b'\n') + 1
+            if n == 0:
+                return
             line, self.buf = self.buf[:n], self.buf[n:]
-            fds = [f for off, group in self.fds if off < n for f in group]
-            self.fds = [(off - n, g) for off, g in self.fds if off >= n]
+            if self.fds:
+                fds = [f for off, group in self.fds if off < n for f in group]
+                self.fds = [(off - n, g) for off, g in self.fds if off >= n]
+            else:
+                fds = []
             yield line, fds
 
     def send(self, data, fds=()):
-        self.sock.setblocking(True)
-        try:
-            if fds:
-                sent = socket.send_fds(self.sock, [data], list(fds))
-                data = data[sent:]
-            if data:
-                self.sock.sendall(data)
-        finally:
-            self.sock.setblocking(False)
+        if fds:
+            sent = socket.send_fds(self.sock, [data], list(fds))
+            data = data[sent:]
+        if data:
+            self.sock.sendall(data)
 
 
 class Relay:
+    # The common case costs no JSON: libvirt sends hundreds of commands while a domain starts
+    # (about 480 for a small q35 guest), and each passes twice through here. Only a line that
+    # can matter is parsed: a device_add, a reply that may be ours, the reply to a device_add
+    # we changed, and a reconnected libvirt's first command.
     def __init__(self, listen_fd, qemu_fd, client_fd, real, policy, name, uuid, control, respawned):
         self.listen = socket.socket(fileno=listen_fd)
-        self.listen.setblocking(False)
-        self.qemu = Peer(qemu_fd)
-        self.qemu.sock.setblocking(False)
+        self.listen.setblocking(False)  # only accept() uses it
+        self.qemu = Peer(qemu_fd, with_fds=False)
         self.client = None
         self.real, self.policy, self.name, self.uuid = real, policy, name, uuid
         self.control = control  # socket to the keeper: it learns each new libvirt connection
         self.greeting = None
         self.serial = 0
-        self.pending = []  # [(id, generation)] of libvirt's commands QEMU has not answered yet
+        # One entry per libvirt command QEMU has not answered yet, oldest first (QEMU answers
+        # in order): the libvirt connection it came on, and for a device_add we gave fds to,
+        # the fd names to close again if it fails.
+        self.due = []
         self.generation = 0
         self.negotiating = False  # a reconnected libvirt: answer its qmp_capabilities ourselves
-        self.cleanup = {}  # device_add id -> our fd names, closed again if the device_add fails
         if client_fd >= 0:
             self.attach(client_fd, fresh=True)
         if respawned:
@@ -187,8 +206,7 @@ class Relay:
         return '%s%d-%d' % (OWN, os.getpid(), self.serial)
 
     def attach(self, fd, fresh):
-        self.client = Peer(fd)
-        self.client.sock.setblocking(False)
+        self.client = Peer(fd, with_fds=True)
         self.generation += 1
         self.negotiating = not fresh
 
@@ -196,22 +214,19 @@ class Relay:
     def from_qemu(self, line, fds):
         for f in fds:  # QEMU never sends fds on the monitor; never keep one open by accident
             os.close(f)
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            msg = None
-        if isinstance(msg, dict):
-            if 'QMP' in msg and self.greeting is None:
+        if line.startswith(b'{"timestamp"'):
+            pass  # an event
+        elif line.startswith(b'{"QMP"'):
+            if self.greeting is None:
                 self.greeting = line
-            mid = msg.get('id')
-            if isinstance(mid, str) and mid.startswith(OWN):
+        else:  # a reply
+            if OWN_B in line and self.is_own(line):
                 return  # a reply to us that nobody waits for (a relay before us died): drop it
-            if ('return' in msg or 'error' in msg) and self.pending:
-                gen = self.pop_pending(mid)
+            if self.due:
+                gen, names = self.due.pop(0)
                 if gen != self.generation:
                     return  # answers a command of a libvirt connection that is gone
-                names = self.cleanup.pop(json.dumps(mid), None)
-                if names and 'error' in msg:
+                if names and b'"error"' in line:
                     self.close_names(names)
         if self.client is not None:
             try:
@@ -219,45 +234,53 @@ class Relay:
             except OSError:
                 self.drop_client()
 
-    def pop_pending(self, mid):
-        for i, (pid, gen) in enumerate(self.pending):
-            if pid == mid:
-                del self.pending[i]
-                return gen
-        return self.pending.pop(0)[1]
+    @staticmethod
+    def is_own(line):
+        try:
+            mid = json.loads(line).get('id')
+        except (ValueError, AttributeError):
+            return False
+        return isinstance(mid, str) and mid.startswith(OWN)
 
     # ---- libvirt -> QEMU ----
     def from_client(self, line, fds):
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            msg = None
-        if self.negotiating and isinstance(msg, dict) and msg.get('execute') == 'qmp_capabilities':
-            self.negotiating = False  # QEMU's session is already in command mode
-            reply = {'return': {}}
-            if 'id' in msg:
-                reply['id'] = msg['id']
-            self.client.send(json.dumps(reply).encode() + b'\r\n')
-            return
-        self.negotiating = False
-        if wants_fds(msg):
-            line, fds = self.hotplug(msg, line, fds)
-            if line is None:
+        names = None
+        if self.negotiating:
+            self.negotiating = False
+            msg = self.parse(line)
+            if isinstance(msg, dict) and msg.get('execute') == 'qmp_capabilities':
+                # QEMU's session is already in command mode
+                reply = {'return': {}}
+                if 'id' in msg:
+                    reply['id'] = msg['id']
+                self.client.send(json.dumps(reply).encode() + b'\r\n')
                 return
-        if isinstance(msg, dict) and ('execute' in msg or 'exec-oob' in msg):
-            self.pending.append((msg.get('id'), self.generation))
+        if b'device_add' in line:
+            msg = self.parse(line)
+            if wants_fds(msg):
+                line, fds, names = self.hotplug(msg, line, fds)
+                if line is None:
+                    return
+        self.due.append((self.generation, names))
         self.qemu.send(line, fds)
         for f in fds:
             os.close(f)
 
+    @staticmethod
+    def parse(line):
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
     def hotplug(self, msg, line, fds):
-        """The device_add line to send instead (None: answered already)."""
+        """(line to send instead or None when answered already, fds, our fd names or None)."""
         dev = msg['arguments'].get('id') or 'anon'
         t0 = time.monotonic()
         try:
             bpf, prop = acquire(self.real, self.name, self.uuid)
         except Refused as e:
-            return self.without_fds(msg, line, fds, str(e))
+            return self.without_fds(msg, line, fds, str(e)) + (None,)
         t1 = time.monotonic()
         names = ['%shp-%s-%d-%d' % (OWN, dev, self.serial + 1, i) for i in range(len(bpf))]
         self.serial += 1
@@ -268,14 +291,13 @@ class Relay:
                 os.close(f)
         if ok is not True:
             self.close_names(names)
-            return self.without_fds(msg, line, fds, 'QEMU refused the eBPF fds: %s' % ok)
+            return self.without_fds(msg, line, fds, 'QEMU refused the eBPF fds: %s' % ok) + (None,)
         args = dict(msg['arguments'])
         args[prop] = names
         out = dict(msg)
         out['arguments'] = args
-        self.cleanup[json.dumps(msg.get('id'))] = names
         log('device_add %s: eBPF RSS fds %s (broker %.1f ms, getfd %.1f ms)' % (dev, ','.join(names), (t1 - t0) * 1e3, (time.monotonic() - t1) * 1e3))
-        return json.dumps(out).encode() + b'\r\n', fds
+        return json.dumps(out).encode() + b'\r\n', fds, names
 
     def without_fds(self, msg, line, fds, why):
         """No eBPF fds for this device_add: strict answers libvirt with an error, fallback sends it on."""
@@ -348,7 +370,8 @@ class Relay:
                     os.close(f)
             self.client.sock.close()
             self.client = None
-            self.pending = []  # replies still due are for a connection that is gone
+            # Replies still due belong to a connection that is gone: keep counting them (QEMU
+            # answers in order) so they are dropped, not sent to the next libvirt.
             self.tell_keeper(None)
 
     def accept(self):
@@ -377,30 +400,37 @@ class Relay:
 
     def run(self):
         while True:
-            watch = [self.qemu, self.listen] + ([self.client] if self.client else []) + ([self.control] if self.control else [])
-            ready = select.select(watch, [], [])[0]
-            if self.control in ready:
-                try:
-                    gone = self.control.recv(1) == b''
-                except OSError:
-                    gone = True
-                if gone:  # the keeper died: start another one
-                    self.control.close()
-                    self.control = start_keeper(self)
-            if self.qemu in ready:
-                if not self.qemu.read():
-                    return  # QEMU is gone
-                for line, fds in self.qemu.lines():
-                    self.from_qemu(line, fds)
-            if self.client is not None and self.client in ready:
-                alive = self.client.read()
-                for line, fds in self.client.lines():
-                    self.from_client(line, fds)
-                if not alive:
-                    log('libvirt closed its monitor connection; waiting for it to reconnect')
-                    self.drop_client()
-            if self.listen in ready:
-                self.accept()
+            watch = [self.qemu, self.listen]
+            if self.client is not None:
+                watch.append(self.client)
+            if self.control is not None:
+                watch.append(self.control)
+            client = self.client
+            for r in select.select(watch, [], [])[0]:
+                if r is self.qemu:
+                    if not self.qemu.read():
+                        return  # QEMU is gone
+                    for line, fds in self.qemu.lines():
+                        self.from_qemu(line, fds)
+                elif r is client:
+                    if client is not self.client:
+                        continue  # dropped meanwhile
+                    alive = client.read()
+                    for line, fds in client.lines():
+                        self.from_client(line, fds)
+                    if not alive:
+                        log('libvirt closed its monitor connection; waiting for it to reconnect')
+                        self.drop_client()
+                elif r is self.listen:
+                    self.accept()
+                elif r is self.control:
+                    try:
+                        gone = self.control.recv(1) == b''
+                    except OSError:
+                        gone = True
+                    if gone:  # the keeper died: start another one
+                        self.control.close()
+                        self.control = start_keeper(self)
 
 
 # ---- the pair of processes that keep each other alive ----
@@ -481,8 +511,24 @@ def run_relay(client_fd, control, respawned):
 
 
 def main():
-    listen_fd, qemu_fd, client_fd, qemu_pid = (int(x) for x in sys.argv[1:5])
+    listen_fd, qemu_fd, qemu_pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4])
     real, policy, name, uuid = sys.argv[5:9]
+    set_name('vebpf-relay')
+    client_fd = sys.argv[3]
+    if client_fd.startswith('from:'):
+        # The wrapper started us before libvirt connected; it sends the connection when it has
+        # it, or closes the socket (no start, or no connection): then there is nothing to do.
+        hand = socket.socket(fileno=int(client_fd[5:]))
+        try:
+            _, fds, _, _ = socket.recv_fds(hand, 1, 1)
+        except OSError:
+            fds = []
+        hand.close()
+        if not fds:
+            return
+        client_fd = fds[0]
+    else:
+        client_fd = int(client_fd)
     ARGS.update(listen=listen_fd, qemu=qemu_fd, real=real, policy=policy, name=name, uuid=uuid, qemu_pid=qemu_pid)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)

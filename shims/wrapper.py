@@ -144,29 +144,21 @@ def monitor(args):
     return None
 
 
-def interpose(real, args, pol):
-    """Put the QMP interposer (shims/interposer.py) between libvirt and QEMU's monitor.
+def start_interposer(real, args, pol):
+    """Start the QMP interposer (shims/interposer.py) for libvirt's monitor, if there is one.
 
-    libvirt listens on the monitor socket and connects right after it lets the emulator run,
-    so the connection is taken here, before the exec. QEMU gets one end of a socketpair as
-    its monitor and keeps copies of every socket, so nothing of ours can ever close libvirt's
-    connection. Returns the argv QEMU runs with (unchanged when there is no monitor to take).
+    It is started first, so its Python start-up overlaps the broker round trip and libvirt's
+    connect: the monitor's first byte (QEMU's greeting) waits for it. It gets libvirt's
+    connection later, from finish_interposer, over `hand`. Returns the state for that, or None.
     """
     found = monitor(args)
     if found is None:
-        return args
+        return None
     index, lfd, rest = found
-    import select
-    if not select.select([lfd], [], [], ACCEPT_TIMEOUT)[0]:
-        sys.stderr.write('virt-ebpf: libvirt did not connect to the monitor within %d s: hot-plugged NICs get no eBPF fds\n' % ACCEPT_TIMEOUT)
-        return args
-    lsock = _socket.socket(fileno=lfd)
-    try:
-        cfd, _ = lsock._accept()
-    finally:
-        lsock.detach()
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     afd, bfd = ours.detach(), theirs.detach()
+    hand_w, hand_r = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    hw, hr = hand_w.detach(), hand_r.detach()
     qemu_pid = os.getpid()  # exec keeps it
     child = os.fork()
     if child == 0:
@@ -174,21 +166,50 @@ def interpose(real, args, pol):
             os.setsid()
             if os.fork():
                 os._exit(0)
-            keep = {0, 1, 2, lfd, afd, cfd}
+            keep = {0, 1, 2, lfd, afd, hr}
             for name in os.listdir('/proc/self/fd'):  # no tap, vhost or eBPF fd of QEMU's in ours
                 if int(name) not in keep:
                     try:
                         os.close(int(name))
                     except OSError:
                         pass
-            for fd in (lfd, afd, cfd):
+            for fd in (lfd, afd, hr):
                 os.set_inheritable(fd, True)
             shim = __file__.rsplit('/', 1)[0] + '/interposer.py'
-            os.execv(sys.executable, [sys.executable, '-I', '-S', shim, str(lfd), str(afd), str(cfd), str(qemu_pid), real, pol,
+            os.execv(sys.executable, [sys.executable, '-I', '-S', shim, str(lfd), str(afd), 'from:%d' % hr, str(qemu_pid), real, pol,
                                       domain_name(args) or '', (option(args, '-uuid') or '').lower()])
         finally:
             os._exit(127)
     os.waitpid(child, 0)
+    os.close(hr)
+    return index, lfd, rest, afd, bfd, hw
+
+
+def finish_interposer(args, started):
+    """Take libvirt's monitor connection, hand it to the interposer, and give QEMU its end.
+
+    libvirt listens on the monitor socket and connects right after it lets the emulator run,
+    so the connection is taken here, before the exec. QEMU gets one end of a socketpair as
+    its monitor and keeps copies of every socket, so nothing of ours can ever close libvirt's
+    connection. Returns the argv QEMU runs with (unchanged when libvirt never connected).
+    """
+    index, lfd, rest, afd, bfd, hw = started
+    import select
+    if not select.select([lfd], [], [], ACCEPT_TIMEOUT)[0]:
+        sys.stderr.write('virt-ebpf: libvirt did not connect to the monitor within %d s: hot-plugged NICs get no eBPF fds\n' % ACCEPT_TIMEOUT)
+        for fd in (afd, bfd, hw):  # the interposer reads EOF and exits
+            os.close(fd)
+        return args
+    lsock = _socket.socket(fileno=lfd)
+    try:
+        cfd, _ = lsock._accept()
+    finally:
+        lsock.detach()
+    hand = _socket.socket(fileno=hw)
+    try:
+        hand.sendmsg([b'+'], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, cfd.to_bytes(4, sys.byteorder, signed=True))])
+    finally:
+        hand.close()
     for fd in (afd, bfd, cfd):  # QEMU keeps them all: its monitor, and copies that outlive us
         os.set_inheritable(fd, True)
     out = list(args)
@@ -203,6 +224,7 @@ def hotplug_wanted(args):
 def main():
     real, args = sys.argv[1], sys.argv[2:]
     pol = policy(args)
+    interposer = start_interposer(real, args, pol) if hotplug_wanted(args) else None
     argv, fds = None, []
     if any('rss' in a for a in args):
         try:
@@ -215,8 +237,8 @@ def main():
             sys.stderr.flush()
     if argv is None:  # no device to steer (e.g. rss=off): run QEMU as asked
         argv = args
-    if hotplug_wanted(args):
-        argv = interpose(real, argv, pol)
+    if interposer is not None:
+        argv = finish_interposer(argv, interposer)
     for fd in fds:
         os.set_inheritable(fd, True)  # ours are close-on-exec (PEP 446); QEMU must inherit them
     for k, fd in enumerate(fds):  # the broker wrote @virt-ebpf-fd:K@ for the K-th fd

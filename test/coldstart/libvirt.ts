@@ -103,9 +103,9 @@ export function define(xml: string, scratch: string): void {
 }
 
 /** Define `xml`, then enable eBPF RSS on it the way a user does: `virt-ebpf enable NAME`. */
-export function defineEnabled(name: string, xml: string, scratch: string, opts: { policy?: 'strict' | 'fallback' } = {}): void {
+export function defineEnabled(name: string, xml: string, scratch: string, opts: { policy?: 'strict' | 'fallback'; hotplug?: 'on' | 'off' } = {}): void {
   define(xml, scratch);
-  const r = cli('enable', name, ...(opts.policy ? ['--policy', opts.policy] : []));
+  const r = cli('enable', name, ...(opts.policy ? ['--policy', opts.policy] : []), ...(opts.hotplug ? ['--hotplug', opts.hotplug] : []));
   assert.equal(r.status, 0, `virt-ebpf enable ${name} failed: ${r.stderr.trim()}`);
 }
 
