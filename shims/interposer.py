@@ -261,7 +261,8 @@ class Relay:
                 line, fds, names = self.hotplug(msg, line, fds)
                 if line is None:
                     return
-        self.due.append((self.generation, names))
+        if b'"execute"' in line or b'"exec-oob"' in line:  # QEMU answers these, and only these
+            self.due.append((self.generation, names))
         self.qemu.send(line, fds)
         for f in fds:
             os.close(f)

@@ -8,6 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
@@ -187,6 +188,30 @@ test('the client reconnects (libvirtd restart): a greeting again, qmp_capabiliti
   const c3 = await connect(q);
   assert.equal(c3.greeting.version.major, 10);
   assert.equal((await c3.execute<{ status: string }>('query-status')).status, 'prelaunch');
+});
+
+/** A raw monitor connection: lines in, lines out, nothing checked (what a sloppy client sends). */
+async function rawSession(path: string, lines: string[], wantReplies: number): Promise<string[]> {
+  const s = net.connect(path);
+  let buf = '';
+  s.on('data', (c) => (buf += c.toString('utf8')));
+  await until('the raw session to connect', () => !s.connecting, 5_000, 10);
+  for (const l of lines) s.write(l);
+  await until(`${wantReplies} lines back`, () => buf.split('\n').filter(Boolean).length >= wantReplies, 10_000, 10);
+  s.destroy();
+  return buf.split('\n').filter(Boolean);
+}
+
+test('lines that are not commands (blank lines) do not shift which reply goes to which libvirt connection', async () => {
+  const { q } = await domain();
+  const got = await rawSession(q.monitor, ['{"execute":"qmp_capabilities"}\r\n', '\r\n', '   \r\n', '\r\n', '{"execute":"query-status","id":"raw-1"}\r\n'], 3);
+  assert.match(got[0], /"QMP"/);
+  assert.match(got[2], /"raw-1"/);
+  await sleep(100);
+  // A reconnected client must get its own replies: no stale entry may swallow them.
+  const c = await connect(q);
+  assert.equal((await c.execute<{ status: string }>('query-status')).status, 'prelaunch');
+  assert.equal((await c.execute<{ status: string }>('query-status')).status, 'prelaunch');
 });
 
 test('QEMU exits: relay and keeper exit with it', async () => {
