@@ -125,3 +125,16 @@ export class BrokerChild {
     return out;
   }
 }
+
+/**
+ * The end of a suite that installed for real and ran the broker: close its domains (destroy,
+ * undefine, files), stop the broker, and uninstall unless the host had an install before.
+ */
+export async function tearDownInstalled(o: { domains: Array<{ close(): Promise<void> } | undefined>; broker: BrokerChild; installedBefore: boolean }): Promise<void> {
+  for (const d of o.domains) await d?.close();
+  if (o.broker.running) await o.broker.stop();
+  if (!o.installedBefore && readManifest(DEFAULT_PATHS.manifest)) {
+    const r = cli('uninstall', '--force');
+    assert.equal(r.status, 0, r.stderr);
+  }
+}

@@ -25,8 +25,8 @@ import { readManifest } from '../../src/install/apply';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import type { StatusReport } from '../../src/status';
 import { needRoot, tempDir } from '../harness';
-import { BrokerChild, installForReal } from '../coldstart/fixture';
-import { bpfFds, cli as cliSync, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt';
+import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
+import { bpfFds, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
 import { alive, interposerReady, replaced, sleep } from '../interposer/support';
 
@@ -62,13 +62,7 @@ before(async () => {
 });
 
 after(async () => {
-  await fallback?.close();
-  await guest?.close();
-  if (broker.running) await broker.stop();
-  if (!installedBefore && readManifest(DEFAULT_PATHS.manifest)) {
-    const r = cliSync('uninstall', '--force');
-    assert.equal(r.status, 0, r.stderr);
-  }
+  await tearDownInstalled({ domains: [fallback, guest], broker, installedBefore });
   scratch.remove();
 });
 

@@ -28,8 +28,8 @@ import type { StatusReport } from '../../src/status';
 import type { Flow } from '../../src/rss';
 import { verifyProgram } from '../../src/verify';
 import { needRoot, watchFds } from '../harness';
-import { BrokerChild, installForReal } from '../coldstart/fixture';
-import { bpfFds, cli as cliSync, cmdline, procStatus, run, virtioNetDevices, QEMU_LOG_DIR } from '../coldstart/libvirt';
+import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
+import { bpfFds, cmdline, procStatus, run, virtioNetDevices, QEMU_LOG_DIR } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
 
 const PREFIX = `vebpf-lg-${process.pid}-`;
@@ -73,13 +73,7 @@ before(async () => {
 });
 
 after(async () => {
-  await fallback?.close();
-  await guest?.close();
-  if (broker.running) await broker.stop();
-  if (!installedBefore && readManifest(DEFAULT_PATHS.manifest)) {
-    const r = cliSync('uninstall', '--force');
-    assert.equal(r.status, 0, r.stderr);
-  }
+  await tearDownInstalled({ domains: [fallback, guest], broker, installedBefore });
   checkFds?.();
 });
 
