@@ -283,8 +283,9 @@ class Relay:
         except Refused as e:
             return self.without_fds(msg, line, fds, str(e)) + (None,)
         t1 = time.monotonic()
-        names = ['%shp-%s-%d-%d' % (OWN, dev, self.serial + 1, i) for i in range(len(bpf))]
+        # Unique across relays too (a new relay starts counting again): pid and serial.
         self.serial += 1
+        names = ['%shp-%s-%d-%d-%d' % (OWN, dev, os.getpid(), self.serial, i) for i in range(len(bpf))]
         try:
             ok = self.own_commands([({'execute': 'getfd', 'arguments': {'fdname': n}}, [f]) for n, f in zip(names, bpf)])
         finally:
