@@ -3,11 +3,12 @@
  * libvirt, seen in one command. It probes the emulators, installs virt-ebpf for real, starts
  * the broker (unless one answers), boots the guest fixture as a libvirt domain enabled with
  * `virt-ebpf enable`, has the guest turn RSS on with `ethtool -X eth0 equal 2`, and prints
- * `virt-ebpf status` and `virt-ebpf verify` for it. Then it removes the domain and stops the
+ * `virt-ebpf status` and `virt-ebpf verify` for it, then hot-plugs a second RSS NIC with
+ * `virsh attach-device --live` and shows it steering too. Then it removes the domain and stops the
  * broker it started — unless `--keep`. The install stays; the last lines say how to remove it.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { brokerRequest, DEFAULT_SOCKET } from '../src/broker/client';
 import { DEFAULT_PREFIX } from '../src/install/runtime';
@@ -145,6 +146,7 @@ async function main(argv: string[]): Promise<void> {
     guest = await startLibvirtGuest({
       name: DOMAIN,
       fixture,
+      hotplugSlots: 3, // free PCIe ports for step 8's NIC
       // Channels first: an `ethtool -L` after `ethtool -X` would turn RSS off in QEMU.
       script: ['@channels vebpf_maxq eth0'],
       onStep: (s) => {
@@ -171,6 +173,28 @@ async function main(argv: string[]): Promise<void> {
 
     heading('7. Proof: the live program against the reference RSS, flow by flow');
     virtEbpf(['verify', DOMAIN]);
+
+    heading('8. Hot-plug: a second RSS NIC, live, with stock libvirt');
+    const mac = '52:54:00:be:0f:99';
+    const nicFile = join('/run/virt-ebpf', 'demo-nic.xml');
+    writeFileSync(nicFile, `<interface type='ethernet'>\n  <mac address='${mac}'/>\n  <model type='virtio'/>\n  <driver queues='4' rss='on'/>\n</interface>\n`);
+    console.log(`$ virsh attach-device ${DOMAIN} ${nicFile} --live`);
+    const attached = virsh('attach-device', DOMAIN, nicFile, '--live');
+    rmSync(nicFile, { force: true });
+    if (!attached.ok) throw new Error(`virsh attach-device failed: ${attached.out.trim()}`);
+    console.log('  (the QMP interposer gave QEMU\'s device_add its own program and maps from the broker)');
+    let dev = '';
+    for (let t = 0; t < 60 && !dev; t++) {
+      const out = (await guest.console.run(`for d in /sys/class/net/*; do echo "\${d##*/} $(cat $d/address)"; done`)).output;
+      dev = out.split('\n').map((l) => l.trim().split(' ')).find((p) => p[1] === mac)?.[0] ?? '';
+      if (!dev) await sleep(1000);
+    }
+    if (!dev) throw new Error(`the guest never saw the hot-plugged NIC ${mac}`);
+    for (const cmd of [`ip link set ${dev} up`, `ethtool -L ${dev} combined 4`, `ethtool -X ${dev} weight 1 1 1 1`]) {
+      console.log(`guest$ ${cmd}`);
+      await guest.console.run(cmd);
+    }
+    virtEbpf(['status', DOMAIN]);
   } finally {
     heading(keep ? 'Left running (--keep)' : 'Cleaning up');
     if (keep) {
