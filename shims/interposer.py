@@ -31,8 +31,10 @@ import socket
 import sys
 import time
 
-BROKER = os.environ.get('VIRT_EBPF_BROKER_SOCKET', '/run/virt-ebpf/broker.sock')
-REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`'
+sys.path.insert(0, __file__.rsplit('/', 1)[0])  # -I leaves the script's own directory out
+sys.dont_write_bytecode = True  # never leave __pycache__ in the installed (root-owned) prefix
+from brokercall import Refused, call  # noqa: E402
+
 OWN = 'virt-ebpf-'
 OWN_B = OWN.encode()
 CMSG_FDS = socket.CMSG_SPACE(64 * 4)  # room for 64 fds in one message (libvirt sends a few)
@@ -58,44 +60,10 @@ def log(msg):
         pass
 
 
-class Refused(Exception):
-    """The broker could not be asked or said no; str() is the one-line message."""
-
-
 def acquire(real, name, uuid):
     """One RSS context from the broker: ([fds], property name)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    fds = []
-    try:
-        try:
-            s.connect(BROKER)
-        except OSError as e:
-            raise Refused('cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s' % (BROKER, e.strerror or e, REMEDY))
-        domain = {k: v for k, v in (('name', name), ('uuid', uuid)) if v}
-        s.sendall(json.dumps({'v': 1, 'id': 1, 'op': 'acquire', 'emulator': real, 'count': 1, 'domain': domain}).encode() + b'\n')
-        buf = b''
-        while b'\n' not in buf:
-            try:
-                data, got, _, _ = socket.recv_fds(s, 1 << 20, 16)
-            except (TimeoutError, socket.timeout):
-                raise Refused('cannot reach the virt-ebpf broker at %s: no reply within 10000 ms (BROKER_UNREACHABLE); %s' % (BROKER, REMEDY))
-            fds += got
-            if not data:
-                raise Refused('cannot reach the virt-ebpf broker at %s: the broker closed the connection without a reply (BROKER_UNREACHABLE); %s' % (BROKER, REMEDY))
-            buf += data
-        reply = json.loads(buf[:buf.index(b'\n')])
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    finally:
-        s.close()
-    if not reply.get('ok'):
-        for fd in fds:
-            os.close(fd)
-        err = reply.get('error', {})
-        raise Refused('broker: %s (%s); %s' % (err.get('message'), err.get('code'), err.get('remedy')))
+    domain = {k: v for k, v in (('name', name), ('uuid', uuid)) if v}
+    reply, fds = call({'v': 1, 'id': 1, 'op': 'acquire', 'emulator': real, 'count': 1, 'domain': domain})
     ctx = reply['contexts'][0]
     if ctx['property']['name'] != 'ebpf-rss-fds':
         for fd in fds:
@@ -515,7 +483,6 @@ def run_relay(client_fd, control, respawned):
 def main():
     listen_fd, qemu_fd, qemu_pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4])
     real, policy, name, uuid = sys.argv[5:9]
-    set_name('vebpf-relay')
     client_fd = sys.argv[3]
     if client_fd.startswith('from:'):
         # The wrapper started us before libvirt connected; it sends the connection when it has

@@ -6,76 +6,22 @@
 # `exec-plan`) and hands over the fds; the shim puts the fd numbers it received where the
 # broker wrote placeholders and execs the real QEMU in this same pid (libvirt watches it).
 # Only when the broker cannot be asked does it decide something itself: the policy.
-# Start-up time is the point of this file: `json` and `socket` would pull in re, enum and
-# selectors (~9 ms). Their C halves (_json, _socket) have everything used here.
-import _json
+# Start-up time is the point of this file: it imports only C modules and brokercall.py.
 import _socket
-
-
-def dumps(v):
-    """JSON for our requests: dicts, lists, strings, ints."""
-    if isinstance(v, str):
-        return _json.encode_basestring_ascii(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, list):
-        return '[' + ','.join(map(dumps, v)) + ']'
-    return '{' + ','.join(dumps(k) + ':' + dumps(x) for k, x in v.items()) + '}'
-
-
-class _Decoding:
-    """The settings json.JSONDecoder hands to _json's scanner (plain JSON, strict)."""
-    strict = True
-    object_hook = object_pairs_hook = parse_constant = None
-    parse_float = float
-    parse_int = int
-
-
-def loads(text):
-    return _json.make_scanner(_Decoding())(text, 0)[0]
 import os
 import sys
 
-SOCKET = os.environ.get('VIRT_EBPF_BROKER_SOCKET', '/run/virt-ebpf/broker.sock')
+sys.path.insert(0, __file__.rsplit('/', 1)[0])  # -I leaves the script's own directory out
+sys.dont_write_bytecode = True  # never leave __pycache__ in the installed (root-owned) prefix
+from brokercall import Refused, call, loads  # noqa: E402
+
 STATE_DIR = os.environ.get('VIRT_EBPF_DOMAIN_STATE_DIR', '/run/virt-ebpf/domains')
 CONFIG = '/etc/virt-ebpf/config.json'
-REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`'
-
-
-class Refused(Exception):
-    """The broker could not be asked or said no; str() is the one-line message."""
 
 
 def exec_plan(real, args):
     """Ask the broker; returns (argv or None, received fds)."""
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    s.settimeout(10)
-    try:
-        try:
-            s.connect(SOCKET)
-        except OSError as e:
-            raise Refused('cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s' % (SOCKET, e.strerror or e, REMEDY))
-        s.sendall(dumps({'v': 1, 'id': 1, 'op': 'exec-plan', 'emulator': real, 'argv': args}).encode() + b'\n')
-        buf, fds = b'', []
-        while b'\n' not in buf:
-            try:
-                data, anc, _, _ = s.recvmsg(1 << 20, _socket.CMSG_SPACE(253 * 4))
-            except TimeoutError:
-                raise Refused('cannot reach the virt-ebpf broker at %s: no reply within 10000 ms (BROKER_UNREACHABLE); %s' % (SOCKET, REMEDY))
-            for level, kind, cdata in anc:  # SCM_RIGHTS: an array of C ints
-                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                    fds += [int.from_bytes(cdata[i:i + 4], sys.byteorder, signed=True) for i in range(0, len(cdata) - 3, 4)]
-            if not data:
-                raise Refused('cannot reach the virt-ebpf broker at %s: the broker closed the connection without a reply (BROKER_UNREACHABLE); %s' % (SOCKET, REMEDY))
-            buf += data
-    finally:
-        s.close()
-    reply = loads(buf[:buf.index(b'\n')].decode())
-    if not reply.get('ok'):
-        for fd in fds:
-            os.close(fd)
-        err = reply.get('error', {})
-        raise Refused('broker: %s (%s); %s' % (err.get('message'), err.get('code'), err.get('remedy')))
+    reply, fds = call({'v': 1, 'id': 1, 'op': 'exec-plan', 'emulator': real, 'argv': args})
     return reply['argv'], fds
 
 
@@ -118,9 +64,9 @@ def domain_state(args):
     return read_json('%s/%s.json' % (STATE_DIR, uuid.lower())) if is_uuid else {}
 
 
-def policy(args):
-    """Same order as src/wrapper/policy.ts resolvePolicy: per domain, global, strict."""
-    for p in (domain_state(args).get('policy'), read_json(CONFIG).get('policy')):
+def policy(state):
+    """Same order as src/wrapper/policy.ts resolvePolicy: per domain (`state`), global, strict."""
+    for p in (state.get('policy'), read_json(CONFIG).get('policy')):
         if p in ('strict', 'fallback'):
             return p
     return 'strict'
@@ -217,14 +163,15 @@ def finish_interposer(args, started):
     return out
 
 
-def hotplug_wanted(args):
-    return domain_state(args).get('hotplug', True) is not False
+def hotplug_wanted(state):
+    return state.get('hotplug', True) is not False
 
 
 def main():
     real, args = sys.argv[1], sys.argv[2:]
-    pol = policy(args)
-    interposer = start_interposer(real, args, pol) if hotplug_wanted(args) else None
+    state = domain_state(args)  # read once: policy and hotplug both come from it
+    pol = policy(state)
+    interposer = start_interposer(real, args, pol) if hotplug_wanted(state) else None
     argv, fds = None, []
     if any('rss' in a for a in args):
         try:
