@@ -1,6 +1,6 @@
 # virt-ebpf shims: one request to the broker (src/broker/protocol.ts, version 1) and its reply
-# with the fds that came with it. Shared by wrapper.py (on the path of every `virsh start`) and
-# interposer.py. Start-up time matters: `json` and `socket` would pull in re, enum and selectors
+# with the fds that came with it. Shared by wrapper.py and hook.py (on the path of every
+# `virsh start`) and interposer.py. Start-up time matters: `json` and `socket` would pull in re, enum and selectors
 # (~9 ms); their C halves (_json, _socket) have everything used here.
 import _json
 import _socket
@@ -35,7 +35,11 @@ def loads(text):
 
 
 class Refused(Exception):
-    """The broker could not be asked or said no; str() is the one-line message."""
+    """The broker could not be asked (`unreachable`) or said no; str() is the one-line message."""
+
+    def __init__(self, message, unreachable=False):
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def call(request, timeout_s=10):
@@ -47,19 +51,19 @@ def call(request, timeout_s=10):
         try:
             s.connect(SOCKET)
         except OSError as e:
-            raise Refused('cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s' % (SOCKET, e.strerror or e, REMEDY))
+            raise Refused('cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s' % (SOCKET, e.strerror or e, REMEDY), True)
         s.sendall(dumps(request).encode() + b'\n')
         buf = b''
         while b'\n' not in buf:
             try:
                 data, anc, _, _ = s.recvmsg(1 << 20, _socket.CMSG_SPACE(253 * 4))
             except TimeoutError:
-                raise Refused('cannot reach the virt-ebpf broker at %s: no reply within %d ms (BROKER_UNREACHABLE); %s' % (SOCKET, timeout_s * 1000, REMEDY))
+                raise Refused('cannot reach the virt-ebpf broker at %s: no reply within %d ms (BROKER_UNREACHABLE); %s' % (SOCKET, timeout_s * 1000, REMEDY), True)
             for level, kind, cdata in anc:  # SCM_RIGHTS: an array of C ints
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                     fds += [int.from_bytes(cdata[i:i + 4], sys.byteorder, signed=True) for i in range(0, len(cdata) - 3, 4)]
             if not data:
-                raise Refused('cannot reach the virt-ebpf broker at %s: the broker closed the connection without a reply (BROKER_UNREACHABLE); %s' % (SOCKET, REMEDY))
+                raise Refused('cannot reach the virt-ebpf broker at %s: the broker closed the connection without a reply (BROKER_UNREACHABLE); %s' % (SOCKET, REMEDY), True)
             buf += data
         reply = loads(buf[:buf.index(b'\n')].decode())
         if not reply.get('ok'):

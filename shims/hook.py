@@ -2,56 +2,16 @@
 # OP SUBOP EXTRA`, root, domain XML on stdin. The hook's logic runs inside the broker (the `hook`
 # op of src/broker/server.ts, src/hook/main.ts runHook); this only forwards the XML and relays
 # the answer, so `virsh start` does not wait for a Node start-up here.
-# Start-up time is the point of this file: `json` and `socket` would pull in re, enum and
-# selectors (~9 ms). Their C halves (_json, _socket) have everything used here.
-import _json
-import _socket
-
-
-def dumps(v):
-    """JSON for our requests: dicts, lists, strings, ints."""
-    if isinstance(v, str):
-        return _json.encode_basestring_ascii(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, list):
-        return '[' + ','.join(map(dumps, v)) + ']'
-    return '{' + ','.join(dumps(k) + ':' + dumps(x) for k, x in v.items()) + '}'
-
-
-class _Decoding:
-    """The settings json.JSONDecoder hands to _json's scanner (plain JSON, strict)."""
-    strict = True
-    object_hook = object_pairs_hook = parse_constant = None
-    parse_float = float
-    parse_int = int
-
-
-def loads(text):
-    return _json.make_scanner(_Decoding())(text, 0)[0]
+# Start-up time is the point of this file: it imports only C modules and brokercall.py.
 import os
 import sys
 
-SOCKET = os.environ.get('VIRT_EBPF_BROKER_SOCKET', '/run/virt-ebpf/broker.sock')
-REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`'
+sys.path.insert(0, __file__.rsplit('/', 1)[0])  # -I leaves the script's own directory out
+sys.dont_write_bytecode = True  # never leave __pycache__ in the installed (root-owned) prefix
+from brokercall import REMEDY, SOCKET, Refused, call, dumps  # noqa: E402
+
 STATE_DIR = os.environ.get('VIRT_EBPF_DOMAIN_STATE_DIR', '/run/virt-ebpf/domains')
-
-
-def ask(event, name, xml):
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    s.settimeout(30)  # bounded: a hook that hangs would hang libvirt's start
-    try:
-        s.connect(SOCKET)
-        s.sendall(dumps({'v': 1, 'id': 1, 'op': 'hook', 'event': event, 'name': name, 'xml': xml}).encode() + b'\n')
-        buf = b''
-        while b'\n' not in buf:
-            data = s.recv(1 << 20)
-            if not data:
-                raise OSError('the broker closed the connection without a reply')
-            buf += data
-    finally:
-        s.close()
-    return loads(buf[:buf.index(b'\n')].decode())
+HOOK_TIMEOUT_S = 30  # bounded: a hook that hangs would hang libvirt's start
 
 
 def between(text, start, end, at=0):
@@ -99,13 +59,16 @@ def main():
     event = 'prepare' if op == 'prepare' else 'release'
     xml = sys.stdin.read()
     try:
-        reply = ask(event, name, xml)
-    except (OSError, ValueError, StopIteration) as e:  # StopIteration: _json on a broken reply
+        reply, _ = call({'v': 1, 'id': 1, 'op': 'hook', 'event': event, 'name': name, 'xml': xml}, HOOK_TIMEOUT_S)
+    except (Refused, ValueError, StopIteration) as e:  # StopIteration: _json on a broken reply
+        if isinstance(e, Refused) and not e.unreachable:  # the broker answered: it said no
+            sys.stderr.write('virt-ebpf: %s\n' % e)
+            sys.exit(1 if event == 'prepare' else 0)
         if event == 'release':
             forget(xml)
             sys.exit(0)  # the broker drops unclaimed contexts itself when it restarts
-        why = 'no reply within 30000 ms' if isinstance(e, TimeoutError) else (getattr(e, 'strerror', None) or str(e))
-        msg = 'virt-ebpf: cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s' % (SOCKET, why, REMEDY)
+        why = str(e) if isinstance(e, Refused) else 'cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s' % (SOCKET, e, REMEDY)
+        msg = 'virt-ebpf: ' + why
         policy = xml_policy(xml)
         remember(name, xml, policy)
         if policy == 'fallback':
@@ -113,10 +76,6 @@ def main():
             sys.exit(0)
         sys.stderr.write(msg + '\n')
         sys.exit(1)
-    if not reply.get('ok'):
-        err = reply.get('error', {})
-        sys.stderr.write('virt-ebpf: broker: %s (%s); %s\n' % (err.get('message'), err.get('code'), err.get('remedy')))
-        sys.exit(1 if event == 'prepare' else 0)
     sys.stdout.write(reply['stdout'])
     sys.stderr.write(reply['stderr'])
     sys.exit(reply['code'])
