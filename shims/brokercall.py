@@ -12,7 +12,9 @@ REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as 
 
 
 def dumps(v):
-    """JSON for our requests: dicts, lists, strings, ints."""
+    """JSON for our requests and state files: dicts, lists, strings, ints, booleans."""
+    if isinstance(v, bool):  # before int: bool is an int in Python
+        return 'true' if v else 'false'
     if isinstance(v, str):
         return _json.encode_basestring_ascii(v)
     if isinstance(v, int):

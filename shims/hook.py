@@ -21,14 +21,19 @@ def between(text, start, end, at=0):
     return text[i + len(start):j] if j >= 0 else None
 
 
-def xml_policy(xml):
-    """policy="…" on our `<virt-ebpf:config …>` element (src/xml writes it); absent: strict."""
+def config_attr(xml, name, allowed, default):
+    """An attribute of our `<virt-ebpf:config …>` element (src/xml writes it); absent or odd: default."""
     tag = between(xml, '<virt-ebpf:config', '>') or ''
     for q in '"\'':
-        p = between(tag, ' policy=' + q, q)
-        if p in ('strict', 'fallback'):
-            return p
-    return 'strict'
+        v = between(tag, ' %s=%s' % (name, q), q)
+        if v in allowed:
+            return v
+    return default
+
+
+def xml_policy(xml):
+    """policy="…" of the domain; absent: strict."""
+    return config_attr(xml, 'policy', ('strict', 'fallback'), 'strict')
 
 
 def state_path(xml):
@@ -38,14 +43,15 @@ def state_path(xml):
 
 
 def remember(name, xml, policy):
-    """What runHook writes at prepare: the wrapper reads the domain's policy from it."""
+    """What runHook writes at prepare: the wrapper reads the domain's policy and hotplug from it."""
     path = state_path(xml)
     if not path:
         return
     uuid = os.path.basename(path)[:-5]
     os.makedirs(STATE_DIR, mode=0o755, exist_ok=True)
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 'w') as f:
-        f.write(dumps({'name': name, 'uuid': uuid, 'policy': policy}) + '\n')
+        hotplug = config_attr(xml, 'hotplug', ('on', 'off'), 'on') == 'on'
+        f.write(dumps({'name': name, 'uuid': uuid, 'policy': policy, 'hotplug': hotplug}) + '\n')
 
 
 def forget(xml):

@@ -64,7 +64,7 @@ test('wrapper shim, broker down, fallback: says so and execs the real emulator w
   assert.ok(!fds.some((f) => /^anon_inode:bpf/.test(f)), fds.join(' '));
 });
 
-test('hook shim, broker down: prepare strict refuses with one line, fallback goes on; both leave the policy for the wrapper; release cleans up', () => {
+test('hook shim, broker down: prepare strict refuses with one line, fallback goes on; both leave the policy and hotplug for the wrapper; release cleans up', () => {
   const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
   const id = domainUuid(plain)!;
   const state = join(stateDir, `${id}.json`);
@@ -75,7 +75,12 @@ test('hook shim, broker down: prepare strict refuses with one line, fallback goe
   assert.equal(strict.status, 1);
   assert.equal(strict.stderr.trimEnd().split('\n').length, 1);
   assert.match(strict.stderr.trimEnd(), UNREACHABLE);
-  assert.deepEqual(JSON.parse(readFileSync(state, 'utf8')), { name: 'vm', uuid: id, policy: 'strict' });
+  assert.deepEqual(JSON.parse(readFileSync(state, 'utf8')), { name: 'vm', uuid: id, policy: 'strict', hotplug: true }, 'the same state runHook writes');
+
+  // A domain's hot-plug opt-out survives a broker that is down at prepare.
+  const optedOut = enableDomain(plain, { wrapperFor: wrapperInDir('/usr/libexec/virt-ebpf'), policy: 'strict', hotplug: 'off' }).xml;
+  assert.equal(hook(optedOut, 'prepare', 'begin').status, 1);
+  assert.deepEqual(JSON.parse(readFileSync(state, 'utf8')), { name: 'vm', uuid: id, policy: 'strict', hotplug: false });
 
   const fallback = hook(enabled('fallback'), 'prepare', 'begin');
   assert.equal(fallback.status, 0);
