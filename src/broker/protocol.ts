@@ -175,8 +175,9 @@ export function parseReply(line: string, expectId: number): Exclude<Reply, { ok:
     throw bad('broker reply is not JSON');
   }
   // id 0: a refusal the broker sends before reading any request (not allowed, too many connections).
-  const idOk = m !== null && typeof m === 'object' && ((m as Record<string, unknown>).id === expectId || ((m as Record<string, unknown>).id === 0 && (m as Record<string, unknown>).ok === false));
-  if (!isObj(m) || m.v !== PROTOCOL_VERSION || !idOk || typeof m.ok !== 'boolean') throw bad('broker reply has the wrong shape or id');
+  if (!isObj(m) || m.v !== PROTOCOL_VERSION || !(m.id === expectId || (m.id === 0 && m.ok === false)) || typeof m.ok !== 'boolean') {
+    throw bad('broker reply has the wrong shape or id');
+  }
   if (m.ok === false) {
     const err = isObj(m.error) ? m.error : {};
     throw new VirtEbpfError((String(err.code ?? 'BROKER_REFUSED') as ErrorCode), `broker: ${String(err.message ?? 'request refused')}`, {

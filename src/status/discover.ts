@@ -6,6 +6,7 @@
  */
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { bpfFdInfo, type BpfFdInfo } from '../fdpass';
+import { readCmdline } from '../sys/proc';
 import { mapInfo, openMapById, openProgById, progInfo } from '../bpf/live';
 import { BPF_PROG_TYPE_SOCKET_FILTER } from '../bpf/rss';
 import { resolvePolicy } from '../wrapper/policy';
@@ -73,16 +74,6 @@ export interface DiscoverOptions {
 
 const CAP_SYS_ADMIN = 21n;
 const CAP_BPF = 39n;
-
-function readArgv(pid: number): string[] | undefined {
-  try {
-    const raw = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    if (raw === '') return undefined; // kernel thread or zombie
-    return raw.replace(/\0$/, '').split('\0');
-  } catch {
-    return undefined; // gone meanwhile
-  }
-}
 
 function readFacts(pid: number, argv: string[]): QemuFacts {
   let exe: string | undefined;
@@ -306,7 +297,7 @@ export function discoverQemus(opts: DiscoverOptions = {}): QemuProcess[] {
   const out: QemuProcess[] = [];
   for (const pid of opts.pids ?? allPids()) {
     if (pid === process.pid) continue;
-    const argv = readArgv(pid);
+    const argv = readCmdline(pid);
     if (!argv) continue;
     const facts = readFacts(pid, argv);
     if (!looksLikeQemu(argv[0], facts.exe)) continue;

@@ -4,6 +4,8 @@
  * pure; `scanInterposers` reads /proc.
  */
 import { readdirSync, readFileSync } from 'node:fs';
+import { domainIdentity } from '../argv';
+import { readCmdline } from '../sys/proc';
 
 /** The process names the interposer gives itself (prctl PR_SET_NAME). */
 export const RELAY_COMM = 'vebpf-relay';
@@ -37,30 +39,6 @@ export interface InterposedQemu {
   keepers: number[];
 }
 
-function readArgv(pid: string): string[] | undefined {
-  try {
-    const raw = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    return raw ? raw.replace(/\0$/, '').split('\0') : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function isZombie(pid: string): boolean {
-  try {
-    return /^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
-
-function guestName(argv: readonly string[]): string | undefined {
-  const i = argv.lastIndexOf('-name');
-  const v = i >= 0 ? argv[i + 1] : undefined;
-  if (v === undefined) return undefined;
-  return (v.startsWith('guest=') ? v.slice(6) : v).split(/,(?!,)/)[0].replace(/,,/g, ',');
-}
-
 /** Every running QEMU with an interposed monitor, with the relays and keepers serving it. */
 export function scanInterposers(): InterposedQemu[] {
   const qemus = new Map<number, InterposedQemu>();
@@ -73,13 +51,13 @@ export function scanInterposers(): InterposedQemu[] {
     } catch {
       continue;
     }
-    const argv = readArgv(name);
-    if (!argv || isZombie(name)) continue;
+    const argv = readCmdline(name); // none for a zombie: a relay or QEMU that just died
+    if (!argv) continue;
     if (comm === RELAY_COMM || comm === KEEPER_COMM) {
       const qemu = servedQemuPid(argv);
       if (qemu !== undefined) helpers.push({ pid: Number(name), comm, qemu });
     } else if (hasInterposedMonitor(argv)) {
-      qemus.set(Number(name), { pid: Number(name), name: guestName(argv), relays: [], keepers: [] });
+      qemus.set(Number(name), { pid: Number(name), name: domainIdentity(argv).name, relays: [], keepers: [] });
     }
   }
   for (const h of helpers) {
