@@ -8,7 +8,7 @@
  * Root: the broker loads BPF, QEMU runs as libvirt-qemu like under libvirt.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../src/qmp';
@@ -16,17 +16,11 @@ import { lookupUser } from '../src/sys/users';
 import type { Tap } from '../src/guest/tap';
 import { ask, startTestBroker } from '../test/broker/support';
 import { tempDir, QEMU } from '../test/harness';
-import { addNetdev, interposerReady, startDomainQemu, until, type DomainQemu } from '../test/interposer/support';
+import { addNetdev, interposerReady, memoryKiB, startDomainQemu, until, type DomainQemu } from '../test/interposer/support';
 import { sample, stats, table } from './stats';
 
 const N = Number(process.env.BENCH_N ?? 1);
 const PORTS = 5; // startDomainQemu's pcie-root-ports
-
-function memoryKiB(pid: number): { rss: number; pss: number } {
-  const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-  const field = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
-  return { rss: field('Rss'), pss: field('Pss') };
-}
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench/hotplug: run as root (the broker loads BPF; QEMU runs as libvirt-qemu)');

@@ -183,13 +183,7 @@ async function main(argv: string[]): Promise<void> {
     rmSync(nicFile, { force: true });
     if (!attached.ok) throw new Error(`virsh attach-device failed: ${attached.out.trim()}`);
     console.log('  (the QMP interposer gave QEMU\'s device_add its own program and maps from the broker)');
-    let dev = '';
-    for (let t = 0; t < 60 && !dev; t++) {
-      const out = (await guest.console.run(`for d in /sys/class/net/*; do echo "\${d##*/} $(cat $d/address)"; done`)).output;
-      dev = out.split('\n').map((l) => l.trim().split(' ')).find((p) => p[1] === mac)?.[0] ?? '';
-      if (!dev) await sleep(1000);
-    }
-    if (!dev) throw new Error(`the guest never saw the hot-plugged NIC ${mac}`);
+    const dev = await guest.console.interfaceWithMac(mac, 60_000);
     for (const cmd of [`ip link set ${dev} up`, `ethtool -L ${dev} combined 4`, `ethtool -X ${dev} weight 1 1 1 1`]) {
       console.log(`guest$ ${cmd}`);
       await guest.console.run(cmd);

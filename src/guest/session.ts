@@ -128,6 +128,26 @@ export class GuestConsole {
     return block;
   }
 
+  /**
+   * The guest's interface with this MAC, once the guest has it: a hot-plugged NIC appears only
+   * after the guest's PCI hot-plug handling (seconds under TCG). Fails with GUEST_COMMAND.
+   */
+  async interfaceWithMac(mac: string, timeoutMs = 90_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const out = (await this.run('for d in /sys/class/net/*; do echo "${d##*/} $(cat $d/address)"; done')).output;
+      const hit = out.split('\n').map((l) => l.trim().split(' ')).find((p) => p[1] === mac.toLowerCase());
+      if (hit) return hit[0];
+      if (Date.now() > deadline) {
+        throw new VirtEbpfError('GUEST_COMMAND', `the guest has no interface with MAC ${mac} after ${timeoutMs} ms`, {
+          remedy: 'check that the NIC was attached (virsh domiflist) and that the guest kernel handles PCI hot-plug',
+          detail: out,
+        });
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+
   #push(events: ConsoleEvent[], chunk: string): void {
     this.#transcript += chunk;
     if (this.#transcript.length > TRANSCRIPT_MAX) this.#transcript = this.#transcript.slice(-TRANSCRIPT_MAX / 2);

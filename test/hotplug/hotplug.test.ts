@@ -16,7 +16,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../../src/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
@@ -28,7 +28,7 @@ import { needRoot, tempDir } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
 import { bpfFds, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
-import { alive, interposerReady, replaced, sleep } from '../interposer/support';
+import { alive, bpfFdsOf, interposerReady, memoryKiB, replaced } from '../interposer/support';
 
 const PREFIX = `vebpf-hp-${process.pid}-`;
 const URI = 'qemu:///system';
@@ -84,28 +84,11 @@ function attach(name: string, file: string): { status: number | null; stdout: st
   return virsh('attach-device', name, file, '--live');
 }
 
-function bpfCount(pid: number): { progs: number; maps: number } {
-  const fds = bpfFds(pid);
-  return { progs: fds.filter((f) => f.kind === 'prog').length, maps: fds.filter((f) => f.kind === 'map').length };
-}
-
 /** libvirt still talks to QEMU: a QMP command through libvirt's own monitor connection. */
 function libvirtTalks(name: string): string {
   const r = virsh('qemu-monitor-command', name, '{"execute":"query-status"}');
   assert.equal(r.status, 0, `libvirt lost QEMU's monitor: ${r.stderr}`);
   return (JSON.parse(r.stdout) as { return: { status: string } }).return.status;
-}
-
-/** The guest's interface with this MAC, once the guest has it (PCIe hot-plug takes a while under TCG). */
-async function guestIface(mac: string, timeoutMs = 90_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const out = (await guest.console.run(`for d in /sys/class/net/*; do echo "\${d##*/} $(cat $d/address)"; done`)).output;
-    const hit = out.split('\n').map((l) => l.trim().split(' ')).find((p) => p[1] === mac);
-    if (hit) return hit[0];
-    if (Date.now() > deadline) throw new Error(`the guest never saw a NIC with MAC ${mac}: ${out}`);
-    await sleep(1000);
-  }
 }
 
 async function statusOf(name: string): Promise<StatusReport['domains'][number]> {
@@ -114,12 +97,6 @@ async function statusOf(name: string): Promise<StatusReport['domains'][number]> 
   const report = JSON.parse(r.stdout) as StatusReport;
   assert.equal(report.domains.length, 1);
   return report.domains[0];
-}
-
-function memoryKiB(pid: number): { rss: number; pss: number } {
-  const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-  const field = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
-  return { rss: field('Rss'), pss: field('Pss') };
 }
 
 test('the wrapper put the interposer between libvirt and QEMU: unprivileged relay and keeper, QEMU on a socketpair, libvirt talks through it', async () => {
@@ -131,7 +108,7 @@ test('the wrapper put the interposer between libvirt and QEMU: unprivileged rela
   const mon = argv[argv.findIndex((a) => a.includes('id=charmonitor'))];
   assert.match(mon, /^socket,fd=\d+,id=charmonitor$/, 'QEMU\'s monitor is our socketpair, not libvirt\'s listening socket');
   assert.equal(libvirtTalks(guest.name), 'running');
-  assert.deepEqual(bpfCount(guest.pid), { progs: 1, maps: 3 }, 'the cold-plugged NIC');
+  assert.deepEqual(bpfFdsOf(guest.pid), { progs: 1, maps: 3 }, 'the cold-plugged NIC');
   const m = [memoryKiB(p.relay), memoryKiB(p.keeper)];
   console.log(`# interposer memory per domain: relay RSS ${m[0].rss} KiB PSS ${m[0].pss} KiB, keeper RSS ${m[1].rss} KiB PSS ${m[1].pss} KiB; sum PSS ${m[0].pss + m[1].pss} KiB`);
 });
@@ -146,7 +123,7 @@ test('attach 1, then 3 RSS NICs live: each holds its own program and 3 maps; the
       assert.equal(r.status, 0, `attach-device failed: ${r.stderr}\n${guest.logTail(10)}`);
       hotplugged.push(nic);
       const n = 1 + hotplugged.length;
-      assert.deepEqual(bpfCount(guest.pid), { progs: n, maps: 3 * n }, `${n} RSS NICs: 4 fds each`);
+      assert.deepEqual(bpfFdsOf(guest.pid), { progs: n, maps: 3 * n }, `${n} RSS NICs: 4 fds each`);
     }
   }
   assert.match(guest.logTail(40), /device_add net\d+: eBPF RSS fds virt-ebpf-hp-/);
@@ -155,7 +132,7 @@ test('attach 1, then 3 RSS NICs live: each holds its own program and 3 maps; the
   assert.equal(new Set(ids).size, ids.length);
 
   const ifaces = [];
-  for (const nic of hotplugged) ifaces.push(await guestIface(nic.mac));
+  for (const nic of hotplugged) ifaces.push(await guest.console.interfaceWithMac(nic.mac));
   const dev = ifaces[0];
   await guest.console.run(`ip link set ${dev} up`);
   await guest.console.run(`ethtool -L ${dev} combined 2`);
@@ -172,12 +149,12 @@ test('attach 1, then 3 RSS NICs live: each holds its own program and 3 maps; the
 });
 
 test('detach-device: the NIC\'s program and maps are gone from QEMU, and libvirt drops the NIC', async () => {
-  const before = bpfCount(guest.pid);
+  const before = bpfFdsOf(guest.pid);
   const nic = hotplugged.pop()!;
   const r = virsh('detach-device', guest.name, nic.file, '--live');
   assert.equal(r.status, 0, r.stderr);
   await waitFor('QEMU to drop the detached NIC\'s eBPF fds', 90_000, () => {
-    const now = bpfCount(guest.pid);
+    const now = bpfFdsOf(guest.pid);
     return now.progs === before.progs - 1 && now.maps === before.maps - 3;
   });
   const list = virsh('domiflist', guest.name).stdout;
@@ -185,25 +162,25 @@ test('detach-device: the NIC\'s program and maps are gone from QEMU, and libvirt
 });
 
 test('attaching a NIC without RSS is untouched: no eBPF fds, no ebpf-rss-fds', async () => {
-  const before = bpfCount(guest.pid);
+  const before = bpfFdsOf(guest.pid);
   const nic = nicXml({ rss: false });
   const r = attach(guest.name, nic.file);
   assert.equal(r.status, 0, r.stderr);
   assert.ok(virsh('domiflist', guest.name).stdout.includes(nic.mac));
-  assert.deepEqual(bpfCount(guest.pid), before);
+  assert.deepEqual(bpfFdsOf(guest.pid), before);
 });
 
 test('broker down, strict: attach-device fails with our message, the VM keeps running and libvirt keeps talking to it', async () => {
   await broker.stop();
   try {
-    const before = bpfCount(guest.pid);
+    const before = bpfFdsOf(guest.pid);
     const nic = nicXml({ rss: true });
     const r = attach(guest.name, nic.file);
     assert.notEqual(r.status, 0, 'the attach must fail under strict');
     assert.match(r.stderr, /virt-ebpf: cannot reach the virt-ebpf broker .*BROKER_UNREACHABLE/);
     assert.equal(libvirtTalks(guest.name), 'running');
     assert.ok(!virsh('domiflist', guest.name).stdout.includes(nic.mac), 'libvirt rolled the NIC back');
-    assert.deepEqual(bpfCount(guest.pid), before);
+    assert.deepEqual(bpfFdsOf(guest.pid), before);
     assert.match((await guest.console.run('echo still-here')).output, /still-here/, 'the guest runs');
   } finally {
     await broker.start();
@@ -212,12 +189,12 @@ test('broker down, strict: attach-device fails with our message, the VM keeps ru
 
 test('kill -9 of the relay, the keeper and the broker, one after the other: libvirt stays connected, the VM runs, hot-plug works after each', async () => {
   const attachOne = (): void => {
-    const before = bpfCount(guest.pid);
+    const before = bpfFdsOf(guest.pid);
     const nic = nicXml({ rss: true });
     const r = attach(guest.name, nic.file);
     assert.equal(r.status, 0, r.stderr);
     hotplugged.push(nic);
-    assert.deepEqual(bpfCount(guest.pid), { progs: before.progs + 1, maps: before.maps + 3 });
+    assert.deepEqual(bpfFdsOf(guest.pid), { progs: before.progs + 1, maps: before.maps + 3 });
   };
   const first = await interposerReady(guest.pid);
   process.kill(first.relay, 'SIGKILL');
@@ -249,11 +226,11 @@ test('libvirtd restarts: it reconnects to the monitor through the interposer, th
   await waitFor(`libvirt to see ${guest.name} running again`, 30_000, () => virsh('domstate', guest.name).stdout.trim() === 'running');
   assert.equal(libvirtTalks(guest.name), 'running');
   assert.match(guest.logTail(20), /libvirt reconnected/);
-  const before = bpfCount(guest.pid);
+  const before = bpfFdsOf(guest.pid);
   const nic = nicXml({ rss: true });
   const r = attach(guest.name, nic.file);
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(bpfCount(guest.pid), { progs: before.progs + 1, maps: before.maps + 3 });
+  assert.deepEqual(bpfFdsOf(guest.pid), { progs: before.progs + 1, maps: before.maps + 3 });
   assert.match((await guest.console.run('echo still-here')).output, /still-here/);
 });
 
@@ -274,7 +251,7 @@ test('fallback policy, broker down: attach-device succeeds without eBPF and the 
     const r = attach(fallback.name, nic.file);
     assert.equal(r.status, 0, r.stderr);
     assert.ok(virsh('domiflist', fallback.name).stdout.includes(nic.mac));
-    assert.deepEqual(bpfCount(fallback.pid), { progs: 0, maps: 0 });
+    assert.deepEqual(bpfFdsOf(fallback.pid), { progs: 0, maps: 0 });
     assert.match(fallback.logTail(20), /policy is fallback: net\d+ is added without eBPF RSS steering/);
   } finally {
     await broker.start();

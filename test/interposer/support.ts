@@ -164,4 +164,11 @@ export async function addNetdev(c: QmpClient, id: string, queues: number, taps: 
   await c.execute('netdev_add', { type: 'tap', id, fds: names.join(':'), vhost: false });
 }
 
+/** A process's memory in KiB: resident, and proportional (pages shared with others counted in part). */
+export function memoryKiB(pid: number): { rss: number; pss: number } {
+  const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const field = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+  return { rss: field('Rss'), pss: field('Pss') };
+}
+
 export { sleep, until };
