@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { brokerRequest, DEFAULT_SOCKET } from '../../src/broker/client';
 import { readManifest, type Manifest } from '../../src/install/apply';
@@ -24,6 +24,8 @@ export function installForReal(): Manifest {
   assert.ok(m, `install wrote no manifest at ${DEFAULT_PATHS.manifest}`);
   for (const e of m.entries) assert.ok(existsSync(e.path), `install listed ${e.path} but it is not there`);
   assert.ok(existsSync(INSTALLED_CLI), `the runtime is not at ${DEFAULT_PREFIX}`);
+  const pyc = join(DEFAULT_PREFIX, 'shims/__pycache__');
+  assert.ok(existsSync(pyc) && readdirSync(pyc).some((f) => f.startsWith('brokercall.')), 'install compiled the shims\' brokercall module (the QEMU user cannot write bytecode there)');
   return m;
 }
 
