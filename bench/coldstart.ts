@@ -4,7 +4,7 @@
  * same run. No timed assertions anywhere.
  *
  *  a. `virsh start` until it returns, paired A A0 B C …: the same 1-RSS-NIC domain enabled (A,
- *     with the QMP interposer for hot-plug; A0, enabled with --hotplug off),
+ *     with the hot-plug shim; A0, enabled with --hotplug off),
  *     plain with rss=on as libvirt runs it today (B: our hook installed, it runs for every
  *     domain; C: our hook moved out of qemu.d, i.e. no virt-ebpf at all). Ratio of medians and
  *     median of per-pair ratios. Then where the wrapper's time goes, process by process.
@@ -102,7 +102,7 @@ async function benchStart(scratch: string, out: string[]): Promise<void> {
       { name: 'C: plain rss=on, no virt-ebpf hook (today)', stats: stats(c) },
       { name: 'B: plain rss=on, virt-ebpf hook installed', stats: stats(b), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
       { name: 'A0: enabled, --hotplug off (wrapper + broker + hook)', stats: stats(a0), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
-      { name: 'A: enabled, hot-plug on (+ QMP interposer)', stats: stats(a), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
+      { name: 'A: enabled, hot-plug on (+ hot-plug shim)', stats: stats(a), baseline: 'C: plain rss=on, no virt-ebpf hook (today)' },
     ]),
     `median of per-pair ratios: A/C ${fmtRatio(perPair(a, c))}, A0/C ${fmtRatio(perPair(a0, c))}, A/A0 ${fmtRatio(perPair(a, a0))}, A/B ${fmtRatio(perPair(a, b))}, B/C ${fmtRatio(perPair(b, c))}; ` +
       `ratio of medians: A/C ${fmtRatio(median(a) / median(c))}, A/B ${fmtRatio(median(a) / median(b))} (target A/C ≤ 1.05×)`,

@@ -1,10 +1,10 @@
 /**
- * `npm run bench`, hot-plug section: what the QMP interposer costs, against QEMU's own monitor
- * measured in the same run.
- *  - per command: query-status round trips straight to QEMU's monitor vs through the interposer
- *  - device_add of a virtio-net NIC through the interposer: without rss (passed through) vs
- *    with rss (broker acquire from a warm pool, 4 × getfd, rewritten device_add)
- *  - memory per domain: relay + keeper, RSS and PSS (they share pages after fork)
+ * `npm run bench`, hot-plug section: what the hot-plug shim (shims/qmp-preload.c, inside QEMU)
+ * costs, against QEMU without it measured in the same run.
+ *  - per command: query-status round trips to a plain QEMU vs to a QEMU with the shim
+ *  - device_add of a virtio-net NIC with the shim: without rss (looked at, passed) vs with rss
+ *    (broker acquire from a warm pool, fds into QEMU, the line rewritten as QEMU reads it)
+ *  - memory per domain: the shim's mappings in QEMU, RSS and PSS
  * Root: the broker loads BPF, QEMU runs as libvirt-qemu like under libvirt.
  */
 import { spawn } from 'node:child_process';
@@ -16,7 +16,7 @@ import { lookupUser } from '../src/sys/users';
 import type { Tap } from '../src/guest/tap';
 import { ask, startTestBroker } from '../test/broker/support';
 import { tempDir, QEMU } from '../test/harness';
-import { addNetdev, interposerReady, memoryKiB, startDomainQemu, until, type DomainQemu } from '../test/interposer/support';
+import { addNetdev, shimMemoryKiB, startDomainQemu, until, type DomainQemu } from '../test/hotplug-shim/support';
 import { sample, stats, table } from './stats';
 
 const N = Number(process.env.BENCH_N ?? 1);
@@ -34,7 +34,7 @@ async function main(): Promise<void> {
   const clients: QmpClient[] = [];
   const out: string[] = [];
   try {
-    // Plain QEMU: libvirt's monitor socket, nobody in between.
+    // Plain QEMU: libvirt's monitor socket, no shim.
     const plainPath = join(dir.path, 'plain.monitor');
     const plain = spawn(QEMU, ['-S', '-no-user-config', '-nodefaults', '-nographic', '-machine', 'q35,accel=tcg', '-m', '128',
       '-chardev', `socket,id=charmonitor,path=${plainPath},server=on,wait=off`, '-mon', 'chardev=charmonitor,id=monitor,mode=control'], { stdio: 'ignore' });
@@ -52,7 +52,6 @@ async function main(): Promise<void> {
       return { q, c };
     };
     const a = await domain();
-    const ready = await interposerReady(a.q.pid);
 
     // Per command, interleaved in blocks so drift hits both alike.
     const straight: number[] = [];
@@ -64,7 +63,7 @@ async function main(): Promise<void> {
     out.push(
       table('QMP command latency (query-status round trip, client in this process)', [
         { name: "QEMU's monitor, direct", stats: stats(straight) },
-        { name: 'through the interposer', stats: stats(through), baseline: "QEMU's monitor, direct" },
+        { name: 'QEMU with the hot-plug shim', stats: stats(through), baseline: "QEMU's monitor, direct" },
       ]),
     );
 
@@ -92,28 +91,24 @@ async function main(): Promise<void> {
       }
     }
     out.push(
-      table('device_add of a virtio-net NIC, through the interposer', [
-        { name: 'without rss (passed through)', stats: stats(plainAdd) },
-        { name: 'with rss (broker + 4 getfd + rewrite)', stats: stats(rssAdd), baseline: 'without rss (passed through)' },
+      table('device_add of a virtio-net NIC, QEMU with the hot-plug shim', [
+        { name: 'without rss (passed as it is)', stats: stats(plainAdd) },
+        { name: 'with rss (broker + fds + rewrite)', stats: stats(rssAdd), baseline: 'without rss (passed as it is)' },
       ]),
     );
 
-    // Where the rss device_add's time goes, as the relay logged it.
-    const parts = [...b.q.log().matchAll(/\(broker ([\d.]+) ms, getfd ([\d.]+) ms\)/g)];
+    // Where the rss device_add's time goes, as the shim logged it.
+    const parts = [...b.q.log().matchAll(/\(broker ([\d.]+) ms\)/g)];
     if (parts.length) {
-      const med = (xs: number[]) => stats(xs).median.toFixed(2);
-      out.push(`rss device_add, median of ${parts.length}: broker acquire ${med(parts.map((m) => Number(m[1])))} ms, 4 × getfd ${med(parts.map((m) => Number(m[2])))} ms; the rest is QEMU realizing the device\n`);
+      out.push(`rss device_add, median of ${parts.length}: broker acquire ${stats(parts.map((m) => Number(m[1]))).median.toFixed(2)} ms; the rest is QEMU realizing the device\n`);
     }
-    const relay = memoryKiB(ready.relay);
-    const keeper = memoryKiB(ready.keeper);
+    const mem = shimMemoryKiB(a.q.pid);
     out.push(
       [
-        'interposer memory per domain (KiB; PSS counts pages shared by the two processes once)',
-        '| process | RSS | PSS |',
+        'hot-plug shim memory per domain (KiB, its mappings inside QEMU; no process of its own)',
+        '| | RSS | PSS |',
         '|---|---|---|',
-        `| relay | ${relay.rss} | ${relay.pss} |`,
-        `| keeper | ${keeper.rss} | ${keeper.pss} |`,
-        `| both | ${relay.rss + keeper.rss} | ${relay.pss + keeper.pss} |`,
+        `| vebpf-qmp.so in QEMU | ${mem.rss} | ${mem.pss} |`,
         '',
       ].join('\n'),
     );

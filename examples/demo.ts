@@ -182,7 +182,7 @@ async function main(argv: string[]): Promise<void> {
     const attached = virsh('attach-device', DOMAIN, nicFile, '--live');
     rmSync(nicFile, { force: true });
     if (!attached.ok) throw new Error(`virsh attach-device failed: ${attached.out.trim()}`);
-    console.log('  (the QMP interposer gave QEMU\'s device_add its own program and maps from the broker)');
+    console.log('  (the hot-plug shim in QEMU gave its device_add a program and maps of its own from the broker)');
     const dev = await guest.console.interfaceWithMac(mac, 60_000);
     for (const cmd of [`ip link set ${dev} up`, `ethtool -L ${dev} combined 4`, `ethtool -X ${dev} weight 1 1 1 1`]) {
       console.log(`guest$ ${cmd}`);

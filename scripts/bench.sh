@@ -8,5 +8,5 @@ cd "$here"
 node dist/bench/index.js "$@"
 # The libvirt cold start (root: system libvirtd, install, broker); BENCH_COLDSTART=a,b,c picks sections.
 node dist/bench/coldstart.js
-# Hot-plug: what the QMP interposer adds per command and per device_add, and its memory per domain.
+# Hot-plug: what the hot-plug shim adds per command and per device_add, and its memory per domain.
 node dist/bench/hotplug.js

@@ -1,6 +1,6 @@
 # virt-ebpf shims: one request to the broker (src/broker/protocol.ts, version 1) and its reply
 # with the fds that came with it. Shared by wrapper.py and hook.py (on the path of every
-# `virsh start`) and interposer.py. Start-up time matters: `json` and `socket` would pull in re, enum and selectors
+# `virsh start`). Start-up time matters: `json` and `socket` would pull in re, enum and selectors
 # (~9 ms); their C halves (_json, _socket) have everything used here.
 import _json
 import _socket

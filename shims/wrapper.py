@@ -72,11 +72,11 @@ def policy(state):
     return 'strict'
 
 
-ACCEPT_TIMEOUT = 10
+PRELOAD = __file__.rsplit('/', 2)[0] + '/dist/shims/vebpf-qmp.so'  # built from shims/qmp-preload.c
 
 
-def monitor(args):
-    """(index, fd, other options) of libvirt's monitor: `-chardev socket,id=charmonitor,fd=N,server=on,…`."""
+def monitor_fd(args):
+    """The fd of libvirt's listening monitor socket: `-chardev socket,id=charmonitor,fd=N,server=on,…`."""
     for i, a in enumerate(args[:-1]):
         if args[i] not in ('-chardev', '--chardev') or not args[i + 1].startswith('socket,'):
             continue
@@ -85,82 +85,26 @@ def monitor(args):
             continue
         fd = [o[3:] for o in opts if o.startswith('fd=')]
         if len(fd) == 1 and fd[0].isdigit():
-            rest = [o for o in opts[1:] if o.split('=')[0] not in ('fd', 'server', 'wait')]
-            return i + 1, int(fd[0]), rest
+            return int(fd[0])
     return None
 
 
-def start_interposer(real, args, pol):
-    """Start the QMP interposer (shims/interposer.py) for libvirt's monitor, if there is one.
+def hotplug_env(real, args, pol):
+    """The environment that loads the hot-plug shim into QEMU (shims/qmp-preload.c), or None.
 
-    It is started first, so its Python start-up overlaps the broker round trip and libvirt's
-    connect: the monitor's first byte (QEMU's greeting) waits for it. It gets libvirt's
-    connection later, from finish_interposer, over `hand`. Returns the state for that, or None.
+    The shim watches libvirt's monitor connection from inside QEMU: a hot-plugged virtio-net
+    device with rss on gets its eBPF fds at its device_add, and no QMP byte takes a detour.
     """
-    found = monitor(args)
-    if found is None:
+    lfd = monitor_fd(args)
+    if lfd is None:
         return None
-    index, lfd, rest = found
-    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    afd, bfd = ours.detach(), theirs.detach()
-    hand_w, hand_r = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    hw, hr = hand_w.detach(), hand_r.detach()
-    qemu_pid = os.getpid()  # exec keeps it
-    child = os.fork()
-    if child == 0:
-        try:
-            os.setsid()
-            if os.fork():
-                os._exit(0)
-            keep = {0, 1, 2, lfd, afd, hr}
-            for name in os.listdir('/proc/self/fd'):  # no tap, vhost or eBPF fd of QEMU's in ours
-                if int(name) not in keep:
-                    try:
-                        os.close(int(name))
-                    except OSError:
-                        pass
-            for fd in (lfd, afd, hr):
-                os.set_inheritable(fd, True)
-            shim = __file__.rsplit('/', 1)[0] + '/interposer.py'
-            os.execv(sys.executable, [sys.executable, '-I', '-S', shim, str(lfd), str(afd), 'from:%d' % hr, str(qemu_pid), real, pol,
-                                      domain_name(args) or '', (option(args, '-uuid') or '').lower()])
-        finally:
-            os._exit(127)
-    os.waitpid(child, 0)
-    os.close(hr)
-    return index, lfd, rest, afd, bfd, hw
-
-
-def finish_interposer(args, started):
-    """Take libvirt's monitor connection, hand it to the interposer, and give QEMU its end.
-
-    libvirt listens on the monitor socket and connects right after it lets the emulator run,
-    so the connection is taken here, before the exec. QEMU gets one end of a socketpair as
-    its monitor and keeps copies of every socket, so nothing of ours can ever close libvirt's
-    connection. Returns the argv QEMU runs with (unchanged when libvirt never connected).
-    """
-    index, lfd, rest, afd, bfd, hw = started
-    import select
-    if not select.select([lfd], [], [], ACCEPT_TIMEOUT)[0]:
-        sys.stderr.write('virt-ebpf: libvirt did not connect to the monitor within %d s: hot-plugged NICs get no eBPF fds\n' % ACCEPT_TIMEOUT)
-        for fd in (afd, bfd, hw):  # the interposer reads EOF and exits
-            os.close(fd)
-        return args
-    lsock = _socket.socket(fileno=lfd)
-    try:
-        cfd, _ = lsock._accept()
-    finally:
-        lsock.detach()
-    hand = _socket.socket(fileno=hw)
-    try:
-        hand.sendmsg([b'+'], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, cfd.to_bytes(4, sys.byteorder, signed=True))])
-    finally:
-        hand.close()
-    for fd in (afd, bfd, cfd):  # QEMU keeps them all: its monitor, and copies that outlive us
-        os.set_inheritable(fd, True)
-    out = list(args)
-    out[index] = ','.join(['socket'] + ['fd=%d' % bfd] + [o for o in rest])
-    return out
+    if not os.path.exists(PRELOAD):
+        sys.stderr.write('virt-ebpf: %s is missing (run `virt-ebpf install` again): hot-plugged NICs get no eBPF fds\n' % PRELOAD)
+        return None
+    env = dict(os.environ)
+    env.update(LD_PRELOAD=PRELOAD, VIRT_EBPF_QMP_LISTEN=str(lfd), VIRT_EBPF_EMULATOR=real, VIRT_EBPF_POLICY=pol,
+               VIRT_EBPF_DOMAIN_NAME=domain_name(args) or '', VIRT_EBPF_DOMAIN_UUID=(option(args, '-uuid') or '').lower())
+    return env
 
 
 def hotplug_wanted(state):
@@ -171,7 +115,7 @@ def main():
     real, args = sys.argv[1], sys.argv[2:]
     state = domain_state(args)  # read once: policy and hotplug both come from it
     pol = policy(state)
-    interposer = start_interposer(real, args, pol) if hotplug_wanted(state) else None
+    env = hotplug_env(real, args, pol) if hotplug_wanted(state) else None
     argv, fds = None, []
     if any('rss' in a for a in args):
         try:
@@ -184,13 +128,13 @@ def main():
             sys.stderr.flush()
     if argv is None:  # no device to steer (e.g. rss=off): run QEMU as asked
         argv = args
-    if interposer is not None:
-        argv = finish_interposer(argv, interposer)
     for fd in fds:
         os.set_inheritable(fd, True)  # ours are close-on-exec (PEP 446); QEMU must inherit them
     for k, fd in enumerate(fds):  # the broker wrote @virt-ebpf-fd:K@ for the K-th fd
         argv = [a.replace('@virt-ebpf-fd:%d@' % k, str(fd)) for a in argv]
-    os.execv(real, [real] + argv)
+    if env is None:
+        os.execv(real, [real] + argv)
+    os.execve(real, [real] + argv, env)
 
 
 main()

@@ -10,7 +10,7 @@ import { brokerRequest, DEFAULT_SOCKET } from '../broker/client';
 import { DEFAULT_PATHS } from '../install/plan';
 import { readManifest, staleWrappers } from '../install/apply';
 import { isVirtEbpfError } from '../errors';
-import { scanInterposers } from '../wrapper/interposer';
+import { scanHotplugQemus } from '../wrapper/hotplug-shim';
 
 export { type CheckResult } from './checks';
 
@@ -113,28 +113,26 @@ function hostChecks(opts: DoctorOptions): Check[] {
         };
       }
     },
-    interposerCheck,
+    hotplugShimCheck,
   ];
 }
 
 /**
- * Every running domain whose monitor is on the interposer has a relay serving it. With relay
- * and keeper both gone (killed at once) libvirt stays connected but its commands wait.
+ * Every running enabled domain with hot-plug on has the hot-plug shim in its QEMU. One without
+ * it (started before `virt-ebpf install`, or with the shim missing) runs fine, but a NIC
+ * hot-plugged into it gets no eBPF fds.
  */
-export function interposerCheck(): CheckResult {
-  const name = 'hot-plug interposers';
-  const qemus = scanInterposers();
-  if (qemus.length === 0) return { name, verdict: 'ok', detail: 'no running domain has one', needed: false };
-  const unserved = qemus.filter((q) => q.relays.length === 0);
-  if (unserved.length === 0) {
-    const lone = qemus.filter((q) => q.keepers.length === 0).length;
-    return { name, verdict: 'ok', detail: `${qemus.length} domain(s), each served by a relay${lone ? ` (${lone} without a keeper right now: the relay starts one)` : ''}`, needed: true };
-  }
+export function hotplugShimCheck(stateDir?: string): CheckResult {
+  const name = 'hot-plug shim';
+  const qemus = scanHotplugQemus(stateDir);
+  if (qemus.length === 0) return { name, verdict: 'ok', detail: 'no running domain has hot-plug on', needed: false };
+  const missing = qemus.filter((q) => !q.loaded);
+  if (missing.length === 0) return { name, verdict: 'ok', detail: `${qemus.length} running domain(s), each QEMU has it loaded`, needed: true };
   return {
     name,
     verdict: 'fail',
-    detail: `no relay serves the monitor of ${unserved.map((q) => `${q.name ?? '?'} (QEMU pid ${q.pid})`).join(', ')}: the VM runs, libvirt stays connected, but its monitor commands wait`,
-    fix: 'shut the domain down from inside the guest, or `virsh destroy` it, and start it again',
+    detail: `not loaded in ${missing.map((q) => `${q.name ?? '?'} (QEMU pid ${q.pid})`).join(', ')}: the VM runs, but NICs hot-plugged into it get no eBPF fds`,
+    fix: 'run `virt-ebpf doctor` for the install, then shut the domain down and start it again',
     needed: true,
   };
 }

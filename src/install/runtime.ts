@@ -27,7 +27,7 @@ export function copyRuntime(from: string, prefix: string): void {
   }
   const dev = devDependencies(from);
   rmSync(prefix, { recursive: true, force: true });
-  for (const part of ['package.json', 'templates', 'shims', 'dist/src']) cpSync(join(from, part), join(prefix, part), { recursive: true });
+  for (const part of ['package.json', 'templates', 'shims', 'dist/src', 'dist/shims']) cpSync(join(from, part), join(prefix, part), { recursive: true });
   cpSync(join(from, 'node_modules'), join(prefix, 'node_modules'), {
     recursive: true,
     filter: (src) => {

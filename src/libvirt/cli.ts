@@ -27,7 +27,7 @@ Options:
   --all-virtio          turn rss on for every virtio NIC on a tap backend that has no rss setting
   --queues N            queues (>= 2) for the NICs --all-virtio turns on
   --policy P            what the wrapper does when eBPF fds are unavailable (strict|fallback; default strict)
-  --hotplug on|off      give NICs hot-plugged with rss on their eBPF fds (QMP interposer; default on)
+  --hotplug on|off      give NICs hot-plugged with rss on their eBPF fds (hot-plug shim in QEMU; default on)
   --wrapper-dir DIR     where the wrappers are (default /usr/libexec/virt-ebpf)
   --default-emulator P  define: the emulator to wrap for a FILE without <emulator> (default: libvirt's choice)
   --connect URI         libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)

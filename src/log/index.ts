@@ -1,5 +1,5 @@
 /**
- * Structured logs for the long-running pieces (broker, interposer): winston to stdout, one
+ * Structured logs for the long-running pieces (the broker): winston to stdout, one
  * line per event, so journald keeps them. Short-lived commands print one-line errors instead.
  */
 import winston from 'winston';

@@ -33,8 +33,8 @@ export function renderWrapper(w: WrapperSpec): string {
     `# shim=${w.shim}`,
     `REAL=${shq(w.real)}`,
     'case "$*" in',
-    // rss: a device to steer at start; charmonitor: a domain's start, whose monitor the
-    // shim hands to the QMP interposer so NICs hot-plugged later get their fds too.
+    // rss: a device to steer at start; charmonitor: a domain's start, into whose QEMU the
+    // shim loads the hot-plug shim so NICs hot-plugged later get their fds too.
     `  *rss*|*id=charmonitor,*) exec ${shq(w.python)} -I -S ${shq(w.shim)} "$REAL" "$@" ;;`,
     'esac',
     'exec "$REAL" "$@"',

@@ -29,8 +29,8 @@ and what changed to stderr. show prints our metadata and the RSS NICs as JSON.
   --queues N            queues (>= 2) for the NICs --all-virtio turns on; without it, NICs
                         with fewer than 2 queues are skipped with a warning
   --policy P            what the wrapper does when eBPF fds are unavailable (default strict)
-  --hotplug on|off      give NICs hot-plugged with rss on their eBPF fds through the QMP
-                        interposer (default on)
+  --hotplug on|off      give NICs hot-plugged with rss on their eBPF fds (the hot-plug
+                        shim in QEMU; default on)
   --wrapper-dir DIR     where the wrappers are (default ${DEFAULT_WRAPPER_DIR}); the wrapper
                         of /x/y/qemu-system-x86_64 is DIR/qemu-system-x86_64
   --default-emulator P  the emulator libvirt picks for a domain without <emulator>

@@ -56,8 +56,8 @@ export interface XmlConfig {
   version: number;
   policy: Policy;
   /**
-   * Whether the QMP interposer runs for this domain, so NICs hot-plugged with rss on get eBPF
-   * fds (`hotplug="off"` opts out; absent means on).
+   * Whether the wrapper loads the hot-plug shim into this domain's QEMU, so NICs hot-plugged
+   * with rss on get eBPF fds (`hotplug="off"` opts out; absent means on).
    */
   hotplug: 'on' | 'off';
   emulator: {

@@ -80,7 +80,7 @@ test('prepare with the broker down: strict refuses with one line, fallback start
   assert.match(strict.stderr, /^virt-ebpf: cannot reach the virt-ebpf broker .*\(BROKER_UNREACHABLE\); start it/);
   assert.deepEqual(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')), { name: 'vm', uuid, policy: 'strict', hotplug: true });
 
-  // The per-domain opt-out of the QMP interposer reaches the wrapper the same way.
+  // The per-domain opt-out of the hot-plug shim reaches the wrapper the same way.
   await runHook({ kind: 'prepare', name: 'vm' }, enabled('strict', '/usr/libexec/virt-ebpf', 'off'), env);
   assert.equal(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')).hotplug, false);
 

@@ -2,21 +2,21 @@
  * Hot-plug under stock libvirt, end to end on the real things: the REAL `virt-ebpf install`,
  * the installed broker, the guest fixture as a libvirt domain enabled with `virt-ebpf enable`
  * (hot-plug is on by default), and `virsh attach-device --live` / `detach-device --live` of
- * virtio NICs. The wrapper has put the QMP interposer between libvirtd and QEMU; these tests
- * check what a user sees:
+ * virtio NICs. The wrapper has loaded the hot-plug shim into QEMU; these tests check what a
+ * user sees:
  *   - attach 1, then 3 RSS NICs: each holds its own program and 3 maps in QEMU, the guest
  *     brings them up and sets RSS, and `virt-ebpf status` shows them with the guest's table;
  *   - detach: the NIC's fds are gone from QEMU; a NIC without RSS is untouched;
  *   - broker down: strict refuses the attach with our message, the VM keeps running;
  *     fallback attaches without eBPF;
- *   - kill -9 of the relay, the keeper, the broker, and a libvirtd restart: libvirt stays
- *     connected, the VM keeps running, hot-plug keeps working.
+ *   - kill -9 of the broker, and a libvirtd restart: libvirt stays connected, the VM keeps
+ *     running, hot-plug keeps working.
  * Domains are vebpf-hp-<pid>-…; destroyed, undefined and their files removed in after().
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../../src/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
@@ -28,7 +28,8 @@ import { needRoot, tempDir } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
 import { bpfFds, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
-import { alive, bpfFdsOf, interposerReady, memoryKiB, replaced } from '../interposer/support';
+import { alive, bpfFdsOf, shimMemoryKiB } from '../hotplug-shim/support';
+import { mapsShowShim } from '../../src/wrapper/hotplug-shim';
 
 const PREFIX = `vebpf-hp-${process.pid}-`;
 const URI = 'qemu:///system';
@@ -99,18 +100,28 @@ async function statusOf(name: string): Promise<StatusReport['domains'][number]> 
   return report.domains[0];
 }
 
-test('the wrapper put the interposer between libvirt and QEMU: unprivileged relay and keeper, QEMU on a socketpair, libvirt talks through it', async () => {
-  const t0 = performance.now();
-  const p = await interposerReady(guest.pid);
-  console.log(`# interposer found in ${Math.round(performance.now() - t0)} ms`);
-  for (const pid of [p.relay, p.keeper]) assert.equal(procStatus(pid).uid, qemuUid, 'the interposer runs as the QEMU account');
+/** QEMU's children: the shim starts no process. */
+function childrenOf(pid: number): number[] {
+  return readdirSync('/proc').filter((e) => /^\d+$/.test(e)).filter((e) => {
+    try {
+      return Number(readFileSync(`/proc/${e}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[1]) === pid;
+    } catch {
+      return false;
+    }
+  }).map(Number);
+}
+
+test('the wrapper loaded the hot-plug shim into QEMU: libvirt\'s own monitor socket, no extra process, libvirt talks to QEMU', async () => {
+  assert.ok(mapsShowShim(readFileSync(`/proc/${guest.pid}/maps`, 'utf8')), 'the shim is mapped into QEMU');
+  assert.equal(procStatus(guest.pid).uid, qemuUid, 'QEMU runs as the QEMU account');
   const argv = cmdline(guest.pid);
   const mon = argv[argv.findIndex((a) => a.includes('id=charmonitor'))];
-  assert.match(mon, /^socket,fd=\d+,id=charmonitor$/, 'QEMU\'s monitor is our socketpair, not libvirt\'s listening socket');
+  assert.match(mon, /^socket,id=charmonitor,fd=\d+,server=on,wait=off$/, 'QEMU listens on libvirt\'s socket, as libvirt asked');
+  assert.deepEqual(childrenOf(guest.pid), [], 'no helper process');
   assert.equal(libvirtTalks(guest.name), 'running');
   assert.deepEqual(bpfFdsOf(guest.pid), { progs: 1, maps: 3 }, 'the cold-plugged NIC');
-  const m = [memoryKiB(p.relay), memoryKiB(p.keeper)];
-  console.log(`# interposer memory per domain: relay RSS ${m[0].rss} KiB PSS ${m[0].pss} KiB, keeper RSS ${m[1].rss} KiB PSS ${m[1].pss} KiB; sum PSS ${m[0].pss + m[1].pss} KiB`);
+  const mem = shimMemoryKiB(guest.pid);
+  console.log(`# hot-plug shim memory in QEMU: RSS ${mem.rss} KiB, PSS ${mem.pss} KiB`);
 });
 
 const hotplugged: Array<{ file: string; mac: string }> = [];
@@ -126,7 +137,7 @@ test('attach 1, then 3 RSS NICs live: each holds its own program and 3 maps; the
       assert.deepEqual(bpfFdsOf(guest.pid), { progs: n, maps: 3 * n }, `${n} RSS NICs: 4 fds each`);
     }
   }
-  assert.match(guest.logTail(40), /device_add net\d+: eBPF RSS fds virt-ebpf-hp-/);
+  assert.match(guest.logTail(40), /device_add net\d+: eBPF RSS fds \d+,\d+,\d+,\d+ /);
   // Programs and maps are all distinct objects (a context is never shared).
   const ids = bpfFds(guest.pid).map((f) => `${f.kind}:${f.id}`);
   assert.equal(new Set(ids).size, ids.length);
@@ -187,35 +198,21 @@ test('broker down, strict: attach-device fails with our message, the VM keeps ru
   }
 });
 
-test('kill -9 of the relay, the keeper and the broker, one after the other: libvirt stays connected, the VM runs, hot-plug works after each', async () => {
-  const attachOne = (): void => {
-    const before = bpfFdsOf(guest.pid);
-    const nic = nicXml({ rss: true });
-    const r = attach(guest.name, nic.file);
-    assert.equal(r.status, 0, r.stderr);
-    hotplugged.push(nic);
-    assert.deepEqual(bpfFdsOf(guest.pid), { progs: before.progs + 1, maps: before.maps + 3 });
-  };
-  const first = await interposerReady(guest.pid);
-  process.kill(first.relay, 'SIGKILL');
-  await replaced(guest.pid, 'relay', first.relay);
-  assert.equal(libvirtTalks(guest.name), 'running');
-  attachOne();
-
-  const second = await interposerReady(guest.pid);
-  process.kill(second.keeper, 'SIGKILL');
-  await replaced(guest.pid, 'keeper', second.keeper);
-  assert.equal(libvirtTalks(guest.name), 'running');
-
+test('kill -9 of the broker: libvirt stays connected, the VM runs, hot-plug works once the broker is back', async () => {
   await broker.crash();
   assert.equal(libvirtTalks(guest.name), 'running');
   await broker.start();
-  attachOne();
+  const before = bpfFdsOf(guest.pid);
+  const nic = nicXml({ rss: true });
+  const r = attach(guest.name, nic.file);
+  assert.equal(r.status, 0, r.stderr);
+  hotplugged.push(nic);
+  assert.deepEqual(bpfFdsOf(guest.pid), { progs: before.progs + 1, maps: before.maps + 3 });
   assert.ok(alive(guest.pid));
   assert.match((await guest.console.run('echo still-here')).output, /still-here/);
 });
 
-test('libvirtd restarts: it reconnects to the monitor through the interposer, the VM keeps running, hot-plug keeps working', async () => {
+test('libvirtd restarts: it reconnects to QEMU\'s monitor, the VM keeps running, hot-plug keeps working on the new connection', async () => {
   const pidOf = (): number[] => spawnSync('pidof', ['libvirtd'], { encoding: 'utf8' }).stdout.trim().split(/\s+/).filter(Boolean).map(Number);
   const old = pidOf();
   assert.ok(old.length > 0, 'libvirtd runs');
@@ -225,7 +222,7 @@ test('libvirtd restarts: it reconnects to the monitor through the interposer, th
   await waitFor('libvirtd to answer', 30_000, () => virsh('list').status === 0);
   await waitFor(`libvirt to see ${guest.name} running again`, 30_000, () => virsh('domstate', guest.name).stdout.trim() === 'running');
   assert.equal(libvirtTalks(guest.name), 'running');
-  assert.match(guest.logTail(20), /libvirt reconnected/);
+  assert.match(guest.logTail(20), /libvirt connected to the monitor again/);
   const before = bpfFdsOf(guest.pid);
   const nic = nicXml({ rss: true });
   const r = attach(guest.name, nic.file);
@@ -244,7 +241,6 @@ test('fallback policy, broker down: attach-device succeeds without eBPF and the 
     enable: { policy: 'fallback' },
     readyTimeoutMs: 0,
   });
-  await interposerReady(fallback.pid);
   await broker.stop();
   try {
     const nic = nicXml({ rss: true });

@@ -11,8 +11,8 @@ import { REPO, QEMU } from '../harness';
 import type { QmpClient } from '../../src/qmp';
 import * as libc from '../../src/sys/libc';
 import { createTap, type Tap } from '../../src/guest/tap';
-import { scanInterposers } from '../../src/wrapper/interposer';
 import { sleep, until } from '../broker/support';
+import { SHIM_SO } from '../../src/wrapper/hotplug-shim';
 
 export const WRAPPER_SHIM = join(REPO, 'shims/wrapper.py');
 export const PYTHON = '/usr/bin/python3';
@@ -40,7 +40,7 @@ export interface DomainQemu {
   pid: number;
   monitor: string;
   child: ChildProcess;
-  /** QEMU's stderr so far (the domain log, where the interposer writes too) */
+  /** QEMU's stderr so far (the domain log, where the shim writes too) */
   log(): string;
   kill(): Promise<void>;
 }
@@ -119,30 +119,6 @@ export function alive(pid: number): boolean {
   }
 }
 
-/** The interposer's processes for the QEMU with this pid: relay and keeper (by comm). */
-export function interposerPids(qemuPid: number): { relay: number[]; keeper: number[] } {
-  const q = scanInterposers().find((x) => x.pid === qemuPid);
-  return { relay: q?.relays ?? [], keeper: q?.keepers ?? [] };
-}
-
-/** Wait until exactly one relay and one keeper serve this QEMU. */
-export async function interposerReady(qemuPid: number, timeoutMs = 10_000): Promise<{ relay: number; keeper: number }> {
-  let p = interposerPids(qemuPid);
-  await until('one relay and one keeper', () => {
-    p = interposerPids(qemuPid);
-    return p.relay.length === 1 && p.keeper.length === 1;
-  }, timeoutMs, 20);
-  return { relay: p.relay[0], keeper: p.keeper[0] };
-}
-
-/** Wait until the relay or keeper `old` has been replaced by exactly one new one. */
-export async function replaced(qemuPid: number, role: 'relay' | 'keeper', old: number, timeoutMs = 10_000): Promise<void> {
-  await until(`a new ${role}`, () => {
-    const p = interposerPids(qemuPid)[role];
-    return p.length === 1 && p[0] !== old;
-  }, timeoutMs, 20);
-}
-
 /**
  * What libvirt does for a tap NIC before its device_add: open each queue of a fresh tap (owned
  * by the QEMU account), `getfd` each over the monitor, `netdev_add` naming them. The tap is
@@ -164,11 +140,11 @@ export async function addNetdev(c: QmpClient, id: string, queues: number, taps: 
   await c.execute('netdev_add', { type: 'tap', id, fds: names.join(':'), vhost: false });
 }
 
-/** A process's memory in KiB: resident, and proportional (pages shared with others counted in part). */
-export function memoryKiB(pid: number): { rss: number; pss: number } {
-  const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-  const field = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
-  return { rss: field('Rss'), pss: field('Pss') };
+/** The hot-plug shim's share of a process's memory in KiB (its mappings in /proc/PID/smaps): resident, and proportional. */
+export function shimMemoryKiB(pid: number): { rss: number; pss: number } {
+  const maps = readFileSync(`/proc/${pid}/smaps`, 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/).filter((m) => m.split('\n')[0].endsWith(`/${SHIM_SO}`));
+  const sum = (k: string) => maps.reduce((n, m) => n + Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(m)?.[1] ?? 0), 0);
+  return { rss: sum('Rss'), pss: sum('Pss') };
 }
 
 export { sleep, until };
