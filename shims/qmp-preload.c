@@ -25,6 +25,8 @@
  *   VIRT_EBPF_BROKER_SOCKET (default /run/virt-ebpf/broker.sock)
  */
 #define _GNU_SOURCE
+#include "vebpf.h"
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <linux/bpf.h>
@@ -66,13 +68,16 @@ static int (*real_accept)(int, struct sockaddr *, socklen_t *);
 static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
 
 static int listen_fd = -1;
-static char emulator[4096], policy[16], dom_name[512], dom_uuid[64], broker[108];
+static char emulator[4096], policy[16], dom_name[512], dom_uuid[64];
 static struct conn conns[MAX_CONNS];
 static struct pending pendings[MAX_PENDING];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char peekbuf[PEEK_MAX];
 static unsigned serial;
 static int npending;  /* pendings in use: sendmsg() of any other fd looks only at this */
+
+/* Built with -fvisibility=hidden: QEMU and its libraries see only the four calls we wrap. */
+#define WRAPPED __attribute__((visibility("default")))
 
 static void say(const char *fmt, ...)
 {
@@ -104,9 +109,6 @@ __attribute__((constructor)) static void init(void)
     take_env("VIRT_EBPF_POLICY", policy, sizeof policy);
     take_env("VIRT_EBPF_DOMAIN_NAME", dom_name, sizeof dom_name);
     take_env("VIRT_EBPF_DOMAIN_UUID", dom_uuid, sizeof dom_uuid);
-    take_env("VIRT_EBPF_BROKER_SOCKET", broker, sizeof broker);
-    if (!broker[0])
-        snprintf(broker, sizeof broker, "/run/virt-ebpf/broker.sock");
     unsetenv("LD_PRELOAD");
     for (int i = 0; i < MAX_CONNS; i++)
         conns[i].fd = -1;
@@ -152,52 +154,17 @@ static int accepted(int sock, int fd)
     return fd;
 }
 
-int accept(int sock, struct sockaddr *addr, socklen_t *len)
+WRAPPED int accept(int sock, struct sockaddr *addr, socklen_t *len)
 {
     return accepted(sock, real_accept(sock, addr, len));
 }
 
-int accept4(int sock, struct sockaddr *addr, socklen_t *len, int flags)
+WRAPPED int accept4(int sock, struct sockaddr *addr, socklen_t *len, int flags)
 {
     return accepted(sock, real_accept4(sock, addr, len, flags));
 }
 
-/* ---- a few JSON looks at one line (libvirt's compact form, or with spaces) ---- */
-
-static const char *skip_ws(const char *p, const char *end)
-{
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-        p++;
-    return p;
-}
-
-/* The value of member `key` of the object that starts at `obj` ('{'), or NULL. Walks strings
- * and nesting, so a member of an inner object or a string that looks like a key never counts. */
-static const char *member(const char *obj, const char *end, const char *key)
-{
-    if (!obj || obj >= end || *obj != '{')
-        return NULL;
-    size_t klen = strlen(key);
-    int depth = 0;
-    for (const char *p = obj; p < end; p++) {
-        if (*p == '"') {
-            const char *s = p + 1, *q = s;
-            while (q < end && *q != '"')
-                q += *q == '\\' ? 2 : 1;
-            if (q >= end)
-                return NULL;
-            const char *after = skip_ws(q + 1, end);
-            if (depth == 1 && after < end && *after == ':' && (size_t)(q - s) == klen && !memcmp(s, key, klen))
-                return skip_ws(after + 1, end);
-            p = q;
-        } else if (*p == '{' || *p == '[') {
-            depth++;
-        } else if ((*p == '}' || *p == ']') && --depth == 0) {
-            return NULL;
-        }
-    }
-    return NULL;
-}
+/* ---- a few JSON looks at one line (shims/brokercall.c walks it) ---- */
 
 /* The raw JSON of a scalar value (a string with its quotes, a number, true…) into out. */
 static void raw_value(const char *v, const char *end, char *out, size_t size)
@@ -212,7 +179,7 @@ static void raw_value(const char *v, const char *end, char *out, size_t size)
                 p++;
         p++;
     } else {
-        while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\r' && *p != '\n')
+        while (p < end && !strchr(",}] \r\n", *p))
             p++;
     }
     if (p <= end && (size_t)(p - v) < size) {
@@ -221,59 +188,27 @@ static void raw_value(const char *v, const char *end, char *out, size_t size)
     }
 }
 
-/* Copies a string value without escapes into out; 0 when it is not such a string. */
-static int string_value(const char *v, const char *end, char *out, size_t size)
+/* Whether the string value at v is one of `names`. */
+static int string_in(const char *v, const char *end, const char *const *names)
 {
-    if (!v || v >= end || *v != '"')
-        return 0;
-    size_t n = 0;
-    for (v++; v < end && *v != '"'; v++) {
-        if (*v == '\\' || n + 1 >= size)
-            return 0;
-        out[n++] = *v;
-    }
-    out[n] = 0;
-    return v < end;
+    char *s = json_string(v, end);
+    int hit = 0;
+    for (int i = 0; s && names[i]; i++)
+        hit |= !strcmp(s, names[i]);
+    free(s);
+    return hit;
 }
 
 static int wants_fds(const char *line, const char *end, const char *args)
 {
+    static const char *const device_add[] = {"device_add", NULL};
     static const char *const virtio_net[] = {"virtio-net", "virtio-net-pci", "virtio-net-pci-transitional",
-                                             "virtio-net-pci-non-transitional", "virtio-net-device", "virtio-net-ccw"};
-    char s[64];
-    if (!string_value(member(line, end, "execute"), end, s, sizeof s) || strcmp(s, "device_add"))
-        return 0;
-    if (!string_value(member(args, end, "driver"), end, s, sizeof s))
-        return 0;
-    int ok = 0;
-    for (size_t i = 0; i < sizeof virtio_net / sizeof *virtio_net; i++)
-        ok |= !strcmp(s, virtio_net[i]);
-    const char *rss = member(args, end, "rss");
-    if (!ok || !rss)
-        return 0;
-    if (!(end - rss >= 4 && !memcmp(rss, "true", 4)) &&
-        !(string_value(rss, end, s, sizeof s) && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true") || !strcmp(s, "y"))))
-        return 0;
-    return !member(args, end, "ebpf-rss-fds") && !member(args, end, "ebpf_rss_fds");
-}
-
-static void json_string(char *out, size_t size, const char *s)
-{
-    size_t n = 0;
-    out[n++] = '"';
-    for (; *s && n + 8 < size; s++) {
-        unsigned char ch = *s;
-        if (ch == '"' || ch == '\\') {
-            out[n++] = '\\';
-            out[n++] = ch;
-        } else if (ch < 0x20) {
-            n += snprintf(out + n, size - n, "\\u%04x", ch);
-        } else {
-            out[n++] = ch;
-        }
-    }
-    out[n++] = '"';
-    out[n] = 0;
+                                             "virtio-net-pci-non-transitional", "virtio-net-device", "virtio-net-ccw", NULL};
+    static const char *const on[] = {"on", "yes", "true", "y", NULL};
+    const char *rss = json_member(args, end, "rss");
+    return string_in(json_member(line, end, "execute"), end, device_add) && string_in(json_member(args, end, "driver"), end, virtio_net) &&
+           rss && (!strncmp(rss, "true", 4) || string_in(rss, end, on)) &&
+           !json_member(args, end, "ebpf-rss-fds") && !json_member(args, end, "ebpf_rss_fds");
 }
 
 /* ---- the broker ---- */
@@ -293,106 +228,43 @@ static unsigned bpf_id(int fd)
 /* One acquire; returns the number of fds (and fills fds), or -1 with a one-line reason. */
 static int acquire(int *fds, char *why, size_t why_size)
 {
-    char name[1100], uuid[140], emu[8300], req[10000];
-    json_string(name, sizeof name, dom_name);
-    json_string(uuid, sizeof uuid, dom_uuid);
-    json_string(emu, sizeof emu, emulator);
-    int n = snprintf(req, sizeof req, "{\"v\":1,\"id\":1,\"op\":\"acquire\",\"emulator\":%s,\"count\":1,\"domain\":{", emu);
-    if (dom_name[0])
-        n += snprintf(req + n, sizeof req - n, "\"name\":%s%s", name, dom_uuid[0] ? "," : "");
-    if (dom_uuid[0])
-        n += snprintf(req + n, sizeof req - n, "\"uuid\":%s", uuid);
-    n += snprintf(req + n, sizeof req - n, "}}\n");
-    static const char remedy[] = "start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`";
-
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    struct timeval tv = {.tv_sec = 10};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", broker);
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        snprintf(why, why_size, "cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s", broker, strerror(errno), remedy);
-        if (s >= 0)
-            close(s);
+    struct buf req = {0};
+    buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"acquire\",\"emulator\":");
+    buf_json(&req, emulator);
+    buf_str(&req, ",\"count\":1,\"domain\":{");
+    if (dom_name[0]) {
+        buf_str(&req, "\"name\":");
+        buf_json(&req, dom_name);
+    }
+    if (dom_uuid[0]) {
+        buf_str(&req, dom_name[0] ? ",\"uuid\":" : "\"uuid\":");
+        buf_json(&req, dom_uuid);
+    }
+    buf_str(&req, "}}\n");
+    char *reply;
+    int nfds;
+    enum broker_result r = broker_call(req.p, req.len, 10, &reply, fds, &nfds, why, why_size);
+    free(req.p);
+    if (r != BROKER_OK)
         return -1;
-    }
-    struct iovec siov = {req, (size_t)n};
-    struct msghdr smsg = {.msg_iov = &siov, .msg_iovlen = 1};
-    static char reply[65536];
-    size_t got = 0;
-    int nfds = 0;
-    if (real_sendmsg(s, &smsg, MSG_NOSIGNAL) != n) {
-        snprintf(why, why_size, "cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s", broker, strerror(errno), remedy);
-        close(s);
-        return -1;
-    }
-    while (!memchr(reply, '\n', got)) {
-        union {
-            char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-            struct cmsghdr align;
-        } u;
-        struct iovec iov = {reply + got, sizeof reply - 1 - got};
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
-        ssize_t r = iov.iov_len ? real_recvmsg(s, &msg, MSG_CMSG_CLOEXEC) : 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); r >= 0 && c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                continue;
-            int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (int i = 0; i < k; i++) {
-                int fd;
-                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-                if (nfds < MAX_FDS)
-                    fds[nfds++] = fd;
-                else
-                    close(fd);
-            }
-        }
-        if (r <= 0) {
-            snprintf(why, why_size, "cannot reach the virt-ebpf broker at %s: %s (BROKER_UNREACHABLE); %s", broker,
-                     r == 0 ? "it closed the connection without a reply" : strerror(errno), remedy);
-            goto fail;
-        }
-        got += r;
-    }
-    close(s);
-    s = -1;
-    reply[got] = 0;
-    const char *end = reply + got;
-    const char *ok = member(reply, end, "ok");
-    if (!ok || strncmp(ok, "true", 4)) {
-        char msg[1024] = "refused", code[64] = "", rem[1024] = "";
-        const char *err = member(reply, end, "error");
-        string_value(member(err, end, "message"), end, msg, sizeof msg);
-        string_value(member(err, end, "code"), end, code, sizeof code);
-        string_value(member(err, end, "remedy"), end, rem, sizeof rem);
-        snprintf(why, why_size, "broker: %s (%s); %s", msg, code, rem);
-        goto fail;
-    }
-    const char *ctx = member(reply, end, "contexts");  /* [{"property":{"name":…},"fds":4,…}] */
-    ctx = ctx && *ctx == '[' ? skip_ws(ctx + 1, end) : NULL;
-    char prop[64] = "";
-    string_value(member(member(ctx, end, "property"), end, "name"), end, prop, sizeof prop);
-    const char *cnt = member(ctx, end, "fds");
+    const char *end = reply + strlen(reply);
+    const char *ctx = json_first(json_member(json_skip_ws(reply, end), end, "contexts"), end);  /* [{"property":{"name":…},"fds":4,…}] */
+    char *prop = json_string(json_member(json_member(ctx, end, "property"), end, "name"), end);
+    const char *cnt = json_member(ctx, end, "fds");
     int want = cnt ? atoi(cnt) : 0;
-    if (strcmp(prop, "ebpf-rss-fds")) {
+    if (!prop || strcmp(prop, "ebpf-rss-fds")) {
         snprintf(why, why_size, "hot-plug needs the ebpf-rss-fds property (QEMU >= 9.0); this emulator uses %s (HOTPLUG_UNSUPPORTED); "
-                 "add the NIC to the domain XML and restart the domain", prop[0] ? prop : "no fd property");
-        goto fail;
-    }
-    if (want < 1 || want > nfds) {
+                 "add the NIC to the domain XML and restart the domain", prop ? prop : "no fd property");
+        want = -1;
+    } else if (want < 1 || want > nfds) {
         snprintf(why, why_size, "broker: sent %d fds for a context of %d (BROKER_PROTOCOL); check `virt-ebpf doctor`", nfds, want);
-        goto fail;
+        want = -1;
     }
-    for (int i = want; i < nfds; i++)
+    for (int i = want < 0 ? 0 : want; i < nfds; i++)
         close(fds[i]);
+    free(prop);
+    free(reply);
     return want;
-fail:
-    if (s >= 0)
-        close(s);
-    for (int i = 0; i < nfds; i++)
-        close(fds[i]);
-    return -1;
 }
 
 /* ---- the monitor connection: libvirt -> QEMU ---- */
@@ -429,27 +301,31 @@ static void decide(struct conn *c, const char *line, size_t len)
     c->line_left = len;
     if (!memmem(line, len, "device_add", 10))
         return;
-    const char *args = member(line, end, "arguments");
+    const char *args = json_member(line, end, "arguments");
     if (!args || *args != '{' || !wants_fds(line, end, args))
         return;
-    char dev[128] = "anon", id[128], ins[20000], why[4096];
-    int fds[MAX_FDS];
-    string_value(member(args, end, "id"), end, dev, sizeof dev);
-    raw_value(member(line, end, "id"), end, id, sizeof id);
+    char id[128], ins[20000], why[4096];
+    int fds[VEBPF_MAX_FDS];
+    char *devid = json_string(json_member(args, end, "id"), end);
+    const char *dev = devid ? devid : "anon";
+    raw_value(json_member(line, end, "id"), end, id, sizeof id);
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int n = acquire(fds, why, sizeof why);
     if (n < 0) {
         if (strcmp(policy, "strict")) {
             say("%s; policy is fallback: %s is added without eBPF RSS steering", why, dev);
+            free(devid);
             return;
         }
         say("device_add %s refused: %s", dev, why);
-        char reason[4200], msg[4300];
+        char msg[4300];
+        struct buf reason = {0};
         snprintf(msg, sizeof msg, "virt-ebpf: %s", why);
-        json_string(reason, sizeof reason, msg);
+        buf_json(&reason, msg);
         /* QEMU counts the names first (4), then fails on the first: "File descriptor named '<our text>' has not been found" */
-        snprintf(ins, sizeof ins, "\"ebpf-rss-fds\":[%s,%s,%s,%s],", reason, reason, reason, reason);
+        snprintf(ins, sizeof ins, "\"ebpf-rss-fds\":[%s,%s,%s,%s],", reason.p, reason.p, reason.p, reason.p);
+        free(reason.p);
     } else {
         char list[128] = "";
         for (int i = 0, k = 0; i < n; i++)
@@ -462,6 +338,7 @@ static void decide(struct conn *c, const char *line, size_t len)
         if (id[0])
             remember(id, fds, n);
     }
+    free(devid);
     c->ins = strdup(ins);
     if (!c->ins)
         return;
@@ -557,7 +434,7 @@ static ssize_t monitor_recv(struct conn *c, int fd, struct msghdr *msg, int flag
     return monitor_recv(c, fd, msg, flags);
 }
 
-ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+WRAPPED ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
     if (listen_fd < 0 || !find(fd))  /* (a racy look first: the lock is for the monitor's fds only) */
         return real_recvmsg(fd, msg, flags);
@@ -584,12 +461,12 @@ static void replied(const char *buf, size_t len)
         const char *le = memchr(ls, '\n', end - ls);
         le = le ? le : end;
         char id[128];
-        raw_value(member(skip_ws(ls, le), le, "id"), le, id, sizeof id);
+        raw_value(json_member(json_skip_ws(ls, le), le, "id"), le, id, sizeof id);
         for (int i = 0; id[0] && i < MAX_PENDING; i++) {
             struct pending *p = &pendings[i];
             if (!p->nfds || strcmp(p->id, id))
                 continue;
-            if (member(skip_ws(ls, le), le, "error")) {  /* QEMU did not keep them: close those still ours */
+            if (json_member(json_skip_ws(ls, le), le, "error")) {  /* QEMU did not keep them: close those still ours */
                 int closed = 0;
                 for (int k = 0; k < p->nfds; k++)
                     if (p->ids[k] && bpf_id(p->fds[k]) == p->ids[k]) {
@@ -605,7 +482,7 @@ static void replied(const char *buf, size_t len)
     }
 }
 
-ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+WRAPPED ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
     if (__atomic_load_n(&npending, __ATOMIC_SEQ_CST) > 0) {
         pthread_mutex_lock(&lock);

@@ -64,7 +64,7 @@ export type ErrorCode =
   | 'BROKER_LIMIT'
   | 'BROKER_INTERNAL'
   | 'CONFIG_INVALID'
-  | 'PYTHON_MISSING'
+  | 'SHIMS_MISSING'
   // status / verify
   | 'DOMAIN_NOT_FOUND'
   | 'NIC_NOT_FOUND'

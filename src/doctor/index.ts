@@ -4,6 +4,7 @@
  * checks.ts.
  */
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { CheckResult, commandOutput, kernelChecks, sha256File, Check } from './checks';
 import { libvirtQemuAccount } from '../broker/config';
 import { brokerRequest, DEFAULT_SOCKET } from '../broker/client';
@@ -34,9 +35,12 @@ function hostChecks(opts: DoctorOptions): Check[] {
       }
     },
     async () => {
-      const { PYTHON } = await import('../install/host');
-      const has = existsSync(PYTHON);
-      return { name: 'python3', verdict: has ? 'ok' : 'fail', detail: has ? `${PYTHON} (runs the wrapper and hook shims)` : `${PYTHON} is missing: enabled domains cannot start`, fix: has ? undefined : 'apt-get install python3', needed: true };
+      const { SHIM_FILES } = await import('../install/host');
+      const { sourceRoot } = await import('../install/runtime');
+      const missing = Object.values(SHIM_FILES).map((f) => join(sourceRoot(), f)).filter((f) => !existsSync(f));
+      return missing.length === 0
+        ? { name: 'shims', verdict: 'ok', detail: `${join(sourceRoot(), 'dist/shims')}: wrapper, hook and hot-plug shims are built`, needed: true }
+        : { name: 'shims', verdict: 'fail', detail: `${missing[0]} is missing: enabled domains cannot start`, fix: 'npm run build in the checkout (needs gcc, libc6-dev), then virt-ebpf install', needed: true };
     },
     async () => {
       const { listEmulatorsOnPath, probeEmulator } = await import('../emulator');

@@ -3,6 +3,7 @@
  * remember exactly what was written (manifest with content hashes), remove exactly that, and
  * tell libvirtd to rescan its hooks.
  */
+import { SHIM_FILES } from './host';
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -99,8 +100,11 @@ export function rescanHooks(): string {
 }
 
 export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): InstallReport {
-  if (!existsSync(facts.python)) {
-    throw new VirtEbpfError('PYTHON_MISSING', `${facts.python} does not exist: the emulator wrapper and the hook run their start-path shims with it`, { remedy: 'apt-get install python3' });
+  const missing = Object.values(SHIM_FILES).filter((f) => !existsSync(join(facts.prefix, f)));
+  if (missing.length) {
+    throw new VirtEbpfError('SHIMS_MISSING', `${join(facts.prefix, missing[0])} does not exist: the emulator wrapper, the hook and hot-plug need the shims built from shims/*.c`, {
+      remedy: 'run `npm run build` in the checkout (needs cc: apt-get install gcc libc6-dev), then install again',
+    });
   }
   const paths = resolvePaths(facts);
   const plan = installPlan(facts);

@@ -10,8 +10,8 @@ import { identityOf } from './apply';
 import { HostFacts, InstallPaths } from './plan';
 
 export const TEMPLATE_FILES = ['hook.sh', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf'];
-/** The start-path shims run under Debian's python3, named absolutely (PATH may hold others). */
-export const PYTHON = '/usr/bin/python3';
+/** The start-path shims, built from shims/*.c by `npm run build` (scripts/build-shims.sh), relative to the prefix. */
+export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: 'dist/shims/vebpf-qmp.so' } as const;
 export const EMULATOR_DIRS = ['/usr/bin', '/usr/local/bin', '/usr/libexec'];
 
 export interface EmulatorChoice {
@@ -56,7 +56,6 @@ export function hostFacts(opts: { prefix: string; emulators: string[]; paths?: P
   for (const f of TEMPLATE_FILES) templates[f] = readFileSync(join(opts.prefix, 'templates', f), 'utf8');
   return {
     node: process.execPath,
-    python: PYTHON,
     prefix: opts.prefix,
     emulators: opts.emulators.map((path) => ({ path, identity: identityOf(path) })),
     templates,

@@ -3,6 +3,7 @@
  * Pure: the facts about the host come in (`HostFacts`), the list of artifacts goes out, so
  * uninstall can remove exactly this list and tests can check it without touching /etc.
  */
+import { SHIM_FILES } from './host';
 import { basename, join } from 'node:path';
 import { renderWrapper } from '../wrapper/script';
 import { XML_NAMESPACE } from '../xml/config';
@@ -10,8 +11,6 @@ import { XML_NAMESPACE } from '../xml/config';
 export interface HostFacts {
   /** absolute path of node */
   node: string;
-  /** absolute path of python3 (the start-path shims) */
-  python: string;
   /** the project's installed root (holds dist/ and templates/) */
   prefix: string;
   /** real emulators to wrap, with their identity strings */
@@ -80,8 +79,7 @@ export function installPlan(facts: HostFacts): Artifact[] {
     NODE: facts.node,
     CLI: cli,
     HOOK: join(facts.prefix, 'dist/src/hook/main.js'),
-    PYTHON: facts.python,
-    HOOK_SHIM: join(facts.prefix, 'shims/hook.py'),
+    HOOK_SHIM: join(facts.prefix, SHIM_FILES.hook),
     PREFIX: facts.prefix,
     WRAPPER_DIR: p.wrapperDir,
     XMLNS: XML_NAMESPACE,
@@ -90,7 +88,7 @@ export function installPlan(facts: HostFacts): Artifact[] {
     kind: 'wrapper' as const,
     path: wrapperPath(p, e.path),
     mode: 0o755,
-    content: renderWrapper({ real: e.path, python: facts.python, shim: join(facts.prefix, 'shims/wrapper.py'), identity: e.identity }),
+    content: renderWrapper({ real: e.path, shim: join(facts.prefix, SHIM_FILES.wrapper), identity: e.identity }),
   }));
   out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates['hook.sh'], vars) });
   out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });

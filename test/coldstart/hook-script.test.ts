@@ -2,13 +2,14 @@
  * The installed hook script is on the path of every `virsh start` of every domain: libvirt runs
  * it at prepare, start, started, stopped and release. It must start an interpreter only for the
  * events the hook acts on and only for domains with our metadata, and hand it the XML unchanged:
- * prepare/release (the start path) go to the Python shim, migrate/restore to Node. The template
- * is rendered by the real install plan; `node` and `python3` are replaced by recorders.
+ * prepare/release (the start path) go to the C hook shim, migrate/restore to Node. The template
+ * is rendered by the real install plan for a scratch prefix whose `node` and hook shim are
+ * recorders.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { installPlan } from '../../src/install/plan';
 import { hostFacts } from '../../src/install/host';
@@ -24,12 +25,15 @@ test('the hook script starts an interpreter only for prepare/release/migrate/res
   try {
     const record = join(d.path, 'record');
     const fakeNode = join(d.path, 'node');
-    const fakePython = join(d.path, 'python3');
-    for (const fake of [fakeNode, fakePython]) {
+    const prefix = join(d.path, 'prefix');
+    cpSync(join(REPO, 'templates'), join(prefix, 'templates'), { recursive: true });
+    mkdirSync(join(prefix, 'dist/shims'), { recursive: true });
+    const fakeHook = join(prefix, 'dist/shims/vebpf-hook');
+    for (const fake of [fakeNode, fakeHook]) {
       writeFileSync(fake, `#!/bin/sh\nprintf '%s %s\\n' "$0" "$*" > '${record}.argv'\ncat > '${record}.stdin'\nexit 7\n`);
       chmodSync(fake, 0o755);
     }
-    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU] }), node: fakeNode, python: fakePython };
+    const facts = { ...hostFacts({ prefix, emulators: [QEMU] }), node: fakeNode };
     const hook = installPlan(facts).find((a) => a.kind === 'hook')!;
     const script = join(d.path, 'hook');
     writeFileSync(script, hook.content, { mode: 0o755 });
@@ -50,7 +54,7 @@ test('the hook script starts an interpreter only for prepare/release/migrate/res
       const r = call(enabled, 'vm', ...ev, '-');
       assert.deepEqual(r, { status: 7, node: true }, `${ev.join(' ')} of an enabled domain: the interpreter runs and its exit status is the hook's`);
       const startPath = ev[0] === 'prepare' || ev[0] === 'release';
-      const expected = startPath ? `${fakePython} -I -S ${join(REPO, 'shims/hook.py')}` : `${fakeNode} ${join(REPO, 'dist/src/hook/main.js')}`;
+      const expected = startPath ? fakeHook : `${fakeNode} ${join(prefix, 'dist/src/hook/main.js')}`;
       assert.equal(readFileSync(`${record}.argv`, 'utf8'), `${expected} vm ${ev.join(' ')} -\n`);
       assert.equal(readFileSync(`${record}.stdin`, 'utf8').trimEnd(), enabled.trimEnd(), 'the interpreter reads the XML libvirt sent');
     }

@@ -7,14 +7,14 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { readCmdline } from '../../src/sys/proc';
 import net from 'node:net';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
 import { lookupUser } from '../../src/sys/users';
-import type { Tap } from '../../src/guest/tap';
+import { createTap, type Tap } from '../../src/guest/tap';
 import { hotplugShimCheck } from '../../src/doctor';
 import { mapsShowShim } from '../../src/wrapper/hotplug-shim';
 import { needRoot, tempDir } from '../harness';
@@ -230,4 +230,26 @@ test('a device_add that arrives in pieces, and commands that arrive several in o
   assert.match(buf, /"id": "p1"[\s\S]*"return": \{\}, "id": "p2"[\s\S]*"id": "p3"/, 'in order, each answered');
   assert.deepEqual(bpfFdsOf(q.pid), { progs: 2, maps: 6 }, 'both RSS NICs got their fds');
   assert.match(q.log(), /device_add net2: eBPF RSS fds/);
+});
+
+test('an RSS NIC on the command line: the wrapper shim puts the broker\'s fds in; every other argument passes byte for byte', async () => {
+  const tap = await createTap({ user: 'libvirt-qemu' });
+  taps.push(tap);
+  const uuid = randomUUID();
+  const name = `hs-ünï"q\\${uuid.slice(0, 4)}`;
+  writeFileSync(join(stateDir, `${uuid}.json`), JSON.stringify({ name, uuid, policy: 'strict', hotplug: true }));
+  const netdev = JSON.stringify({ type: 'tap', id: 'hn0', ifname: tap.name, script: 'no', downscript: 'no', vhost: false, queues: 4 });
+  const device = { driver: 'virtio-net-pci', netdev: 'hn0', id: 'net0', mq: true, vectors: 10, rss: true, bus: 'pci.1', addr: '0x0' };
+  const q = await startDomainQemu({ dir: dir.path, uid: qemuUser.uid, gid: qemuUser.gid, uuid, name, broker: broker.socket, stateDir, extra: ['-netdev', netdev, '-device', JSON.stringify(device)] });
+  qemus.push(q);
+  await connect(q);
+  assert.deepEqual(bpfFdsOf(q.pid), { progs: 1, maps: 3 });
+  const argv = readCmdline(q.pid)!;
+  assert.equal(argv[argv.indexOf('-name') + 1], `guest=${name},debug-threads=on`, 'a name with UTF-8, a quote and a backslash is untouched');
+  assert.equal(argv[argv.indexOf('-netdev') + 1], netdev);
+  const dev = JSON.parse(argv[argv.indexOf('-device', argv.indexOf('-netdev')) + 1]) as Record<string, unknown>;
+  const fds = dev['ebpf-rss-fds'] as string[];
+  assert.equal(fds.length, 4);
+  assert.deepEqual({ ...dev, 'ebpf-rss-fds': undefined }, { ...device, 'ebpf-rss-fds': undefined }, 'the device otherwise as it was');
+  for (const f of fds) assert.match(readlinkSync(`/proc/${q.pid}/fd/${f}`), /^anon_inode:bpf-(prog|map)$/, `fd ${f} is QEMU's eBPF object`);
 });

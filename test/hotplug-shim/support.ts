@@ -14,8 +14,8 @@ import { createTap, type Tap } from '../../src/guest/tap';
 import { sleep, until } from '../broker/support';
 import { SHIM_SO } from '../../src/wrapper/hotplug-shim';
 
-export const WRAPPER_SHIM = join(REPO, 'shims/wrapper.py');
-export const PYTHON = '/usr/bin/python3';
+export const WRAPPER_SHIM = join(REPO, 'dist/shims/vebpf-wrapper');
+const PYTHON = '/usr/bin/python3';
 const MONITOR_FD = 30;
 
 // Binds the monitor socket as libvirt does (root, then chowned), drops to the QEMU account,
@@ -71,7 +71,7 @@ export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
     ...[1, 2, 3, 4, 5].flatMap((i) => ['-device', JSON.stringify({ driver: 'pcie-root-port', port: 15 + i, chassis: i, id: `pci.${i}`, bus: 'pcie.0', addr: `0x2.${i - 1}`, ...(i === 1 ? { multifunction: true } : {}) })]),
     ...(o.extra ?? []),
   ];
-  const child = spawn(PYTHON, ['-c', LAUNCHER, monitor, String(o.uid), String(o.gid), String(MONITOR_FD), PYTHON, '-I', '-S', WRAPPER_SHIM, QEMU, ...args], {
+  const child = spawn(PYTHON, ['-c', LAUNCHER, monitor, String(o.uid), String(o.gid), String(MONITOR_FD), WRAPPER_SHIM, QEMU, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, VIRT_EBPF_BROKER_SOCKET: o.broker, VIRT_EBPF_DOMAIN_STATE_DIR: o.stateDir },
   });

@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, readdirSync, utimesSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, readdirSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { install, uninstall, refreshWrappers, staleWrappers, readManifest } from '../../src/install/apply';
 import { installPlan, InstallPaths } from '../../src/install/plan';
@@ -46,8 +46,8 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     }
     const wrapper = parseWrapper(readFileSync(join(paths.wrapperDir, 'qemu-system-x86_64'), 'utf8'));
     assert.equal(wrapper?.real, QEMU);
-    assert.deepEqual({ python: wrapper?.python, shim: wrapper?.shim }, { python: '/usr/bin/python3', shim: join(REPO, 'shims/wrapper.py') }, 'Debian\'s python3, named absolutely');
-    assert.match(readFileSync(paths.hookFile, 'utf8'), new RegExp(`'prepare begin'\\|'release end'\\) run='/usr/bin/python3 -I -S ${REPO}/shims/hook\\.py'`));
+    assert.equal(wrapper?.shim, join(REPO, 'dist/shims/vebpf-wrapper'), 'the C wrapper shim, named absolutely');
+    assert.match(readFileSync(paths.hookFile, 'utf8'), new RegExp(`'prepare begin'\\|'release end'\\) run='${REPO}/dist/shims/vebpf-hook'`));
     assert.match(readFileSync(paths.hookFile, 'utf8'), /dist\/src\/hook\/main\.js/);
     assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} .*cli/main.js broker`));
     assert.equal(readManifest(paths.manifest)!.entries.length, plan.length);
@@ -115,12 +115,15 @@ test('refresh rewrites (new ctime) only the wrapper whose QEMU changed', async (
   }
 });
 
-test('install refuses without python3: the start-path shims need it', () => {
+test('install refuses when the shims are not built: wrapper, hook and hot-plug need them', () => {
   const d = tempDir();
   try {
-    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU], paths: scratchPaths(d.path) }), python: join(d.path, 'no-python3') };
-    assert.throws(() => install(facts, { rescan: false }), (e: Error & { code?: string; remedy?: string }) => e.code === 'PYTHON_MISSING' && e.remedy === 'apt-get install python3');
-    assert.deepEqual(allFiles(d.path), [], 'nothing was written');
+    const prefix = join(d.path, 'prefix');
+    mkdirSync(join(prefix, 'templates'), { recursive: true });
+    cpSync(join(REPO, 'templates'), join(prefix, 'templates'), { recursive: true });
+    const facts = hostFacts({ prefix, emulators: [QEMU], paths: scratchPaths(join(d.path, 'root')) });
+    assert.throws(() => install(facts, { rescan: false }), (e: Error & { code?: string; remedy?: string }) => e.code === 'SHIMS_MISSING' && /npm run build/.test(e.remedy ?? ''));
+    assert.deepEqual(existsSync(join(d.path, 'root')) ? allFiles(join(d.path, 'root')) : [], [], 'nothing was written');
   } finally {
     d.remove();
   }

@@ -1,5 +1,5 @@
 /**
- * The Python shims on the start path, with the broker down (the broker-up path is the libvirt
+ * The C shims on the start path (shims/wrapper.c, shims/hook.c, built to dist/shims), with the broker down (the broker-up path is the libvirt
  * acceptance in test/coldstart): the wrapper shim refuses with exactly one line under strict and
  * execs the real emulator with the original argv and no BPF fds under fallback; the hook shim
  * decides strict/fallback from the domain XML and leaves the policy for the wrapper.
@@ -13,7 +13,8 @@ import { domainUuid } from '../../src/hook/event';
 import { enableDomain, wrapperInDir } from '../../src/xml';
 import { REPO, tempDir } from '../harness';
 
-const PYTHON = '/usr/bin/python3';
+const WRAPPER = join(REPO, 'dist/shims/vebpf-wrapper');
+const HOOK = join(REPO, 'dist/shims/vebpf-hook');
 const dir = tempDir();
 const stateDir = join(dir.path, 'domains');
 const env = { PATH: '/usr/bin:/bin', VIRT_EBPF_BROKER_SOCKET: join(dir.path, 'no-broker.sock'), VIRT_EBPF_DOMAIN_STATE_DIR: stateDir };
@@ -36,7 +37,7 @@ function policyFor(policy: 'strict' | 'fallback'): void {
 
 function wrapper() {
   for (const f of ['argv', 'fds']) writeFileSync(`${fakeQemu}.${f}`, '');
-  return spawnSync(PYTHON, ['-I', '-S', join(REPO, 'shims/wrapper.py'), fakeQemu, ...args], { env, encoding: 'utf8', timeout: 10_000 });
+  return spawnSync(WRAPPER, [fakeQemu, ...args], { env, encoding: 'utf8', timeout: 10_000 });
 }
 
 test('wrapper shim, broker down, strict: one line with the TS wording, exit 1, QEMU never runs', () => {
@@ -68,7 +69,7 @@ test('hook shim, broker down: prepare strict refuses with one line, fallback goe
   const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
   const id = domainUuid(plain)!;
   const state = join(stateDir, `${id}.json`);
-  const hook = (xml: string, ...ev: string[]) => spawnSync(PYTHON, ['-I', '-S', join(REPO, 'shims/hook.py'), 'vm', ...ev, '-'], { env, input: xml, encoding: 'utf8', timeout: 10_000 });
+  const hook = (xml: string, ...ev: string[]) => spawnSync(HOOK, ['vm', ...ev, '-'], { env, input: xml, encoding: 'utf8', timeout: 10_000 });
   const enabled = (policy: 'strict' | 'fallback') => enableDomain(plain, { wrapperFor: wrapperInDir('/usr/libexec/virt-ebpf'), policy }).xml;
 
   const strict = hook(enabled('strict'), 'prepare', 'begin');

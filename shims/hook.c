@@ -1,0 +1,161 @@
+/*
+ * virt-ebpf libvirt hook shim for `prepare begin` and `release end`: `vebpf-hook NAME OP SUBOP
+ * EXTRA`, root, domain XML on stdin. The hook's logic runs inside the broker (the `hook` op of
+ * src/broker/server.ts, src/hook/main.ts runHook); this only forwards the XML and relays the
+ * answer. When the broker cannot be asked it does what runHook would: the domain's policy from
+ * our metadata decides (strict refuses the start, fallback lets it go on), and the state the
+ * wrapper reads (policy, hotplug) is left at prepare and removed at release.
+ */
+#define _GNU_SOURCE
+#include "vebpf.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define HOOK_TIMEOUT_S 30  /* bounded: a hook that hangs would hang libvirt's start */
+#define MAX_XML (16 << 20)
+
+/* The text between the first `start` (from `from`) and the next `stop`, malloc'd, or NULL. */
+static char *between(const char *text, const char *start, const char *stop)
+{
+    const char *i = strstr(text, start);
+    const char *j = i ? strstr(i + strlen(start), stop) : NULL;
+    return j ? strndup(i + strlen(start), j - i - strlen(start)) : NULL;
+}
+
+/* An attribute of our `<virt-ebpf:config …>` element (src/xml writes it), if one of `allowed`. */
+static const char *config_attr(const char *xml, const char *name, const char *const *allowed, const char *dflt)
+{
+    char *tag = between(xml, "<virt-ebpf:config", ">");
+    const char *out = dflt;
+    for (int q = 0; tag && q < 2 && out == dflt; q++) {
+        char open[64], close[2] = {q ? '\'' : '"', 0};
+        snprintf(open, sizeof open, " %s=%s", name, close);
+        char *v = between(tag, open, close);
+        for (int i = 0; v && allowed[i]; i++)
+            if (!strcmp(v, allowed[i]))
+                out = allowed[i];
+        free(v);
+    }
+    free(tag);
+    return out;
+}
+
+static const char *const POLICIES[] = {"strict", "fallback", NULL};
+static const char *const ON_OFF[] = {"on", "off", NULL};
+
+/* PREFIX/domains/<uuid>.json from the domain's <uuid>, or NULL. */
+static char *state_path(const char *xml)
+{
+    const char *dom = strstr(xml, "<domain");
+    char *uuid = between(dom ? dom : xml, "<uuid>", "</uuid>");
+    if (!uuid)
+        return NULL;
+    char *u = uuid + strspn(uuid, " \t\r\n");
+    u[strcspn(u, " \t\r\n")] = 0;
+    int ok = strlen(u) == 36 && strspn(u, "0123456789abcdefABCDEF-") == 36;
+    for (char *p = u; *p; p++)
+        if (*p >= 'A' && *p <= 'F')
+            *p += 32;
+    const char *dir = getenv("VIRT_EBPF_DOMAIN_STATE_DIR");
+    struct buf b = {0};
+    if (ok)
+        buf_fmt(&b, "%s/%s.json", dir && *dir ? dir : VEBPF_STATE_DIR, u);
+    free(uuid);
+    return b.p;
+}
+
+static void remember(const char *name, const char *xml, const char *policy)
+{
+    char *path = state_path(xml);
+    if (!path)
+        return;
+    char *slash = strrchr(path, '/');
+    *slash = 0;
+    mkdir(path, 0755);
+    *slash = '/';
+    char uuid[37];
+    snprintf(uuid, sizeof uuid, "%s", slash + 1);
+    struct buf b = {0};
+    buf_str(&b, "{\"name\":");
+    buf_json(&b, name);
+    buf_fmt(&b, ",\"uuid\":\"%s\",\"policy\":\"%s\",\"hotplug\":%s}\n", uuid, policy,
+            strcmp(config_attr(xml, "hotplug", ON_OFF, "on"), "on") ? "false" : "true");
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        ssize_t w = write(fd, b.p, b.len);
+        (void)w;
+        close(fd);
+    }
+    free(b.p);
+    free(path);
+}
+
+static void forget(const char *xml)
+{
+    char *path = state_path(xml);
+    if (path)
+        unlink(path);
+    free(path);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: vebpf-hook NAME OP SUBOP EXTRA < domain.xml (run by libvirt's qemu hook)\n");
+        return 2;
+    }
+    const char *name = argv[1];
+    int prepare = !strcmp(argv[2], "prepare");
+    struct buf xml = {0};
+    char chunk[65536];
+    ssize_t n;
+    buf_add(&xml, "", 0);
+    while ((n = read(0, chunk, sizeof chunk)) > 0 && xml.len <= MAX_XML)
+        buf_add(&xml, chunk, n);
+
+    struct buf req = {0};
+    buf_fmt(&req, "{\"v\":1,\"id\":1,\"op\":\"hook\",\"event\":\"%s\",\"name\":", prepare ? "prepare" : "release");
+    buf_json(&req, name);
+    buf_str(&req, ",\"xml\":");
+    buf_json(&req, xml.p);
+    buf_str(&req, "}\n");
+    char *reply, why[8192];
+    int fds[VEBPF_MAX_FDS], nfds;
+    enum broker_result r = broker_call(req.p, req.len, HOOK_TIMEOUT_S, &reply, fds, &nfds, why, sizeof why);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    if (r == BROKER_REFUSED) {  /* the broker answered: it said no */
+        fprintf(stderr, "virt-ebpf: %s\n", why);
+        return prepare ? 1 : 0;
+    }
+    if (r == BROKER_UNREACHABLE) {
+        if (!prepare) {
+            forget(xml.p);
+            return 0;  /* the broker drops unclaimed contexts itself when it restarts */
+        }
+        const char *policy = config_attr(xml.p, "policy", POLICIES, "strict");
+        remember(name, xml.p, policy);
+        if (!strcmp(policy, "fallback")) {
+            fprintf(stderr, "virt-ebpf: %s\nvirt-ebpf: policy is fallback: %s starts without eBPF RSS if the wrapper cannot get fds\n", why, name);
+            return 0;
+        }
+        fprintf(stderr, "virt-ebpf: %s\n", why);
+        return 1;
+    }
+    const char *end = reply + strlen(reply);
+    const char *obj = json_skip_ws(reply, end);
+    char *out = json_string(json_member(obj, end, "stdout"), end);
+    char *err = json_string(json_member(obj, end, "stderr"), end);
+    const char *code = json_member(obj, end, "code");
+    if (out)
+        fputs(out, stdout);
+    if (err)
+        fputs(err, stderr);
+    return code ? atoi(code) : 1;
+}

@@ -1,0 +1,51 @@
+/*
+ * What the three start-path shims share (shims/brokercall.c): one request to the broker
+ * (src/broker/protocol.ts, version 1) with the fds of its reply, and the few JSON looks they
+ * need. The shims are C because they sit on the path of every `virsh start` (each is a process
+ * libvirt waits for, or code inside QEMU): they start in about a millisecond.
+ */
+#ifndef VEBPF_H
+#define VEBPF_H
+#include <stddef.h>
+
+#define VEBPF_BROKER_SOCKET "/run/virt-ebpf/broker.sock"
+#define VEBPF_STATE_DIR "/run/virt-ebpf/domains"
+#define VEBPF_CONFIG "/etc/virt-ebpf/config.json"
+#define VEBPF_REMEDY "start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`"
+#define VEBPF_MAX_FDS 253  /* SCM_MAX_FD */
+
+/* A growing string. */
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+void buf_add(struct buf *b, const char *s, size_t n);
+void buf_str(struct buf *b, const char *s);
+void buf_fmt(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* s as a JSON string, quotes included. */
+void buf_json(struct buf *b, const char *s);
+
+/* The value of member `key` of the object at `obj` ('{'), or NULL (strings and nesting walked). */
+const char *json_member(const char *obj, const char *end, const char *key);
+/* The string value at v, unescaped into a new malloc'd string, or NULL when v is not a string. */
+char *json_string(const char *v, const char *end);
+/* The first element of the array at v ('['), or NULL; json_next: the element after the one at v, or NULL. */
+const char *json_first(const char *v, const char *end);
+const char *json_next(const char *v, const char *end);
+const char *json_skip_ws(const char *p, const char *end);
+
+enum broker_result { BROKER_OK = 0, BROKER_REFUSED = 1, BROKER_UNREACHABLE = 2 };
+/*
+ * Send one request line; on BROKER_OK *reply holds the reply line (malloc'd, NUL-terminated)
+ * and fds[0..*nfds) the fds that came with it (close-on-exec). Otherwise why holds the one-line
+ * reason in the same words as the TypeScript side and no fd is left open.
+ */
+enum broker_result broker_call(const char *request, size_t len, int timeout_s, char **reply, int *fds, int *nfds, char *why, size_t why_size);
+/* $VIRT_EBPF_BROKER_SOCKET or the default. */
+const char *broker_socket(void);
+
+/* A whole file (NUL-terminated, malloc'd) or NULL. */
+char *read_file(const char *path, size_t max);
+/* "strict" or "fallback" from a domain's state JSON (may be NULL), else the global config, else strict. */
+const char *resolve_policy(const char *state);
+#endif

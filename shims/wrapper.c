@@ -1,0 +1,251 @@
+/*
+ * virt-ebpf emulator wrapper shim: `vebpf-wrapper REAL ARGS...`, exec'd by the generated wrapper
+ * script as libvirt's QEMU user for command lines that mention rss or libvirt's monitor.
+ *
+ * It only moves bytes and fds. The broker plans the command line (src/broker/server.ts,
+ * `exec-plan`) and hands over the fds; the shim puts the fd numbers it received where the
+ * broker wrote placeholders (@virt-ebpf-fd:K@) and execs the real QEMU in this same pid (libvirt
+ * watches it). For an enabled domain with hot-plug on it also preloads the hot-plug shim
+ * (vebpf-qmp.so, beside this binary) into QEMU. Only when the broker cannot be asked does it
+ * decide something itself: the policy (the domain's, from the state the hook left, else the
+ * global one, else strict).
+ */
+#define _GNU_SOURCE
+#include "vebpf.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *option(int argc, char **argv, const char *opt)
+{
+    const char *v = NULL;
+    for (int i = 0; i + 1 < argc; i++)
+        if (!strcmp(argv[i], opt) || (argv[i][0] == '-' && !strcmp(argv[i] + 1, opt)))
+            v = argv[i + 1];
+    return v;
+}
+
+/* `-name guest=NAME,…` (or `-name NAME,…`); `,,` is an escaped comma. */
+static char *domain_name(int argc, char **argv)
+{
+    const char *v = option(argc, argv, "-name");
+    if (!v)
+        return NULL;
+    if (!strncmp(v, "guest=", 6))
+        v += 6;
+    struct buf b = {0};
+    buf_add(&b, "", 0);
+    for (; *v && (*v != ',' || v[1] == ','); v += *v == ',' ? 2 : 1)
+        buf_add(&b, v, 1);
+    return b.p;
+}
+
+static int is_uuid(const char *u)
+{
+    if (!u || strlen(u) != 36)
+        return 0;
+    for (const char *p = u; *p; p++)
+        if (!strchr("0123456789abcdefABCDEF-", *p))
+            return 0;
+    return 1;
+}
+
+/* What the hook recorded for this domain at prepare (policy, hotplug), or NULL. */
+static char *domain_state(int argc, char **argv)
+{
+    const char *uuid = option(argc, argv, "-uuid");
+    if (!is_uuid(uuid))
+        return NULL;
+    const char *dir = getenv("VIRT_EBPF_DOMAIN_STATE_DIR");
+    char path[4200], lower[37];
+    for (int i = 0; i < 37; i++)
+        lower[i] = uuid[i] >= 'A' && uuid[i] <= 'F' ? uuid[i] + 32 : uuid[i];
+    snprintf(path, sizeof path, "%s/%s.json", dir && *dir ? dir : VEBPF_STATE_DIR, lower);
+    return read_file(path, 1 << 16);
+}
+
+static int hotplug_wanted(const char *state)
+{
+    if (!state)
+        return 1;
+    const char *end = state + strlen(state);
+    const char *v = json_member(json_skip_ws(state, end), end, "hotplug");
+    return !(v && !strncmp(v, "false", 5));
+}
+
+/* The fd of libvirt's listening monitor socket: `-chardev socket,id=charmonitor,fd=N,server=on,…`. */
+static int monitor_fd(int argc, char **argv)
+{
+    for (int i = 0; i + 1 < argc; i++) {
+        if ((strcmp(argv[i], "-chardev") && strcmp(argv[i], "--chardev")) || strncmp(argv[i + 1], "socket,", 7))
+            continue;
+        const char *a = argv[i + 1];
+        if (!strstr(a, "id=charmonitor"))
+            continue;
+        int fd = -1, server = 0, charmonitor = 0;
+        char *copy = strdup(a), *save = NULL;
+        for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+            charmonitor |= !strcmp(o, "id=charmonitor");
+            server |= !strcmp(o, "server=on");
+            if (!strncmp(o, "fd=", 3) && o[3] && strspn(o + 3, "0123456789") == strlen(o + 3))
+                fd = atoi(o + 3);
+        }
+        free(copy);
+        if (charmonitor && server && fd >= 0)
+            return fd;
+    }
+    return -1;
+}
+
+/* The path of a file beside this binary (the install keeps them together in PREFIX/dist/shims). */
+static char *beside_me(const char *name)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return NULL;
+    self[n] = 0;
+    char *slash = strrchr(self, '/');
+    struct buf b = {0};
+    buf_add(&b, self, slash ? (size_t)(slash - self) : 0);
+    buf_fmt(&b, "/%s", name);
+    return b.p;
+}
+
+static void hotplug_env(const char *real, int argc, char **argv, const char *policy)
+{
+    int lfd = monitor_fd(argc, argv);
+    if (lfd < 0)
+        return;
+    char *so = beside_me("vebpf-qmp.so");
+    if (!so || access(so, R_OK)) {
+        fprintf(stderr, "virt-ebpf: %s is missing (run `virt-ebpf install` again): hot-plugged NICs get no eBPF fds\n", so ? so : "vebpf-qmp.so");
+        free(so);
+        return;
+    }
+    char fd[16];
+    snprintf(fd, sizeof fd, "%d", lfd);
+    char *name = domain_name(argc, argv);
+    const char *uuid = option(argc, argv, "-uuid");
+    char lower[64] = "";
+    for (size_t i = 0; uuid && uuid[i] && i < sizeof lower - 1; i++)
+        lower[i] = uuid[i] >= 'A' && uuid[i] <= 'F' ? uuid[i] + 32 : uuid[i], lower[i + 1] = 0;
+    setenv("LD_PRELOAD", so, 1);
+    setenv("VIRT_EBPF_QMP_LISTEN", fd, 1);
+    setenv("VIRT_EBPF_EMULATOR", real, 1);
+    setenv("VIRT_EBPF_POLICY", policy, 1);
+    setenv("VIRT_EBPF_DOMAIN_NAME", name ? name : "", 1);
+    setenv("VIRT_EBPF_DOMAIN_UUID", lower, 1);
+    free(name);
+    free(so);
+}
+
+/* exec-plan: the argv to run (NULL: run as asked) and its fds; exits under strict when refused. */
+static char **exec_plan(const char *real, int argc, char **argv, const char *policy, int *fds, int *nfds)
+{
+    struct buf req = {0};
+    buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"exec-plan\",\"emulator\":");
+    buf_json(&req, real);
+    buf_str(&req, ",\"argv\":[");
+    for (int i = 0; i < argc; i++) {
+        if (i)
+            buf_add(&req, ",", 1);
+        buf_json(&req, argv[i]);
+    }
+    buf_str(&req, "]}\n");
+    char *reply, why[8192];
+    enum broker_result r = broker_call(req.p, req.len, 10, &reply, fds, nfds, why, sizeof why);
+    free(req.p);
+    if (r != BROKER_OK) {
+        fprintf(stderr, "virt-ebpf: %s\n", why);
+        if (!strcmp(policy, "strict"))
+            exit(1);
+        char *name = domain_name(argc, argv);
+        fprintf(stderr, "virt-ebpf: policy is fallback: starting %s without eBPF RSS steering\n", name ? name : "the domain");
+        free(name);
+        return NULL;
+    }
+    const char *end = reply + strlen(reply);
+    const char *list = json_member(json_skip_ws(reply, end), end, "argv");
+    if (!list || *list != '[') {  /* null: no device to steer (e.g. rss=off) */
+        free(reply);
+        return NULL;
+    }
+    char **out = calloc(argc + 1, sizeof *out);
+    int n = 0;
+    for (const char *v = json_first(list, end); v && n < argc + 1; v = json_next(v, end)) {
+        char *s = json_string(v, end);
+        if (!s)
+            break;
+        out[n++] = s;
+    }
+    free(reply);
+    if (n != argc) {  /* the broker never changes the count; anything else is a broken reply */
+        fprintf(stderr, "virt-ebpf: broker: an exec-plan of %d arguments for %d (BROKER_PROTOCOL); check `virt-ebpf doctor`\n", n, argc);
+        exit(1);
+    }
+    out[n] = NULL;
+    return out;
+}
+
+/* s with every @virt-ebpf-fd:K@ replaced by the K-th received fd's number. */
+static char *with_fds(const char *s, const int *fds, int nfds)
+{
+    if (!strstr(s, "@virt-ebpf-fd:"))
+        return (char *)s;
+    struct buf b = {0};
+    buf_add(&b, "", 0);
+    while (*s) {
+        const char *at = strstr(s, "@virt-ebpf-fd:");
+        if (!at) {
+            buf_str(&b, s);
+            break;
+        }
+        buf_add(&b, s, at - s);
+        char *endp;
+        long k = strtol(at + 14, &endp, 10);
+        if (*endp == '@' && endp > at + 14 && k >= 0 && k < nfds) {
+            buf_fmt(&b, "%d", fds[k]);
+            s = endp + 1;
+        } else {
+            buf_add(&b, at, 1);
+            s = at + 1;
+        }
+    }
+    return b.p;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: vebpf-wrapper REAL-EMULATOR [ARGS...] (run by the wrapper script virt-ebpf install writes)\n");
+        return 2;
+    }
+    const char *real = argv[1];
+    int n = argc - 2;
+    char **args = argv + 2;
+    char *state = domain_state(n, args);  /* read once: policy and hotplug both come from it */
+    const char *policy = resolve_policy(state);
+    int fds[VEBPF_MAX_FDS], nfds = 0;
+    char **plan = NULL;
+    for (int i = 0; i < n && !plan; i++)
+        if (strstr(args[i], "rss")) {
+            plan = exec_plan(real, n, args, policy, fds, &nfds);
+            break;
+        }
+    if (hotplug_wanted(state))
+        hotplug_env(real, n, args, policy);
+    char **out = calloc(n + 2, sizeof *out);
+    out[0] = (char *)real;
+    for (int i = 0; i < n; i++)
+        out[i + 1] = plan ? with_fds(plan[i], fds, nfds) : args[i];
+    for (int i = 0; i < nfds; i++)  /* received close-on-exec; QEMU must inherit them */
+        fcntl(fds[i], F_SETFD, 0);
+    fflush(stderr);
+    execv(real, out);
+    fprintf(stderr, "virt-ebpf: cannot run %s: %m\n", real);
+    return 127;
+}
