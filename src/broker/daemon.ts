@@ -14,6 +14,7 @@ import { createLogger, Logger } from '../log';
 import { BrokerConfig, libvirtQemuAccount } from './config';
 import { Allowlist, Broker } from './server';
 import type { PoolSource } from './pool';
+import { Loader } from './loader';
 
 function groupId(name: string): number | undefined {
   if (/^\d+$/.test(name)) return Number(name);
@@ -46,7 +47,7 @@ export function allowlistFor(config: BrokerConfig, qemuConf?: string): Allowlist
   return { uids, gids };
 }
 
-export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (oldKey: string) => void) {
+export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (oldKey: string) => void, loader?: Loader) {
   const current = new Map<string, string>(); // realpath -> build key
   // realpath -> the source made for the binary with that identity. The probe cache would give
   // the same answer, but reading and parsing it (~30 KB with the eBPF object) on every acquire
@@ -79,7 +80,13 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
       onNewBuild(old);
     }
     current.set(real, key);
-    const source = { key, load: () => loadContext(caps), propTypes: caps.deviceProps ?? {} };
+    const source = {
+      key,
+      // With a loader (the daemon), libbpf runs on its thread only; without (tests), here.
+      load: () => (loader ? loader.load(caps, true) : loadContext(caps)),
+      loadInBackground: loader ? () => loader.load(caps, false) : undefined,
+      propTypes: caps.deviceProps ?? {},
+    };
     memo.set(real, { identity, source });
     return source;
   };
@@ -93,11 +100,13 @@ export function activationFd(env = process.env): number | undefined {
 export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string } = {}): Promise<Broker> {
   const logger = opts.logger ?? createLogger(config.log.level, config.log.format as 'text' | 'json');
   let broker: Broker | undefined;
-  const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey));
+  const loader = new Loader();
+  const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey), loader);
   broker = new Broker({
     socket: config.socket,
     allow: allowlistFor(config, opts.qemuConf),
     poolSize: config.pool.size,
+    onClose: () => loader.close(),
     maxReservedPerDomain: config.pool.maxReservedPerDomain,
     maxConnectionsPerUid: config.limits.maxConnectionsPerUid,
     maxOutstandingPerConnection: config.limits.maxOutstandingPerConnection,

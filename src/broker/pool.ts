@@ -1,7 +1,8 @@
 /**
  * Pre-loaded contexts per emulator build. Loading costs ~100 ms per NIC (the verifier); handing
  * fds over costs microseconds, so the broker keeps a few ready and refills in the background.
- * A context leaves the pool exactly once (handed out or dropped) and is never reused.
+ * A context leaves the pool exactly once (handed out or dropped) and is never reused. Refills
+ * load in the background at idle priority (PoolSource.loadInBackground).
  */
 import { OwnedFd, closeAll } from '../fdpass';
 import type { ContextDescriptor } from './protocol';
@@ -14,7 +15,10 @@ export interface LoadedContext {
 export interface PoolSource {
   /** identity of the emulator build (changes when the binary changes) */
   key: string;
+  /** a load a request waits for */
   load(): Promise<LoadedContext>;
+  /** a refill's load: at idle priority (src/broker/loader.ts); else load() */
+  loadInBackground?(): Promise<LoadedContext>;
 }
 
 function dispose(c: LoadedContext): void {
@@ -103,7 +107,7 @@ export class ContextPool {
     const step = async () => {
       try {
         while (!this.#closed && this.#sources.get(key) === source && (this.#ready.get(key)?.length ?? 0) < this.target) {
-          const c = await source.load();
+          const c = await (source.loadInBackground ?? source.load).call(source);
           if (this.#closed || this.#sources.get(key) !== source) {
             dispose(c);
             break;

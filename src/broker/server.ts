@@ -29,6 +29,8 @@ export interface BrokerOptions {
   socket: string;
   allow: Allowlist;
   poolSize: number;
+  /** run when the broker closes (the background loader's thread ends there) */
+  onClose?: () => Promise<void>;
   maxReservedPerDomain: number;
   maxConnectionsPerUid: number;
   maxOutstandingPerConnection: number;
@@ -85,6 +87,7 @@ export class Broker {
     for (const s of this.#connections) s.destroy();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
     this.pool.close();
+    await this.opts.onClose?.();
   }
 
   #accept(sock: net.Socket): void {

@@ -21,7 +21,7 @@ import { needRoot, tempDir } from '../harness';
 import { startTestBroker, type TestBroker } from '../broker/support';
 import { addNetdev as addNetdevTo, alive, bpfFdsOf, sleep, startDomainQemu, until, type DomainQemu } from './support';
 
-const dir = tempDir('virt-ebpf-interposer-');
+const dir = tempDir('virt-ebpf-hotplug-shim-');
 const stateDir = join(dir.path, 'domains');
 const qemuUser = lookupUser('libvirt-qemu');
 let broker: TestBroker;
@@ -53,7 +53,9 @@ async function domain(policy: 'strict' | 'fallback' = 'strict', brokerSocket?: s
 }
 
 async function connect(q: DomainQemu): Promise<QmpClient> {
-  const c = await QmpClient.connect(q.monitor, { timeoutMs: 10_000, commandTimeoutMs: 20_000 });
+  const c = await QmpClient.connect(q.monitor, { timeoutMs: 10_000, commandTimeoutMs: 20_000 }).catch((e: Error) => {
+    throw new Error(`${e.message}; QEMU (pid ${q.pid}) said: ${q.log().trim() || 'nothing'}`);
+  });
   clients.push(c);
   return c;
 }
@@ -163,13 +165,19 @@ test('doctor sees the shim in every running domain with hot-plug on, and names o
   assert.match(bad.fix ?? '', /start it again/);
 });
 
-test('the client reconnects (libvirtd restart): QEMU greets it again and hot-plug works on the new connection', async () => {
+/** A domain with two tap netdevs (hostnet1, hostnet2) added by a first connection, which then goes. */
+async function twoNetdevsThenGone(): Promise<DomainQemu> {
   const { q } = await domain();
-  const c1 = await connect(q);
-  await addNetdev(c1, 'hostnet1', 2);
-  await addNetdev(c1, 'hostnet2', 2);
-  c1.close();
+  const c = await connect(q);
+  await addNetdev(c, 'hostnet1', 2);
+  await addNetdev(c, 'hostnet2', 2);
+  c.close();
   await sleep(100);
+  return q;
+}
+
+test('the client reconnects (libvirtd restart): QEMU greets it again and hot-plug works on the new connection', async () => {
+  const q = await twoNetdevsThenGone();
   const c2 = await connect(q);
   assert.equal(c2.greeting.version.major, 10);
   await c2.execute('device_add', rssNic('net1', 'hostnet1', 'pci.1'));
@@ -206,12 +214,7 @@ test('lines that are not commands (blank lines) pass; the next connection gets i
 });
 
 test('a device_add that arrives in pieces, and commands that arrive several in one write', async () => {
-  const { q } = await domain();
-  const c = await connect(q);
-  await addNetdev(c, 'hostnet1', 2);
-  await addNetdev(c, 'hostnet2', 2);
-  c.close();
-  await sleep(100);
+  const q = await twoNetdevsThenGone();
   const add = (id: string, netdev: string, bus: string, rid: string) => JSON.stringify({ execute: 'device_add', arguments: rssNic(id, netdev, bus), id: rid }) + '\r\n';
   const one = add('net1', 'hostnet1', 'pci.1', 'split');
   const s = net.connect(q.monitor);

@@ -24,9 +24,10 @@ const LAUNCHER = `
 import os, socket, sys
 path, uid, gid, fdnum = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(path)
+s.bind(path + '.new')  # the path appears only once it listens: a connect never finds it bound but not listening
 s.listen(8)
-os.chown(path, uid, gid)
+os.chown(path + '.new', uid, gid)
+os.rename(path + '.new', path)
 os.dup2(s.fileno(), fdnum)
 s.close()
 os.set_inheritable(fdnum, True)

@@ -1,0 +1,96 @@
+/**
+ * The broker loads contexts on one worker thread (src/broker/loader-worker.ts), never on its
+ * main thread: the main thread keeps answering while a load runs (~70 ms of verifier time),
+ * and the pool's refills run at idle priority (nice 19). A refill follows a handoff, i.e. it
+ * lands inside a `virsh start`; at normal priority its CPU time came out of the libvirt and QEMU
+ * processes that were starting. A load a request waits for (`urgent`) lifts the thread back to
+ * normal priority until no such load is left.
+ */
+import { setPriority } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { EmulatorCaps } from '../emulator';
+import { VirtEbpfError, type ErrorCode } from '../errors';
+import { OwnedFd, closeAll } from '../fdpass';
+import type { LoadedContext } from './pool';
+import type { LoaderMessage, LoadRequest } from './loader-worker';
+import type { ContextDescriptor } from './protocol';
+
+export const IDLE_NICE = 19;
+
+export class Loader {
+  #worker?: Worker;
+  #tid?: number;
+  #serial = 0;
+  #urgent = 0;
+  readonly #waiting = new Map<number, { urgent: boolean; resolve: (c: LoadedContext) => void; reject: (e: Error) => void }>();
+
+  /** One context for this build; `urgent`: somebody waits for it (normal priority), else a refill (idle). */
+  load(caps: EmulatorCaps, urgent: boolean): Promise<LoadedContext> {
+    const w = this.#start();
+    const id = ++this.#serial;
+    if (urgent && this.#urgent++ === 0) this.#prioritize();
+    return new Promise((resolve, reject) => {
+      this.#waiting.set(id, { urgent, resolve, reject });
+      w.ref(); // a load in flight keeps the broker alive
+      w.postMessage({ id, caps } satisfies LoadRequest);
+    });
+  }
+
+  /** The loader thread's nice value right now (undefined before it started). */
+  get nice(): number | undefined {
+    return this.#tid === undefined ? undefined : this.#urgent > 0 ? 0 : IDLE_NICE;
+  }
+
+  #prioritize(): void {
+    const nice = this.nice;
+    if (this.#tid === undefined || nice === undefined) return;
+    try {
+      setPriority(this.#tid, nice);
+    } catch {
+      /* the thread is gone: #fail handles its loads */
+    }
+  }
+
+  #start(): Worker {
+    if (this.#worker) return this.#worker;
+    const w = new Worker(join(__dirname, 'loader-worker.js'));
+    w.unref();
+    w.on('message', (m: LoaderMessage) => {
+      if ('tid' in m) {
+        this.#tid = m.tid;
+        this.#prioritize();
+        return;
+      }
+      const p = this.#waiting.get(m.id);
+      this.#waiting.delete(m.id);
+      if (this.#waiting.size === 0) w.unref();
+      if (p?.urgent && --this.#urgent === 0) this.#prioritize();
+      if ('error' in m) {
+        p?.reject(new VirtEbpfError((m.error.code ?? 'BPF_LOAD') as ErrorCode, m.error.message, { remedy: m.error.remedy ?? 'check `virt-ebpf doctor`', detail: m.error.detail }));
+        return;
+      }
+      const fds = m.fds.map((fd) => new OwnedFd(fd));
+      if (p) p.resolve({ descriptor: m.descriptor as ContextDescriptor, fds });
+      else closeAll(fds); // nobody waits any more (closed meanwhile)
+    });
+    w.on('error', (e) => this.#fail(e));
+    w.on('exit', () => this.#fail(new Error('the broker\'s loader thread stopped')));
+    this.#worker = w;
+    return w;
+  }
+
+  #fail(e: Error): void {
+    this.#worker = undefined;
+    this.#tid = undefined;
+    this.#urgent = 0;
+    for (const p of this.#waiting.values()) p.reject(e);
+    this.#waiting.clear();
+  }
+
+  async close(): Promise<void> {
+    const w = this.#worker;
+    this.#worker = undefined;
+    if (w) await w.terminate();
+  }
+}

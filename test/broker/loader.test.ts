@@ -1,0 +1,48 @@
+/**
+ * The broker loads on a thread of its own (src/broker/loader.ts), at idle priority when it
+ * refills the pool: a refill's verifier time must not compete with the libvirt and QEMU
+ * processes of a starting domain, nor hold up the broker's answers. Real broker in this
+ * process, real BPF loads.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { getPriority } from 'node:os';
+import { needRoot, tempDir, QEMU } from '../harness';
+import { ask, ROOT, served, startTestBroker, until, type TestBroker } from './support';
+
+const dir = tempDir('virt-ebpf-loader-');
+let broker: TestBroker | undefined;
+after(async () => {
+  await broker?.close();
+  dir.remove();
+});
+
+/** nice of each thread of this process (the in-process broker), by comm. */
+function threadNice(): Array<{ comm: string; nice: number }> {
+  return readdirSync('/proc/self/task').map((tid) => {
+    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), nice: Number(rest[16]) };
+  });
+}
+
+test('the pool refills on the loader thread at nice 19; the main thread (handoffs) keeps normal priority; a load a request waits for still works', async () => {
+  needRoot('the broker loads BPF');
+  broker = await startTestBroker({ pool: { size: 2 } }, { cacheDir: join(dir.path, 'cache') });
+  const pools = async () => (await ask(broker!.socket, { v: 1, id: 9, op: 'status' })).pools as Array<{ ready: number; target: number }>;
+  await ask(broker.socket, { v: 1, id: 1, op: 'prewarm', emulator: QEMU, count: 2 });
+  await until('the pool to fill in the background', async () => (await pools()).some((p) => p.ready === 2), 60_000, 50);
+  const niced = threadNice().filter((t) => t.nice === 19);
+  assert.equal(niced.length, 1, `one idle-priority loader thread: ${JSON.stringify(threadNice())}`);
+  assert.equal(getPriority(), 0, 'the main thread (handoffs) keeps its priority');
+
+  const got = await served(ROOT, broker.socket, { op: 'acquire', emulator: QEMU, count: 1 });
+  assert.equal(got.fds.length, 4, 'a handoff from the pool');
+  await until('the handoff to be refilled', async () => (await pools()).some((p) => p.ready === 2), 60_000, 50);
+  // More than the pool holds: the third is loaded while the request waits (normal priority).
+  const many = await served(ROOT, broker.socket, { op: 'acquire', emulator: QEMU, count: 3 });
+  assert.equal(many.fds.length, 12);
+  await until('the loader to be idle again', () => threadNice().some((t) => t.nice === 19), 60_000, 50);
+});
