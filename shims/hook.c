@@ -1,6 +1,7 @@
 /*
  * virt-ebpf libvirt hook shim for `prepare begin` and `release end`: `vebpf-hook NAME OP SUBOP
- * EXTRA`, root, domain XML on stdin. The hook's logic runs inside the broker (the `hook` op of
+ * EXTRA`, root, domain XML on stdin, for every domain: one without our metadata is done as soon
+ * as its XML is read (no broker). The hook's logic runs inside the broker (the `hook` op of
  * src/broker/server.ts, src/hook/main.ts runHook); this only forwards the XML and relays the
  * answer. When the broker cannot be asked it does what runHook would: the domain's policy from
  * our metadata decides (strict refuses the start, fallback lets it go on), and the state the
@@ -118,6 +119,8 @@ int main(int argc, char **argv)
     buf_add(&xml, "", 0);
     while ((n = read(0, chunk, sizeof chunk)) > 0 && xml.len <= MAX_XML)
         buf_add(&xml, chunk, n);
+    if (!strstr(xml.p, VEBPF_XMLNS))
+        return 0;  /* not a domain of ours */
 
     struct buf req = {0};
     buf_fmt(&req, "{\"v\":1,\"id\":1,\"op\":\"hook\",\"event\":\"%s\",\"name\":", prepare ? "prepare" : "release");

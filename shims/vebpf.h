@@ -13,6 +13,8 @@
 #define VEBPF_CONFIG "/etc/virt-ebpf/config.json"
 #define VEBPF_REMEDY "start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`"
 #define VEBPF_MAX_FDS 253  /* SCM_MAX_FD */
+/* Our metadata's namespace in a domain XML (src/xml/config.ts XML_NAMESPACE). */
+#define VEBPF_XMLNS "https://virt-ebpf.org/xmlns/1.0"
 
 /* A growing string. */
 struct buf {

@@ -3,10 +3,11 @@
 # libvirt passes: NAME OP SUBOP EXTRA, and the domain XML on stdin. It runs every hook at every
 # step of every domain, inside `virsh start`: only the events we act on go further, and only
 # for domains that carry our metadata. Everything else is decided here in microseconds.
-# prepare/release are on the start path: a small C shim hands them to the broker, which runs the
-# hook's logic. migrate/restore are not: Node runs them.
+# prepare/release are on the start path: the C hook shim reads the XML itself, leaves at once
+# for a domain without our metadata and hands the others to the broker, which runs the hook's
+# logic. migrate/restore are not on it: Node runs them, for our domains only.
 case "$2 $3" in
-  'prepare begin'|'release end') run='@HOOK_SHIM@' ;;
+  'prepare begin'|'release end') exec '@HOOK_SHIM@' "$@" ;;
   'migrate begin'|'restore begin') run='@NODE@ @HOOK@' ;;
   *) exit 0 ;;
 esac

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from '
 import { brokerRequest } from '../broker/client';
 import type { DomainRef } from '../broker/protocol';
 import { isVirtEbpfError } from '../errors';
-import { disableDomain, isEnabled, readConfig, rssNics } from '../xml';
+import { disableDomain, domainFacts } from '../xml';
 import { DOMAIN_STATE_DIR, domainStatePath } from '../wrapper/policy';
 import { DEFAULT_PATHS } from '../install/plan';
 import { refreshWrappers, staleWrappers } from '../install/apply';
@@ -57,14 +57,14 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
   const broker = env.broker ?? clientBroker(env);
   const ok = (stdout = '', stderr = ''): HookResult => ({ code: 0, stdout, stderr });
   if (event.kind === 'ignored' || event.kind === 'reconnect') return ok();
-  let enabled: boolean;
+  let facts: ReturnType<typeof domainFacts>;
   try {
-    enabled = isEnabled(xml);
+    facts = domainFacts(xml);
   } catch (e) {
     // Our metadata is unusable: say so, but only a start may be refused for it.
     return event.kind === 'prepare' ? { code: 1, stdout: '', stderr: line(e) + '\n' } : ok('', line(e) + '\n');
   }
-  if (!enabled) return ok();
+  if (!facts.enabled) return ok();
   const uuid = domainUuid(xml);
   const domain = { name: event.name, uuid };
   const stateDir = env.stateDir ?? DOMAIN_STATE_DIR;
@@ -82,13 +82,13 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
     }
     case 'migrate':
     case 'restore': {
-      const cfg = readConfig(xml)!;
+      const cfg = facts.config!;
       if (existsSync(cfg.emulator.wrapper)) return ok();
       // This host has no wrapper for that emulator: run it plain rather than fail to start.
       return ok(disableDomain(xml).xml, `virt-ebpf: ${cfg.emulator.wrapper} is not installed on this host: ${event.name} runs without eBPF RSS here (run \`virt-ebpf install\`)\n`);
     }
     case 'prepare': {
-      const cfg = readConfig(xml)!;
+      const cfg = facts.config!;
       const strict = cfg.policy === 'strict';
       const fail = (msg: string): HookResult => (strict ? { code: 1, stdout: '', stderr: msg + '\n' } : ok('', `${msg}\nvirt-ebpf: policy is fallback: ${event.name} starts without eBPF RSS if the wrapper cannot get fds\n`));
       if (statePath) {
@@ -100,7 +100,7 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
         refreshWrappers(manifest);
         return fail(`virt-ebpf: ${cfg.emulator.original} changed since libvirt read its capabilities; the wrapper is refreshed so libvirt re-reads them: start ${event.name} again`);
       }
-      const count = rssNics(xml).length;
+      const count = facts.rssNics.length;
       if (count === 0) return ok();
       try {
         await broker.prewarm(cfg.emulator.original, count, domain);

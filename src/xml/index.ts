@@ -1,4 +1,4 @@
-export { enableDomain, disableDomain, rssNics, readConfig, isEnabled, describeChange } from './transform';
+export { enableDomain, disableDomain, rssNics, readConfig, isEnabled, domainFacts, describeChange } from './transform';
 export type { EnableOptions, EnableResult, DisableResult, RssNic, Change } from './transform';
 export { XML_NAMESPACE, DEFAULT_POLICY, POLICIES } from './config';
 export type { XmlConfig, Policy, NicRecord, AttrRecord, MetadataOrigin } from './config';

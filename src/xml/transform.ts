@@ -529,6 +529,15 @@ export function readConfig(xml: string): XmlConfig | null {
 
 /** True when our metadata is present and `<emulator>` still is the wrapper it recorded. */
 export function isEnabled(xml: string): boolean {
-  const view = readDomain(SourceDoc.parse(xml));
+  return enabledView(readDomain(SourceDoc.parse(xml)));
+}
+
+function enabledView(view: DomainView): boolean {
   return view.config !== undefined && view.emulatorPath === view.config.emulator.wrapper;
+}
+
+/** isEnabled, readConfig and rssNics from one parse (the hook's prepare runs inside `virsh start`). */
+export function domainFacts(xml: string): { enabled: boolean; config: XmlConfig | null; rssNics: RssNic[] } {
+  const view = readDomain(SourceDoc.parse(xml));
+  return { enabled: enabledView(view), config: view.config ?? null, rssNics: rssNicsOf(view) };
 }

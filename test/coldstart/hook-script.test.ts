@@ -1,8 +1,9 @@
 /**
  * The installed hook script is on the path of every `virsh start` of every domain: libvirt runs
- * it at prepare, start, started, stopped and release. It must start an interpreter only for the
- * events the hook acts on and only for domains with our metadata, and hand it the XML unchanged:
- * prepare/release (the start path) go to the C hook shim, migrate/restore to Node. The template
+ * it at prepare, start, started, stopped and release. Events the hook does not act on end in sh;
+ * prepare/release (the start path) go straight to the C hook shim with the XML unchanged (it
+ * leaves at once for a domain without our metadata: test/shims); migrate/restore start Node only
+ * for domains with our metadata. The template
  * is rendered by the real install plan for a scratch prefix whose `node` and hook shim are
  * recorders.
  */
@@ -20,7 +21,7 @@ import { domainXml } from './libvirt';
 const plain = domainXml({ name: 'vm', nics: [{ rss: true }] });
 const enabled = enableDomain(plain, { wrapperFor: wrapperInDir('/usr/libexec/virt-ebpf') }).xml;
 
-test('the hook script starts an interpreter only for prepare/release/migrate/restore of enabled domains, with the XML intact', () => {
+test('the hook script runs the C hook shim for prepare/release, Node only for migrate/restore of enabled domains, with the XML intact', () => {
   const d = tempDir();
   try {
     const record = join(d.path, 'record');
@@ -49,14 +50,20 @@ test('the hook script starts an interpreter only for prepare/release/migrate/res
       const r = call(enabled, 'vm', ...ev, '-');
       assert.deepEqual(r, { status: 0, node: false }, `${ev.join(' ')}: decided in sh`);
     }
-    for (const ev of [['prepare', 'begin'], ['release', 'end'], ['migrate', 'begin'], ['restore', 'begin']]) {
+    for (const ev of [['migrate', 'begin'], ['restore', 'begin']]) {
       assert.deepEqual(call(plain, 'vm', ...ev, '-'), { status: 0, node: false }, `${ev.join(' ')} of a domain without our metadata: decided in sh`);
       const r = call(enabled, 'vm', ...ev, '-');
-      assert.deepEqual(r, { status: 7, node: true }, `${ev.join(' ')} of an enabled domain: the interpreter runs and its exit status is the hook's`);
-      const startPath = ev[0] === 'prepare' || ev[0] === 'release';
-      const expected = startPath ? fakeHook : `${fakeNode} ${join(prefix, 'dist/src/hook/main.js')}`;
-      assert.equal(readFileSync(`${record}.argv`, 'utf8'), `${expected} vm ${ev.join(' ')} -\n`);
-      assert.equal(readFileSync(`${record}.stdin`, 'utf8').trimEnd(), enabled.trimEnd(), 'the interpreter reads the XML libvirt sent');
+      assert.deepEqual(r, { status: 7, node: true }, `${ev.join(' ')} of an enabled domain: Node runs and its exit status is the hook's`);
+      assert.equal(readFileSync(`${record}.argv`, 'utf8'), `${fakeNode} ${join(prefix, 'dist/src/hook/main.js')} vm ${ev.join(' ')} -\n`);
+      assert.equal(readFileSync(`${record}.stdin`, 'utf8').trimEnd(), enabled.trimEnd(), 'Node reads the XML libvirt sent');
+    }
+    // prepare/release go straight to the C hook shim, which reads the XML itself (no `cat`).
+    for (const ev of [['prepare', 'begin'], ['release', 'end']]) {
+      for (const xml of [plain, enabled]) {
+        assert.deepEqual(call(xml, 'vm', ...ev, '-'), { status: 7, node: true }, `${ev.join(' ')}: the hook shim runs`);
+        assert.equal(readFileSync(`${record}.argv`, 'utf8'), `${fakeHook} vm ${ev.join(' ')} -\n`);
+        assert.equal(readFileSync(`${record}.stdin`, 'utf8'), xml, 'it reads the XML exactly as libvirt sent it');
+      }
     }
   } finally {
     d.remove();

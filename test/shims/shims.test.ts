@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { domainUuid } from '../../src/hook/event';
-import { enableDomain, wrapperInDir } from '../../src/xml';
+import { enableDomain, wrapperInDir, XML_NAMESPACE } from '../../src/xml';
 import { REPO, tempDir } from '../harness';
 
 const WRAPPER = join(REPO, 'dist/shims/vebpf-wrapper');
@@ -91,4 +91,14 @@ test('hook shim, broker down: prepare strict refuses with one line, fallback goe
   const release = hook(enabled('fallback'), 'release', 'end');
   assert.deepEqual({ status: release.status, stderr: release.stderr }, { status: 0, stderr: '' });
   assert.ok(!existsSync(state));
+});
+
+test('hook shim: a domain without our metadata is done at once, broker or not; the shims name our XML namespace as src/xml does', () => {
+  const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
+  for (const ev of [['prepare', 'begin'], ['release', 'end']]) {
+    const r = spawnSync(HOOK, ['vm', ...ev, '-'], { env, input: plain, encoding: 'utf8', timeout: 10_000 });
+    assert.deepEqual({ status: r.status, stdout: r.stdout, stderr: r.stderr }, { status: 0, stdout: '', stderr: '' }, ev.join(' '));
+  }
+  assert.ok(!existsSync(join(stateDir, `${domainUuid(plain)}.json`)), 'no state for a domain that is not ours');
+  assert.match(readFileSync(join(REPO, 'shims/vebpf.h'), 'utf8'), new RegExp(`#define VEBPF_XMLNS "${XML_NAMESPACE.replace(/[.]/g, '\\.')}"`));
 });
