@@ -66,6 +66,7 @@ static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
 static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
 static int (*real_accept)(int, struct sockaddr *, socklen_t *);
 static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
+static int (*real_close)(int);
 
 static int listen_fd = -1;
 static char emulator[4096], policy[16], dom_name[512], dom_uuid[64];
@@ -76,7 +77,7 @@ static char peekbuf[PEEK_MAX];
 static unsigned serial;
 static int npending;  /* pendings in use: sendmsg() of any other fd looks only at this */
 
-/* Built with -fvisibility=hidden: QEMU and its libraries see only the four calls we wrap. */
+/* Built with -fvisibility=hidden: QEMU and its libraries see only the calls we wrap. */
 #define WRAPPED __attribute__((visibility("default")))
 
 static void say(const char *fmt, ...)
@@ -117,6 +118,7 @@ __attribute__((constructor)) static void init(void)
     real_sendmsg = dlsym(RTLD_NEXT, "sendmsg");
     real_accept = dlsym(RTLD_NEXT, "accept");
     real_accept4 = dlsym(RTLD_NEXT, "accept4");
+    real_close = dlsym(RTLD_NEXT, "close");
 }
 
 /* ---- which fds are libvirt's monitor connections ---- */
@@ -162,6 +164,23 @@ WRAPPED int accept(int sock, struct sockaddr *addr, socklen_t *len)
 WRAPPED int accept4(int sock, struct sockaddr *addr, socklen_t *len, int flags)
 {
     return accepted(sock, real_accept4(sock, addr, len, flags));
+}
+
+/* A monitor connection QEMU closes is forgotten before its number can be reused: no other
+ * stream is ever read as QMP lines. */
+WRAPPED int close(int fd)
+{
+    if (listen_fd >= 0 && find(fd)) {
+        pthread_mutex_lock(&lock);
+        struct conn *c = find(fd);
+        if (c) {
+            free(c->ins);
+            c->ins = NULL;
+            c->fd = -1;
+        }
+        pthread_mutex_unlock(&lock);
+    }
+    return real_close(fd);
 }
 
 /* ---- a few JSON looks at one line (shims/brokercall.c walks it) ---- */

@@ -102,3 +102,10 @@ test('hook shim: a domain without our metadata is done at once, broker or not; t
   assert.ok(!existsSync(join(stateDir, `${domainUuid(plain)}.json`)), 'no state for a domain that is not ours');
   assert.match(readFileSync(join(REPO, 'shims/vebpf.h'), 'utf8'), new RegExp(`#define VEBPF_XMLNS "${XML_NAMESPACE.replace(/[.]/g, '\\.')}"`));
 });
+
+test('the hot-plug shim exports only the calls it wraps: nothing else of it can stand in for a symbol of QEMU or its libraries', () => {
+  const r = spawnSync('nm', ['-D', '--defined-only', join(REPO, 'dist/shims/vebpf-qmp.so')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const names = r.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).pop()).sort();
+  assert.deepEqual(names, ['accept', 'accept4', 'close', 'recvmsg', 'sendmsg']);
+});
