@@ -47,7 +47,7 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     const wrapper = parseWrapper(readFileSync(join(paths.wrapperDir, 'qemu-system-x86_64'), 'utf8'));
     assert.equal(wrapper?.real, QEMU);
     assert.equal(wrapper?.shim, join(REPO, 'dist/shims/vebpf-wrapper'), 'the C wrapper shim, named absolutely');
-    assert.match(readFileSync(paths.hookFile, 'utf8'), new RegExp(`'prepare begin'\\|'release end'\\) run='${REPO}/dist/shims/vebpf-hook'`));
+    assert.match(readFileSync(paths.hookFile, 'utf8'), new RegExp(`'prepare begin'\\|'release end'\\) exec '${REPO}/dist/shims/vebpf-hook' "\\$@"`));
     assert.match(readFileSync(paths.hookFile, 'utf8'), /dist\/src\/hook\/main\.js/);
     assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} .*cli/main.js broker`));
     assert.equal(readManifest(paths.manifest)!.entries.length, plan.length);
