@@ -27,7 +27,7 @@ import { DEFAULT_PATHS } from '../src/install/plan';
 import { rescanHooks } from '../src/install/apply';
 import { BrokerChild, INSTALLED_CLI, installForReal, uninstallForReal } from '../test/coldstart/fixture';
 import { bpfFds, define, defineEnabled, domainXml, qemuPid, removeDomain, runAsync, testDomains, virsh, virshTry } from '../test/coldstart/libvirt';
-import { stats, table, Stats } from './stats';
+import { medianWithInterval, stats, table, Stats } from './stats';
 
 const N = Number(process.env.BENCH_N ?? 1);
 /** BENCH_COLDSTART=a,b,c picks sections (default all). */
@@ -102,6 +102,10 @@ async function benchStart(scratch: string, out: string[]): Promise<void> {
     for (let k = 0; k < kinds.length; k++) await kinds[(i + k) % kinds.length]();
   }
   const perPair = (x: number[], y: number[]) => median(x.map((v, i) => v / y[i]));
+  const interval = (x: number[], y: number[]) => {
+    const m = medianWithInterval(x.map((v, i) => v / y[i]));
+    return `${fmtRatio(m.median)} (95 % interval ${m.low.toFixed(3)}–${m.high.toFixed(3)})`;
+  };
   out.push(
     table('a. `virsh start` → returns, 1 RSS NIC (4 queues), TCG, paired A A0 B C (order rotating)', [
       { name: 'C: plain rss=on, no virt-ebpf hook (today)', stats: stats(c) },
@@ -111,6 +115,7 @@ async function benchStart(scratch: string, out: string[]): Promise<void> {
     ]),
     `median of per-pair ratios: A/C ${fmtRatio(perPair(a, c))}, A0/C ${fmtRatio(perPair(a0, c))}, A/A0 ${fmtRatio(perPair(a, a0))}, A/B ${fmtRatio(perPair(a, b))}, B/C ${fmtRatio(perPair(b, c))}; ` +
       `ratio of medians: A/C ${fmtRatio(median(a) / median(c))}, A/B ${fmtRatio(median(a) / median(b))} (target A/C ≤ 1.05×)`,
+    `per-pair A/C ${interval(a, c)}; A0/C ${interval(a0, c)}; B/C ${interval(b, c)} (bootstrap of the median)`,
     '',
   );
   removeDomain(A);

@@ -47,3 +47,23 @@ export function table(title: string, rows: Row[]): string {
   const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padEnd(widths[i])).join(' | ') + ' |';
   return [`### ${title}`, '', line(head), '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|', ...body.map(line), ''].join('\n');
 }
+
+/**
+ * The median of `xs` and a 95 % interval for it by bootstrap (2000 resamples, a fixed seed so a
+ * rerun on the same samples prints the same interval): how far a median ratio can be trusted.
+ */
+export function medianWithInterval(xs: number[], resamples = 2000): { median: number; low: number; high: number } {
+  let seed = 0x9e3779b9;
+  const rand = () => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) / 2 ** 32;
+  };
+  const medians: number[] = [];
+  for (let r = 0; r < resamples; r++) {
+    medians.push(stats(Array.from({ length: xs.length }, () => xs[Math.floor(rand() * xs.length)])).median);
+  }
+  medians.sort((a, b) => a - b);
+  return { median: stats(xs).median, low: medians[Math.floor(0.025 * resamples)], high: medians[Math.ceil(0.975 * resamples) - 1] };
+}
