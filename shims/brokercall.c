@@ -83,8 +83,7 @@ const char *json_skip_ws(const char *p, const char *end)
     return p;
 }
 
-/* Past the JSON value at p (any kind), or end. */
-static const char *skip_value(const char *p, const char *end)
+const char *json_value_end(const char *p, const char *end)
 {
     int depth = 0;
     for (; p < end; p++) {
@@ -113,14 +112,14 @@ const char *json_member(const char *obj, const char *end, const char *key)
     size_t klen = strlen(key);
     const char *p = json_skip_ws(obj + 1, end);
     while (p < end && *p == '"') {
-        const char *k = p + 1, *q = skip_value(p, end);
+        const char *k = p + 1, *q = json_value_end(p, end);
         const char *colon = json_skip_ws(q, end);
         if (colon >= end || *colon != ':')
             return NULL;
         const char *v = json_skip_ws(colon + 1, end);
         if ((size_t)(q - 1 - k) == klen && !memcmp(k, key, klen))
             return v;
-        p = json_skip_ws(skip_value(v, end), end);
+        p = json_skip_ws(json_value_end(v, end), end);
         if (p < end && *p == ',')
             p = json_skip_ws(p + 1, end);
     }
@@ -137,7 +136,7 @@ const char *json_first(const char *v, const char *end)
 
 const char *json_next(const char *v, const char *end)
 {
-    const char *p = json_skip_ws(skip_value(v, end), end);
+    const char *p = json_skip_ws(json_value_end(v, end), end);
     return p < end && *p == ',' ? json_skip_ws(p + 1, end) : NULL;
 }
 
@@ -307,6 +306,27 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
     }
     *reply = in.p;
     return BROKER_OK;
+}
+
+char *ascii_lower(const char *s)
+{
+    char *out = strdup(s);
+    for (char *p = out; p && *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p += 'a' - 'A';
+    return out;
+}
+
+char *domain_state_path(const char *uuid)
+{
+    if (!uuid || strlen(uuid) != 36 || strspn(uuid, "0123456789abcdefABCDEF-") != 36)
+        return NULL;
+    const char *dir = getenv("VIRT_EBPF_DOMAIN_STATE_DIR");
+    char *lower = ascii_lower(uuid);
+    struct buf b = {0};
+    buf_fmt(&b, "%s/%s.json", dir && *dir ? dir : VEBPF_STATE_DIR, lower);
+    free(lower);
+    return b.p;
 }
 
 char *read_file(const char *path, size_t max)

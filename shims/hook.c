@@ -21,7 +21,7 @@
 #define HOOK_TIMEOUT_S 30  /* bounded: a hook that hangs would hang libvirt's start */
 #define MAX_XML (16 << 20)
 
-/* The text between the first `start` (from `from`) and the next `stop`, malloc'd, or NULL. */
+/* The text between the first `start` and the next `stop`, malloc'd, or NULL. */
 static char *between(const char *text, const char *start, const char *stop)
 {
     const char *i = strstr(text, start);
@@ -50,7 +50,7 @@ static const char *config_attr(const char *xml, const char *name, const char *co
 static const char *const POLICIES[] = {"strict", "fallback", NULL};
 static const char *const ON_OFF[] = {"on", "off", NULL};
 
-/* PREFIX/domains/<uuid>.json from the domain's <uuid>, or NULL. */
+/* The state file of the domain's <uuid> (domain_state_path), or NULL. */
 static char *state_path(const char *xml)
 {
     const char *dom = strstr(xml, "<domain");
@@ -59,16 +59,9 @@ static char *state_path(const char *xml)
         return NULL;
     char *u = uuid + strspn(uuid, " \t\r\n");
     u[strcspn(u, " \t\r\n")] = 0;
-    int ok = strlen(u) == 36 && strspn(u, "0123456789abcdefABCDEF-") == 36;
-    for (char *p = u; *p; p++)
-        if (*p >= 'A' && *p <= 'F')
-            *p += 32;
-    const char *dir = getenv("VIRT_EBPF_DOMAIN_STATE_DIR");
-    struct buf b = {0};
-    if (ok)
-        buf_fmt(&b, "%s/%s.json", dir && *dir ? dir : VEBPF_STATE_DIR, u);
+    char *path = domain_state_path(u);
     free(uuid);
-    return b.p;
+    return path;
 }
 
 static void remember(const char *name, const char *xml, const char *policy)

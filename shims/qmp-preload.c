@@ -1,6 +1,6 @@
 /*
  * virt-ebpf QMP hot-plug shim, loaded into the emulator with LD_PRELOAD by the wrapper
- * (shims/wrapper.py) for an enabled domain. It watches libvirt's monitor connection from inside
+ * (shims/wrapper.c) for an enabled domain. It watches libvirt's monitor connection from inside
  * QEMU, so the thousands of QMP bytes libvirt exchanges while a domain starts take no extra
  * process hop: QEMU reads its monitor one byte per recvmsg(), and a byte that is not the start
  * of a line costs one compare here.
@@ -22,6 +22,7 @@
  *   VIRT_EBPF_EMULATOR     the real emulator (the broker's trusted table key)
  *   VIRT_EBPF_POLICY       strict | fallback
  *   VIRT_EBPF_DOMAIN_NAME, VIRT_EBPF_DOMAIN_UUID
+ * and, read by shims/brokercall.c at each broker call and left as it is (tests set it):
  *   VIRT_EBPF_BROKER_SOCKET (default /run/virt-ebpf/broker.sock)
  */
 #define _GNU_SOURCE
@@ -74,7 +75,6 @@ static struct conn conns[MAX_CONNS];
 static struct pending pendings[MAX_PENDING];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char peekbuf[PEEK_MAX];
-static unsigned serial;
 static int npending;  /* pendings in use: sendmsg() of any other fd looks only at this */
 
 /* Built with -fvisibility=hidden: QEMU and its libraries see only the calls we wrap. */
@@ -185,25 +185,14 @@ WRAPPED int close(int fd)
 
 /* ---- a few JSON looks at one line (shims/brokercall.c walks it) ---- */
 
-/* The raw JSON of a scalar value (a string with its quotes, a number, true…) into out. */
+/* The raw JSON of the value at v (a string with its quotes, a number…) into out, or "". */
 static void raw_value(const char *v, const char *end, char *out, size_t size)
 {
-    const char *p = v;
+    size_t n = v ? (size_t)(json_value_end(v, end) - v) : 0;
     out[0] = 0;
-    if (!v)
-        return;
-    if (*p == '"') {
-        for (p++; p < end && *p != '"'; p++)
-            if (*p == '\\')
-                p++;
-        p++;
-    } else {
-        while (p < end && !strchr(",}] \r\n", *p))
-            p++;
-    }
-    if (p <= end && (size_t)(p - v) < size) {
-        memcpy(out, v, p - v);
-        out[p - v] = 0;
+    if (v && n < size) {
+        memcpy(out, v, n);
+        out[n] = 0;
     }
 }
 
@@ -275,7 +264,7 @@ static int acquire(int *fds, char *why, size_t why_size)
         snprintf(why, why_size, "hot-plug needs the ebpf-rss-fds property (QEMU >= 9.0); this emulator uses %s (HOTPLUG_UNSUPPORTED); "
                  "add the NIC to the domain XML and restart the domain", prop ? prop : "no fd property");
         want = -1;
-    } else if (want < 1 || want > nfds) {
+    } else if (want < 1 || want > nfds || want > MAX_FDS) {  /* (QEMU takes 4; more would not fit our bookkeeping) */
         snprintf(why, why_size, "broker: sent %d fds for a context of %d (BROKER_PROTOCOL); check `virt-ebpf doctor`", nfds, want);
         want = -1;
     }
@@ -298,11 +287,10 @@ static double ms_since(const struct timespec *t0)
 static void remember(const char *id, const int *fds, int n)
 {
     for (int i = 0; i < MAX_PENDING; i++) {
-        struct pending *p = &pendings[(serial + i) % MAX_PENDING];
+        struct pending *p = &pendings[i];
         if (p->nfds)
             continue;
         snprintf(p->id, sizeof p->id, "%s", id);
-        serial++;
         p->nfds = n;
         __atomic_add_fetch(&npending, 1, __ATOMIC_SEQ_CST);
         for (int k = 0; k < n; k++) {

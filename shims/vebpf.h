@@ -35,6 +35,8 @@ char *json_string(const char *v, const char *end);
 const char *json_first(const char *v, const char *end);
 const char *json_next(const char *v, const char *end);
 const char *json_skip_ws(const char *p, const char *end);
+/* Just past the JSON value at v (a string with its quotes, a number, an object…). */
+const char *json_value_end(const char *v, const char *end);
 
 enum broker_result { BROKER_OK = 0, BROKER_REFUSED = 1, BROKER_UNREACHABLE = 2 };
 /*
@@ -46,6 +48,11 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
 /* $VIRT_EBPF_BROKER_SOCKET or the default. */
 const char *broker_socket(void);
 
+/* s with A-Z made a-z, malloc'd. */
+char *ascii_lower(const char *s);
+/* $VIRT_EBPF_DOMAIN_STATE_DIR (or the default)/<uuid, lower case>.json, malloc'd; NULL unless
+ * uuid is 36 characters of hex digits and dashes. The hook writes it, the wrapper reads it. */
+char *domain_state_path(const char *uuid);
 /* A whole file (NUL-terminated, malloc'd) or NULL. */
 char *read_file(const char *path, size_t max);
 /* "strict" or "fallback" from a domain's state JSON (may be NULL), else the global config, else strict. */

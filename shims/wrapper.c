@@ -43,28 +43,13 @@ static char *domain_name(int argc, char **argv)
     return b.p;
 }
 
-static int is_uuid(const char *u)
-{
-    if (!u || strlen(u) != 36)
-        return 0;
-    for (const char *p = u; *p; p++)
-        if (!strchr("0123456789abcdefABCDEF-", *p))
-            return 0;
-    return 1;
-}
-
 /* What the hook recorded for this domain at prepare (policy, hotplug), or NULL. */
 static char *domain_state(int argc, char **argv)
 {
-    const char *uuid = option(argc, argv, "-uuid");
-    if (!is_uuid(uuid))
-        return NULL;
-    const char *dir = getenv("VIRT_EBPF_DOMAIN_STATE_DIR");
-    char path[4200], lower[37];
-    for (int i = 0; i < 37; i++)
-        lower[i] = uuid[i] >= 'A' && uuid[i] <= 'F' ? uuid[i] + 32 : uuid[i];
-    snprintf(path, sizeof path, "%s/%s.json", dir && *dir ? dir : VEBPF_STATE_DIR, lower);
-    return read_file(path, 1 << 16);
+    char *path = domain_state_path(option(argc, argv, "-uuid"));
+    char *state = path ? read_file(path, 1 << 16) : NULL;
+    free(path);
+    return state;
 }
 
 static int hotplug_wanted(const char *state)
@@ -83,8 +68,6 @@ static int monitor_fd(int argc, char **argv)
         if ((strcmp(argv[i], "-chardev") && strcmp(argv[i], "--chardev")) || strncmp(argv[i + 1], "socket,", 7))
             continue;
         const char *a = argv[i + 1];
-        if (!strstr(a, "id=charmonitor"))
-            continue;
         int fd = -1, server = 0, charmonitor = 0;
         char *copy = strdup(a), *save = NULL;
         for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
@@ -130,15 +113,14 @@ static void hotplug_env(const char *real, int argc, char **argv, const char *pol
     snprintf(fd, sizeof fd, "%d", lfd);
     char *name = domain_name(argc, argv);
     const char *uuid = option(argc, argv, "-uuid");
-    char lower[64] = "";
-    for (size_t i = 0; uuid && uuid[i] && i < sizeof lower - 1; i++)
-        lower[i] = uuid[i] >= 'A' && uuid[i] <= 'F' ? uuid[i] + 32 : uuid[i], lower[i + 1] = 0;
+    char *lower = ascii_lower(uuid ? uuid : "");
     setenv("LD_PRELOAD", so, 1);
     setenv("VIRT_EBPF_QMP_LISTEN", fd, 1);
     setenv("VIRT_EBPF_EMULATOR", real, 1);
     setenv("VIRT_EBPF_POLICY", policy, 1);
     setenv("VIRT_EBPF_DOMAIN_NAME", name ? name : "", 1);
-    setenv("VIRT_EBPF_DOMAIN_UUID", lower, 1);
+    setenv("VIRT_EBPF_DOMAIN_UUID", lower ? lower : "", 1);
+    free(lower);
     free(name);
     free(so);
 }
@@ -231,7 +213,7 @@ int main(int argc, char **argv)
     const char *policy = resolve_policy(state);
     int fds[VEBPF_MAX_FDS], nfds = 0;
     char **plan = NULL;
-    for (int i = 0; i < n && !plan; i++)
+    for (int i = 0; i < n; i++)
         if (strstr(args[i], "rss")) {
             plan = exec_plan(real, n, args, policy, fds, &nfds);
             break;
