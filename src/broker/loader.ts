@@ -37,16 +37,11 @@ export class Loader {
     });
   }
 
-  /** The loader thread's nice value right now (undefined before it started). */
-  get nice(): number | undefined {
-    return this.#tid === undefined ? undefined : this.#urgent > 0 ? 0 : IDLE_NICE;
-  }
-
+  /** Give the loader thread the priority it should have now: normal while a request waits, else idle. */
   #prioritize(): void {
-    const nice = this.nice;
-    if (this.#tid === undefined || nice === undefined) return;
+    if (this.#tid === undefined) return;
     try {
-      setPriority(this.#tid, nice);
+      setPriority(this.#tid, this.#urgent > 0 ? 0 : IDLE_NICE);
     } catch {
       /* the thread is gone: #fail handles its loads */
     }

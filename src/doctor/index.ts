@@ -35,9 +35,9 @@ function hostChecks(opts: DoctorOptions): Check[] {
       }
     },
     async () => {
-      const { SHIM_FILES } = await import('../install/host');
+      const { missingShims } = await import('../install/host');
       const { sourceRoot } = await import('../install/runtime');
-      const missing = Object.values(SHIM_FILES).map((f) => join(sourceRoot(), f)).filter((f) => !existsSync(f));
+      const missing = missingShims(sourceRoot());
       return missing.length === 0
         ? { name: 'shims', verdict: 'ok', detail: `${join(sourceRoot(), 'dist/shims')}: wrapper, hook and hot-plug shims are built`, needed: true }
         : { name: 'shims', verdict: 'fail', detail: `${missing[0]} is missing: enabled domains cannot start`, fix: 'npm run build in the checkout (needs gcc, libc6-dev), then virt-ebpf install', needed: true };

@@ -3,7 +3,7 @@
  * remember exactly what was written (manifest with content hashes), remove exactly that, and
  * tell libvirtd to rescan its hooks.
  */
-import { SHIM_FILES } from './host';
+import { missingShims } from './host';
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -100,9 +100,9 @@ export function rescanHooks(): string {
 }
 
 export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): InstallReport {
-  const missing = Object.values(SHIM_FILES).filter((f) => !existsSync(join(facts.prefix, f)));
+  const missing = missingShims(facts.prefix);
   if (missing.length) {
-    throw new VirtEbpfError('SHIMS_MISSING', `${join(facts.prefix, missing[0])} does not exist: the emulator wrapper, the hook and hot-plug need the shims built from shims/*.c`, {
+    throw new VirtEbpfError('SHIMS_MISSING', `${missing[0]} does not exist: the emulator wrapper, the hook and hot-plug need the shims built from shims/*.c`, {
       remedy: 'run `npm run build` in the checkout (needs cc: apt-get install gcc libc6-dev), then install again',
     });
   }

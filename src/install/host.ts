@@ -8,10 +8,16 @@ import { listEmulatorsOnPath, probeEmulator } from '../emulator';
 import { untrustedReason } from '../sys/trust';
 import { identityOf } from './apply';
 import { HostFacts, InstallPaths } from './plan';
+import { SHIM_SO } from '../wrapper/hotplug-shim';
 
 export const TEMPLATE_FILES = ['hook.sh', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf'];
 /** The start-path shims, built from shims/*.c by `npm run build` (scripts/build-shims.sh), relative to the prefix. */
-export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: 'dist/shims/vebpf-qmp.so' } as const;
+export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: `dist/shims/${SHIM_SO}` } as const;
+
+/** The shims missing under `prefix`, as absolute paths (install refuses, doctor fails on any). */
+export function missingShims(prefix: string): string[] {
+  return Object.values(SHIM_FILES).map((f) => join(prefix, f)).filter((f) => !existsSync(f));
+}
 export const EMULATOR_DIRS = ['/usr/bin', '/usr/local/bin', '/usr/libexec'];
 
 export interface EmulatorChoice {

@@ -9,12 +9,17 @@ import { domainIdentity } from '../argv';
 import { readCmdline } from '../sys/proc';
 import { DOMAIN_STATE_DIR, domainStatePath } from './policy';
 
-/** The file name the build gives the shim (package.json `build`). */
+/** The file name the build gives the shim (scripts/build-shims.sh). */
 export const SHIM_SO = 'vebpf-qmp.so';
+
+/** Whether one line of /proc/PID/maps (or the first line of an smaps entry) maps the shim. */
+export function isShimMapping(line: string): boolean {
+  return line.endsWith(`/${SHIM_SO}`);
+}
 
 /** Whether a /proc/PID/maps text shows the shim mapped into the process. */
 export function mapsShowShim(maps: string): boolean {
-  return maps.split('\n').some((line) => line.endsWith(`/${SHIM_SO}`));
+  return maps.split('\n').some(isShimMapping);
 }
 
 /** libvirt's monitor on QEMU's command line: `-chardev socket,id=charmonitor,…`. */

@@ -12,7 +12,7 @@ import type { QmpClient } from '../../src/qmp';
 import * as libc from '../../src/sys/libc';
 import { createTap, type Tap } from '../../src/guest/tap';
 import { sleep, until } from '../broker/support';
-import { SHIM_SO } from '../../src/wrapper/hotplug-shim';
+import { isShimMapping } from '../../src/wrapper/hotplug-shim';
 
 export const WRAPPER_SHIM = join(REPO, 'dist/shims/vebpf-wrapper');
 const PYTHON = '/usr/bin/python3';
@@ -143,7 +143,7 @@ export async function addNetdev(c: QmpClient, id: string, queues: number, taps: 
 
 /** The hot-plug shim's share of a process's memory in KiB (its mappings in /proc/PID/smaps): resident, and proportional. */
 export function shimMemoryKiB(pid: number): { rss: number; pss: number } {
-  const maps = readFileSync(`/proc/${pid}/smaps`, 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/).filter((m) => m.split('\n')[0].endsWith(`/${SHIM_SO}`));
+  const maps = readFileSync(`/proc/${pid}/smaps`, 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/).filter((m) => isShimMapping(m.split('\n')[0]));
   const sum = (k: string) => maps.reduce((n, m) => n + Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(m)?.[1] ?? 0), 0);
   return { rss: sum('Rss'), pss: sum('Pss') };
 }

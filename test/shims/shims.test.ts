@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { domainUuid } from '../../src/hook/event';
 import { enableDomain, wrapperInDir, XML_NAMESPACE } from '../../src/xml';
 import { REPO, tempDir } from '../harness';
+import { SHIM_FILES } from '../../src/install/host';
 
 const WRAPPER = join(REPO, 'dist/shims/vebpf-wrapper');
 const HOOK = join(REPO, 'dist/shims/vebpf-hook');
@@ -104,7 +105,7 @@ test('hook shim: a domain without our metadata is done at once, broker or not; t
 });
 
 test('the hot-plug shim exports only the calls it wraps: nothing else of it can stand in for a symbol of QEMU or its libraries', () => {
-  const r = spawnSync('nm', ['-D', '--defined-only', join(REPO, 'dist/shims/vebpf-qmp.so')], { encoding: 'utf8' });
+  const r = spawnSync('nm', ['-D', '--defined-only', join(REPO, SHIM_FILES.qmp)], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   const names = r.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).pop()).sort();
   assert.deepEqual(names, ['accept', 'accept4', 'close', 'recvmsg', 'sendmsg']);
