@@ -54,8 +54,14 @@ function brokerAnswers(socket = DEFAULT_SOCKET): boolean {
   }
 }
 
-/** One start of an already-defined, shut-off domain: ms until `virsh start` returns; then destroy. */
+/**
+ * One start of an already-defined, shut-off domain: ms until `virsh start` returns; then destroy.
+ * Every start (of every kind) begins with the broker idle and its pool full, as a start seconds
+ * after the last one finds it: the refill a start causes waits until that start has settled
+ * (src/broker/pool.ts) and is not charged to whichever start happens to come next.
+ */
 async function timedStart(name: string, check?: (pid: number) => void): Promise<number> {
+  poolFull();
   const r = await runAsync('virsh', ['-q', '-c', 'qemu:///system', 'start', name]);
   if (r.status !== 0) throw new Error(`virsh start ${name} failed: ${r.stderr.trim()}`);
   check?.(qemuPid(name));
@@ -155,7 +161,7 @@ async function benchWrapperParts(out: string[]): Promise<void> {
   const args = ['-machine', 'none', '-device', dev, '-version'];
   const rows = [
     { name: 'QEMU -version (direct)', stats: timeProcess(n, REAL_QEMU, ['-version']) },
-    { name: 'wrapper, no rss: sh pass-through', stats: timeProcess(n, WRAPPER, ['-version']), baseline: 'QEMU -version (direct)' },
+    { name: 'wrapper, no rss: pass-through (shim execs QEMU as asked)', stats: timeProcess(n, WRAPPER, ['-version']), baseline: 'QEMU -version (direct)' },
     { name: 'node -e 0 (what the wrapper shim was first)', stats: timeProcess(n, process.execPath, ['-e', '0']) },
     { name: 'python3 -I -S -c pass (what it was next)', stats: timeProcess(n, '/usr/bin/python3', ['-I', '-S', '-c', 'pass']), baseline: 'node -e 0 (what the wrapper shim was first)' },
     { name: 'wrapper, rss device: exec-plan + exec QEMU', stats: timeProcess(n, WRAPPER, args, undefined, poolFull), baseline: 'QEMU -version (direct)' },
@@ -164,8 +170,12 @@ async function benchWrapperParts(out: string[]): Promise<void> {
   const name = PREFIX + 'hookprobe';
   const xml = virsh('dumpxml', '--inactive', name);
   const plainXml = virsh('dumpxml', '--inactive', PREFIX + 'b');
-  // Each prepare reserves a context for the domain; release it first, as a stop would.
-  const release = () => void spawnSync(HOOK, [name, 'release', 'end', '-'], { input: xml, timeout: 30_000 });
+  // Each prepare reserves a context for the domain; release it first, as a stop would, and let
+  // the pool refill (it waits for the start to settle) so each prepare finds one ready.
+  const release = () => {
+    spawnSync(HOOK, [name, 'release', 'end', '-'], { input: xml, timeout: 30_000 });
+    poolFull();
+  };
   const hookRows = [
     { name: 'hook, domain not enabled (prepare begin)', stats: timeProcess(n, HOOK, [PREFIX + 'b', 'prepare', 'begin', '-'], plainXml) },
     { name: 'hook, event it ignores (start begin)', stats: timeProcess(n, HOOK, [name, 'start', 'begin', '-'], xml), baseline: 'hook, domain not enabled (prepare begin)' },

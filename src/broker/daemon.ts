@@ -13,7 +13,7 @@ import { lookupUser } from '../sys/users';
 import { createLogger, Logger } from '../log';
 import { BrokerConfig, libvirtQemuAccount } from './config';
 import { Allowlist, Broker } from './server';
-import type { PoolSource } from './pool';
+import type { PoolSource, RefillTiming } from './pool';
 import { Loader } from './loader';
 
 function groupId(name: string): number | undefined {
@@ -97,7 +97,7 @@ export function activationFd(env = process.env): number | undefined {
   return env.LISTEN_PID === String(process.pid) && Number(env.LISTEN_FDS) >= 1 ? 3 : undefined;
 }
 
-export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string } = {}): Promise<Broker> {
+export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string; refillTiming?: RefillTiming } = {}): Promise<Broker> {
   const logger = opts.logger ?? createLogger(config.log.level, config.log.format as 'text' | 'json');
   let broker: Broker | undefined;
   const loader = new Loader();
@@ -106,6 +106,7 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     socket: config.socket,
     allow: allowlistFor(config, opts.qemuConf),
     poolSize: config.pool.size,
+    refillTiming: opts.refillTiming,
     onClose: () => loader.close(),
     maxReservedPerDomain: config.pool.maxReservedPerDomain,
     maxConnectionsPerUid: config.limits.maxConnectionsPerUid,

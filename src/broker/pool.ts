@@ -2,7 +2,11 @@
  * Pre-loaded contexts per emulator build. Loading costs ~100 ms per NIC (the verifier); handing
  * fds over costs microseconds, so the broker keeps a few ready and refills in the background.
  * A context leaves the pool exactly once (handed out or dropped) and is never reused. Refills
- * load in the background at idle priority (PoolSource.loadInBackground).
+ * load in the background at idle priority (PoolSource.loadInBackground), and not while a domain
+ * is starting: a reserve (the hook's prepare) or a take (the wrapper) says a start is under
+ * way, and refills wait until none has been for `settleMs` — the verifier's CPU time would
+ * otherwise land inside that `virsh start` (libvirt and QEMU are busy for a few hundred ms
+ * after the take). Under a steady stream of starts a refill waits at most `maxDeferMs`.
  */
 import { OwnedFd, closeAll } from '../fdpass';
 import type { ContextDescriptor } from './protocol';
@@ -25,20 +29,49 @@ function dispose(c: LoadedContext): void {
   closeAll(c.fds);
 }
 
+export interface RefillTiming {
+  /** how long after the last reserve/take a refill waits (a start is still under way) */
+  settleMs: number;
+  /** the longest a refill is put off by a steady stream of starts */
+  maxDeferMs: number;
+}
+
+export const DEFAULT_REFILL_TIMING: RefillTiming = { settleMs: 1000, maxDeferMs: 5000 };
+
 export class ContextPool {
   readonly #ready = new Map<string, LoadedContext[]>();
   readonly #reserved = new Map<string, { key: string; contexts: LoadedContext[] }>();
   readonly #refilling = new Set<string>();
   readonly #sources = new Map<string, PoolSource>();
+  /** refills put off while starts are under way: key → when the first was put off, its timer */
+  readonly #deferred = new Map<string, { since: number; timer?: NodeJS.Timeout }>();
+  /** until when a start is taken to be under way (ms since the epoch) */
+  #busyUntil = 0;
   #closed = false;
 
   constructor(
     private readonly target: number,
     private readonly onError: (e: unknown, key: string) => void = () => {},
+    private readonly timing: RefillTiming = DEFAULT_REFILL_TIMING,
   ) {}
+
+  /** A domain is starting (prepare reserved for it, or its wrapper takes): refills wait. */
+  #starting(): void {
+    this.#busyUntil = Date.now() + this.timing.settleMs;
+  }
+
+  /** ms a refill of `key` should still wait for starts to settle (0: load now). */
+  #deferFor(key: string): number {
+    const now = Date.now();
+    const wait = this.#busyUntil - now;
+    const d = this.#deferred.get(key);
+    if (wait <= 0 || (d && now - d.since >= this.timing.maxDeferMs)) return 0;
+    return Math.min(wait, (d ? d.since : now) + this.timing.maxDeferMs - now);
+  }
 
   /** Take `count` contexts for this build: reserved for the domain first, then ready, then fresh. */
   async take(source: PoolSource, count: number, domainKey?: string): Promise<LoadedContext[]> {
+    this.#starting();
     this.#sources.set(source.key, source);
     const out: LoadedContext[] = [];
     const res = domainKey ? this.#reserved.get(domainKey) : undefined;
@@ -61,6 +94,7 @@ export class ContextPool {
 
   /** Load and set aside contexts for a domain that is about to start (hook: prepare). */
   async reserve(source: PoolSource, count: number, domainKey: string): Promise<number> {
+    this.#starting();
     this.#sources.set(source.key, source);
     const res = this.#reserved.get(domainKey);
     if (res && res.key !== source.key) this.release(domainKey);
@@ -103,10 +137,33 @@ export class ContextPool {
     if (this.#closed || this.#refilling.has(key) || this.target === 0) return;
     const source = this.#sources.get(key);
     if (!source) return;
+    const wait = this.#deferFor(key);
+    if (wait > 0) {
+      const d = this.#deferred.get(key) ?? { since: Date.now() };
+      this.#deferred.set(key, d);
+      if (!d.timer) {
+        d.timer = setTimeout(() => {
+          d.timer = undefined;
+          this.refill(key);
+        }, wait);
+        d.timer.unref?.();
+      }
+      return;
+    }
+    // Starts still under way here means the wait ran out (maxDeferMs): fill up regardless.
+    const capped = Date.now() < this.#busyUntil;
+    const d = this.#deferred.get(key);
+    if (d?.timer) clearTimeout(d.timer);
+    this.#deferred.delete(key);
     this.#refilling.add(key);
     const step = async () => {
+      let more = false;
       try {
         while (!this.#closed && this.#sources.get(key) === source && (this.#ready.get(key)?.length ?? 0) < this.target) {
+          if (!capped && Date.now() < this.#busyUntil) {
+            more = true; // a start began meanwhile: the rest waits for it
+            break;
+          }
           const c = await (source.loadInBackground ?? source.load).call(source);
           if (this.#closed || this.#sources.get(key) !== source) {
             dispose(c);
@@ -122,6 +179,7 @@ export class ContextPool {
       } finally {
         this.#refilling.delete(key);
       }
+      if (more) this.refill(key);
     };
     setImmediate(() => void step());
   }
@@ -132,6 +190,8 @@ export class ContextPool {
 
   close(): void {
     this.#closed = true;
+    for (const d of this.#deferred.values()) if (d.timer) clearTimeout(d.timer);
+    this.#deferred.clear();
     for (const list of this.#ready.values()) list.forEach(dispose);
     for (const r of this.#reserved.values()) r.contexts.forEach(dispose);
     this.#ready.clear();

@@ -10,7 +10,7 @@ import * as libc from '../sys/libc';
 import { VirtEbpfError } from '../errors';
 import { closeAll } from '../fdpass';
 import type { Logger } from '../log';
-import { ContextPool, PoolSource } from './pool';
+import { ContextPool, PoolSource, type RefillTiming } from './pool';
 import { encode, errorReply, fdPlaceholder, MAX_LINE, parseRequest, Reply, Request, DomainRef } from './protocol';
 import { domainIdentity } from '../argv';
 import { finalArgv, planDevices } from '../exec/plan';
@@ -29,6 +29,8 @@ export interface BrokerOptions {
   socket: string;
   allow: Allowlist;
   poolSize: number;
+  /** when refills wait for starts to settle (default DEFAULT_REFILL_TIMING) */
+  refillTiming?: RefillTiming;
   /** run when the broker closes (the background loader's thread ends there) */
   onClose?: () => Promise<void>;
   maxReservedPerDomain: number;
@@ -60,7 +62,7 @@ export class Broker {
   #connections = new Set<net.Socket>();
 
   constructor(private readonly opts: BrokerOptions) {
-    this.pool = new ContextPool(opts.poolSize, (e, key) => opts.logger.warn('pool refill failed', { key, error: (e as Error).message }));
+    this.pool = new ContextPool(opts.poolSize, (e, key) => opts.logger.warn('pool refill failed', { key, error: (e as Error).message }), opts.refillTiming);
   }
 
   async start(): Promise<void> {
@@ -201,7 +203,7 @@ export class Broker {
               release: (domain) => void this.pool.release(domainKey(domain)!),
             },
           });
-          log.info('hook', { event: req.event, name: req.name, code: r.code });
+          log.info('hook', { event: req.event, name: req.name, code: r.code, us: Number((process.hrtime.bigint() - t0) / 1000n) });
           this.#send(sock, { v: 1, id: req.id, ok: true, op: 'hook', ...r });
           return;
         }

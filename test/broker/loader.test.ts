@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { getPriority } from 'node:os';
 import { needRoot, tempDir, QEMU } from '../harness';
 import { ask, ROOT, served, startTestBroker, until, type TestBroker } from './support';
+import { DEFAULT_REFILL_TIMING } from '../../src/broker/pool';
 
 const dir = tempDir('virt-ebpf-loader-');
 let broker: TestBroker | undefined;
@@ -18,6 +19,11 @@ after(async () => {
   await broker?.close();
   dir.remove();
 });
+
+async function readyOf(b: TestBroker): Promise<number> {
+  const pools = (await ask(b.socket, { v: 1, id: 9, op: 'status' })).pools as Array<{ ready: number }>;
+  return pools.reduce((n, p) => n + p.ready, 0);
+}
 
 /** nice of each thread of this process (the in-process broker), by comm. */
 function threadNice(): Array<{ comm: string; nice: number }> {
@@ -45,4 +51,41 @@ test('the pool refills on the loader thread at nice 19; the main thread (handoff
   const many = await served(ROOT, broker.socket, { op: 'acquire', emulator: QEMU, count: 3 });
   assert.equal(many.fds.length, 12);
   await until('the loader to be idle again', () => threadNice().some((t) => t.nice === 19), 60_000, 50);
+  await broker.close(); // one broker (one loader thread) in this process at a time
+  broker = undefined;
+});
+
+test('a refill waits until starts have settled: not inside the `virsh start` whose take emptied the pool', async () => {
+  needRoot('the broker loads BPF');
+  const b = await startTestBroker({ pool: { size: 1 } }, { cacheDir: join(dir.path, 'cache-settle') });
+  try {
+    await ask(b.socket, { v: 1, id: 1, op: 'prewarm', emulator: QEMU, count: 1 });
+    await until('the pool to fill', async () => (await readyOf(b)) === 1, 60_000, 20);
+    const t0 = Date.now();
+    const got = await served(ROOT, b.socket, { op: 'acquire', emulator: QEMU, count: 1 });
+    assert.equal(got.fds.length, 4);
+    // A load takes ~70-150 ms here: refilled at once it would be back well before settleMs.
+    await new Promise((r) => setTimeout(r, DEFAULT_REFILL_TIMING.settleMs - 300));
+    assert.equal(await readyOf(b), 0, `no refill within ${DEFAULT_REFILL_TIMING.settleMs - 300} ms of the take`);
+    await until('the refill after the start settled', async () => (await readyOf(b)) === 1, 60_000, 20);
+    assert.ok(Date.now() - t0 >= DEFAULT_REFILL_TIMING.settleMs, 'refilled only after settleMs');
+  } finally {
+    await b.close();
+  }
+});
+
+test('a steady stream of starts puts a refill off for at most maxDeferMs', async () => {
+  needRoot('the broker loads BPF');
+  // Starts "never settle" (settleMs far beyond the test); the cap still refills.
+  const timing = { settleMs: 600_000, maxDeferMs: 400 };
+  const b = await startTestBroker({ pool: { size: 1 } }, { cacheDir: join(dir.path, 'cache-cap'), refillTiming: timing });
+  try {
+    const t0 = Date.now();
+    const got = await served(ROOT, b.socket, { op: 'acquire', emulator: QEMU, count: 1 }); // empty pool: loads while it waits
+    assert.equal(got.fds.length, 4);
+    await until('the refill once maxDeferMs ran out', async () => (await readyOf(b)) === 1, 30_000, 20);
+    assert.ok(Date.now() - t0 >= timing.maxDeferMs, 'not before maxDeferMs');
+  } finally {
+    await b.close();
+  }
 });

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { startBroker } from '../../src/broker/daemon';
 import { validateConfig } from '../../src/broker/config';
 import type { Broker } from '../../src/broker/server';
+import type { RefillTiming } from '../../src/broker/pool';
 import type { RequestBody } from '../../src/broker/client';
 import { bpfFdInfo } from '../../src/fdpass';
 import { silentLogger } from '../../src/log';
@@ -102,13 +103,14 @@ export interface TestBroker {
  * must reach the socket). `qemuConf` defaults to a file that does not exist (libvirt's
  * defaults), so the host's qemu.conf does not decide the test.
  */
-export async function startTestBroker(config: Record<string, unknown>, opts: { cacheDir: string; qemuConf?: string }): Promise<TestBroker> {
+export async function startTestBroker(config: Record<string, unknown>, opts: { cacheDir: string; qemuConf?: string; refillTiming?: RefillTiming }): Promise<TestBroker> {
   const dir = tempDir('virt-ebpf-broker-');
   chmodSync(dir.path, 0o755);
   const socket = join(dir.path, 'broker.sock');
   const broker = await startBroker(validateConfig({ socket, cacheDir: opts.cacheDir, ...config }), {
     logger: silentLogger(),
     qemuConf: opts.qemuConf ?? join(dir.path, 'no-qemu.conf'),
+    refillTiming: opts.refillTiming,
   });
   return {
     broker,
