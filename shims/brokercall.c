@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -342,6 +343,39 @@ char *read_file(const char *path, size_t max)
         buf_add(&b, chunk, n);
     close(fd);
     return b.p;
+}
+
+char *script_field(const char *path, const char *key, char *why, size_t why_size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        snprintf(why, why_size, "cannot read %s: %s; run `virt-ebpf install` again", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    if (st.st_uid != 0 || (st.st_mode & 022)) {
+        snprintf(why, why_size, "%s is not root's or others than root may write it: not trusted; run `virt-ebpf install` again", path);
+        close(fd);
+        return NULL;
+    }
+    struct buf b = {0};
+    char chunk[8192];
+    ssize_t n;
+    buf_add(&b, "", 0);
+    while ((n = read(fd, chunk, sizeof chunk)) > 0 && b.len < (1 << 16))
+        buf_add(&b, chunk, n);
+    close(fd);
+    size_t klen = strlen(key);
+    char *out = NULL;
+    for (char *line = b.p; line && *line && !out; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (!strncmp(line, key, klen) && line[klen] == '=')
+            out = strndup(line + klen + 1, strcspn(line + klen + 1, "\n"));
+    free(b.p);
+    if (!out)
+        snprintf(why, why_size, "%s has no %s= line; run `virt-ebpf install` again", path, key);
+    return out;
 }
 
 static const char *policy_of(const char *json)

@@ -1,11 +1,17 @@
 /*
- * virt-ebpf libvirt hook shim for `prepare begin` and `release end`: `vebpf-hook NAME OP SUBOP
- * EXTRA`, root, domain XML on stdin, for every domain: one without our metadata is done as soon
- * as its XML is read (no broker). The hook's logic runs inside the broker (the `hook` op of
- * src/broker/server.ts, src/hook/main.ts runHook); this only forwards the XML and relays the
- * answer. When the broker cannot be asked it does what runHook would: the domain's policy from
- * our metadata decides (strict refuses the start, fallback lets it go on), and the state the
- * wrapper reads (policy, hotplug) is left at prepare and removed at release.
+ * virt-ebpf libvirt hook shim: `vebpf-hook HOOKFILE NAME OP SUBOP EXTRA`, root, domain XML on
+ * stdin. The installed hook (/etc/libvirt/hooks/qemu.d/virt-ebpf, templates/hook) is a text
+ * file whose first line is `#!` and this binary: libvirt runs it at every step of every domain
+ * (inside `virsh start`), and the kernel runs us with its path first — no shell.
+ *
+ * Events other than prepare/release/migrate/restore end here at once. A domain without our
+ * metadata is done as soon as its XML is read. For prepare/release the hook's logic runs inside
+ * the broker (the `hook` op of src/broker/server.ts, src/hook/main.ts runHook); this only
+ * forwards the XML and relays the answer. When the broker cannot be asked it does what runHook
+ * would: the domain's policy from our metadata decides (strict refuses the start, fallback lets
+ * it go on), and the state the wrapper reads (policy, hotplug) is left at prepare and removed at
+ * release. migrate/restore (not on the start path) run Node's hook, named by the hook file's
+ * node= and hook= lines, with the XML on its stdin.
  */
 #define _GNU_SOURCE
 #include "vebpf.h"
@@ -15,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -98,14 +105,52 @@ static void forget(const char *xml)
     free(path);
 }
 
+/* migrate/restore of one of our domains: Node's hook (src/hook/main.ts), the XML on its stdin. */
+static int to_node(const char *hookfile, char **args, const struct buf *xml)
+{
+    char why[8192];
+    char *node = script_field(hookfile, "node", why, sizeof why);
+    char *hook = node ? script_field(hookfile, "hook", why, sizeof why) : NULL;
+    if (!hook) {
+        fprintf(stderr, "virt-ebpf: %s\n", why);
+        return 1;
+    }
+    int fd = memfd_create("virt-ebpf-domain-xml", 0);  /* no size limit, unlike a pipe nobody drains */
+    for (size_t off = 0; fd >= 0 && off < xml->len;) {
+        ssize_t w = write(fd, xml->p + off, xml->len - off);
+        if (w <= 0) {
+            close(fd);
+            fd = -1;
+            break;
+        }
+        off += w;
+    }
+    if (fd < 0 || lseek(fd, 0, SEEK_SET) < 0 || dup2(fd, 0) < 0) {
+        fprintf(stderr, "virt-ebpf: cannot pass the domain XML to %s: %m\n", hook);
+        return 1;
+    }
+    if (fd != 0)
+        close(fd);
+    char *argv[] = {node, hook, args[0], args[1], args[2], args[3], NULL};
+    execv(node, argv);
+    fprintf(stderr, "virt-ebpf: cannot run %s: %m; run `virt-ebpf install` again\n", node);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: vebpf-hook NAME OP SUBOP EXTRA < domain.xml (run by libvirt's qemu hook)\n");
+    if (argc < 6) {
+        fprintf(stderr, "usage: vebpf-hook HOOKFILE NAME OP SUBOP EXTRA < domain.xml (the interpreter of the hook file `virt-ebpf install` writes)\n");
         return 2;
     }
-    const char *name = argv[1];
-    int prepare = !strcmp(argv[2], "prepare");
+    const char *hookfile = argv[1];
+    const char *name = argv[2];
+    const char *op = argv[3], *sub = argv[4];
+    int prepare = !strcmp(op, "prepare") && !strcmp(sub, "begin");
+    int release = !strcmp(op, "release") && !strcmp(sub, "end");
+    int node = (!strcmp(op, "migrate") || !strcmp(op, "restore")) && !strcmp(sub, "begin");
+    if (!prepare && !release && !node)
+        return 0;  /* start, started, stopped, reconnect, attach…: nothing of ours to do */
     struct buf xml = {0};
     char chunk[65536];
     ssize_t n;
@@ -114,6 +159,8 @@ int main(int argc, char **argv)
         buf_add(&xml, chunk, n);
     if (!strstr(xml.p, VEBPF_XMLNS))
         return 0;  /* not a domain of ours */
+    if (node)
+        return to_node(hookfile, argv + 2, &xml);
 
     struct buf req = {0};
     buf_fmt(&req, "{\"v\":1,\"id\":1,\"op\":\"hook\",\"event\":\"%s\",\"name\":", prepare ? "prepare" : "release");

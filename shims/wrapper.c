@@ -1,6 +1,10 @@
 /*
- * virt-ebpf emulator wrapper shim: `vebpf-wrapper REAL ARGS...`, exec'd by the generated wrapper
- * script as libvirt's QEMU user for command lines that mention rss or libvirt's monitor.
+ * virt-ebpf emulator wrapper shim: `vebpf-wrapper WRAPPER ARGS...`, as libvirt's QEMU user. The
+ * wrapper libvirt runs as the domain's emulator (/usr/libexec/virt-ebpf/qemu-system-x86_64,
+ * src/wrapper/script.ts) is a text file whose first line is `#!` and this binary, so the kernel
+ * runs us with its path first — no shell; its real= line names the real QEMU. A command line
+ * without an rss device or libvirt's monitor (capability probing, -version) goes to the real QEMU
+ * as it is.
  *
  * It only moves bytes and fds. The broker plans the command line (src/broker/server.ts,
  * `exec-plan`) and hands over the fds; the shim puts the fd numbers it received where the
@@ -203,10 +207,15 @@ static char *with_fds(const char *s, const int *fds, int nfds)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: vebpf-wrapper REAL-EMULATOR [ARGS...] (run by the wrapper script virt-ebpf install writes)\n");
+        fprintf(stderr, "usage: vebpf-wrapper WRAPPER [ARGS...] (the interpreter of the emulator wrappers `virt-ebpf install` writes)\n");
         return 2;
     }
-    const char *real = argv[1];
+    char why[8192];
+    const char *real = script_field(argv[1], "real", why, sizeof why);
+    if (!real || real[0] != '/') {
+        fprintf(stderr, "virt-ebpf: %s\n", real ? "the wrapper's real= is not an absolute path; run `virt-ebpf install` again" : why);
+        return 1;
+    }
     int n = argc - 2;
     char **args = argv + 2;
     char *state = domain_state(n, args);  /* read once: policy and hotplug both come from it */

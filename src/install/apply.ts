@@ -165,7 +165,7 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   unlinkSync(manifestPath);
   pruneEmptyDirs(dirname(manifestPath));
   // The copied runtime (see runtime.ts), only if it is ours: it holds our marker files.
-  if (opts.removeTree && existsSync(join(opts.removeTree, 'dist/src/cli/main.js')) && existsSync(join(opts.removeTree, 'templates/hook.sh'))) {
+  if (opts.removeTree && existsSync(join(opts.removeTree, 'dist/src/cli/main.js')) && (existsSync(join(opts.removeTree, 'templates/hook')) || existsSync(join(opts.removeTree, 'templates/hook.sh')))) {
     rmSync(opts.removeTree, { recursive: true, force: true });
     removed.push(opts.removeTree);
   }

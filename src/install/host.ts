@@ -10,7 +10,7 @@ import { identityOf } from './apply';
 import { HostFacts, InstallPaths } from './plan';
 import { SHIM_SO } from '../wrapper/hotplug-shim';
 
-export const TEMPLATE_FILES = ['hook.sh', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf'];
+export const TEMPLATE_FILES = ['hook', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf'];
 /** The start-path shims, built from shims/*.c by `npm run build` (scripts/build-shims.sh), relative to the prefix. */
 export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: `dist/shims/${SHIM_SO}` } as const;
 

@@ -7,6 +7,7 @@ import { SHIM_FILES } from './host';
 import { basename, join } from 'node:path';
 import { renderWrapper } from '../wrapper/script';
 import { XML_NAMESPACE } from '../xml/config';
+import { VirtEbpfError } from '../errors';
 
 export interface HostFacts {
   /** absolute path of node */
@@ -64,6 +65,18 @@ function fill(template: string, vars: Record<string, string>): string {
   return template.replace(/@([A-Z_]+)@/g, (m, k: string) => vars[k] ?? m);
 }
 
+/**
+ * The kernel reads at most 255 bytes of a `#!` line (BINPRM_BUF_SIZE) and splits it at the first
+ * blank: the hook file and the wrappers name their C shim there, so its path must fit.
+ */
+export function assertShebangPath(path: string): void {
+  if (!path.startsWith('/') || /\s/.test(path) || `#!${path}`.length > 255) {
+    throw new VirtEbpfError('USAGE', `the install prefix puts the shims at ${path}, which cannot be named on a #! line (absolute, no blanks, at most 253 bytes)`, {
+      remedy: 'install with a shorter --prefix without blanks',
+    });
+  }
+}
+
 export function resolvePaths(facts: HostFacts): InstallPaths {
   return { ...DEFAULT_PATHS, ...facts.paths };
 }
@@ -84,13 +97,15 @@ export function installPlan(facts: HostFacts): Artifact[] {
     WRAPPER_DIR: p.wrapperDir,
     XMLNS: XML_NAMESPACE,
   };
+  assertShebangPath(vars.HOOK_SHIM);
+  assertShebangPath(join(facts.prefix, SHIM_FILES.wrapper));
   const out: Artifact[] = facts.emulators.map((e) => ({
     kind: 'wrapper' as const,
     path: wrapperPath(p, e.path),
     mode: 0o755,
     content: renderWrapper({ real: e.path, shim: join(facts.prefix, SHIM_FILES.wrapper), identity: e.identity }),
   }));
-  out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates['hook.sh'], vars) });
+  out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates.hook, vars) });
   out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });
   if (facts.systemd) {
     for (const unit of ['virt-ebpfd.socket', 'virt-ebpfd.service']) {

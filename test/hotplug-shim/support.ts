@@ -5,7 +5,7 @@
  * client connecting to that socket. Everything else is real: QEMU 10.0.2, the broker, BPF, taps.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO, QEMU } from '../harness';
 import type { QmpClient } from '../../src/qmp';
@@ -13,13 +13,14 @@ import * as libc from '../../src/sys/libc';
 import { createTap, type Tap } from '../../src/guest/tap';
 import { sleep, until } from '../broker/support';
 import { isShimMapping } from '../../src/wrapper/hotplug-shim';
+import { renderWrapper } from '../../src/wrapper/script';
 
 export const WRAPPER_SHIM = join(REPO, 'dist/shims/vebpf-wrapper');
 const PYTHON = '/usr/bin/python3';
 const MONITOR_FD = 30;
 
 // Binds the monitor socket as libvirt does (root, then chowned), drops to the QEMU account,
-// and execs the wrapper shim with the listening socket at MONITOR_FD.
+// and execs the emulator wrapper (whose #! is the wrapper shim) with the listening socket at MONITOR_FD.
 const LAUNCHER = `
 import os, socket, sys
 path, uid, gid, fdnum = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -61,6 +62,9 @@ export interface DomainQemuOptions {
 export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
   const monitor = join(o.dir, `${o.name}.monitor`);
   chmodSync(o.dir, 0o755);
+  // The wrapper as `virt-ebpf install` writes it (src/wrapper/script.ts): its #! runs the shim.
+  const wrapper = join(o.dir, 'qemu-system-x86_64');
+  writeFileSync(wrapper, renderWrapper({ real: QEMU, shim: WRAPPER_SHIM, identity: 'test' }), { mode: 0o755 });
   const args = [
     '-name', `guest=${o.name},debug-threads=on`,
     '-uuid', o.uuid,
@@ -72,7 +76,7 @@ export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
     ...[1, 2, 3, 4, 5].flatMap((i) => ['-device', JSON.stringify({ driver: 'pcie-root-port', port: 15 + i, chassis: i, id: `pci.${i}`, bus: 'pcie.0', addr: `0x2.${i - 1}`, ...(i === 1 ? { multifunction: true } : {}) })]),
     ...(o.extra ?? []),
   ];
-  const child = spawn(PYTHON, ['-c', LAUNCHER, monitor, String(o.uid), String(o.gid), String(MONITOR_FD), WRAPPER_SHIM, QEMU, ...args], {
+  const child = spawn(PYTHON, ['-c', LAUNCHER, monitor, String(o.uid), String(o.gid), String(MONITOR_FD), wrapper, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, VIRT_EBPF_BROKER_SOCKET: o.broker, VIRT_EBPF_DOMAIN_STATE_DIR: o.stateDir },
   });

@@ -47,8 +47,10 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     const wrapper = parseWrapper(readFileSync(join(paths.wrapperDir, 'qemu-system-x86_64'), 'utf8'));
     assert.equal(wrapper?.real, QEMU);
     assert.equal(wrapper?.shim, join(REPO, 'dist/shims/vebpf-wrapper'), 'the C wrapper shim, named absolutely');
-    assert.match(readFileSync(paths.hookFile, 'utf8'), new RegExp(`'prepare begin'\\|'release end'\\) exec '${REPO}/dist/shims/vebpf-hook' "\\$@"`));
-    assert.match(readFileSync(paths.hookFile, 'utf8'), /dist\/src\/hook\/main\.js/);
+    const hook = readFileSync(paths.hookFile, 'utf8');
+    assert.equal(hook.split('\n')[0], `#!${REPO}/dist/shims/vebpf-hook`, 'the kernel runs the C hook shim: no shell');
+    assert.match(hook, new RegExp(`^node=${process.execPath}$`, 'm'));
+    assert.match(hook, new RegExp(`^hook=${REPO}/dist/src/hook/main\\.js$`, 'm'));
     assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} .*cli/main.js broker`));
     assert.equal(readManifest(paths.manifest)!.entries.length, plan.length);
 
@@ -126,5 +128,16 @@ test('install refuses when the shims are not built: wrapper, hook and hot-plug n
     assert.deepEqual(existsSync(join(d.path, 'root')) ? allFiles(join(d.path, 'root')) : [], [], 'nothing was written');
   } finally {
     d.remove();
+  }
+});
+
+test('a prefix whose shims cannot be named on a #! line (blank, over 253 bytes) is refused with the reason, before anything is written', () => {
+  for (const prefix of ['/opt/virt ebpf', `/opt/${'p'.repeat(240)}`]) {
+    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU] }), prefix };
+    assert.throws(
+      () => installPlan(facts),
+      (e: Error & { code?: string; remedy?: string }) => e.code === 'USAGE' && /cannot be named on a #! line/.test(e.message) && /--prefix/.test(e.remedy ?? ''),
+      prefix.slice(0, 20),
+    );
   }
 });

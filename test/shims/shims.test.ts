@@ -13,6 +13,7 @@ import { domainUuid } from '../../src/hook/event';
 import { enableDomain, wrapperInDir, XML_NAMESPACE } from '../../src/xml';
 import { REPO, tempDir } from '../harness';
 import { SHIM_FILES } from '../../src/install/host';
+import { renderWrapper } from '../../src/wrapper/script';
 
 const WRAPPER = join(REPO, 'dist/shims/vebpf-wrapper');
 const HOOK = join(REPO, 'dist/shims/vebpf-hook');
@@ -31,6 +32,12 @@ chmodSync(fakeQemu, 0o755);
 
 after(() => dir.remove());
 
+/** What `virt-ebpf install` writes (src/wrapper/script.ts, templates/hook): text files whose `#!` names a shim. */
+const wrapperFile = join(dir.path, 'qemu-system-x86_64');
+writeFileSync(wrapperFile, renderWrapper({ real: fakeQemu, shim: WRAPPER, identity: 'test' }), { mode: 0o755 });
+const hookFile = join(dir.path, 'hook');
+writeFileSync(hookFile, `#!${HOOK}\nnode=${process.execPath}\nhook=${join(REPO, 'dist/src/hook/main.js')}\n`, { mode: 0o755 });
+
 function policyFor(policy: 'strict' | 'fallback'): void {
   mkdirSync(stateDir, { recursive: true });
   writeFileSync(join(stateDir, `${uuid}.json`), JSON.stringify({ name: 'shimvm', uuid, policy }) + '\n');
@@ -38,7 +45,7 @@ function policyFor(policy: 'strict' | 'fallback'): void {
 
 function wrapper() {
   for (const f of ['argv', 'fds']) writeFileSync(`${fakeQemu}.${f}`, '');
-  return spawnSync(WRAPPER, [fakeQemu, ...args], { env, encoding: 'utf8', timeout: 10_000 });
+  return spawnSync(wrapperFile, args, { env, encoding: 'utf8', timeout: 10_000 });
 }
 
 test('wrapper shim, broker down, strict: one line with the TS wording, exit 1, QEMU never runs', () => {
@@ -70,7 +77,7 @@ test('hook shim, broker down: prepare strict refuses with one line, fallback goe
   const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
   const id = domainUuid(plain)!;
   const state = join(stateDir, `${id}.json`);
-  const hook = (xml: string, ...ev: string[]) => spawnSync(HOOK, ['vm', ...ev, '-'], { env, input: xml, encoding: 'utf8', timeout: 10_000 });
+  const hook = (xml: string, ...ev: string[]) => spawnSync(hookFile, ['vm', ...ev, '-'], { env, input: xml, encoding: 'utf8', timeout: 10_000 });
   const enabled = (policy: 'strict' | 'fallback') => enableDomain(plain, { wrapperFor: wrapperInDir('/usr/libexec/virt-ebpf'), policy }).xml;
 
   const strict = hook(enabled('strict'), 'prepare', 'begin');
@@ -97,7 +104,7 @@ test('hook shim, broker down: prepare strict refuses with one line, fallback goe
 test('hook shim: a domain without our metadata is done at once, broker or not; the shims name our XML namespace as src/xml does', () => {
   const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
   for (const ev of [['prepare', 'begin'], ['release', 'end']]) {
-    const r = spawnSync(HOOK, ['vm', ...ev, '-'], { env, input: plain, encoding: 'utf8', timeout: 10_000 });
+    const r = spawnSync(hookFile, ['vm', ...ev, '-'], { env, input: plain, encoding: 'utf8', timeout: 10_000 });
     assert.deepEqual({ status: r.status, stdout: r.stdout, stderr: r.stderr }, { status: 0, stdout: '', stderr: '' }, ev.join(' '));
   }
   assert.ok(!existsSync(join(stateDir, `${domainUuid(plain)}.json`)), 'no state for a domain that is not ours');
@@ -109,4 +116,22 @@ test('the hot-plug shim exports only the calls it wraps: nothing else of it can 
   assert.equal(r.status, 0, r.stderr);
   const names = r.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).pop()).sort();
   assert.deepEqual(names, ['accept', 'accept4', 'close', 'recvmsg', 'sendmsg']);
+});
+
+test('the shims trust only a script that is root\'s and writable by root alone: the wrapper names what it runs there', () => {
+  const loose = join(dir.path, 'loose-wrapper');
+  writeFileSync(loose, renderWrapper({ real: fakeQemu, shim: WRAPPER, identity: 'test' }), { mode: 0o755 });
+  chmodSync(loose, 0o757); // others may write it: someone else could name another "real" QEMU
+  for (const f of ['argv', 'fds']) writeFileSync(`${fakeQemu}.${f}`, '');
+  const r = spawnSync(loose, ['-version'], { env, encoding: 'utf8', timeout: 10_000 });
+  assert.equal(r.status, 1);
+  assert.equal(r.stderr, `virt-ebpf: ${loose} is not root's or others than root may write it: not trusted; run \`virt-ebpf install\` again\n`);
+  assert.equal(readFileSync(`${fakeQemu}.argv`, 'utf8'), '', 'nothing ran');
+});
+
+test('wrapper shim, a command line without rss or libvirt\'s monitor (capability probing): the real emulator as it is, no broker asked', () => {
+  const r = spawnSync(wrapperFile, ['-machine', 'none', '-qmp', 'stdio', 'x y'], { env, encoding: 'utf8', timeout: 10_000 });
+  assert.equal(r.status, 3);
+  assert.equal(r.stderr, '', 'no broker was asked (it is down: asking would have said so)');
+  assert.equal(readFileSync(`${fakeQemu}.argv`, 'utf8'), ['-machine', 'none', '-qmp', 'stdio', 'x y'].join('\n') + '\n');
 });
