@@ -15,6 +15,7 @@ import { encode, errorReply, fdPlaceholder, MAX_LINE, parseRequest, Reply, Reque
 import { domainIdentity } from '../argv';
 import { finalArgv, planDevices } from '../exec/plan';
 import { runHook } from '../hook/main';
+import { FactsMemo } from '../hook/facts';
 
 export const BROKER_VERSION = '0.1.0';
 /** How long a refused peer may keep its end open after our one-line reply. */
@@ -57,6 +58,8 @@ function fdOf(sock: net.Socket): number {
 
 export class Broker {
   readonly pool: ContextPool;
+  /** domain XML facts for the hook op: a restart of a domain is not parsed again */
+  readonly #facts = new FactsMemo();
   #server?: net.Server;
   readonly #perUid = new Map<number, number>();
   #connections = new Set<net.Socket>();
@@ -198,6 +201,7 @@ export class Broker {
           const event = req.event === 'prepare' ? { kind: 'prepare' as const, name: req.name } : { kind: 'release' as const, name: req.name, reason: '-' };
           const r = await runHook(event, req.xml, {
             ...this.opts.hookEnv,
+            facts: (xml) => this.#facts.get(xml),
             broker: {
               prewarm: async (emulator, count, domain) => void (await this.#prewarm(emulator, count, domain, log)),
               release: (domain) => void this.pool.release(domainKey(domain)!),

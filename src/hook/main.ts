@@ -13,6 +13,7 @@ import { DOMAIN_STATE_DIR, domainStatePath } from '../wrapper/policy';
 import { DEFAULT_PATHS } from '../install/plan';
 import { refreshWrappers, staleWrappers } from '../install/apply';
 import { domainUuid, HookEvent, mayFail, parseHookArgs } from './event';
+import type { DomainFacts } from './facts';
 
 export interface HookResult {
   code: number;
@@ -31,6 +32,8 @@ export interface HookBroker {
 
 export interface HookEnv {
   broker?: HookBroker;
+  /** the domain XML's facts (the broker passes its FactsMemo); default: parse each time */
+  facts?: (xml: string) => DomainFacts;
   socket?: string;
   stateDir?: string;
   manifest?: string;
@@ -57,9 +60,9 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
   const broker = env.broker ?? clientBroker(env);
   const ok = (stdout = '', stderr = ''): HookResult => ({ code: 0, stdout, stderr });
   if (event.kind === 'ignored' || event.kind === 'reconnect') return ok();
-  let facts: ReturnType<typeof domainFacts>;
+  let facts: DomainFacts;
   try {
-    facts = domainFacts(xml);
+    facts = (env.facts ?? domainFacts)(xml);
   } catch (e) {
     // Our metadata is unusable: say so, but only a start may be refused for it.
     return event.kind === 'prepare' ? { code: 1, stdout: '', stderr: line(e) + '\n' } : ok('', line(e) + '\n');
