@@ -330,11 +330,9 @@ char *domain_state_path(const char *uuid)
     return b.p;
 }
 
-char *read_file(const char *path, size_t max)
+/* All of fd (NUL-terminated, malloc'd; reading stops past max bytes), then closes it. */
+static char *read_fd(int fd, size_t max)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
     struct buf b = {0};
     char chunk[8192];
     ssize_t n;
@@ -345,7 +343,13 @@ char *read_file(const char *path, size_t max)
     return b.p;
 }
 
-char *script_field(const char *path, const char *key, char *why, size_t why_size)
+char *read_file(const char *path, size_t max)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    return fd < 0 ? NULL : read_fd(fd, max);
+}
+
+char *read_script(const char *path, char *why, size_t why_size)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -360,22 +364,17 @@ char *script_field(const char *path, const char *key, char *why, size_t why_size
         close(fd);
         return NULL;
     }
-    struct buf b = {0};
-    char chunk[8192];
-    ssize_t n;
-    buf_add(&b, "", 0);
-    while ((n = read(fd, chunk, sizeof chunk)) > 0 && b.len < (1 << 16))
-        buf_add(&b, chunk, n);
-    close(fd);
+    return read_fd(fd, 1 << 16);
+}
+
+char *script_field(const char *text, const char *path, const char *key, char *why, size_t why_size)
+{
     size_t klen = strlen(key);
-    char *out = NULL;
-    for (char *line = b.p; line && *line && !out; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
         if (!strncmp(line, key, klen) && line[klen] == '=')
-            out = strndup(line + klen + 1, strcspn(line + klen + 1, "\n"));
-    free(b.p);
-    if (!out)
-        snprintf(why, why_size, "%s has no %s= line; run `virt-ebpf install` again", path, key);
-    return out;
+            return strndup(line + klen + 1, strcspn(line + klen + 1, "\n"));
+    snprintf(why, why_size, "%s has no %s= line; run `virt-ebpf install` again", path, key);
+    return NULL;
 }
 
 static const char *policy_of(const char *json)

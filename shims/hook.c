@@ -109,8 +109,10 @@ static void forget(const char *xml)
 static int to_node(const char *hookfile, char **args, const struct buf *xml)
 {
     char why[8192];
-    char *node = script_field(hookfile, "node", why, sizeof why);
-    char *hook = node ? script_field(hookfile, "hook", why, sizeof why) : NULL;
+    char *text = read_script(hookfile, why, sizeof why);
+    char *node = text ? script_field(text, hookfile, "node", why, sizeof why) : NULL;
+    char *hook = node ? script_field(text, hookfile, "hook", why, sizeof why) : NULL;
+    free(text);
     if (!hook) {
         fprintf(stderr, "virt-ebpf: %s\n", why);
         return 1;

@@ -56,12 +56,15 @@ char *domain_state_path(const char *uuid);
 /* A whole file (NUL-terminated, malloc'd) or NULL. */
 char *read_file(const char *path, size_t max);
 /*
- * The value of the `key=` line of a script `virt-ebpf install` wrote (the hook file, an emulator
- * wrapper: each starts with `#!` and a shim, so the kernel runs that shim with the script's path
- * as its first argument), malloc'd; NULL (why says so in one line) when the file cannot be
- * read, is not root's or is writable by others than root, or has no such line.
+ * A script `virt-ebpf install` wrote (the hook file, an emulator wrapper: each starts with `#!`
+ * and a shim, so the kernel runs that shim with the script's path as its first argument), whole
+ * (NUL-terminated, malloc'd); NULL (why says so in one line) when the file cannot be read or is
+ * not root's or is writable by others than root.
  */
-char *script_field(const char *path, const char *key, char *why, size_t why_size);
+char *read_script(const char *path, char *why, size_t why_size);
+/* The value of the `key=` line of a script's text read from path, malloc'd; NULL (why says so)
+ * when it has none. */
+char *script_field(const char *text, const char *path, const char *key, char *why, size_t why_size);
 /* "strict" or "fallback" from a domain's state JSON (may be NULL), else the global config, else strict. */
 const char *resolve_policy(const char *state);
 #endif

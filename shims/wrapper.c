@@ -211,7 +211,9 @@ int main(int argc, char **argv)
         return 2;
     }
     char why[8192];
-    const char *real = script_field(argv[1], "real", why, sizeof why);
+    char *text = read_script(argv[1], why, sizeof why);
+    const char *real = text ? script_field(text, argv[1], "real", why, sizeof why) : NULL;
+    free(text);
     if (!real || real[0] != '/') {
         fprintf(stderr, "virt-ebpf: %s\n", real ? "the wrapper's real= is not an absolute path; run `virt-ebpf install` again" : why);
         return 1;

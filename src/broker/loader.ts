@@ -1,9 +1,9 @@
 /**
  * The broker loads contexts on one worker thread (src/broker/loader-worker.ts), never on its
  * main thread: the main thread keeps answering while a load runs (~70 ms of verifier time),
- * and the pool's refills run at idle priority (nice 19). A refill follows a handoff, i.e. it
- * lands inside a `virsh start`; at normal priority its CPU time came out of the libvirt and QEMU
- * processes that were starting. A load a request waits for (`urgent`) lifts the thread back to
+ * and the pool's refills run at idle priority (nice 19): whatever of a refill still overlaps a
+ * `virsh start` (the pool waits for starts to settle, src/broker/pool.ts) yields to the libvirt
+ * and QEMU processes that are starting. A load a request waits for (`urgent`) lifts the thread back to
  * normal priority until no such load is left.
  */
 import { setPriority } from 'node:os';

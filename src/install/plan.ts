@@ -6,7 +6,6 @@
 import { SHIM_FILES } from './host';
 import { basename, join } from 'node:path';
 import { renderWrapper } from '../wrapper/script';
-import { XML_NAMESPACE } from '../xml/config';
 import { VirtEbpfError } from '../errors';
 
 export interface HostFacts {
@@ -95,7 +94,6 @@ export function installPlan(facts: HostFacts): Artifact[] {
     HOOK_SHIM: join(facts.prefix, SHIM_FILES.hook),
     PREFIX: facts.prefix,
     WRAPPER_DIR: p.wrapperDir,
-    XMLNS: XML_NAMESPACE,
   };
   assertShebangPath(vars.HOOK_SHIM);
   assertShebangPath(join(facts.prefix, SHIM_FILES.wrapper));
