@@ -1,0 +1,71 @@
+/**
+ * No peer stops the broker or locks others out (issue: "any local user stops the broker"):
+ * the broker runs as the daemon does, in its own process; hostile peers (test/security/peers.py)
+ * run as a local user the broker does not serve and as libvirt's QEMU account, which a guest
+ * may own. After each attack the broker must still be running and answer.
+ */
+import { test, beforeEach, afterEach, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { QEMU, needRoot } from '../harness';
+import { BrokerProcess, QEMU_ACCOUNT, ROOT, STRANGER, assertServing, hostile, line, startBrokerProcess, until } from './support';
+
+let b: BrokerProcess;
+
+before(() => needRoot('the broker runs as root; peers drop to other accounts'));
+
+// A broker of its own for each attack: one that an attack stopped does not hide the next.
+beforeEach(async () => {
+  b = await startBrokerProcess({ pool: { size: 0 } });
+});
+
+afterEach(async () => {
+  await b?.stop();
+});
+
+test('a user the broker does not serve connects and hangs up 200 times (half of them after shutdown(SHUT_RD)): the broker keeps serving', async () => {
+  const r = await hostile(STRANGER, b.socket, 'hangup', ['200']);
+  assert.equal(r.hangups, 200);
+  await assertServing(b, '200 hang-ups of a refused peer');
+});
+
+test('an allowlisted peer floods 5000 hello lines without reading a reply: the broker keeps serving, and cuts that peer off', async () => {
+  const r = await hostile(QEMU_ACCOUNT, b.socket, 'flood', ['5000', line({ op: 'hello' })]);
+  assert.ok(r.sent > 0);
+  await assertServing(b, 'a hello flood');
+});
+
+test('an allowlisted peer that hangs up before a slow reply (a cold probe, then fresh loads): the broker keeps serving', async () => {
+  for (let i = 0; i < 5; i++) {
+    await hostile(QEMU_ACCOUNT, b.socket, 'leave', [line({ op: 'acquire', emulator: QEMU, count: 2 })]);
+  }
+  // The replies go out once the loads are done; wait until the broker had to send them all.
+  await until('the broker to answer a request behind the abandoned loads', async () => (await hostile(ROOT, b.socket, 'ask', [line({ op: 'status' })])).reply?.ok === true, 60_000, 200);
+  await assertServing(b, 'five peers hung up before their acquire was answered');
+  assert.equal(b.bpfObjects().progs, 0, 'the contexts of the abandoned replies were closed, not kept');
+});
+
+test('a peer that breaks the protocol gets one error line and a closed connection; nothing after it on that connection is answered', async () => {
+  const r = await hostile(QEMU_ACCOUNT, b.socket, 'transcript', [`this is not json\n${line({ op: 'hello' }, 9)}`]);
+  assert.equal(r.lines.length, 1, JSON.stringify(r));
+  assert.equal(r.lines[0].ok, false);
+  assert.equal(r.lines[0].error.code, 'BROKER_PROTOCOL');
+  assert.equal(r.eof, true, 'the broker closed the connection');
+  await assertServing(b, 'protocol breaks');
+});
+
+test('a peer that never finishes its request line is cut off (no slow-loris hold on a connection slot)', async () => {
+  const r = await hostile(QEMU_ACCOUNT, b.socket, 'slowloris', ['40'], { timeoutMs: 60_000 });
+  assert.notEqual(r.cutAfter, null, 'the broker never closed a connection that sent an endless line one byte at a time');
+  await assertServing(b, 'a slow-loris peer');
+});
+
+test('one QEMU process holding many idle connections locks out neither other QEMUs of the same account nor itself for long', async () => {
+  const holding = hostile(QEMU_ACCOUNT, b.socket, 'hold', ['70', '8']);
+  await new Promise((r) => setTimeout(r, 1500));
+  // Another process of the same account (another domain's QEMU) is served meanwhile.
+  const other = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [line({ op: 'hello' })]);
+  assert.equal(other.reply?.ok, true, `another QEMU of the same account was not served: ${JSON.stringify(other)}`);
+  const h = await holding;
+  assert.equal(h.closedByBroker, h.opened, `the broker kept ${h.opened - h.closedByBroker} of ${h.opened} idle connections of one process open`);
+  await assertServing(b, 'idle connections');
+});
