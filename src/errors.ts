@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'EMULATOR_EXITED'
   | 'EMULATOR_UNSUPPORTED'
   | 'EMULATOR_UNTRUSTED'
+  | 'EMULATOR_NOT_ALLOWED'
   // qmp
   | 'QMP_CONNECT'
   | 'QMP_PROTOCOL'

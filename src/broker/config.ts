@@ -17,16 +17,24 @@ const schema = yup
     allowUsers: yup.array(yup.string().required()).default(undefined),
     allowGroups: yup.array(yup.string().required()).default(undefined),
     emulatorDirs: yup.array(yup.string().matches(/^\//, 'must be an absolute path').required()).default(['/usr/bin', '/usr/local/bin', '/usr/libexec']),
+    /** the emulators the broker may run; default: the packaged qemu-system-* and our wrappers' real QEMUs */
+    emulators: yup.array(yup.string().matches(/^\//, 'must be an absolute path').required()).default(undefined),
     pool: yup
       .object({
         size: yup.number().integer().min(0).max(64).default(2),
         maxReservedPerDomain: yup.number().integer().min(0).max(64).default(16),
+        maxReserved: yup.number().integer().min(0).max(1024).default(128),
+        reservationTtlMs: yup.number().integer().min(100).max(600_000).default(60_000),
       })
       .default({}),
     limits: yup
       .object({
         maxConnectionsPerUid: yup.number().integer().min(1).max(10_000).default(64),
+        maxConnectionsPerProcess: yup.number().integer().min(1).max(1_000).default(4),
         maxOutstandingPerConnection: yup.number().integer().min(1).max(64).default(4),
+        idleTimeoutMs: yup.number().integer().min(100).max(600_000).default(5_000),
+        requestTimeoutMs: yup.number().integer().min(100).max(600_000).default(10_000),
+        writeTimeoutMs: yup.number().integer().min(100).max(600_000).default(5_000),
       })
       .default({}),
     policy: yup.string().oneOf([...POLICIES]).default(DEFAULT_POLICY),

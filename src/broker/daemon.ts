@@ -9,6 +9,10 @@ import { VirtEbpfError } from '../errors';
 import { probeEmulator } from '../emulator';
 import { loadContext, assertSupported } from '../context';
 import { assertTrustedExecutable } from '../sys/trust';
+import { setNoNewPrivs } from '../sys/libc';
+import { DPKG_INFO_DIR, EmulatorAllowlist } from '../emulator/allowlist';
+import { DEFAULT_PATHS } from '../install/plan';
+import { wrapperTargets } from '../install/apply';
 import { lookupUser } from '../sys/users';
 import { createLogger, Logger } from '../log';
 import { BrokerConfig, libvirtQemuAccount } from './config';
@@ -30,7 +34,8 @@ function groupId(name: string): number | undefined {
 export function allowlistFor(config: BrokerConfig, qemuConf?: string): Allowlist {
   const account = libvirtQemuAccount(qemuConf);
   const users = config.allowUsers ?? [account.user];
-  const groups = config.allowGroups ?? [account.group];
+  // A group admits every member of it (newgrp): none unless configured.
+  const groups = config.allowGroups ?? [];
   const uids = new Set<number>([0]);
   const gids = new Set<number>();
   for (const u of users) {
@@ -47,13 +52,26 @@ export function allowlistFor(config: BrokerConfig, qemuConf?: string): Allowlist
   return { uids, gids };
 }
 
-export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (oldKey: string) => void, loader?: Loader) {
+export type Resolved = PoolSource & { propTypes: Record<string, string> };
+
+export interface ResolverOptions {
+  /** which emulators may ever be run (checked before anything is executed) */
+  allowlist: EmulatorAllowlist;
+  /** the account probes run as (libvirt's QEMU account): no root, no capabilities */
+  probeAs?: { uid: number; gid: number };
+  loader?: Loader;
+}
+
+export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (oldKey: string) => void, opts: ResolverOptions) {
+  const { loader } = opts;
   const current = new Map<string, string>(); // realpath -> build key
-  // realpath -> the source made for the binary with that identity. The probe cache would give
-  // the same answer, but reading and parsing it (~30 KB with the eBPF object) on every acquire
-  // is most of the broker's handoff time; a stat is enough to know the binary is unchanged.
-  const memo = new Map<string, { identity: string; source: PoolSource & { propTypes: Record<string, string> } }>();
-  return async (emulator: string): Promise<PoolSource & { propTypes: Record<string, string> }> => {
+  // realpath -> the outcome for the binary with that identity: its source, or why it cannot be
+  // served. The probe cache would give the same answer, but reading and parsing it (~30 KB with
+  // the eBPF object) on every acquire is most of the broker's handoff time; a stat is enough to
+  // know the binary is unchanged. A failed probe is remembered too: it is not run again for the
+  // same binary.
+  const memo = new Map<string, { identity: string; source?: Resolved; error?: unknown }>();
+  return async (emulator: string): Promise<Resolved> => {
     let real: string;
     try {
       real = realpathSync(emulator);
@@ -65,13 +83,23 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
         remedy: 'install QEMU there or add its directory to emulatorDirs in /etc/virt-ebpf/config.json',
       });
     }
+    opts.allowlist.check(real, emulator);
     assertTrustedExecutable(real, 'emulator');
     const st = statSync(real);
     const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
     const hit = memo.get(real);
-    if (hit && hit.identity === identity) return hit.source;
-    const { caps } = await probeEmulator(real, { cacheDir: config.cacheDir });
-    assertSupported(caps);
+    if (hit && hit.identity === identity) {
+      if (hit.error) throw hit.error;
+      return hit.source!;
+    }
+    let caps;
+    try {
+      caps = (await probeEmulator(real, { cacheDir: config.cacheDir, runAs: opts.probeAs })).caps;
+      assertSupported(caps);
+    } catch (e) {
+      memo.set(real, { identity, error: e });
+      throw e;
+    }
     const id = caps.identity;
     const key = `${id.realpath}#${id.dev}:${id.ino}:${id.size}:${id.mtimeMs}:${id.ctimeMs}`;
     const old = current.get(real);
@@ -80,11 +108,12 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
       onNewBuild(old);
     }
     current.set(real, key);
-    const source = {
+    const ready = caps;
+    const source: Resolved = {
       key,
       // With a loader (the daemon), libbpf runs on its thread only; without (tests), here.
-      load: () => (loader ? loader.load(caps, true) : loadContext(caps)),
-      loadInBackground: loader ? () => loader.load(caps, false) : undefined,
+      load: () => (loader ? loader.load(ready, true) : loadContext(ready)),
+      loadInBackground: loader ? () => loader.load(ready, false) : undefined,
       propTypes: caps.deviceProps ?? {},
     };
     memo.set(real, { identity, source });
@@ -92,16 +121,39 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
   };
 }
 
+/** The account probes run as: libvirt's QEMU user, else nobody (never root). */
+export function probeAccount(qemuConf?: string): { uid: number; gid: number } {
+  for (const name of [libvirtQemuAccount(qemuConf).user, 'nobody']) {
+    try {
+      const u = lookupUser(name);
+      if (u.uid !== 0) return { uid: u.uid, gid: u.gid };
+    } catch {
+      /* try the next */
+    }
+  }
+  throw new VirtEbpfError('NO_SUCH_USER', 'neither libvirt\'s QEMU account nor nobody exists to run probes as', {
+    remedy: 'install libvirt (it creates the QEMU account) or create the user named in /etc/libvirt/qemu.conf',
+  });
+}
+
 /** systemd socket activation: LISTEN_PID is us and LISTEN_FDS >= 1 → fd 3. */
 export function activationFd(env = process.env): number | undefined {
   return env.LISTEN_PID === String(process.pid) && Number(env.LISTEN_FDS) >= 1 ? 3 : undefined;
 }
 
-export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string; refillTiming?: RefillTiming } = {}): Promise<Broker> {
+export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string; refillTiming?: RefillTiming; manifest?: string } = {}): Promise<Broker> {
   const logger = opts.logger ?? createLogger(config.log.level, config.log.format as 'text' | 'json');
   let broker: Broker | undefined;
+  // Whatever the broker starts from here on cannot gain privileges by execve.
+  setNoNewPrivs();
   const loader = new Loader();
-  const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey), loader);
+  const manifest = opts.manifest ?? DEFAULT_PATHS.manifest;
+  const allowlist = new EmulatorAllowlist({
+    configured: config.emulators,
+    wrapped: () => wrapperTargets(manifest),
+    watch: [DPKG_INFO_DIR, manifest],
+  });
+  const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey), { allowlist, probeAs: probeAccount(opts.qemuConf), loader });
   broker = new Broker({
     socket: config.socket,
     allow: allowlistFor(config, opts.qemuConf),
@@ -109,8 +161,8 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     refillTiming: opts.refillTiming,
     onClose: () => loader.close(),
     maxReservedPerDomain: config.pool.maxReservedPerDomain,
-    maxConnectionsPerUid: config.limits.maxConnectionsPerUid,
-    maxOutstandingPerConnection: config.limits.maxOutstandingPerConnection,
+    limits: config.limits,
+    reservations: { ttlMs: config.pool.reservationTtlMs, maxTotal: config.pool.maxReserved },
     resolve,
     logger,
     listenFd: activationFd(),

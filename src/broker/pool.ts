@@ -38,9 +38,24 @@ export interface RefillTiming {
 
 export const DEFAULT_REFILL_TIMING: RefillTiming = { settleMs: 1000, maxDeferMs: 5000 };
 
+export interface ReservationLimits {
+  /** a reservation nobody takes within this time is dropped (the start it was made for failed) */
+  ttlMs: number;
+  /** contexts reserved for all domains together */
+  maxTotal: number;
+}
+
+export const DEFAULT_RESERVATION_LIMITS: ReservationLimits = { ttlMs: 60_000, maxTotal: 128 };
+
+interface Reservation {
+  key: string;
+  contexts: LoadedContext[];
+  expiry: NodeJS.Timeout;
+}
+
 export class ContextPool {
   readonly #ready = new Map<string, LoadedContext[]>();
-  readonly #reserved = new Map<string, { key: string; contexts: LoadedContext[] }>();
+  readonly #reserved = new Map<string, Reservation>();
   readonly #refilling = new Set<string>();
   readonly #sources = new Map<string, PoolSource>();
   /** refills put off while starts are under way: key → when the first was put off, its timer */
@@ -53,6 +68,7 @@ export class ContextPool {
     private readonly target: number,
     private readonly onError: (e: unknown, key: string) => void = () => {},
     private readonly timing: RefillTiming = DEFAULT_REFILL_TIMING,
+    private readonly reservations: ReservationLimits = DEFAULT_RESERVATION_LIMITS,
   ) {}
 
   /** A domain is starting (prepare reserved for it, or its wrapper takes): refills wait. */
@@ -77,7 +93,7 @@ export class ContextPool {
     const res = domainKey ? this.#reserved.get(domainKey) : undefined;
     if (res && res.key === source.key) {
       out.push(...res.contexts.splice(0, count));
-      if (res.contexts.length === 0) this.#reserved.delete(domainKey!);
+      if (res.contexts.length === 0) this.#drop(domainKey!);
     }
     const ready = this.#ready.get(source.key) ?? [];
     out.push(...ready.splice(0, count - out.length));
@@ -92,32 +108,67 @@ export class ContextPool {
     return out;
   }
 
-  /** Load and set aside contexts for a domain that is about to start (hook: prepare). */
+  /**
+   * Load and set aside contexts for a domain that is about to start (hook: prepare), at most
+   * `maxTotal` for all domains together; dropped after `ttlMs` if the start never takes them.
+   * A release while the loads run wins: what they load then is closed, not kept.
+   */
   async reserve(source: PoolSource, count: number, domainKey: string): Promise<number> {
     this.#starting();
     this.#sources.set(source.key, source);
     const res = this.#reserved.get(domainKey);
     if (res && res.key !== source.key) this.release(domainKey);
-    const entry = this.#reserved.get(domainKey) ?? { key: source.key, contexts: [] };
-    this.#reserved.set(domainKey, entry);
+    let entry = this.#reserved.get(domainKey);
+    if (!entry) {
+      entry = { key: source.key, contexts: [], expiry: setTimeout(() => this.release(domainKey), this.reservations.ttlMs) };
+      entry.expiry.unref();
+      this.#reserved.set(domainKey, entry);
+    }
+    const mine = entry;
+    const room = () => this.reservations.maxTotal - this.reservedCount();
+    const want = () => Math.min(count - mine.contexts.length, room());
     // Ready contexts first: prepare runs inside `virsh start`, a fresh load costs ~70 ms there.
     const ready = this.#ready.get(source.key) ?? [];
-    entry.contexts.push(...ready.splice(0, Math.max(0, count - entry.contexts.length)));
+    mine.contexts.push(...ready.splice(0, Math.max(0, want())));
     try {
-      while (entry.contexts.length < count) entry.contexts.push(await source.load());
+      while (want() > 0) {
+        const c = await source.load();
+        if (this.#closed || this.#reserved.get(domainKey) !== mine) {
+          dispose(c); // released (or replaced) meanwhile
+          break;
+        }
+        mine.contexts.push(c);
+      }
     } finally {
       this.refill(source.key);
     }
-    return entry.contexts.length;
+    return this.#reserved.get(domainKey) === mine ? mine.contexts.length : 0;
   }
 
   /** Drop whatever a domain still has reserved (hook: release). */
   release(domainKey: string): number {
+    const res = this.#drop(domainKey);
+    res?.contexts.forEach(dispose);
+    return res?.contexts.length ?? 0;
+  }
+
+  #drop(domainKey: string): Reservation | undefined {
     const res = this.#reserved.get(domainKey);
-    if (!res) return 0;
+    if (!res) return undefined;
+    clearTimeout(res.expiry);
     this.#reserved.delete(domainKey);
-    res.contexts.forEach(dispose);
-    return res.contexts.length;
+    return res;
+  }
+
+  get reservationTtlMs(): number {
+    return this.reservations.ttlMs;
+  }
+
+  /** Contexts reserved for all domains together. */
+  reservedCount(): number {
+    let n = 0;
+    for (const r of this.#reserved.values()) n += r.contexts.length;
+    return n;
   }
 
   /** Forget a build that is no longer current (binary changed): its contexts are stale. */
@@ -193,7 +244,10 @@ export class ContextPool {
     for (const d of this.#deferred.values()) if (d.timer) clearTimeout(d.timer);
     this.#deferred.clear();
     for (const list of this.#ready.values()) list.forEach(dispose);
-    for (const r of this.#reserved.values()) r.contexts.forEach(dispose);
+    for (const r of this.#reserved.values()) {
+      clearTimeout(r.expiry);
+      r.contexts.forEach(dispose);
+    }
     this.#ready.clear();
     this.#reserved.clear();
   }

@@ -6,8 +6,10 @@
 import { VirtEbpfError, ErrorCode } from '../errors';
 
 export const PROTOCOL_VERSION = 1;
-/** One request line: large enough for a `hook` op's domain XML once JSON-escaped. */
+/** One request line from root: large enough for a `hook` op's domain XML once JSON-escaped. */
 export const MAX_LINE = 8 * 1024 * 1024;
+/** One request line from any other peer: an `exec-plan` argv (MAX_EXEC_ARGV_BYTES) JSON-escaped. */
+export const MAX_PEER_LINE = 2 * 1024 * 1024;
 export const MAX_EXEC_ARGS = 4096;
 export const MAX_EXEC_ARGV_BYTES = 1024 * 1024;
 export const MAX_HOOK_XML_BYTES = 4 * 1024 * 1024;
@@ -56,7 +58,7 @@ export type Reply =
   | { v: 1; id: number; ok: true; op: 'release'; dropped: number }
   | { v: 1; id: number; ok: true; op: 'exec-plan'; argv: string[] | null; fds: number }
   | { v: 1; id: number; ok: true; op: 'hook'; code: number; stdout: string; stderr: string }
-  | { v: 1; id: number; ok: true; op: 'status'; pools: Array<{ emulator: string; ready: number; target: number }>; peers: number }
+  | { v: 1; id: number; ok: true; op: 'status'; pools: Array<{ emulator: string; ready: number; target: number }>; reserved: number; reservationTtlMs: number; peers: number }
   | { v: 1; id: number; ok: false; error: { code: string; message: string; remedy: string } };
 
 function bad(message: string): VirtEbpfError {

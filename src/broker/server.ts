@@ -1,7 +1,14 @@
 /**
  * virt-ebpfd: the only privileged piece. Accepts authenticated peers (SO_PEERCRED against an
  * allowlist), answers versioned JSON requests, and hands over fds it loaded itself from
- * emulators it trusts. It never reads bytecode from a peer: the protocol has no field for it.
+ * emulators it allows. It never reads bytecode from a peer: the protocol has no field for it.
+ *
+ * What a peer can make the broker hold is bounded: connections per process and per account
+ * (src/broker/admission.ts), bytes and requests in flight per connection, how long a peer may
+ * idle or leave a request or a reply unfinished (src/broker/connection.ts), contexts per
+ * request and reserved contexts (src/broker/pool.ts). No peer can make it die: a failed send
+ * costs that connection only. Reservations are made by libvirt's hook (root) only, and a
+ * QEMU-account peer takes only from the reservation of its own domain (src/broker/peer.ts).
  */
 import net from 'node:net';
 import { chmodSync, mkdirSync, unlinkSync, existsSync, statSync } from 'node:fs';
@@ -10,21 +17,43 @@ import * as libc from '../sys/libc';
 import { VirtEbpfError } from '../errors';
 import { closeAll } from '../fdpass';
 import type { Logger } from '../log';
-import { ContextPool, PoolSource, type RefillTiming } from './pool';
-import { encode, errorReply, fdPlaceholder, MAX_LINE, parseRequest, Reply, Request, DomainRef } from './protocol';
+import { ContextPool, LoadedContext, PoolSource, type RefillTiming, type ReservationLimits } from './pool';
+import { errorReply, fdPlaceholder, MAX_CONTEXTS_PER_REQUEST, MAX_LINE, MAX_PEER_LINE, parseRequest, Reply, Request, DomainRef } from './protocol';
 import { domainIdentity } from '../argv';
 import { finalArgv, planDevices } from '../exec/plan';
 import { runHook } from '../hook/main';
 import { FactsMemo } from '../hook/facts';
+import { Connection, ConnectionLimits, LINGER_MS } from './connection';
+import { Admissions } from './admission';
+import { identifyPeer, normalUuid, Peer } from './peer';
 
 export const BROKER_VERSION = '0.1.0';
 /** How long a refused peer may keep its end open after our one-line reply. */
-export const REFUSED_LINGER_MS = 2_000;
+export const REFUSED_LINGER_MS = LINGER_MS;
+/** Connections the broker keeps open at all (refused ones lingering included). */
+export const MAX_CONNECTIONS = 1024;
+/** Refused connections allowed to linger for their one-line reply; beyond, they are cut at once. */
+const MAX_LINGERING = 64;
 
 export interface Allowlist {
   uids: ReadonlySet<number>;
   gids: ReadonlySet<number>;
 }
+
+export interface BrokerLimits extends Omit<ConnectionLimits, 'maxLine' | 'maxOutstanding'> {
+  maxConnectionsPerUid: number;
+  maxConnectionsPerProcess: number;
+  maxOutstandingPerConnection: number;
+}
+
+export const DEFAULT_LIMITS: BrokerLimits = {
+  maxConnectionsPerUid: 64,
+  maxConnectionsPerProcess: 4,
+  maxOutstandingPerConnection: 4,
+  idleTimeoutMs: 5_000,
+  requestTimeoutMs: 10_000,
+  writeTimeoutMs: 5_000,
+};
 
 export interface BrokerOptions {
   socket: string;
@@ -32,12 +61,12 @@ export interface BrokerOptions {
   poolSize: number;
   /** when refills wait for starts to settle (default DEFAULT_REFILL_TIMING) */
   refillTiming?: RefillTiming;
+  reservations?: ReservationLimits;
   /** run when the broker closes (the background loader's thread ends there) */
   onClose?: () => Promise<void>;
   maxReservedPerDomain: number;
-  maxConnectionsPerUid: number;
-  maxOutstandingPerConnection: number;
-  /** resolve an emulator path to its pool source (trust, allowlist, probe); throws a VirtEbpfError */
+  limits?: Partial<BrokerLimits>;
+  /** resolve an emulator path to its pool source (allowlist, trust, probe); throws a VirtEbpfError */
   resolve(emulator: string): Promise<PoolSource & { propTypes: Record<string, string> }>;
   logger: Logger;
   /** listen on an inherited fd (systemd socket activation) instead of binding `socket` */
@@ -46,8 +75,10 @@ export interface BrokerOptions {
   hookEnv?: { stateDir?: string; manifest?: string };
 }
 
+/** The pool key of a domain: its uuid (lower case), else its name. */
 function domainKey(d?: DomainRef): string | undefined {
-  return d ? (d.uuid ?? `name:${d.name}`) : undefined;
+  if (!d) return undefined;
+  return normalUuid(d.uuid) ?? (d.uuid !== undefined ? `uuid:${d.uuid}` : `name:${d.name}`);
 }
 
 function fdOf(sock: net.Socket): number {
@@ -56,20 +87,44 @@ function fdOf(sock: net.Socket): number {
   return fd;
 }
 
+interface Slot {
+  uid: number;
+  pid: number;
+  conn: Connection;
+  idle(): boolean;
+  lastActive(): number;
+}
+
+interface Ctx {
+  conn: Connection;
+  peer: Peer;
+  log: Logger;
+  t0: bigint;
+}
+
+const denied = (message: string, remedy: string) => new VirtEbpfError('BROKER_DENIED', message, { remedy });
+
 export class Broker {
   readonly pool: ContextPool;
   /** domain XML facts for the hook op: a restart of a domain is not parsed again */
   readonly #facts = new FactsMemo();
   #server?: net.Server;
-  readonly #perUid = new Map<number, number>();
-  #connections = new Set<net.Socket>();
+  readonly #admissions: Admissions<Slot>;
+  readonly #limits: BrokerLimits;
+  #lingering = 0;
+  /** last time each kind of peer problem was logged (a flood is logged once a second, not per line) */
+  readonly #logged = new Map<string, number>();
 
   constructor(private readonly opts: BrokerOptions) {
-    this.pool = new ContextPool(opts.poolSize, (e, key) => opts.logger.warn('pool refill failed', { key, error: (e as Error).message }), opts.refillTiming);
+    this.#limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.#admissions = new Admissions(this.#limits);
+    this.pool = new ContextPool(opts.poolSize, (e, key) => opts.logger.warn('pool refill failed', { key, error: (e as Error).message }), opts.refillTiming, opts.reservations);
   }
 
   async start(): Promise<void> {
     const server = net.createServer((sock) => this.#accept(sock));
+    server.maxConnections = MAX_CONNECTIONS;
+    server.on('error', (e) => this.opts.logger.error('listening socket failed', { error: e.message }));
     this.#server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -89,194 +144,199 @@ export class Broker {
   }
 
   async close(): Promise<void> {
-    for (const s of this.#connections) s.destroy();
+    for (const s of this.#admissions.all()) s.conn.sock.destroy();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
     this.pool.close();
     await this.opts.onClose?.();
   }
 
+  /** Log a peer problem at most once a second per kind. */
+  #problem(kind: string, meta: Record<string, unknown>): void {
+    const now = Date.now();
+    if (now - (this.#logged.get(kind) ?? 0) < 1000) return;
+    this.#logged.set(kind, now);
+    this.opts.logger.warn(`peer: ${kind}`, meta);
+  }
+
   #accept(sock: net.Socket): void {
-    let cred: libc.PeerCred;
+    sock.on('error', () => sock.destroy());
+    let peer: Peer;
     try {
-      cred = libc.peerCred(fdOf(sock));
+      peer = identifyPeer(libc.peerCred(fdOf(sock)));
     } catch (e) {
-      this.opts.logger.warn('peer credentials unavailable', { error: (e as Error).message });
+      this.#problem('credentials unavailable', { error: (e as Error).message });
       sock.destroy();
       return;
     }
-    const log = this.opts.logger.child({ peer: cred });
     const { allow } = this.opts;
-    if (!allow.uids.has(cred.uid) && !allow.gids.has(cred.gid)) {
-      log.warn('peer refused: not in allowlist');
-      this.#send(sock, errorReply(0, new VirtEbpfError('BROKER_DENIED', `uid ${cred.uid} gid ${cred.gid} may not use the broker`, {
-        remedy: 'add the account to allowUsers/allowGroups in /etc/virt-ebpf/config.json',
-      })));
-      this.#hangUp(sock);
+    if (!allow.uids.has(peer.uid) && !allow.gids.has(peer.gid)) {
+      this.#problem('refused: not in allowlist', { uid: peer.uid, gid: peer.gid, pid: peer.pid });
+      this.#refuse(sock, errorReply(0, denied(`uid ${peer.uid} gid ${peer.gid} may not use the broker`, 'add the account to allowUsers in /etc/virt-ebpf/config.json')));
       return;
     }
-    const n = (this.#perUid.get(cred.uid) ?? 0) + 1;
-    if (n > this.opts.maxConnectionsPerUid) {
-      log.warn('peer refused: too many connections');
-      this.#send(sock, errorReply(0, new VirtEbpfError('BROKER_LIMIT', `uid ${cred.uid} has too many open connections`, { remedy: 'close idle connections or raise limits.maxConnectionsPerUid' })));
-      this.#hangUp(sock);
+    const verdict = this.#admissions.consider(peer.uid, peer.pid);
+    if (!verdict.admit) {
+      this.#problem('refused: too many connections', { uid: peer.uid, pid: peer.pid, why: verdict.why });
+      this.#refuse(sock, errorReply(0, new VirtEbpfError('BROKER_LIMIT', verdict.why, { remedy: 'close idle connections or raise limits.maxConnectionsPerProcess / maxConnectionsPerUid' })));
       return;
     }
-    this.#perUid.set(cred.uid, n);
-    this.#connections.add(sock);
-    let buf = '';
-    let outstanding = 0;
-    sock.on('data', (chunk) => {
-      buf += chunk.toString('utf8');
-      // Only the new chunk can hold a newline the last look did not see (requests may be MiBs).
-      if (buf.length > MAX_LINE && !chunk.includes(0x0a)) {
-        this.#send(sock, errorReply(0, new VirtEbpfError('BROKER_LIMIT', `request longer than ${MAX_LINE} bytes`, { remedy: 'send smaller requests' })));
-        sock.destroy();
-        return;
-      }
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (outstanding >= this.opts.maxOutstandingPerConnection) {
-          this.#send(sock, errorReply(0, new VirtEbpfError('BROKER_LIMIT', 'too many requests in flight on this connection', { remedy: 'wait for replies before sending more' })));
-          continue;
-        }
-        outstanding++;
-        void this.#handle(sock, line, cred, log).finally(() => outstanding--);
-      }
-    });
-    sock.on('error', () => {});
-    sock.on('close', () => {
-      this.#connections.delete(sock);
-      const left = (this.#perUid.get(cred.uid) ?? 1) - 1;
-      if (left <= 0) this.#perUid.delete(cred.uid);
-      else this.#perUid.set(cred.uid, left);
-    });
+    if (verdict.evict) {
+      this.#problem('closed an idle connection to make room', { uid: peer.uid, pid: verdict.evict.pid });
+      verdict.evict.conn.sock.destroy();
+      this.#admissions.remove(verdict.evict);
+    }
+    const log = this.opts.logger.child({ peer: { pid: peer.pid, uid: peer.uid, domain: peer.domain } });
+    const l = this.#limits;
+    const conn: Connection = new Connection(
+      sock,
+      {
+        maxLine: peer.root ? MAX_LINE : MAX_PEER_LINE,
+        maxOutstanding: l.maxOutstandingPerConnection,
+        idleTimeoutMs: l.idleTimeoutMs,
+        requestTimeoutMs: l.requestTimeoutMs,
+        writeTimeoutMs: l.writeTimeoutMs,
+      },
+      (line) => this.#handle(conn, peer, line, log),
+      (what) => this.#problem(what, { uid: peer.uid, pid: peer.pid }),
+    );
+    const slot: Slot = { uid: peer.uid, pid: peer.pid, conn, idle: () => conn.idle, lastActive: () => conn.lastActive };
+    this.#admissions.add(slot);
+    sock.on('close', () => this.#admissions.remove(slot));
   }
 
-  /**
-   * Close a refused connection without losing the reply: read (and drop) what the peer sent so
-   * its EOF is seen (a paused socket never sees it, and destroying one with unread input makes
-   * the peer read ECONNRESET instead of our line); a peer that keeps its end open is cut off.
-   */
-  #hangUp(sock: net.Socket): void {
-    sock.on('error', () => {});
-    sock.end();
-    sock.resume();
-    setTimeout(() => sock.destroy(), REFUSED_LINGER_MS).unref();
+  /** One line to a peer we will not serve, then the connection goes (at once when many linger). */
+  #refuse(sock: net.Socket, reply: Reply): void {
+    const conn = new Connection(sock, { maxLine: 0, maxOutstanding: 1, idleTimeoutMs: LINGER_MS, requestTimeoutMs: LINGER_MS, writeTimeoutMs: LINGER_MS }, async () => {}, () => {});
+    if (this.#lingering >= MAX_LINGERING) {
+      void conn.send(reply).finally(() => sock.destroy());
+      return;
+    }
+    this.#lingering++;
+    sock.once('close', () => this.#lingering--);
+    void conn.refuse('', reply);
   }
 
-  async #handle(sock: net.Socket, line: string, cred: libc.PeerCred, log: Logger): Promise<void> {
+  async #handle(conn: Connection, peer: Peer, line: string, log: Logger): Promise<void> {
     let req: Request;
     try {
       req = parseRequest(line);
     } catch (e) {
-      this.#send(sock, errorReply(0, e));
+      // A peer that breaks the protocol gets one line and a closed connection.
+      this.#problem('protocol error', { uid: peer.uid, pid: peer.pid, error: (e as Error).message });
+      await conn.refuse('', errorReply(0, e));
       return;
     }
-    const t0 = process.hrtime.bigint();
+    const ctx: Ctx = { conn, peer, log, t0: process.hrtime.bigint() };
     try {
-      switch (req.op) {
-        case 'hello':
-          this.#send(sock, { v: 1, id: req.id, ok: true, op: 'hello', broker: 'virt-ebpfd', version: BROKER_VERSION, uid: cred.uid });
-          return;
-        case 'status':
-          this.#send(sock, { v: 1, id: req.id, ok: true, op: 'status', pools: this.pool.stats().map((p) => ({ emulator: p.key, ready: p.ready, target: p.target })), peers: this.#connections.size });
-          return;
-        case 'release': {
-          const dropped = this.pool.release(domainKey(req.domain)!);
-          log.info('released', { domain: req.domain, dropped });
-          this.#send(sock, { v: 1, id: req.id, ok: true, op: 'release', dropped });
-          return;
-        }
-        case 'prewarm': {
-          const ready = await this.#prewarm(req.emulator, req.count, req.domain, log);
-          this.#send(sock, { v: 1, id: req.id, ok: true, op: 'prewarm', ready });
-          return;
-        }
-        case 'hook': {
-          if (cred.uid !== 0) {
-            throw new VirtEbpfError('BROKER_DENIED', `uid ${cred.uid} may not run the libvirt hook`, { remedy: 'only libvirt\'s hook, as root, sends hook requests' });
-          }
-          const event = req.event === 'prepare' ? { kind: 'prepare' as const, name: req.name } : { kind: 'release' as const, name: req.name, reason: '-' };
-          const r = await runHook(event, req.xml, {
-            ...this.opts.hookEnv,
-            facts: (xml) => this.#facts.get(xml),
-            broker: {
-              prewarm: async (emulator, count, domain) => void (await this.#prewarm(emulator, count, domain, log)),
-              release: (domain) => void this.pool.release(domainKey(domain)!),
-            },
-          });
-          log.info('hook', { event: req.event, name: req.name, code: r.code, us: Number((process.hrtime.bigint() - t0) / 1000n) });
-          this.#send(sock, { v: 1, id: req.id, ok: true, op: 'hook', ...r });
-          return;
-        }
-        case 'exec-plan': {
-          const plan = planDevices(req.argv);
-          if (plan.devices.length === 0) {
-            this.#send(sock, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv: null, fds: 0 });
-            return;
-          }
-          const source = await this.opts.resolve(req.emulator);
-          const domain = domainIdentity(req.argv);
-          const contexts = await this.pool.take(source, plan.devices.length, domainKey(domain));
-          const fds = contexts.flatMap((c) => c.fds);
-          try {
-            let k = 0;
-            const perDevice = contexts.map((c) => Array.from({ length: c.descriptor.fds }, () => fdPlaceholder(k++)));
-            const { argv } = finalArgv(req.argv, plan, perDevice, contexts[0].descriptor.property, source.propTypes);
-            this.#send(sock, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: fds.length }, fds.map((f) => f.fd));
-          } finally {
-            closeAll(fds); // the peer holds its own copies now; ours are never reused
-          }
-          log.info('handed out', { emulator: req.emulator, domain, contexts: contexts.length, us: Number((process.hrtime.bigint() - t0) / 1000n) });
-          return;
-        }
-        case 'acquire': {
-          const source = await this.opts.resolve(req.emulator);
-          const contexts = await this.pool.take(source, req.count, domainKey(req.domain));
-          const fds = contexts.flatMap((c) => c.fds);
-          try {
-            this.#send(
-              sock,
-              { v: 1, id: req.id, ok: true, op: 'acquire', contexts: contexts.map((c) => c.descriptor), propTypes: source.propTypes },
-              fds.map((f) => f.fd),
-            );
-          } finally {
-            closeAll(fds); // the peer holds its own copies now; ours are never reused
-          }
-          log.info('handed out', { emulator: req.emulator, domain: req.domain, contexts: contexts.length, us: Number((process.hrtime.bigint() - t0) / 1000n) });
-          return;
-        }
-      }
+      await this.#ops[req.op](ctx, req as never);
     } catch (e) {
       log.warn('request failed', { op: req.op, error: (e as Error).message });
-      this.#send(sock, errorReply(req.id, e));
+      await conn.send(errorReply(req.id, e));
     }
   }
 
-  async #prewarm(emulator: string, count: number, domain: DomainRef | undefined, log: Logger): Promise<number> {
-    const source = await this.opts.resolve(emulator);
-    const key = domainKey(domain);
-    const ready = key ? await this.pool.reserve(source, Math.min(count, this.opts.maxReservedPerDomain), key) : (this.pool.warm(source), 0);
-    log.info('prewarmed', { emulator, domain, ready });
-    return ready;
+  /** The pool key a peer may use: root names any domain; a QEMU-account peer only its own. */
+  #keyFor(peer: Peer, claimed?: DomainRef): string | undefined {
+    return peer.root ? domainKey(claimed) : peer.domain;
   }
 
-  #send(sock: net.Socket, reply: Reply, fds: number[] = []): void {
-    if (sock.destroyed) throw new VirtEbpfError('BROKER_UNREACHABLE', 'peer went away before the reply', { remedy: 'retry the request' });
-    const data = encode(reply);
-    const fd = fdOf(sock);
-    let off = 0;
-    let first = true;
-    for (let spins = 0; off < data.length; spins++) {
+  #us(ctx: Ctx): number {
+    return Number((process.hrtime.bigint() - ctx.t0) / 1000n);
+  }
+
+  /** Send a reply with the contexts' fds; our copies are closed whatever happens to the send. */
+  async #handOut(ctx: Ctx, reply: Reply, contexts: LoadedContext[], what: Record<string, unknown>): Promise<void> {
+    const fds = contexts.flatMap((c) => c.fds);
+    try {
+      const sent = await ctx.conn.send(reply, fds.map((f) => f.fd));
+      ctx.log.info(sent ? 'handed out' : 'hand-out failed: peer gone', { ...what, contexts: contexts.length, us: this.#us(ctx) });
+    } finally {
+      closeAll(fds); // the peer holds its own copies now; ours are never reused
+    }
+  }
+
+  readonly #ops: { [K in Request['op']]: (ctx: Ctx, req: Extract<Request, { op: K }>) => Promise<void> } = {
+    hello: async (ctx, req) => {
+      await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'hello', broker: 'virt-ebpfd', version: BROKER_VERSION, uid: ctx.peer.uid });
+    },
+    status: async (ctx, req) => {
+      await ctx.conn.send({
+        v: 1,
+        id: req.id,
+        ok: true,
+        op: 'status',
+        pools: this.pool.stats().map((p) => ({ emulator: p.key, ready: p.ready, target: p.target })),
+        reserved: this.pool.reservedCount(),
+        reservationTtlMs: this.pool.reservationTtlMs,
+        peers: this.#admissions.size,
+      });
+    },
+    release: async (ctx, req) => {
+      if (!ctx.peer.root) throw denied(`uid ${ctx.peer.uid} may not release reservations`, 'only libvirt\'s hook, as root, releases a domain\'s reservation');
+      const dropped = this.pool.release(domainKey(req.domain)!);
+      ctx.log.info('released', { domain: req.domain, dropped });
+      await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'release', dropped });
+    },
+    prewarm: async (ctx, req) => {
+      if (req.domain && !ctx.peer.root) throw denied(`uid ${ctx.peer.uid} may not reserve contexts for a domain`, 'reservations are made by libvirt\'s hook (root) at prepare; prewarm without a domain');
+      const ready = await this.#prewarm(req.emulator, req.count, domainKey(req.domain), ctx.log);
+      await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'prewarm', ready });
+    },
+    hook: async (ctx, req) => {
+      if (!ctx.peer.root) throw denied(`uid ${ctx.peer.uid} may not run the libvirt hook`, 'only libvirt\'s hook, as root, sends hook requests');
+      const event = req.event === 'prepare' ? { kind: 'prepare' as const, name: req.name } : { kind: 'release' as const, name: req.name, reason: '-' };
+      const r = await runHook(event, req.xml, {
+        ...this.opts.hookEnv,
+        facts: (xml) => this.#facts.get(xml),
+        broker: {
+          prewarm: async (emulator, count, domain) => void (await this.#prewarm(emulator, count, domainKey(domain), ctx.log)),
+          release: (domain) => void this.pool.release(domainKey(domain)!),
+        },
+      });
+      ctx.log.info('hook', { event: req.event, name: req.name, code: r.code, us: this.#us(ctx) });
+      await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'hook', ...r });
+    },
+    'exec-plan': async (ctx, req) => {
+      const plan = planDevices(req.argv);
+      if (plan.devices.length === 0) {
+        await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'exec-plan', argv: null, fds: 0 });
+        return;
+      }
+      if (plan.devices.length > MAX_CONTEXTS_PER_REQUEST) {
+        throw new VirtEbpfError('BROKER_LIMIT', `${plan.devices.length} RSS devices on one command line; at most ${MAX_CONTEXTS_PER_REQUEST} get eBPF fds`, {
+          remedy: `give at most ${MAX_CONTEXTS_PER_REQUEST} NICs of one domain rss='on'`,
+        });
+      }
+      const source = await this.opts.resolve(req.emulator);
+      const domain = domainIdentity(req.argv);
+      const contexts = await this.pool.take(source, plan.devices.length, this.#keyFor(ctx.peer, domain));
+      let k = 0;
+      const perDevice = contexts.map((c) => Array.from({ length: c.descriptor.fds }, () => fdPlaceholder(k++)));
+      let argv: string[];
       try {
-        off += libc.sendmsg(fd, data.subarray(off), first ? fds : []);
-        first = false;
+        argv = finalArgv(req.argv, plan, perDevice, contexts[0].descriptor.property, source.propTypes).argv;
       } catch (e) {
-        if ((e as VirtEbpfError).fields?.errno === libc.EAGAIN && spins < 1000) continue;
+        contexts.forEach((c) => closeAll(c.fds));
         throw e;
       }
-    }
+      await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: k }, contexts, { emulator: req.emulator, domain });
+    },
+    acquire: async (ctx, req) => {
+      const source = await this.opts.resolve(req.emulator);
+      const contexts = await this.pool.take(source, req.count, this.#keyFor(ctx.peer, req.domain));
+      await this.#handOut(
+        ctx,
+        { v: 1, id: req.id, ok: true, op: 'acquire', contexts: contexts.map((c) => c.descriptor), propTypes: source.propTypes },
+        contexts,
+        { emulator: req.emulator, domain: req.domain },
+      );
+    },
+  };
+
+  async #prewarm(emulator: string, count: number, key: string | undefined, log: Logger): Promise<number> {
+    const source = await this.opts.resolve(emulator);
+    const ready = key ? await this.pool.reserve(source, Math.min(count, this.opts.maxReservedPerDomain), key) : (this.pool.warm(source), 0);
+    log.info('prewarmed', { emulator, domain: key, ready });
+    return ready;
   }
 }

@@ -22,6 +22,11 @@ export interface LaunchOptions {
   timeoutMs: number;
   /** extra environment (the child otherwise gets only PATH and LC_ALL=C, as under libvirt) */
   env?: Record<string, string>;
+  /**
+   * The account to run the emulator as (libvirt probes as its QEMU account too): real, effective
+   * and saved ids, no supplementary groups, hence no capabilities. Unset: as the caller.
+   */
+  runAs?: { uid: number; gid: number };
 }
 
 const STDERR_KEEP = 64 * 1024;
@@ -42,8 +47,9 @@ class Child {
   #stderrClosed: Promise<void>;
   #stderrOpen = true;
 
-  constructor(file: string, args: readonly string[], monitorFd: number, env: Record<string, string>) {
-    this.proc = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe', monitorFd], env, detached: true });
+  constructor(file: string, args: readonly string[], monitorFd: number, env: Record<string, string>, runAs?: { uid: number; gid: number }) {
+    // libuv drops supplementary groups (setgroups) before setgid/setuid when uid/gid are given.
+    this.proc = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe', monitorFd], env, detached: true, ...runAs });
     this.exited = new Promise((resolve) => {
       this.proc.once('exit', (code, signal) => resolve((this.#exit = { code, signal })));
       this.proc.once('error', (e: NodeJS.ErrnoException) => {
@@ -120,9 +126,9 @@ function describeExit(e: Exit): string {
 }
 
 /** Only on failure paths: does the binary at least answer `-version` like QEMU? */
-function looksLikeQemu(file: string, env: Record<string, string>, timeoutMs: number): Promise<string | null> {
+function looksLikeQemu(file: string, env: Record<string, string>, timeoutMs: number, runAs?: { uid: number; gid: number }): Promise<string | null> {
   return new Promise((resolve) => {
-    execFile(file, ['-version'], { env, timeout: Math.max(200, timeoutMs), killSignal: 'SIGKILL', maxBuffer: 64 * 1024 }, (_err, stdout) => {
+    execFile(file, ['-version'], { env, timeout: Math.max(200, timeoutMs), killSignal: 'SIGKILL', maxBuffer: 64 * 1024, ...runAs }, (_err, stdout) => {
       const m = /^QEMU emulator version (\d+\.\d+[^\s]*)/m.exec(String(stdout));
       resolve(m ? m[1] : null);
     });
@@ -141,7 +147,7 @@ export async function recordProbe(file: string, shown: string, opts: LaunchOptio
   const [ours, theirs] = libc.socketpair();
   let child: Child;
   try {
-    child = new Child(file, PROBE_ARGS, theirs, env);
+    child = new Child(file, PROBE_ARGS, theirs, env, opts.runAs);
   } catch (e) {
     libc.close(ours);
     throw e;
@@ -189,7 +195,7 @@ export async function recordProbe(file: string, shown: string, opts: LaunchOptio
     if (!exit) return notQemu('it closed the QMP monitor but kept running', e);
     if (greeted || exit.spawnError) return exited(exit, greeted ? 'during the probe' : 'before greeting on QMP');
     // It died before greeting: a QEMU that cannot start (bad install), or not QEMU at all.
-    const qemu = await looksLikeQemu(file, env, Math.min(remaining(), 2_000));
+    const qemu = await looksLikeQemu(file, env, Math.min(remaining(), 2_000), opts.runAs);
     return qemu ? exited(exit, `before greeting on QMP (QEMU ${qemu})`) : notQemu(`it ${describeExit(exit)} without a QMP greeting and does not answer -version like QEMU`, e);
   };
 

@@ -25,6 +25,8 @@ export interface ProbeOptions {
   record?: boolean;
   /** debug log: cache misses and why, skipped writes */
   log?: (message: string) => void;
+  /** run the emulator as this account (the broker: libvirt's QEMU account), see LaunchOptions */
+  runAs?: { uid: number; gid: number };
 }
 
 export interface ProbeResult {
@@ -46,7 +48,7 @@ export async function probeEmulator(path: string, opts: ProbeOptions = {}): Prom
     log(`probe cache miss for ${identity.realpath} (${hit.miss}: ${hit.why})`);
   }
 
-  const transcript = await recordProbe(identity.realpath, path, { timeoutMs: opts.timeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS, env: opts.env });
+  const transcript = await recordProbe(identity.realpath, path, { timeoutMs: opts.timeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS, env: opts.env, runAs: opts.runAs });
   let caps: EmulatorCaps;
   try {
     caps = decideCaps(transcript, { path, identity }, new Date().toISOString());

@@ -48,10 +48,11 @@ function writeAtomic(path: string, content: string, mode: number): void {
 function rewriteWrapper(path: string, content: string, mode: number): void {
   const before = existsSync(path) ? Math.floor(statSync(path).ctimeMs / 1000) : -1;
   writeAtomic(path, content, mode);
-  const after = Math.floor(statSync(path).ctimeMs / 1000);
-  if (after <= before) {
-    const wait = (before + 1) * 1000 - Date.now() + 5;
-    if (wait > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, wait);
+  // File times come from the kernel's coarse clock, which may lag Date.now() by a tick or two:
+  // touch again until the ctime really is in a later second.
+  for (let tries = 0; Math.floor(statSync(path).ctimeMs / 1000) <= before && tries < 100; tries++) {
+    const wait = Math.max(2, (before + 1) * 1000 - Date.now() + 5);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, wait);
     chmodSync(path, mode); // touches ctime
   }
 }
@@ -217,6 +218,25 @@ export function refreshWrappers(manifestPath: string): RefreshReport {
   }
   if (m && refreshed.length) writeAtomic(manifestPath, JSON.stringify(m, null, 2) + '\n', 0o644);
   return { refreshed, missing };
+}
+
+/** The real emulators our installed wrappers name (the broker allows these). */
+export function wrapperTargets(manifestPath: string): string[] {
+  const out: string[] = [];
+  let m: Manifest | null = null;
+  try {
+    m = readManifest(manifestPath);
+  } catch {
+    return out; // a corrupt manifest names nothing the broker should run
+  }
+  for (const e of m?.entries ?? []) {
+    if (e.kind !== 'wrapper' || !existsSync(e.path)) continue;
+    const st = statSync(e.path);
+    if (st.uid !== 0 || (st.mode & 0o022) !== 0) continue; // the shim would not run it either
+    const spec = parseWrapper(readFileSync(e.path, 'utf8'));
+    if (spec) out.push(spec.real);
+  }
+  return out;
 }
 
 /** Wrappers whose real emulator changed (for doctor and the hook): wrapper path → reason. */

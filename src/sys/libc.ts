@@ -209,6 +209,14 @@ export function dropPrivileges(uid: number, gid: number, groups: readonly number
   check('prctl(PR_SET_NO_NEW_PRIVS)', prctlFn(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
 }
 
+/**
+ * no_new_privs for this process and everything it starts from now on: no execve can gain
+ * privileges (setuid bits, file capabilities) — the broker sets it for the emulators it probes.
+ */
+export function setNoNewPrivs(): void {
+  check('prctl(PR_SET_NO_NEW_PRIVS)', prctlFn(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+}
+
 /** A blocking AF_UNIX stream socket connected to path (close-on-exec). */
 export function connectUnix(path: string): number {
   const name = Buffer.from(path);

@@ -48,7 +48,8 @@ before(async () => {
   chmodSync(outsideQemu, 0o755);
   copyFileSync(QEMU, untrustedQemu);
   chmodSync(untrustedQemu, 0o775); // group-writable: anyone in root's group could replace it
-  main = await broker({ pool: { size: 0 }, emulatorDirs: ['/usr/bin', untrustedDir] });
+  // The group-writable copy is on the allowlist, so the trust check is what refuses it.
+  main = await broker({ pool: { size: 0 }, emulatorDirs: ['/usr/bin', untrustedDir], emulators: [QEMU, MICROVM, untrustedQemu] });
 });
 
 after(async () => {
@@ -157,7 +158,7 @@ test('allowUsers/allowGroups replace the defaults: exactly the named accounts ar
   );
 });
 
-test('qemu.conf: the user and group libvirt runs QEMU as are the ones allowed', async () => {
+test('qemu.conf: the user libvirt runs QEMU as is the one allowed; its group only when configured (a group admits every member)', async () => {
   const conf = join(dir.path, 'qemu.conf');
   writeFileSync(conf, '# user = "root"\nuser = "nobody"\ngroup = "nogroup"\n');
   const b = await broker({ pool: { size: 0 } }, conf);
@@ -165,7 +166,10 @@ test('qemu.conf: the user and group libvirt runs QEMU as are the ones allowed', 
   assert.equal(nobody.ok, true, JSON.stringify(nobody));
   assert.deepEqual(nobody.ok && nobody.fds.map((f) => f.kind), ['prog', 'map', 'map', 'map']);
   const inGroup = await peer(STRANGER_IN_NOGROUP, b.socket, { op: 'hello' });
-  assert.equal(inGroup.ok, true, JSON.stringify(inGroup));
+  assert.equal(inGroup.ok === false && inGroup.code, 'BROKER_DENIED', JSON.stringify(inGroup));
+  const withGroups = await broker({ pool: { size: 0 }, allowGroups: ['nogroup'] }, conf);
+  const member = await peer(STRANGER_IN_NOGROUP, withGroups.socket, { op: 'hello' });
+  assert.equal(member.ok, true, JSON.stringify(member));
   const qemu = await peer(LIBVIRT_QEMU, b.socket, { op: 'hello' });
   assert.equal(qemu.ok === false && qemu.code, 'BROKER_DENIED', 'libvirt-qemu is not the QEMU account of this host any more');
 });

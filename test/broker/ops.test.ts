@@ -11,6 +11,7 @@ import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Broker } from '../../src/broker/server';
 import { makeResolver } from '../../src/broker/daemon';
+import { EmulatorAllowlist } from '../../src/emulator/allowlist';
 import { validateConfig } from '../../src/broker/config';
 import { parseRequest, MAX_EXEC_ARGS, MAX_EXEC_ARGV_BYTES, fdPlaceholder } from '../../src/broker/protocol';
 import { createLogger } from '../../src/log';
@@ -78,9 +79,8 @@ before(async () => {
     allow: { uids: new Set([0, ALLOWED_UID]), gids: new Set() },
     poolSize: 0,
     maxReservedPerDomain: 16,
-    maxConnectionsPerUid: 8,
-    maxOutstandingPerConnection: 4,
-    resolve: makeResolver(config, logger, (k) => broker.pool.drop(k)),
+    limits: { maxConnectionsPerUid: 8 },
+    resolve: makeResolver(config, logger, (k) => broker.pool.drop(k), { allowlist: new EmulatorAllowlist() }),
     logger,
     hookEnv: { stateDir, manifest: join(dir.path, 'none.json') },
   });

@@ -164,10 +164,14 @@ def hold(path, n, seconds):
     time.sleep(float(seconds))
     closed = 0
     for s in socks:
+        # Closed by the broker: EOF after whatever last line it sent (a refusal, say).
         s.setblocking(False)
         try:
-            if s.recv(1) == b"":
-                closed += 1
+            while True:
+                d = s.recv(65536)
+                if d == b"":
+                    closed += 1
+                    break
         except BlockingIOError:
             pass
         except OSError:

@@ -1,0 +1,204 @@
+/**
+ * One peer's connection to the broker, with every limit a peer could otherwise abuse:
+ *
+ * - framing: requests are lines; a line longer than `maxLine`, or one that does not end within
+ *   `requestTimeoutMs` of its first byte, closes the connection with one error line;
+ * - flow: at most `maxOutstanding` requests in flight; beyond that the connection is not read
+ *   (the kernel's buffers push back on the peer) until replies have gone out;
+ * - replies: written in order, each with its fds on its first byte; a peer that does not read
+ *   them within `writeTimeoutMs` is cut off; a peer that has gone away costs its own
+ *   connection and nothing else (no send error ever leaves this class);
+ * - idle: a connection with nothing in flight and no bytes for `idleTimeoutMs` is closed.
+ *
+ * Nothing here decides what a request means: `onLine` does (src/broker/server.ts).
+ */
+import type net from 'node:net';
+import * as libc from '../sys/libc';
+import { encode, Reply } from './protocol';
+
+export interface ConnectionLimits {
+  maxLine: number;
+  maxOutstanding: number;
+  idleTimeoutMs: number;
+  requestTimeoutMs: number;
+  writeTimeoutMs: number;
+}
+
+/** How long a connection we are done with may keep its end open to read our last line. */
+export const LINGER_MS = 2_000;
+
+function fdOf(sock: net.Socket): number {
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' ? fd : -1;
+}
+
+export class Connection {
+  readonly fd: number;
+  readonly openedAt = Date.now();
+  #buf: Buffer = Buffer.alloc(0);
+  /** when the first byte of the line in #buf arrived (0: no partial line) */
+  #lineSince = 0;
+  #outstanding = 0;
+  #lastActive = Date.now();
+  #writes: Promise<void> = Promise.resolve();
+  #pendingWrites = 0;
+  #closing = false;
+  #timer?: NodeJS.Timeout;
+
+  constructor(
+    readonly sock: net.Socket,
+    private readonly limits: ConnectionLimits,
+    private readonly onLine: (line: string) => Promise<void>,
+    private readonly onProblem: (what: string) => void,
+  ) {
+    this.fd = fdOf(sock);
+    sock.on('data', (chunk: Buffer) => this.#data(chunk));
+    sock.on('error', () => sock.destroy());
+    sock.on('close', () => clearTimeout(this.#timer));
+    this.#arm();
+  }
+
+  get destroyed(): boolean {
+    return this.sock.destroyed;
+  }
+
+  /** Nothing in flight, nothing being written, no partial request. */
+  get idle(): boolean {
+    return this.#outstanding === 0 && this.#pendingWrites === 0 && this.#lineSince === 0;
+  }
+
+  get lastActive(): number {
+    return this.#lastActive;
+  }
+
+  /** Check the timers again in `ms` (at most one timer per connection). */
+  #arm(ms = Math.min(this.limits.idleTimeoutMs, this.limits.requestTimeoutMs, 1_000)): void {
+    clearTimeout(this.#timer);
+    if (this.sock.destroyed) return;
+    this.#timer = setTimeout(() => this.#tick(), ms);
+    this.#timer.unref();
+  }
+
+  #tick(): void {
+    const now = Date.now();
+    if (this.#lineSince && now - this.#lineSince > this.limits.requestTimeoutMs) {
+      this.onProblem('request not finished in time');
+      void this.refuse(`request not finished within ${this.limits.requestTimeoutMs} ms`);
+      return;
+    }
+    if (this.idle && now - this.#lastActive > this.limits.idleTimeoutMs) {
+      this.onProblem('idle');
+      this.sock.destroy();
+      return;
+    }
+    this.#arm();
+  }
+
+  #data(chunk: Buffer): void {
+    if (this.#closing) return;
+    this.#lastActive = Date.now();
+    if (this.#buf.length === 0 && chunk.length > 0) this.#lineSince = this.#lastActive;
+    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
+    this.#drain();
+  }
+
+  /** Hand complete lines to onLine while slots are free; stop reading while they are not. */
+  #drain(): void {
+    while (!this.#closing && this.#outstanding < this.limits.maxOutstanding) {
+      const nl = this.#buf.indexOf(0x0a);
+      if (nl < 0) break;
+      const line = this.#buf.subarray(0, nl).toString('utf8');
+      this.#buf = this.#buf.subarray(nl + 1);
+      this.#lineSince = this.#buf.length ? Date.now() : 0;
+      this.#outstanding++;
+      this.onLine(line)
+        .catch(() => this.sock.destroy())
+        .finally(() => {
+          this.#outstanding--;
+          this.#lastActive = Date.now();
+          this.#drain();
+        });
+    }
+    if (this.#buf.indexOf(0x0a) < 0 && this.#buf.length > this.limits.maxLine) {
+      this.onProblem('request too long');
+      void this.refuse(`request longer than ${this.limits.maxLine} bytes`);
+      return;
+    }
+    // Backpressure: lines we cannot take yet stay in the kernel's buffers, not in ours.
+    if (this.#outstanding >= this.limits.maxOutstanding || this.#buf.length > this.limits.maxLine) this.sock.pause();
+    else if (!this.#closing) this.sock.resume();
+  }
+
+  /**
+   * Send one reply (and fds with its first byte), after the replies before it. Resolves true
+   * once the whole line is with the kernel; false when the peer is gone, does not read, or the
+   * kernel refuses the fds — the connection is closed then. Never throws. The caller keeps
+   * ownership of `fds` (the kernel dups them into the message).
+   */
+  send(reply: Reply, fds: readonly number[] = []): Promise<boolean> {
+    const data = encode(reply);
+    this.#pendingWrites++;
+    const done = this.#writes.then(() => this.#write(data, fds));
+    this.#writes = done.then(() => undefined);
+    return done.finally(() => {
+      this.#pendingWrites--;
+      this.#lastActive = Date.now();
+    });
+  }
+
+  async #write(data: Buffer, fds: readonly number[]): Promise<boolean> {
+    const deadline = Date.now() + this.limits.writeTimeoutMs;
+    let off = 0;
+    let wait = 1;
+    while (off < data.length) {
+      if (this.sock.destroyed || this.fd < 0) return false;
+      try {
+        off += libc.sendmsg(this.fd, data.subarray(off), off === 0 ? fds : []);
+        wait = 1;
+        continue;
+      } catch (e) {
+        const errno = (e as { fields?: { errno?: number } }).fields?.errno;
+        if (errno !== libc.EAGAIN && errno !== libc.EINTR) {
+          this.onProblem(`send failed: ${(e as Error).message}`);
+          this.sock.destroy();
+          return false;
+        }
+      }
+      if (Date.now() > deadline) {
+        this.onProblem('peer does not read its replies');
+        this.sock.destroy();
+        return false;
+      }
+      // The peer's buffer is full: poll again soon, never spin.
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(wait * 2, 50);
+    }
+    return true;
+  }
+
+  /** One last error line, then close: a peer that broke the protocol or a limit gets nothing more. */
+  async refuse(message: string, reply?: Reply): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.sock.pause();
+    const line: Reply = reply ?? { v: 1, id: 0, ok: false, error: { code: 'BROKER_PROTOCOL', message, remedy: 'use a virt-ebpf client of the same version as the broker' } };
+    await this.send(line);
+    this.hangUp();
+  }
+
+  /**
+   * Close without losing what we sent: read (and drop) what the peer still sends so its EOF is
+   * seen (destroying a socket with unread input makes the peer read ECONNRESET instead of our
+   * line); a peer that keeps its end open is cut off after LINGER_MS.
+   */
+  hangUp(): void {
+    this.#closing = true;
+    if (this.sock.destroyed) return;
+    this.#buf = Buffer.alloc(0);
+    this.sock.removeAllListeners('data');
+    this.sock.on('data', () => {});
+    this.sock.end();
+    this.sock.resume();
+    setTimeout(() => this.sock.destroy(), LINGER_MS).unref();
+  }
+}
