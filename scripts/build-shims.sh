@@ -12,4 +12,9 @@ cflags=(-O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong)
 # (~0.15 ms an exec here). They use no NSS function, so glibc's static library is complete.
 cc "${cflags[@]}" -static -o "$out/vebpf-wrapper" "$here/shims/wrapper.c" "$here/shims/brokercall.c"
 cc "${cflags[@]}" -static -o "$out/vebpf-hook" "$here/shims/hook.c" "$here/shims/brokercall.c"
-cc "${cflags[@]}" -shared -fPIC -fvisibility=hidden -o "$out/vebpf-qmp.so" "$here/shims/qmp-preload.c" "$here/shims/brokercall.c" -ldl
+# Inside QEMU, brokercall.c's own recvmsg/close must be libc's, not the shim's wrappers of them.
+obj=$(mktemp -d)
+trap 'rm -rf "$obj"' EXIT
+cc "${cflags[@]}" -c -fPIC -fvisibility=hidden -o "$obj/brokercall.o" "$here/shims/brokercall.c" \
+  '-Drecvmsg(f,m,o)=vebpf_next_recvmsg(f,m,o)' '-Dclose(f)=vebpf_next_close(f)'
+cc "${cflags[@]}" -shared -fPIC -fvisibility=hidden -o "$out/vebpf-qmp.so" "$here/shims/qmp-preload.c" "$obj/brokercall.o" -ldl

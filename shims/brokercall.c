@@ -211,8 +211,19 @@ char *json_string(const char *v, const char *end)
 
 const char *broker_socket(void)
 {
+    static char configured[108];
     const char *s = getenv("VIRT_EBPF_BROKER_SOCKET");
-    return s && *s ? s : VEBPF_BROKER_SOCKET;
+    if (s && *s)
+        return s;
+    if (!configured[0]) {  /* the socket the broker is configured with, else the default */
+        char *config = read_file(VEBPF_CONFIG, 1 << 20);
+        const char *end = config ? config + strlen(config) : NULL;
+        char *path = config ? json_string(json_member(json_skip_ws(config, end), end, "socket"), end) : NULL;
+        snprintf(configured, sizeof configured, "%s", path && path[0] == '/' && strlen(path) < sizeof configured ? path : VEBPF_BROKER_SOCKET);
+        free(path);
+        free(config);
+    }
+    return configured;
 }
 
 static enum broker_result unreachable(char *why, size_t size, const char *detail)

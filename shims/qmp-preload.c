@@ -1,29 +1,37 @@
 /*
  * virt-ebpf QMP hot-plug shim, loaded into the emulator with LD_PRELOAD by the wrapper
- * (shims/wrapper.c) for an enabled domain. It watches libvirt's monitor connection from inside
- * QEMU, so the thousands of QMP bytes libvirt exchanges while a domain starts take no extra
- * process hop: QEMU reads its monitor one byte per recvmsg(), and a byte that is not the start
- * of a line costs one compare here.
+ * (shims/wrapper.c) for an enabled domain. It reads along libvirt's monitor connection from
+ * inside QEMU, so the thousands of QMP bytes libvirt exchanges while a domain starts take no
+ * extra process hop: QEMU reads its monitor one byte per recvmsg(), and a byte that is not the
+ * start of a line costs one compare here.
  *
- * At the start of each line it peeks at the whole line. A `device_add` of a virtio-net device
- * with rss on and no eBPF fds of its own gets them: one broker `acquire` (the broker loads its
- * own object; nothing from this process is loaded), the fds land in QEMU's fd table, and QEMU
- * reads the line with `"ebpf-rss-fds":["N0","N1","N2","N3"],` put after `"arguments":{`.
- * QEMU takes numeric fd names as fds of its own (monitor_fd_param). The original bytes stay
- * in the socket while the inserted ones are returned, so QEMU's poll() keeps seeing data.
- * When the broker cannot be asked: policy strict puts the reason where the fd names go, so
- * QEMU fails the device_add with our one-line message; fallback leaves the line as it is.
- * A device_add that fails after we gave fds: the reply (seen in sendmsg) names its id, and the
- * fds that still hold our objects (by BPF id) are closed again.
+ * It carries bytes and fds and decides nothing. At the start of each line it peeks at the whole
+ * line; a line that mentions both `device_add` and `rss` goes to the broker (`device-plan`,
+ * src/broker/server.ts), which answers with the bytes to splice into the line, where, and the
+ * fds those bytes name (`@virt-ebpf-fd:K@`, replaced here by the numbers the fds got in QEMU).
+ * QEMU then reads the line with the splice in it; the original bytes stay in the socket while
+ * the spliced ones are handed out, so QEMU's poll() keeps seeing data. Only when the broker
+ * cannot be asked does the domain's policy apply here: strict splices the reason in where the
+ * fd names go (QEMU fails the device_add with our one line), fallback leaves the line as it is.
+ *
+ * Bookkeeping for the fds it handed QEMU: until the device_add's reply, an entry remembers
+ * them; the reply (read along QEMU's sendmsg, reassembled when it comes in pieces) either
+ * confirms QEMU kept them or, on an error, has the fds that still hold our objects closed. A
+ * connection that goes before its reply leaves its entries to be settled a moment later: fds
+ * QEMU mapped (mmap of a map fd: QEMU took them) stay, the others are closed. The table is
+ * bounded; the oldest entry is settled the same way when it is full.
+ *
+ * Threads: QEMU reads the monitor in its monitor I/O thread and answers from its main thread.
+ * No lock is ever held across a broker call or a read/write of QEMU's; the one lock guards the
+ * entry table and the connection slots, for a few compares.
  *
  * Environment (read once, then removed so QEMU's children do not inherit it):
  *   VIRT_EBPF_QMP_LISTEN   libvirt's listening monitor socket (QEMU accepts libvirt on it,
  *                          again after a libvirtd restart)
- *   VIRT_EBPF_EMULATOR     the real emulator (the broker's trusted table key)
- *   VIRT_EBPF_POLICY       strict | fallback
- *   VIRT_EBPF_DOMAIN_NAME, VIRT_EBPF_DOMAIN_UUID
- * and, read by shims/brokercall.c at each broker call and left as it is (tests set it):
- *   VIRT_EBPF_BROKER_SOCKET (default /run/virt-ebpf/broker.sock)
+ *   VIRT_EBPF_EMULATOR     the real emulator (the broker's allowlist and pool key)
+ *   VIRT_EBPF_POLICY       strict | fallback: what applies when the broker cannot be asked
+ * and, read by shims/brokercall.c at each broker call and left as it is:
+ *   VIRT_EBPF_BROKER_SOCKET (the wrapper sets it from the broker's config)
  */
 #define _GNU_SOURCE
 #include "vebpf.h"
@@ -36,31 +44,47 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/time.h>
-#include <sys/un.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
-#define PEEK_MAX 65536
+#define PEEK_MAX 65536        /* the longest line looked at (src/broker/protocol.ts MAX_QMP_LINE) */
+#define MAX_SPLICE 8192       /* the most bytes spliced into one line (protocol.ts MAX_SPLICE) */
 #define MAX_CONNS 4
-#define MAX_FDS 8
-#define MAX_PENDING 8
+#define MAX_FDS 8             /* per device_add; QEMU's RSS takes 4 */
+#define MAX_PENDING 16
+#define OUT_LINE_MAX 8192     /* a reply line longer than this is not a device_add's: not kept */
+#define PLAN_TIMEOUT_S 5      /* the longest a device_add waits for the broker */
+#define PIECES_WAIT_MS 1000   /* the longest a line in pieces is waited for */
+#define SETTLE_MS 2000        /* entries of a closed connection are settled this much later */
 
 struct conn {
     int fd;               /* -1: free slot */
+    int gen;              /* bumped when the slot is reused: an entry of an older connection is orphaned */
+    /* read side (QEMU's monitor thread) */
     long line_left;       /* bytes of the current line still to hand out as they are; 0: at a line start; -1: until '\n' */
     char *ins;            /* bytes to hand out in the middle of the current line */
     size_t ins_len, ins_off;
     size_t before_ins;    /* original bytes to hand out before them */
     size_t after_ins;     /* original bytes of the line after them */
+    /* write side (QEMU's main thread): the reply line being written */
+    char out[OUT_LINE_MAX];
+    size_t out_len;
+    int out_skip;         /* the current output line is too long to be a reply we wait for */
 };
 
 struct pending {          /* a device_add we gave fds to, until its reply */
-    char id[128];
+    int used;
+    int conn_fd, conn_gen;
+    char id[128];         /* the command's raw JSON id ("" when it had none) */
     int nfds, fds[MAX_FDS];
     unsigned ids[MAX_FDS];
+    int taken;            /* QEMU mapped one of its maps: the fds are QEMU's now */
+    long orphaned_ms;     /* when its connection went (0: still open) */
+    long since_ms;
 };
 
 static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
@@ -68,14 +92,16 @@ static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
 static int (*real_accept)(int, struct sockaddr *, socklen_t *);
 static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
 static int (*real_close)(int);
+static void *(*real_mmap)(void *, size_t, int, int, int, off_t);
+static void *(*real_mmap64)(void *, size_t, int, int, int, off_t);
 
 static int listen_fd = -1;
-static char emulator[4096], policy[16], dom_name[512], dom_uuid[64];
+static char emulator[4096], policy[16];
 static struct conn conns[MAX_CONNS];
 static struct pending pendings[MAX_PENDING];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char peekbuf[PEEK_MAX];
-static int npending;  /* pendings in use: sendmsg() of any other fd looks only at this */
+static int npending;  /* entries in use: the mmap and sendmsg paths look only at this when 0 */
 
 /* Built with -fvisibility=hidden: QEMU and its libraries see only the calls we wrap. */
 #define WRAPPED __attribute__((visibility("default")))
@@ -95,6 +121,13 @@ static void say(const char *fmt, ...)
     (void)w;
 }
 
+static long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
+}
+
 static void take_env(const char *name, char *out, size_t size)
 {
     const char *v = getenv(name);
@@ -108,8 +141,6 @@ __attribute__((constructor)) static void init(void)
     take_env("VIRT_EBPF_QMP_LISTEN", lfd, sizeof lfd);
     take_env("VIRT_EBPF_EMULATOR", emulator, sizeof emulator);
     take_env("VIRT_EBPF_POLICY", policy, sizeof policy);
-    take_env("VIRT_EBPF_DOMAIN_NAME", dom_name, sizeof dom_name);
-    take_env("VIRT_EBPF_DOMAIN_UUID", dom_uuid, sizeof dom_uuid);
     unsetenv("LD_PRELOAD");
     for (int i = 0; i < MAX_CONNS; i++)
         conns[i].fd = -1;
@@ -119,16 +150,149 @@ __attribute__((constructor)) static void init(void)
     real_accept = dlsym(RTLD_NEXT, "accept");
     real_accept4 = dlsym(RTLD_NEXT, "accept4");
     real_close = dlsym(RTLD_NEXT, "close");
+    real_mmap = dlsym(RTLD_NEXT, "mmap");
+    real_mmap64 = dlsym(RTLD_NEXT, "mmap64");
+}
+
+/* ---- fd bookkeeping ---- */
+
+static unsigned bpf_id(int fd)
+{
+    union bpf_attr attr;
+    struct bpf_prog_info info;  /* id comes first in prog, map and link info alike */
+    memset(&attr, 0, sizeof attr);
+    memset(&info, 0, sizeof info);
+    attr.info.bpf_fd = fd;
+    attr.info.info_len = sizeof info;
+    attr.info.info = (unsigned long)&info;
+    return syscall(SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr, sizeof attr) == 0 ? info.id : 0;
+}
+
+/* Close the entry's fds that still hold the objects we gave (a number QEMU reused is not ours). Lock held. */
+static int close_ours(struct pending *p)
+{
+    int closed = 0;
+    for (int k = 0; k < p->nfds; k++)
+        if (p->ids[k] && bpf_id(p->fds[k]) == p->ids[k]) {
+            real_close(p->fds[k]);
+            closed++;
+        }
+    return closed;
+}
+
+static void forget(struct pending *p)  /* lock held */
+{
+    p->used = 0;
+    if (__atomic_sub_fetch(&npending, 1, __ATOMIC_SEQ_CST) == 0)
+        for (int i = 0; i < MAX_CONNS; i++)  /* output is not followed from here on: no stale piece */
+            conns[i].out_len = 0, conns[i].out_skip = 0;
+}
+
+/* An entry whose reply will never be seen: fds QEMU mapped are QEMU's, the others go. Lock held. */
+static void settle(struct pending *p, const char *why)
+{
+    if (p->taken) {
+        forget(p);
+        return;
+    }
+    int closed = close_ours(p);
+    say("device_add %s: %s; closed %d eBPF fds QEMU never used", p->id[0] ? p->id : "(no id)", why, closed);
+    forget(p);
+}
+
+/* Settle the entries of connections that went more than SETTLE_MS ago. Lock held. */
+static void settle_orphans(void)
+{
+    long now = now_ms();
+    for (int i = 0; i < MAX_PENDING; i++)
+        if (pendings[i].used && pendings[i].orphaned_ms && now - pendings[i].orphaned_ms >= SETTLE_MS)
+            settle(&pendings[i], "its connection went before the reply");
+}
+
+static void remember(const struct conn *c, const char *id, const int *fds, int n)
+{
+    pthread_mutex_lock(&lock);
+    settle_orphans();
+    struct pending *p = NULL, *oldest = NULL;
+    for (int i = 0; i < MAX_PENDING && !p; i++) {
+        if (!pendings[i].used)
+            p = &pendings[i];
+        else if (!oldest || pendings[i].since_ms < oldest->since_ms)
+            oldest = &pendings[i];
+    }
+    if (!p) {  /* full: the oldest has waited longest for a reply that is not coming */
+        settle(oldest, "no reply seen");
+        p = oldest;
+    }
+    memset(p, 0, sizeof *p);
+    p->used = 1;
+    p->conn_fd = c->fd;
+    p->conn_gen = c->gen;
+    p->since_ms = now_ms();
+    snprintf(p->id, sizeof p->id, "%s", id);
+    p->nfds = n;
+    for (int k = 0; k < n; k++) {
+        p->fds[k] = fds[k];
+        p->ids[k] = bpf_id(fds[k]);
+    }
+    __atomic_add_fetch(&npending, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&lock);
+}
+
+/* QEMU maps a map it was given: the device took its fds (src: ebpf_rss_load_fds). */
+static void mapped(int fd)
+{
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_PENDING; i++)
+        for (int k = 0; pendings[i].used && k < pendings[i].nfds; k++)
+            if (pendings[i].fds[k] == fd)
+                pendings[i].taken = 1;
+    pthread_mutex_unlock(&lock);
+}
+
+WRAPPED void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    if (!real_mmap)  /* another library's constructor maps before ours ran */
+        real_mmap = dlsym(RTLD_NEXT, "mmap");
+    if (fd >= 0 && (flags & MAP_SHARED) && __atomic_load_n(&npending, __ATOMIC_SEQ_CST) > 0)
+        mapped(fd);
+    return real_mmap(addr, len, prot, flags, fd, off);
+}
+
+WRAPPED void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    if (!real_mmap64 && !real_mmap)
+        real_mmap = dlsym(RTLD_NEXT, "mmap");
+    if (fd >= 0 && (flags & MAP_SHARED) && __atomic_load_n(&npending, __ATOMIC_SEQ_CST) > 0)
+        mapped(fd);
+    return (real_mmap64 ? real_mmap64 : real_mmap)(addr, len, prot, flags, fd, off);
 }
 
 /* ---- which fds are libvirt's monitor connections ---- */
 
+/* A racy look for a hint; whoever acts on a slot checks again under the lock. */
 static struct conn *find(int fd)
 {
     for (int i = 0; i < MAX_CONNS; i++)
-        if (conns[i].fd == fd)
+        if (__atomic_load_n(&conns[i].fd, __ATOMIC_RELAXED) == fd)
             return &conns[i];
     return NULL;
+}
+
+/* A connection's entries wait SETTLE_MS for a reply that can no longer come. Lock held. */
+static void orphan(const struct conn *c)
+{
+    for (int i = 0; i < MAX_PENDING; i++)
+        if (pendings[i].used && pendings[i].conn_fd == c->fd && pendings[i].conn_gen == c->gen && !pendings[i].orphaned_ms)
+            pendings[i].orphaned_ms = now_ms();
+}
+
+static void release_slot(struct conn *c)  /* lock held */
+{
+    orphan(c);
+    free(c->ins);
+    c->ins = NULL;
+    __atomic_store_n(&c->fd, -1, __ATOMIC_RELAXED);
 }
 
 static void watch(int fd)
@@ -137,15 +301,18 @@ static void watch(int fd)
     if (connections++)  /* libvirtd restarted (or another client came after libvirt's) */
         say("libvirt connected to the monitor again (connection %d)", connections);
     pthread_mutex_lock(&lock);
-    struct conn *c = find(fd);  /* a number reused after a close: start afresh */
+    settle_orphans();
+    struct conn *c = find(fd);  /* a number reused after a close we did not see: start afresh */
     if (!c)
         c = find(-1);
-    if (!c) {  /* more connections than libvirt ever makes: drop the oldest */
+    if (!c)  /* more connections than libvirt ever makes: the oldest slot goes */
         c = &conns[0];
-    }
-    free(c->ins);
+    if (c->fd >= 0)
+        release_slot(c);
+    int gen = c->gen + 1;
     memset(c, 0, sizeof *c);
-    c->fd = fd;
+    c->gen = gen;
+    __atomic_store_n(&c->fd, fd, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&lock);
 }
 
@@ -173,186 +340,195 @@ WRAPPED int close(int fd)
     if (listen_fd >= 0 && find(fd)) {
         pthread_mutex_lock(&lock);
         struct conn *c = find(fd);
-        if (c) {
-            free(c->ins);
-            c->ins = NULL;
-            c->fd = -1;
-        }
+        if (c)
+            release_slot(c);
         pthread_mutex_unlock(&lock);
     }
     return real_close(fd);
 }
 
-/* ---- a few JSON looks at one line (shims/brokercall.c walks it) ---- */
+/* ---- asking the broker ---- */
 
-/* The raw JSON of the value at v (a string with its quotes, a number…) into out, or "". */
-static void raw_value(const char *v, const char *end, char *out, size_t size)
+/* shims/brokercall.c is built into this object with recvmsg and close renamed to these: its
+ * socket to the broker never goes through the wrappers above. */
+__attribute__((visibility("hidden"))) ssize_t vebpf_next_recvmsg(int fd, struct msghdr *msg, int flags)
 {
-    size_t n = v ? (size_t)(json_value_end(v, end) - v) : 0;
-    out[0] = 0;
-    if (v && n < size) {
-        memcpy(out, v, n);
-        out[n] = 0;
+    return real_recvmsg(fd, msg, flags);
+}
+
+__attribute__((visibility("hidden"))) int vebpf_next_close(int fd)
+{
+    return real_close(fd);
+}
+
+static void base64(struct buf *b, const unsigned char *s, size_t n)
+{
+    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = s[i] << 16 | (i + 1 < n ? s[i + 1] << 8 : 0) | (i + 2 < n ? s[i + 2] : 0);
+        char o[4] = {a[v >> 18 & 63], a[v >> 12 & 63], i + 1 < n ? a[v >> 6 & 63] : '=', i + 2 < n ? a[v & 63] : '='};
+        buf_add(b, o, 4);
     }
 }
 
-/* Whether the string value at v is one of `names`. */
-static int string_in(const char *v, const char *end, const char *const *names)
+/* text with every @virt-ebpf-fd:K@ replaced by fds[K] (K < nfds), malloc'd; NULL when a K is out of range. */
+static char *name_fds(const char *text, const int *fds, int nfds)
 {
-    char *s = json_string(v, end);
-    int hit = 0;
-    for (int i = 0; s && names[i]; i++)
-        hit |= !strcmp(s, names[i]);
-    free(s);
-    return hit;
+    struct buf b = {0};
+    buf_add(&b, "", 0);
+    for (const char *s = text; *s;) {
+        const char *at = strstr(s, "@virt-ebpf-fd:");
+        if (!at) {
+            buf_str(&b, s);
+            break;
+        }
+        buf_add(&b, s, at - s);
+        const char *d = at + 14;
+        int k = 0, digits = 0;
+        while (*d >= '0' && *d <= '9' && digits < 4)
+            k = k * 10 + (*d++ - '0'), digits++;
+        if (!digits || *d != '@' || k >= nfds) {
+            free(b.p);
+            return NULL;
+        }
+        buf_fmt(&b, "%d", fds[k]);
+        s = d + 1;
+    }
+    return b.p;
 }
 
-static int wants_fds(const char *line, const char *end, const char *args)
-{
-    static const char *const device_add[] = {"device_add", NULL};
-    static const char *const virtio_net[] = {"virtio-net", "virtio-net-pci", "virtio-net-pci-transitional",
-                                             "virtio-net-pci-non-transitional", "virtio-net-device", "virtio-net-ccw", NULL};
-    static const char *const on[] = {"on", "yes", "true", "y", NULL};
-    const char *rss = json_member(args, end, "rss");
-    return string_in(json_member(line, end, "execute"), end, device_add) && string_in(json_member(args, end, "driver"), end, virtio_net) &&
-           rss && (!strncmp(rss, "true", 4) || string_in(rss, end, on)) &&
-           !json_member(args, end, "ebpf-rss-fds") && !json_member(args, end, "ebpf_rss_fds");
-}
+struct plan {
+    long at;              /* -1: the line passes as it is */
+    char *insert;         /* with the fd numbers in */
+    char *said;           /* a line for the log, or NULL */
+    int nfds, fds[MAX_FDS];
+};
 
-/* ---- the broker ---- */
-
-static unsigned bpf_id(int fd)
+/* device-plan for one line; 0 with *p filled, or -1 with a one-line reason (no fd left open). */
+static int plan_line(const char *line, size_t len, struct plan *p, char *why, size_t why_size)
 {
-    union bpf_attr attr;
-    struct bpf_prog_info info;  /* id comes first in prog, map and link info alike */
-    memset(&attr, 0, sizeof attr);
-    memset(&info, 0, sizeof info);
-    attr.info.bpf_fd = fd;
-    attr.info.info_len = sizeof info;
-    attr.info.info = (unsigned long)&info;
-    return syscall(SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr, sizeof attr) == 0 ? info.id : 0;
-}
-
-/* One acquire; returns the number of fds (and fills fds), or -1 with a one-line reason. */
-static int acquire(int *fds, char *why, size_t why_size)
-{
+    memset(p, 0, sizeof *p);
+    p->at = -1;
     struct buf req = {0};
-    buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"acquire\",\"emulator\":");
+    buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"device-plan\",\"emulator\":");
     buf_json(&req, emulator);
-    buf_str(&req, ",\"count\":1,\"domain\":{");
-    if (dom_name[0]) {
-        buf_str(&req, "\"name\":");
-        buf_json(&req, dom_name);
-    }
-    if (dom_uuid[0]) {
-        buf_str(&req, dom_name[0] ? ",\"uuid\":" : "\"uuid\":");
-        buf_json(&req, dom_uuid);
-    }
-    buf_str(&req, "}}\n");
+    buf_str(&req, ",\"line64\":\"");
+    base64(&req, (const unsigned char *)line, len);
+    buf_str(&req, "\"}\n");
     char *reply;
-    int nfds;
-    enum broker_result r = broker_call(req.p, req.len, 10, &reply, fds, &nfds, why, why_size);
+    int fds[VEBPF_MAX_FDS], nfds;
+    enum broker_result r = broker_call(req.p, req.len, PLAN_TIMEOUT_S, &reply, fds, &nfds, why, why_size);
     free(req.p);
     if (r != BROKER_OK)
         return -1;
     const char *end = reply + strlen(reply);
-    const char *ctx = json_first(json_member(json_skip_ws(reply, end), end, "contexts"), end);  /* [{"property":{"name":…},"fds":4,…}] */
-    char *prop = json_string(json_member(json_member(ctx, end, "property"), end, "name"), end);
-    const char *cnt = json_member(ctx, end, "fds");
-    int want = cnt ? atoi(cnt) : 0;
-    if (!prop || strcmp(prop, "ebpf-rss-fds")) {
-        snprintf(why, why_size, "hot-plug needs the ebpf-rss-fds property (QEMU >= 9.0); this emulator uses %s (HOTPLUG_UNSUPPORTED); "
-                 "add the NIC to the domain XML and restart the domain", prop ? prop : "no fd property");
-        want = -1;
-    } else if (want < 1 || want > nfds || want > MAX_FDS) {  /* (QEMU takes 4; more would not fit our bookkeeping) */
-        snprintf(why, why_size, "broker: sent %d fds for a context of %d (BROKER_PROTOCOL); check `virt-ebpf doctor`", nfds, want);
-        want = -1;
+    const char *obj = json_skip_ws(reply, end);
+    const char *at = json_member(obj, end, "at");
+    const char *want = json_member(obj, end, "fds");
+    char *insert = json_string(json_member(obj, end, "insert"), end);
+    char *said = json_string(json_member(obj, end, "say"), end);
+    long at_v = at && *at >= '0' && *at <= '9' ? strtol(at, NULL, 10) : -1;
+    int want_v = want && *want >= '0' && *want <= '9' ? atoi(want) : -1;
+    int ok = want_v == nfds && nfds <= MAX_FDS &&
+             ((at_v < 0 && !insert && nfds == 0) || (insert && at_v > 0 && (size_t)at_v < len));
+    if (ok && insert) {
+        p->insert = name_fds(insert, fds, nfds);
+        ok = p->insert && strlen(p->insert) <= MAX_SPLICE;
     }
-    for (int i = want < 0 ? 0 : want; i < nfds; i++)
-        close(fds[i]);
-    free(prop);
+    if (ok && said)
+        p->said = name_fds(said, fds, nfds);
+    free(insert);
+    free(said);
     free(reply);
-    return want;
+    if (!ok) {
+        snprintf(why, why_size, "broker: a device-plan that does not fit the line (%d fds for %d) (BROKER_PROTOCOL); check `virt-ebpf doctor`", nfds, want_v);
+        free(p->insert);
+        free(p->said);
+        for (int i = 0; i < nfds; i++)
+            real_close(fds[i]);
+        memset(p, 0, sizeof *p);
+        p->at = -1;
+        return -1;
+    }
+    p->at = insert ? at_v : -1;
+    p->nfds = nfds;
+    memcpy(p->fds, fds, nfds * sizeof *fds);
+    return 0;
 }
 
 /* ---- the monitor connection: libvirt -> QEMU ---- */
 
-static double ms_since(const struct timespec *t0)
+/* The raw JSON of the value at v (a string with its quotes, a number…) into out, or "". */
+static void raw_value(const char *v, const char *end, char *out, size_t size)
 {
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    return (t1.tv_sec - t0->tv_sec) * 1e3 + (t1.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
-static void remember(const char *id, const int *fds, int n)
-{
-    for (int i = 0; i < MAX_PENDING; i++) {
-        struct pending *p = &pendings[i];
-        if (p->nfds)
-            continue;
-        snprintf(p->id, sizeof p->id, "%s", id);
-        p->nfds = n;
-        __atomic_add_fetch(&npending, 1, __ATOMIC_SEQ_CST);
-        for (int k = 0; k < n; k++) {
-            p->fds[k] = fds[k];
-            p->ids[k] = bpf_id(fds[k]);
-        }
-        return;
+    const char *e = v ? json_value_end(v, end) : NULL;
+    out[0] = 0;
+    if (v && e && e > v && (size_t)(e - v) < size) {
+        memcpy(out, v, e - v);
+        out[e - v] = 0;
     }
 }
 
-/* Decide on a complete line [line, line+len) that QEMU is about to read. */
+/* The splice for one complete line [line, line+len) QEMU is about to read; *c set to hand it out. */
 static void decide(struct conn *c, const char *line, size_t len)
 {
     const char *end = line + len;
     c->line_left = len;
-    if (!memmem(line, len, "device_add", 10))
-        return;
-    const char *args = json_member(line, end, "arguments");
-    if (!args || *args != '{' || !wants_fds(line, end, args))
-        return;
-    char id[128], ins[20000], why[4096];
-    int fds[VEBPF_MAX_FDS];
-    char *devid = json_string(json_member(args, end, "id"), end);
-    const char *dev = devid ? devid : "anon";
-    raw_value(json_member(line, end, "id"), end, id, sizeof id);
+    if (!memmem(line, len, "device_add", 10) || !memmem(line, len, "rss", 3))
+        return;  /* nothing the broker would plan: not asked */
+    struct plan p;
+    char why[4096];
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int n = acquire(fds, why, sizeof why);
-    if (n < 0) {
-        if (strcmp(policy, "strict")) {
-            say("%s; policy is fallback: %s is added without eBPF RSS steering", why, dev);
-            free(devid);
-            return;
+    char *ins = NULL;
+    long at = -1;
+    if (plan_line(line, len, &p, why, sizeof why) == 0) {
+        if (p.said)
+            say("%s", p.said);
+        if (p.at >= 0 && p.nfds) {
+            char id[128];
+            raw_value(json_member(json_skip_ws(line, end), end, "id"), end, id, sizeof id);
+            remember(c, id, p.fds, p.nfds);
         }
-        say("device_add %s refused: %s", dev, why);
-        char msg[4300];
-        struct buf reason = {0};
-        snprintf(msg, sizeof msg, "virt-ebpf: %s", why);
-        buf_json(&reason, msg);
-        /* QEMU counts the names first (4), then fails on the first: "File descriptor named '<our text>' has not been found" */
-        snprintf(ins, sizeof ins, "\"ebpf-rss-fds\":[%s,%s,%s,%s],", reason.p, reason.p, reason.p, reason.p);
-        free(reason.p);
+        ins = p.insert;
+        at = p.at;
+        free(p.said);
     } else {
-        char list[128] = "";
-        for (int i = 0, k = 0; i < n; i++)
-            k += snprintf(list + k, sizeof list - k, "%s%d", i ? "," : "", fds[i]);
-        int k = snprintf(ins, sizeof ins, "\"ebpf-rss-fds\":[");
-        for (int i = 0; i < n; i++)
-            k += snprintf(ins + k, sizeof ins - k, "%s\"%d\"", i ? "," : "", fds[i]);
-        snprintf(ins + k, sizeof ins - k, "],");
-        say("device_add %s: eBPF RSS fds %s (broker %.1f ms)", dev, list, ms_since(&t0));
-        if (id[0])
-            remember(id, fds, n);
+        const char *args = json_member(json_skip_ws(line, end), end, "arguments");
+        char *dev = json_string(json_member(args, end, "id"), end);
+        int fallback = !strcmp(policy, "fallback");
+        if (fallback)
+            say("%s; policy is fallback: %s is added without eBPF RSS steering", why, dev ? dev : "the device");
+        else
+            say("device_add %s refused: %s", dev ? dev : "(no id)", why);
+        free(dev);
+        /* strict without the broker: the reason where the fd names go, so QEMU fails the
+         * device_add with it ("File descriptor named '<reason>' has not been found") */
+        if (fallback || !args || *args != '{')
+            return;
+        struct buf b = {0}, msg = {0};
+        buf_str(&msg, "virt-ebpf: ");
+        buf_str(&msg, why);
+        buf_str(&b, "\"ebpf-rss-fds\":[");
+        for (int i = 0; i < 4; i++) {
+            if (i)
+                buf_add(&b, ",", 1);
+            buf_json(&b, msg.p);
+        }
+        buf_str(&b, "],");
+        free(msg.p);
+        ins = b.p;
+        at = args + 1 - line;
     }
-    free(devid);
-    c->ins = strdup(ins);
-    if (!c->ins)
+    if (!ins || at < 0 || (size_t)at >= len) {
+        free(ins);
         return;
+    }
+    c->ins = ins;
     c->ins_len = strlen(ins);
     c->ins_off = 0;
-    c->before_ins = args + 1 - line;
-    c->after_ins = len - c->before_ins;
+    c->before_ins = at;
+    c->after_ins = len - at;
     c->line_left = 0;
 }
 
@@ -397,6 +573,20 @@ static ssize_t give(struct conn *c, struct msghdr *msg)
     return n;
 }
 
+/* Peek at the line at the head of the socket; a line still arriving is waited for (bounded, sleeping). */
+static ssize_t peek_line(int fd, char **nl)
+{
+    long deadline = now_ms() + PIECES_WAIT_MS;
+    for (int nap = 1;; nap = nap < 32 ? nap * 2 : 32) {
+        ssize_t n = recv(fd, peekbuf, PEEK_MAX, MSG_PEEK | MSG_DONTWAIT);
+        *nl = n > 0 ? memchr(peekbuf, '\n', n) : NULL;
+        if (n <= 0 || *nl || n == PEEK_MAX || now_ms() >= deadline)
+            return n;
+        struct timespec ts = {0, nap * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static ssize_t monitor_recv(struct conn *c, int fd, struct msghdr *msg, int flags)
 {
     if (c->ins) {
@@ -414,7 +604,7 @@ static ssize_t monitor_recv(struct conn *c, int fd, struct msghdr *msg, int flag
             c->line_left -= r;
         return r;
     }
-    if (c->line_left < 0) {  /* a line too long to look at: hand it out up to its end */
+    if (c->line_left < 0) {  /* a line not looked at: hand it out up to its end */
         ssize_t r = real_recvmsg(fd, msg, flags);
         size_t seen = 0;
         for (size_t k = 0; r > 0 && k < msg->msg_iovlen && seen < (size_t)r; k++) {
@@ -425,15 +615,13 @@ static ssize_t monitor_recv(struct conn *c, int fd, struct msghdr *msg, int flag
         }
         return r;
     }
-    ssize_t n = recv(fd, peekbuf, PEEK_MAX, MSG_PEEK | MSG_DONTWAIT);
+    char *nl;
+    ssize_t n = peek_line(fd, &nl);
     if (n <= 0)
         return real_recvmsg(fd, msg, flags);  /* EOF, nothing yet, or an error: QEMU sees it as it is */
-    char *nl = memchr(peekbuf, '\n', n);
-    if (!nl) {
-        if (n < PEEK_MAX && memmem(peekbuf, n, "device_add", 10)) {
-            errno = EAGAIN;  /* the rest of this line is on its way: decide on the whole of it */
-            return -1;
-        }
+    if (!nl) {  /* longer than we look at, or its end did not come in time: it passes as it is */
+        if (memmem(peekbuf, n, "device_add", 10))
+            say("a device_add line %s: it reaches QEMU unplanned", n == PEEK_MAX ? "longer than 64 KiB" : "whose end did not arrive within 1 s");
         c->line_left = -1;
         return monitor_recv(c, fd, msg, flags);
     }
@@ -443,60 +631,79 @@ static ssize_t monitor_recv(struct conn *c, int fd, struct msghdr *msg, int flag
 
 WRAPPED ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
-    if (listen_fd < 0 || !find(fd))  /* (a racy look first: the lock is for the monitor's fds only) */
+    struct conn *c = listen_fd >= 0 ? find(fd) : NULL;
+    if (!c)
         return real_recvmsg(fd, msg, flags);
-    pthread_mutex_lock(&lock);
-    struct conn *c = find(fd);
-    if (!c) {
-        pthread_mutex_unlock(&lock);
-        return real_recvmsg(fd, msg, flags);
-    }
+    /* One thread reads a connection (QEMU's monitor thread): its read state needs no lock. */
     ssize_t r = monitor_recv(c, fd, msg, flags);
-    if (r == 0)
-        c->fd = -1;  /* libvirt went away; QEMU accepts the next connection on listen_fd */
     int e = errno;
-    pthread_mutex_unlock(&lock);
+    if (r == 0) {  /* libvirt went away; QEMU accepts the next connection on listen_fd */
+        pthread_mutex_lock(&lock);
+        if (c->fd == fd)
+            release_slot(c);
+        pthread_mutex_unlock(&lock);
+    }
     errno = e;
     return r;
 }
 
 /* ---- QEMU -> libvirt: the replies to device_adds we gave fds to ---- */
 
-static void replied(const char *buf, size_t len)
+/* One complete reply line of connection c. Lock held. */
+static void replied(const struct conn *c, const char *ls, const char *le)
 {
-    for (const char *ls = buf, *end = buf + len; ls < end;) {
-        const char *le = memchr(ls, '\n', end - ls);
-        le = le ? le : end;
-        char id[128];
-        raw_value(json_member(json_skip_ws(ls, le), le, "id"), le, id, sizeof id);
-        for (int i = 0; id[0] && i < MAX_PENDING; i++) {
-            struct pending *p = &pendings[i];
-            if (!p->nfds || strcmp(p->id, id))
-                continue;
-            if (json_member(json_skip_ws(ls, le), le, "error")) {  /* QEMU did not keep them: close those still ours */
-                int closed = 0;
-                for (int k = 0; k < p->nfds; k++)
-                    if (p->ids[k] && bpf_id(p->fds[k]) == p->ids[k]) {
-                        close(p->fds[k]);
-                        closed++;
-                    }
-                say("device_add %s failed: closed %d eBPF fds", p->id, closed);
-            }
-            p->nfds = 0;
-            __atomic_sub_fetch(&npending, 1, __ATOMIC_SEQ_CST);
+    const char *obj = json_skip_ws(ls, le);
+    if (!json_member(obj, le, "return") && !json_member(obj, le, "error"))
+        return;  /* an event or the greeting */
+    char id[128];
+    raw_value(json_member(obj, le, "id"), le, id, sizeof id);
+    for (int i = 0; i < MAX_PENDING; i++) {
+        struct pending *p = &pendings[i];
+        if (!p->used || p->conn_fd != c->fd || p->conn_gen != c->gen || strcmp(p->id, id))
+            continue;
+        if (json_member(obj, le, "error"))  /* QEMU did not keep them: close those still ours */
+            say("device_add %s failed: closed %d eBPF fds", p->id[0] ? p->id : "(no id)", close_ours(p));
+        forget(p);
+        return;
+    }
+}
+
+/* Bytes QEMU writes to connection c: complete lines are looked at, a line in pieces is kept. Lock held. */
+static void written(struct conn *c, const char *buf, size_t len)
+{
+    for (const char *p = buf, *end = buf + len; p < end;) {
+        const char *nl = memchr(p, '\n', end - p);
+        size_t n = (nl ? nl : end) - p;
+        if (!c->out_skip && c->out_len + n <= sizeof c->out) {
+            memcpy(c->out + c->out_len, p, n);
+            c->out_len += n;
+        } else {
+            c->out_skip = 1;
         }
-        ls = le + 1;
+        if (!nl)
+            break;
+        if (!c->out_skip)
+            replied(c, c->out, c->out + c->out_len);
+        c->out_len = 0;
+        c->out_skip = 0;
+        p = nl + 1;
     }
 }
 
 WRAPPED ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
-    if (__atomic_load_n(&npending, __ATOMIC_SEQ_CST) > 0) {
-        pthread_mutex_lock(&lock);
-        if (find(fd))
-            for (size_t k = 0; k < msg->msg_iovlen; k++)
-                replied(msg->msg_iov[k].iov_base, msg->msg_iov[k].iov_len);
-        pthread_mutex_unlock(&lock);
+    ssize_t r = real_sendmsg(fd, msg, flags);
+    if (r <= 0 || __atomic_load_n(&npending, __ATOMIC_SEQ_CST) == 0 || listen_fd < 0 || !find(fd))
+        return r;
+    int e = errno;
+    pthread_mutex_lock(&lock);
+    struct conn *c = find(fd);
+    for (size_t k = 0, left = r; c && k < msg->msg_iovlen && left > 0; k++) {
+        size_t n = msg->msg_iov[k].iov_len < left ? msg->msg_iov[k].iov_len : left;
+        written(c, msg->msg_iov[k].iov_base, n);
+        left -= n;
     }
-    return real_sendmsg(fd, msg, flags);
+    pthread_mutex_unlock(&lock);
+    errno = e;
+    return r;
 }

@@ -115,22 +115,18 @@ static void hotplug_env(const char *real, int argc, char **argv, const char *pol
     }
     char fd[16];
     snprintf(fd, sizeof fd, "%d", lfd);
-    char *name = domain_name(argc, argv);
-    const char *uuid = option(argc, argv, "-uuid");
-    char *lower = ascii_lower(uuid ? uuid : "");
     setenv("LD_PRELOAD", so, 1);
     setenv("VIRT_EBPF_QMP_LISTEN", fd, 1);
     setenv("VIRT_EBPF_EMULATOR", real, 1);
+    /* Only for when the broker cannot be asked at hot-plug time; the broker knows it otherwise. */
     setenv("VIRT_EBPF_POLICY", policy, 1);
-    setenv("VIRT_EBPF_DOMAIN_NAME", name ? name : "", 1);
-    setenv("VIRT_EBPF_DOMAIN_UUID", lower ? lower : "", 1);
-    free(lower);
-    free(name);
+    setenv("VIRT_EBPF_BROKER_SOCKET", broker_socket(), 1);
     free(so);
 }
 
-/* exec-plan: the argv to run (NULL: run as asked) and its fds; exits under strict when refused. */
-static char **exec_plan(const char *real, int argc, char **argv, const char *policy, int *fds, int *nfds)
+/* exec-plan: the argv to run (NULL: run as asked) and its fds; exits under strict when refused.
+ * The broker's reply also says the domain's policy and hot-plug setting (*policy, *hotplug). */
+static char **exec_plan(const char *real, int argc, char **argv, const char **policy, int *hotplug, int *fds, int *nfds)
 {
     struct buf req = {0};
     buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"exec-plan\",\"emulator\":");
@@ -147,7 +143,7 @@ static char **exec_plan(const char *real, int argc, char **argv, const char *pol
     free(req.p);
     if (r != BROKER_OK) {
         fprintf(stderr, "virt-ebpf: %s\n", why);
-        if (!strcmp(policy, "strict"))
+        if (!strcmp(*policy, "strict"))
             exit(1);
         char *name = domain_name(argc, argv);
         fprintf(stderr, "virt-ebpf: policy is fallback: starting %s without eBPF RSS steering\n", name ? name : "the domain");
@@ -155,7 +151,15 @@ static char **exec_plan(const char *real, int argc, char **argv, const char *pol
         return NULL;
     }
     const char *end = reply + strlen(reply);
-    const char *list = json_member(json_skip_ws(reply, end), end, "argv");
+    const char *obj = json_skip_ws(reply, end);
+    char *said = json_string(json_member(obj, end, "policy"), end);
+    if (said && (!strcmp(said, "strict") || !strcmp(said, "fallback")))
+        *policy = !strcmp(said, "strict") ? "strict" : "fallback";
+    free(said);
+    const char *hp = json_member(obj, end, "hotplug");
+    if (hp && (!strncmp(hp, "true", 4) || !strncmp(hp, "false", 5)))
+        *hotplug = *hp == 't';
+    const char *list = json_member(obj, end, "argv");
     if (!list || *list != '[') {  /* null: no device to steer (e.g. rss=off) */
         free(reply);
         return NULL;
@@ -220,16 +224,20 @@ int main(int argc, char **argv)
     }
     int n = argc - 2;
     char **args = argv + 2;
-    char *state = domain_state(n, args);  /* read once: policy and hotplug both come from it */
+    /* What the hook recorded at prepare: the policy and hot-plug setting when the broker is not
+     * asked (no rss device on the command line) or cannot be. */
+    char *state = domain_state(n, args);
     const char *policy = resolve_policy(state);
+    int hotplug = hotplug_wanted(state);
+    free(state);
     int fds[VEBPF_MAX_FDS], nfds = 0;
     char **plan = NULL;
     for (int i = 0; i < n; i++)
         if (strstr(args[i], "rss")) {
-            plan = exec_plan(real, n, args, policy, fds, &nfds);
+            plan = exec_plan(real, n, args, &policy, &hotplug, fds, &nfds);
             break;
         }
-    if (hotplug_wanted(state))
+    if (hotplug)
         hotplug_env(real, n, args, policy);
     char **out = calloc(n + 2, sizeof *out);
     out[0] = (char *)real;

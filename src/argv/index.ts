@@ -1,2 +1,3 @@
 export * from './keyval';
 export * from './qemu-argv';
+export * from './device-add';

@@ -85,11 +85,17 @@ function namesFds(d: DeviceArg): boolean {
   return has('ebpf-rss-fds') || has('ebpf_rss_fds');
 }
 
+/** Whether a device (from the command line or a QMP device_add) wants eBPF RSS fds, and already names some. */
+export function isRssDevice(d: DeviceArg): { wants: boolean; hasFds: boolean } {
+  return { wants: isVirtioNetDriver(d.driver) && rssOn(d), hasFds: namesFds(d) };
+}
+
 /** virtio-net devices with rss on, in command-line order. */
 export function findRssDevices(argv: readonly string[]): RssDevice[] {
   return deviceArgs(argv)
-    .filter((d) => isVirtioNetDriver(d.driver) && rssOn(d))
-    .map((d) => ({ ...d, hasFds: namesFds(d) }));
+    .map((d) => ({ d, rss: isRssDevice(d) }))
+    .filter(({ rss }) => rss.wants)
+    .map(({ d, rss }) => ({ ...d, hasFds: rss.hasFds }));
 }
 
 function fdNumbers(value: unknown): number[] {

@@ -19,6 +19,7 @@ import { BrokerConfig, libvirtQemuAccount } from './config';
 import { Allowlist, Broker } from './server';
 import type { PoolSource, RefillTiming } from './pool';
 import { Loader } from './loader';
+import type { Policy } from '../wrapper/policy';
 
 function groupId(name: string): number | undefined {
   if (/^\d+$/.test(name)) return Number(name);
@@ -162,6 +163,7 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     onClose: () => loader.close(),
     maxReservedPerDomain: config.pool.maxReservedPerDomain,
     limits: config.limits,
+    policy: config.policy as Policy,
     reservations: { ttlMs: config.pool.reservationTtlMs, maxTotal: config.pool.maxReserved },
     resolve,
     logger,

@@ -4,6 +4,7 @@
  * Pure: parsing and validation of requests and replies; no sockets here.
  */
 import { VirtEbpfError, ErrorCode } from '../errors';
+import type { Policy } from '../wrapper/policy';
 
 export const PROTOCOL_VERSION = 1;
 /** One request line from root: large enough for a `hook` op's domain XML once JSON-escaped. */
@@ -23,6 +24,10 @@ export function fdPlaceholder(k: number): string {
   return `${FD_MARKER}${k}@`;
 }
 export const MAX_CONTEXTS_PER_REQUEST = 16; // 16 × 4 fds stays far below SCM_MAX_FD (253)
+/** The longest QMP line the hot-plug shim looks at (its peek buffer); `device-plan` takes no more. */
+export const MAX_QMP_LINE = 65536;
+/** The longest text a `device-plan` reply splices into a line (a refusal names its reason 4 times). */
+export const MAX_SPLICE = 8192;
 
 export interface DomainRef {
   name?: string;
@@ -37,6 +42,11 @@ export type Request =
   | { v: 1; id: number; op: 'status' }
   /** QEMU's command line as the emulator wrapper got it: the broker plans the devices (root peers and the QEMU account) */
   | { v: 1; id: number; op: 'exec-plan'; emulator: string; argv: string[] }
+  /**
+   * One QMP line the hot-plug shim saw QEMU about to read (base64 of its bytes): the broker
+   * plans what to splice into it, and with which fds (QEMU-account peers and root)
+   */
+  | { v: 1; id: number; op: 'device-plan'; emulator: string; line64: string }
   /** libvirt's hook at prepare/release, run inside the broker (root peers only) */
   | { v: 1; id: number; op: 'hook'; event: 'prepare' | 'release'; name: string; xml: string };
 
@@ -56,7 +66,12 @@ export type Reply =
   | { v: 1; id: number; ok: true; op: 'acquire'; contexts: ContextDescriptor[]; propTypes: Record<string, string> }
   | { v: 1; id: number; ok: true; op: 'prewarm'; ready: number }
   | { v: 1; id: number; ok: true; op: 'release'; dropped: number }
-  | { v: 1; id: number; ok: true; op: 'exec-plan'; argv: string[] | null; fds: number }
+  | { v: 1; id: number; ok: true; op: 'exec-plan'; argv: string[] | null; fds: number; policy: Policy; hotplug: boolean }
+  /**
+   * `insert` goes into the line at byte offset `at` (null: the line passes as it is); `say` is a
+   * line for QEMU's log. Both may name the K-th attached fd as `@virt-ebpf-fd:K@`.
+   */
+  | { v: 1; id: number; ok: true; op: 'device-plan'; at: number | null; insert: string | null; fds: number; say: string | null }
   | { v: 1; id: number; ok: true; op: 'hook'; code: number; stdout: string; stderr: string }
   | { v: 1; id: number; ok: true; op: 'status'; pools: Array<{ emulator: string; ready: number; target: number }>; reserved: number; reservationTtlMs: number; peers: number }
   | { v: 1; id: number; ok: false; error: { code: string; message: string; remedy: string } };
@@ -101,6 +116,7 @@ const ALLOWED_KEYS: Record<Op, string[]> = {
   prewarm: ['v', 'id', 'op', 'emulator', 'count', 'domain'],
   release: ['v', 'id', 'op', 'domain'],
   'exec-plan': ['v', 'id', 'op', 'emulator', 'argv'],
+  'device-plan': ['v', 'id', 'op', 'emulator', 'line64'],
   hook: ['v', 'id', 'op', 'event', 'name', 'xml'],
 };
 
@@ -112,6 +128,13 @@ function execArgv(v: unknown): string[] {
   if (bytes > MAX_EXEC_ARGV_BYTES) throw bad(`"argv" is longer than ${MAX_EXEC_ARGV_BYTES} bytes`);
   if (v.some((a: string) => a.includes(FD_MARKER))) throw bad(`"argv" already contains the fd marker ${FD_MARKER}…@`);
   return v as string[];
+}
+
+function qmpLine(v: unknown): string {
+  if (typeof v !== 'string' || v.length > Math.ceil(MAX_QMP_LINE / 3) * 4 || !/^[A-Za-z0-9+/]*={0,2}$/.test(v)) {
+    throw bad(`"line64" must be the base64 of a line of at most ${MAX_QMP_LINE} bytes`);
+  }
+  return v;
 }
 
 function hookFields(m: Record<string, unknown>): { event: 'prepare' | 'release'; name: string; xml: string } {
@@ -149,6 +172,8 @@ export function parseRequest(line: string): Request {
       return { v: 1, id, op: 'release', domain: domainRef(m.domain, true)! };
     case 'exec-plan':
       return { v: 1, id, op: 'exec-plan', emulator: emulatorPath(m.emulator), argv: execArgv(m.argv) };
+    case 'device-plan':
+      return { v: 1, id, op: 'device-plan', emulator: emulatorPath(m.emulator), line64: qmpLine(m.line64) };
     case 'hook':
       return { v: 1, id, op: 'hook', ...hookFields(m) };
     default:

@@ -26,6 +26,10 @@ import { FactsMemo } from '../hook/facts';
 import { Connection, ConnectionLimits, LINGER_MS } from './connection';
 import { Admissions } from './admission';
 import { identifyPeer, normalUuid, Peer } from './peer';
+import { DEFAULT_POLICY, Policy, readDomainState } from '../wrapper/policy';
+import { planDeviceAdd, propertyValue } from '../argv';
+import { isVirtEbpfError } from '../errors';
+import { MAX_SPLICE } from './protocol';
 
 export const BROKER_VERSION = '0.1.0';
 /** How long a refused peer may keep its end open after our one-line reply. */
@@ -73,6 +77,8 @@ export interface BrokerOptions {
   listenFd?: number;
   /** where the `hook` op keeps domain state and finds the install manifest (tests: scratch dirs) */
   hookEnv?: { stateDir?: string; manifest?: string };
+  /** the host's policy for a domain that recorded none (config.json `policy`; default strict) */
+  policy?: Policy;
 }
 
 /** The pool key of a domain: its uuid (lower case), else its name. */
@@ -103,6 +109,18 @@ interface Ctx {
 }
 
 const denied = (message: string, remedy: string) => new VirtEbpfError('BROKER_DENIED', message, { remedy });
+
+/**
+ * What makes QEMU refuse a device_add with our reason: the reason where the fd names go. QEMU
+ * looks the names up one by one and fails on the first, with "File descriptor named '<reason>'
+ * has not been found". Bounded: the shim splices at most MAX_SPLICE bytes.
+ */
+export function refusal(why: string): string {
+  const max = Math.floor((MAX_SPLICE - 64) / 4 / 6); // each character may become \uXXXX
+  const text = why.length > max ? `${why.slice(0, max - 1)}…` : why;
+  const name = JSON.stringify(text);
+  return `"ebpf-rss-fds":[${name},${name},${name},${name}],`;
+}
 
 export class Broker {
   readonly pool: ContextPool;
@@ -235,6 +253,12 @@ export class Broker {
     }
   }
 
+  /** A running domain's policy and hot-plug setting, as the hook recorded them at prepare. */
+  #domainSettings(uuid: string | undefined): { policy: Policy; hotplug: boolean } {
+    const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
+    return { policy: st.policy ?? this.opts.policy ?? DEFAULT_POLICY, hotplug: st.hotplug ?? true };
+  }
+
   /** The pool key a peer may use: root names any domain; a QEMU-account peer only its own. */
   #keyFor(peer: Peer, claimed?: DomainRef): string | undefined {
     return peer.root ? domainKey(claimed) : peer.domain;
@@ -298,8 +322,10 @@ export class Broker {
     },
     'exec-plan': async (ctx, req) => {
       const plan = planDevices(req.argv);
+      const domain = domainIdentity(req.argv);
+      const settings = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain);
       if (plan.devices.length === 0) {
-        await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'exec-plan', argv: null, fds: 0 });
+        await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'exec-plan', argv: null, fds: 0, ...settings });
         return;
       }
       if (plan.devices.length > MAX_CONTEXTS_PER_REQUEST) {
@@ -308,7 +334,6 @@ export class Broker {
         });
       }
       const source = await this.opts.resolve(req.emulator);
-      const domain = domainIdentity(req.argv);
       const contexts = await this.pool.take(source, plan.devices.length, this.#keyFor(ctx.peer, domain));
       let k = 0;
       const perDevice = contexts.map((c) => Array.from({ length: c.descriptor.fds }, () => fdPlaceholder(k++)));
@@ -319,7 +344,34 @@ export class Broker {
         contexts.forEach((c) => closeAll(c.fds));
         throw e;
       }
-      await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: k }, contexts, { emulator: req.emulator, domain });
+      await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: k, ...settings }, contexts, { emulator: req.emulator, domain });
+    },
+    'device-plan': async (ctx, req) => {
+      const plan = planDeviceAdd(Buffer.from(req.line64, 'base64'));
+      if (!plan) {
+        await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'device-plan', at: null, insert: null, fds: 0, say: null });
+        return;
+      }
+      const dev = plan.id ?? 'anon';
+      let contexts: LoadedContext[];
+      try {
+        const source = await this.opts.resolve(req.emulator);
+        contexts = await this.pool.take(source, 1, this.#keyFor(ctx.peer));
+      } catch (e) {
+        const why = isVirtEbpfError(e) ? e.oneLine() : `virt-ebpf: ${(e as Error).message}`;
+        ctx.log.warn('hot-plug without fds', { device: dev, error: why });
+        const { policy } = this.#domainSettings(ctx.peer.domain);
+        const reply = policy === 'fallback'
+          ? { at: null, insert: null, say: `${why}; policy is fallback: ${dev} is added without eBPF RSS steering` }
+          : { at: plan.at, insert: refusal(why), say: `device_add ${dev} refused: ${why}` };
+        await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'device-plan', fds: 0, ...reply });
+        return;
+      }
+      const c = contexts[0];
+      const names = Array.from({ length: c.descriptor.fds }, (_, k) => fdPlaceholder(k));
+      const insert = `${JSON.stringify(c.descriptor.property.name)}:${JSON.stringify(propertyValue(c.descriptor.property, names))},`;
+      const say = `device_add ${dev}: eBPF RSS fds ${names.join(',')} (broker ${(this.#us(ctx) / 1000).toFixed(1)} ms)`;
+      await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'device-plan', at: plan.at, insert, fds: names.length, say }, contexts, { emulator: req.emulator, device: dev });
     },
     acquire: async (ctx, req) => {
       const source = await this.opts.resolve(req.emulator);

@@ -34,6 +34,13 @@ export function domainStatePath(uuid: string, dir = DOMAIN_STATE_DIR): string | 
   return /^[0-9a-fA-F-]{36}$/.test(uuid) ? join(dir, `${uuid.toLowerCase()}.json`) : undefined;
 }
 
+/** What the hook recorded for a running domain at prepare: its policy and hot-plug setting. */
+export function readDomainState(uuid: string | undefined, dir = DOMAIN_STATE_DIR): { policy?: Policy; hotplug?: boolean } {
+  const path = uuid ? domainStatePath(uuid, dir) : undefined;
+  const st = path ? readJson(path) : undefined;
+  return { policy: isPolicy(st?.policy) ? st.policy : undefined, hotplug: typeof st?.hotplug === 'boolean' ? st.hotplug : undefined };
+}
+
 export function resolvePolicy(uuid: string | undefined, opts: { stateDir?: string; configPath?: string } = {}): Policy {
   const statePath = uuid ? domainStatePath(uuid, opts.stateDir) : undefined;
   const perDomain = statePath ? readJson(statePath)?.policy : undefined;

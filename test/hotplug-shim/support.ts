@@ -57,6 +57,8 @@ export interface DomainQemuOptions {
   stateDir: string;
   /** extra QEMU arguments (devices present at start) */
   extra?: string[];
+  /** the real emulator the wrapper names (default: QEMU) */
+  real?: string;
 }
 
 export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
@@ -64,7 +66,7 @@ export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
   chmodSync(o.dir, 0o755);
   // The wrapper as `virt-ebpf install` writes it (src/wrapper/script.ts): its #! runs the shim.
   const wrapper = join(o.dir, 'qemu-system-x86_64');
-  writeFileSync(wrapper, renderWrapper({ real: QEMU, shim: WRAPPER_SHIM, identity: 'test' }), { mode: 0o755 });
+  writeFileSync(wrapper, renderWrapper({ real: o.real ?? QEMU, shim: WRAPPER_SHIM, identity: 'test' }), { mode: 0o755 });
   const args = [
     '-name', `guest=${o.name},debug-threads=on`,
     '-uuid', o.uuid,
