@@ -12,7 +12,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { chownSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -89,17 +89,24 @@ test('a broker that never answers holds up that device_add boundedly, and nothin
   let stubOut = '';
   child.stdout!.on('data', (d) => (stubOut += d));
   await until('the stub broker', () => stubOut.includes('ready'), 10_000, 20);
-  const hmp = join(dir.path, 'hmp.sock');
+  const hmpDir = join(dir.path, 'hmp');
+  mkdirSync(hmpDir, { recursive: true });
+  chownSync(hmpDir, qemuUser.uid, qemuUser.gid); // QEMU binds it, as the QEMU account
+  const hmp = join(hmpDir, 'hmp.sock');
   const q = await domain({ broker: stub, extra: ['-monitor', `unix:${hmp},server=on,wait=off`] });
   const c = await connect(q);
   await addNetdev(c, 'hostnet1', 2, taps);
   await addNetdev(c, 'hostnet2', 2, taps);
+  c.close(); // QEMU's monitor takes one client at a time
+  await sleep(100);
   // An RSS device_add the stub relays to the broker: QEMU takes its fds. Its id is one QEMU
   // writes back spelled otherwise ("a\/b" comes back as "a/b").
   const first = await raw(q.monitor);
   first.s.write('{"execute":"qmp_capabilities"}\n' + JSON.stringify({ execute: 'device_add', arguments: rssNic('net1', 'hostnet1', 'pci.1') }).replace(/}$/, ',"id":"a\\/b"}') + '\n');
   await until('the first device_add\'s reply', () => first.got().includes('"a/b"'), 15_000, 20);
   assert.deepEqual(bpfFdsOf(q.pid), { progs: 1, maps: 3 });
+  first.s.destroy();
+  await sleep(100);
   // The second one waits for a broker that never answers.
   const second = await raw(q.monitor);
   second.s.write('{"execute":"qmp_capabilities"}\n' + JSON.stringify({ execute: 'device_add', arguments: rssNic('net2', 'hostnet2', 'pci.2'), id: 'stuck' }) + '\n');
@@ -115,7 +122,7 @@ test('a broker that never answers holds up that device_add boundedly, and nothin
   await until('the stuck device_add to be answered', () => second.got().includes('"stuck"'), 20_000, 50);
   const reply = second.got().split('\n').find((l) => l.includes('"stuck"'))!;
   assert.match(reply, /"error".*virt-ebpf: .*no reply within/);
-  for (const x of [first, second, h]) x.s.destroy();
+  for (const x of [second, h]) x.s.destroy();
   assert.ok(alive(q.pid));
 });
 
