@@ -1,12 +1,15 @@
 /*
  * What the three start-path shims share (shims/brokercall.c): one request to the broker
- * (src/broker/protocol.ts, version 1) with the fds of its reply, and the few JSON looks they
- * need. The shims are C because they sit on the path of every `virsh start` (each is a process
- * libvirt waits for, or code inside QEMU): they start in about a millisecond.
+ * (src/broker/protocol.ts, version 1) with the fds of its reply, and the files they read; the
+ * JSON looks they need are in json.h. The shims are C because they sit on the path of every
+ * `virsh start` (each is a process libvirt waits for, or code inside QEMU): they start in about
+ * a millisecond.
  */
 #ifndef VEBPF_H
 #define VEBPF_H
 #include <stddef.h>
+
+#include "json.h"
 
 #define VEBPF_BROKER_SOCKET "/run/virt-ebpf/broker.sock"
 #define VEBPF_STATE_DIR "/run/virt-ebpf/domains"
@@ -15,28 +18,6 @@
 #define VEBPF_MAX_FDS 253  /* SCM_MAX_FD */
 /* Our metadata's namespace in a domain XML (src/xml/config.ts XML_NAMESPACE). */
 #define VEBPF_XMLNS "https://virt-ebpf.org/xmlns/1.0"
-
-/* A growing string. */
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-void buf_add(struct buf *b, const char *s, size_t n);
-void buf_str(struct buf *b, const char *s);
-void buf_fmt(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* s as a JSON string, quotes included. */
-void buf_json(struct buf *b, const char *s);
-
-/* The value of member `key` of the object at `obj` ('{'), or NULL (strings and nesting walked). */
-const char *json_member(const char *obj, const char *end, const char *key);
-/* The string value at v, unescaped into a new malloc'd string, or NULL when v is not a string. */
-char *json_string(const char *v, const char *end);
-/* The first element of the array at v ('['), or NULL; json_next: the element after the one at v, or NULL. */
-const char *json_first(const char *v, const char *end);
-const char *json_next(const char *v, const char *end);
-const char *json_skip_ws(const char *p, const char *end);
-/* Just past the JSON value at v (a string with its quotes, a number, an object…). */
-const char *json_value_end(const char *v, const char *end);
 
 enum broker_result { BROKER_OK = 0, BROKER_REFUSED = 1, BROKER_UNREACHABLE = 2 };
 /*
