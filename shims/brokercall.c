@@ -173,16 +173,6 @@ char *read_script(const char *path, char *why, size_t why_size)
     return read_fd(fd, 1 << 16);
 }
 
-char *script_field(const char *text, const char *path, const char *key, char *why, size_t why_size)
-{
-    size_t klen = strlen(key);
-    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
-        if (!strncmp(line, key, klen) && line[klen] == '=')
-            return strndup(line + klen + 1, strcspn(line + klen + 1, "\n"));
-    snprintf(why, why_size, "%s has no %s= line; run `virt-ebpf install` again", path, key);
-    return NULL;
-}
-
 static const char *policy_of(const char *json)
 {
     if (!json)

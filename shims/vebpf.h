@@ -43,9 +43,6 @@ char *read_file(const char *path, size_t max);
  * not root's or is writable by others than root.
  */
 char *read_script(const char *path, char *why, size_t why_size);
-/* The value of the `key=` line of a script's text read from path, malloc'd; NULL (why says so)
- * when it has none. */
-char *script_field(const char *text, const char *path, const char *key, char *why, size_t why_size);
 /* "strict" or "fallback" from a domain's state JSON (may be NULL), else the global config, else strict. */
 const char *resolve_policy(const char *state);
 #endif
