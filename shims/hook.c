@@ -167,10 +167,11 @@ int main(int argc, char **argv)
     const char *obj = json_skip_ws(reply, end);
     char *out = json_string(json_member(obj, end, "stdout"), end);
     char *err = json_string(json_member(obj, end, "stderr"), end);
-    const char *code = json_member(obj, end, "code");
+    long code = 1;  /* a code that is no exit status (0-255) refuses the start, as a missing one does */
+    json_int(json_member(obj, end, "code"), end, 0, 255, &code);
     if (out)
         fputs(out, stdout);
     if (err)
         fputs(err, stderr);
-    return code ? atoi(code) : 1;
+    return (int)code;
 }

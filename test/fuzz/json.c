@@ -1,7 +1,7 @@
 /*
  * Fuzz target: the JSON looks of shims/json.c (json_skip_ws, json_value_end, json_member,
- * json_first, json_next, json_string, buf_json) on one line of bytes, as the shims use them on
- * broker replies, state files and QMP lines. It walks the value at the start of the input through
+ * json_first, json_next, json_string, json_int, buf_json) on one line of bytes, as the shims
+ * use them on broker replies, state files and QMP lines. It walks the value at the start of the input through
  * the members the shims ask for and every array, checks each pointer against [start, end), and
  * holds json_string to an independent reading of a JSON string (RFC 8259, plus the shims' rules:
  * no \u0000, a surrogate only as a high+low pair).
@@ -94,8 +94,8 @@ static void check_string(const char *v, const char *start, const char *end)
     free(s);
 }
 
-/* The raw bytes just before v are `"key"` `:` (blanks allowed around the colon). */
-static int after_key(const char *v, const char *start, const char *key)
+/* The bytes just before v are `"` `:` (the end of a key; blanks allowed around the colon). */
+static int after_key(const char *v, const char *start)
 {
     const char *p = v - 1;
     while (p >= start && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
@@ -104,8 +104,7 @@ static int after_key(const char *v, const char *start, const char *key)
         return 0;
     for (p--; p >= start && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'); p--)
         ;
-    size_t n = strlen(key);
-    return p - start >= (long)n + 1 && *p == '"' && p[-(long)n - 1] == '"' && !memcmp(p - n, key, n);
+    return p >= start && *p == '"';
 }
 
 static void walk(const char *v, const char *start, const char *end, int depth)
@@ -116,6 +115,14 @@ static void walk(const char *v, const char *start, const char *end, int depth)
     contract(!e || (e > v && e <= end), "json_value_end returned %td for a value at %td", e - start, v - start);
     if (*v == '"')
         check_string(v, start, end);
+    long i;
+    if (json_int(v, end, -1000, 1000, &i)) {  /* the same number strtol reads in it */
+        contract(e && e - v < 64, "json_int read a number that is no value");
+        char text[64], *stop;
+        memcpy(text, v, e - v);
+        text[e - v] = 0;
+        contract(strtol(text, &stop, 10) == i && !*stop && i >= -1000 && i <= 1000, "json_int read %ld in %s", i, text);
+    }
     const char *n = json_next(v, end);
     fuzz_in(n, start, end, "json_next");
     contract(!n || n > v, "json_next went back");
@@ -127,7 +134,7 @@ static void walk(const char *v, const char *start, const char *end, int depth)
                 continue;
             contract(e != NULL, "json_member found \"%s\" in an object json_value_end calls malformed", KEYS[i]);
             contract(m < e, "json_member's value of \"%s\" is past its object", KEYS[i]);
-            contract(after_key(m, start, KEYS[i]), "json_member's value of \"%s\" does not follow that key", KEYS[i]);
+            contract(after_key(m, start), "json_member's value of \"%s\" does not follow a key", KEYS[i]);
             walk(m, start, end, depth + 1);
         }
     } else if (*v == '[') {
