@@ -4,6 +4,7 @@
 
 #include "json.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,67 +28,95 @@ const char *option(int argc, char **argv, const char *opt)
     return v;
 }
 
-/* `-name guest=NAME,…` (or `-name NAME,…`); `,,` is an escaped comma. */
-char *domain_name(int argc, char **argv)
+/* The next option of a QEMU `key=value,…` list at *s (`,,` is a comma inside it), malloc'd, and
+ * *s moved past it; NULL past the last. */
+static char *next_opt(const char **s)
 {
-    const char *v = option(argc, argv, "-name");
-    if (!v)
+    const char *p = *s;
+    if (!p)
         return NULL;
-    if (!strncmp(v, "guest=", 6))
-        v += 6;
     struct buf b = {0};
     buf_add(&b, "", 0);
-    for (; *v && (*v != ',' || v[1] == ','); v += *v == ',' ? 2 : 1)
-        buf_add(&b, v, 1);
+    for (; *p && (*p != ',' || p[1] == ','); p += *p == ',' ? 2 : 1)
+        buf_add(&b, p, 1);
+    *s = *p ? p + 1 : NULL;
     return b.p;
 }
 
-/* The fd of libvirt's listening monitor socket: `-chardev socket,id=charmonitor,fd=N,server=on,…`. */
+char *domain_name(int argc, char **argv)
+{
+    const char *s = option(argc, argv, "-name");
+    char *name = NULL, *o;
+    for (int first = 1; (o = next_opt(&s)); first = 0, free(o)) {
+        const char *v = !strncmp(o, "guest=", 6) ? o + 6 : first && !strchr(o, '=') ? o : NULL;  /* guest is the implied key */
+        if (v) {
+            free(name);
+            name = strdup(v);
+        }
+    }
+    return name;
+}
+
+/* A file descriptor number: decimal digits only, at most INT_MAX; else -1. */
+static int fd_number(const char *s)
+{
+    int n = 0;
+    if (!*s)
+        return -1;
+    for (; *s; s++) {
+        int d = *s - '0';
+        if (d < 0 || d > 9 || n > (INT_MAX - d) / 10)
+            return -1;
+        n = n * 10 + d;
+    }
+    return n;
+}
+
 int monitor_fd(int argc, char **argv)
 {
     for (int i = 0; i + 1 < argc; i++) {
-        if ((strcmp(argv[i], "-chardev") && strcmp(argv[i], "--chardev")) || strncmp(argv[i + 1], "socket,", 7))
+        if (strcmp(argv[i], "-chardev") && strcmp(argv[i], "--chardev"))
             continue;
-        const char *a = argv[i + 1];
-        int fd = -1, server = 0, charmonitor = 0;
-        char *copy = strdup(a), *save = NULL;
-        for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+        const char *s = argv[i + 1];
+        int fd = -1, server = 0, charmonitor = 0, socket = 0;
+        char *o;
+        for (int first = 1; (o = next_opt(&s)); first = 0, free(o)) {
+            socket |= first && !strcmp(o, "socket");
             charmonitor |= !strcmp(o, "id=charmonitor");
             server |= !strcmp(o, "server=on");
-            if (!strncmp(o, "fd=", 3) && o[3] && strspn(o + 3, "0123456789") == strlen(o + 3))
-                fd = atoi(o + 3);
+            if (!strncmp(o, "fd=", 3))
+                fd = fd_number(o + 3);
         }
-        free(copy);
-        if (charmonitor && server && fd >= 0)
+        if (socket && charmonitor && server && fd >= 0)
             return fd;
     }
     return -1;
 }
 
-/* s with every @virt-ebpf-fd:K@ replaced by the K-th received fd's number. */
+#define FD_MARK "@virt-ebpf-fd:"
+
 char *with_fds(const char *s, const int *fds, int nfds)
 {
-    if (!strstr(s, "@virt-ebpf-fd:"))
+    if (!strstr(s, FD_MARK))
         return (char *)s;
     struct buf b = {0};
     buf_add(&b, "", 0);
-    while (*s) {
-        const char *at = strstr(s, "@virt-ebpf-fd:");
-        if (!at) {
-            buf_str(&b, s);
-            break;
-        }
+    for (const char *at; (at = strstr(s, FD_MARK));) {
         buf_add(&b, s, at - s);
-        char *endp;
-        long k = strtol(at + 14, &endp, 10);
-        if (*endp == '@' && endp > at + 14 && k >= 0 && k < nfds) {
+        /* K as the broker writes it (src/broker/protocol.ts fdPlaceholder): decimal, no sign, no
+         * leading zero, below VEBPF_MAX_FDS; anything else stays as it is */
+        const char *d = at + strlen(FD_MARK);
+        size_t n = strspn(d, "0123456789");
+        int k = n >= 1 && n <= 3 && d[n] == '@' && (d[0] != '0' || n == 1) ? atoi(d) : -1;
+        if (k >= 0 && k < nfds) {
             buf_fmt(&b, "%d", fds[k]);
-            s = endp + 1;
+            s = d + n + 1;
         } else {
             buf_add(&b, at, 1);
             s = at + 1;
         }
     }
+    buf_str(&b, s);
     return b.p;
 }
 
@@ -99,22 +128,51 @@ char *between(const char *text, const char *start, const char *stop)
     return j ? strndup(i + strlen(start), j - i - strlen(start)) : NULL;
 }
 
-/* An attribute of our `<virt-ebpf:config …>` element (src/xml writes it), if one of `allowed`. */
+/* Just past the name of the first `<virt-ebpf:config` start tag outside comments and CDATA
+ * sections, or NULL. */
+static const char *config_tag(const char *xml)
+{
+    static const char NAME[] = "<virt-ebpf:config";
+    const size_t n = sizeof NAME - 1;
+    for (const char *p = xml; (p = strchr(p, '<'));) {
+        const char *skip_to = !strncmp(p, "<!--", 4) ? "-->" : !strncmp(p, "<![CDATA[", 9) ? "]]>" : NULL;
+        if (skip_to) {
+            p = strstr(p + 4, skip_to);
+            if (!p)
+                return NULL;
+        } else if (!strncmp(p, NAME, n) && p[n] && strchr(" \t\r\n/>", p[n])) {
+            return p + n;
+        }
+        p++;
+    }
+    return NULL;
+}
+
 const char *config_attr(const char *xml, const char *name, const char *const *allowed, const char *dflt)
 {
-    char *tag = between(xml, "<virt-ebpf:config", ">");
-    const char *out = dflt;
-    for (int q = 0; tag && q < 2 && out == dflt; q++) {
-        char open[64], close[2] = {q ? '\'' : '"', 0};
-        snprintf(open, sizeof open, " %s=%s", name, close);
-        char *v = between(tag, open, close);
-        for (int i = 0; v && allowed[i]; i++)
-            if (!strcmp(v, allowed[i]))
-                out = allowed[i];
-        free(v);
+    static const char BLANKS[] = " \t\r\n";
+    size_t len = strlen(name);
+    for (const char *p = config_tag(xml); p;) {  /* name = "value" or 'value' ... up to > or /> */
+        p += strspn(p, BLANKS);
+        const char *attr = p;
+        p += strcspn(p, " \t\r\n=/>");
+        size_t alen = p - attr;
+        p += strspn(p, BLANKS);
+        if (*p != '=')
+            break;  /* the end of the tag, or not XML */
+        p += 1 + strspn(p + 1, BLANKS);
+        const char *end = *p == '"' || *p == '\'' ? strchr(p + 1, *p) : NULL;
+        if (!end)
+            break;
+        if (alen == len && !strncmp(attr, name, len)) {
+            for (int i = 0; allowed[i]; i++)
+                if (strlen(allowed[i]) == (size_t)(end - p - 1) && !strncmp(p + 1, allowed[i], end - p - 1))
+                    return allowed[i];
+            break;
+        }
+        p = end + 1;
     }
-    free(tag);
-    return out;
+    return dflt;
 }
 
 /* The text of the domain's <uuid>, blanks trimmed, malloc'd, or NULL. */
