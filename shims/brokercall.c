@@ -136,24 +136,35 @@ char *domain_state_path(const char *uuid)
     return b.p;
 }
 
-/* All of fd (NUL-terminated, malloc'd; reading stops past max bytes), then closes it. */
-static char *read_fd(int fd, size_t max)
+/* All of fd (NUL-terminated, malloc'd; *len its length), then closes it; NULL when it holds more
+ * than max bytes (errno EFBIG) or cannot be read (errno says why). */
+static char *read_fd(int fd, size_t max, size_t *len)
 {
     struct buf b = {0};
     char chunk[8192];
     ssize_t n;
     buf_add(&b, "", 0);
-    while ((n = read(fd, chunk, sizeof chunk)) > 0 && b.len < max)
+    while ((n = read(fd, chunk, sizeof chunk)) > 0 && b.len + n <= max)
         buf_add(&b, chunk, n);
+    int e = n < 0 ? errno : EFBIG;
     close(fd);
+    if (n != 0) {
+        free(b.p);
+        errno = e;
+        return NULL;
+    }
+    *len = b.len;
     return b.p;
 }
 
 char *read_file(const char *path, size_t max)
 {
+    size_t len;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    return fd < 0 ? NULL : read_fd(fd, max);
+    return fd < 0 ? NULL : read_fd(fd, max, &len);
 }
+
+#define MAX_SCRIPT (64 << 10)
 
 char *read_script(const char *path, char *why, size_t why_size)
 {
@@ -170,7 +181,18 @@ char *read_script(const char *path, char *why, size_t why_size)
         close(fd);
         return NULL;
     }
-    return read_fd(fd, 1 << 16);
+    size_t len;
+    char *text = read_fd(fd, MAX_SCRIPT, &len);
+    if (!text && errno == EFBIG)
+        snprintf(why, why_size, "%s is over %d KiB: not a script `virt-ebpf install` wrote; run `virt-ebpf install` again", path, MAX_SCRIPT >> 10);
+    else if (!text)
+        snprintf(why, why_size, "cannot read %s: %s; run `virt-ebpf install` again", path, strerror(errno));
+    else if (strlen(text) != len)
+        snprintf(why, why_size, "%s holds a NUL byte: not a script `virt-ebpf install` wrote; run `virt-ebpf install` again", path);
+    else
+        return text;
+    free(text);
+    return NULL;
 }
 
 static const char *policy_of(const char *json)

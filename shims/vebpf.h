@@ -34,13 +34,14 @@ char *ascii_lower(const char *s);
 /* $VIRT_EBPF_DOMAIN_STATE_DIR (or the default)/<uuid, lower case>.json, malloc'd; NULL unless
  * uuid is 36 characters of hex digits and dashes. The hook writes it, the wrapper reads it. */
 char *domain_state_path(const char *uuid);
-/* A whole file (NUL-terminated, malloc'd) or NULL. */
+/* A whole file (NUL-terminated, malloc'd), or NULL: missing, unreadable, or over max bytes. */
 char *read_file(const char *path, size_t max);
 /*
  * A script `virt-ebpf install` wrote (the hook file, an emulator wrapper: each starts with `#!`
  * and a shim, so the kernel runs that shim with the script's path as its first argument), whole
- * (NUL-terminated, malloc'd); NULL (why says so in one line) when the file cannot be read or is
- * not root's or is writable by others than root.
+ * (NUL-terminated, malloc'd); NULL (why says so in one line) when the file cannot be read, is
+ * not root's or is writable by others than root, is over 64 KiB or holds a NUL byte (a value cut
+ * short there could name another program).
  */
 char *read_script(const char *path, char *why, size_t why_size);
 /* "strict" or "fallback" from a domain's state JSON (may be NULL), else the global config, else strict. */

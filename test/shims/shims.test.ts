@@ -160,3 +160,20 @@ test('hook shim, broker down: policy and hotplug are our element\'s own attribut
     assert.deepEqual(JSON.parse(readFileSync(state, 'utf8')), { name: 'vm', uuid: id, policy: status ? 'strict' : 'fallback', hotplug }, what);
   }
 });
+
+test('the shims refuse a script over 64 KiB or with a NUL byte, in one line: a real= cut short there would name another program', () => {
+  const big = join(dir.path, 'big-wrapper');
+  const text = renderWrapper({ real: fakeQemu, shim: WRAPPER, identity: 'test' });
+  const at = text.indexOf('real=');
+  // real= straddles byte 65 536: read up to there, it would name a program that is a prefix of the real one
+  writeFileSync(big, text.slice(0, at) + '#'.repeat(65_536 - at - 'real='.length - 3) + '\n' + text.slice(at), { mode: 0o755 });
+  const nul = join(dir.path, 'nul-wrapper');
+  writeFileSync(nul, text.replace(`real=${fakeQemu}`, `real=${fakeQemu}\0-not-this`), { mode: 0o755 });
+  for (const [file, why] of [[big, 'is over 64 KiB'], [nul, 'holds a NUL byte']]) {
+    for (const f of ['argv', 'fds']) writeFileSync(`${fakeQemu}.${f}`, '');
+    const r = spawnSync(file, ['-version'], { env, encoding: 'utf8', timeout: 10_000 });
+    assert.equal(r.stderr, `virt-ebpf: ${file} ${why}: not a script \`virt-ebpf install\` wrote; run \`virt-ebpf install\` again\n`);
+    assert.equal(r.status, 1);
+    assert.equal(readFileSync(`${fakeQemu}.argv`, 'utf8'), '', 'nothing ran');
+  }
+});
