@@ -54,7 +54,7 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
     struct buf in = {0};
     char chunk[65536];
     enum broker_result r = BROKER_OK;
-    while (!in.p || !memchr(in.p, '\n', in.len)) {
+    for (int line = 0; !line;) {
         union {
             char b[CMSG_SPACE(sizeof(int) * VEBPF_MAX_FDS)];
             struct cmsghdr align;
@@ -89,6 +89,7 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
         if (r != BROKER_OK)
             break;
         buf_add(&in, chunk, n);
+        line = memchr(chunk, '\n', n) != NULL;  /* (only the new bytes: a long reply costs no rescans) */
     }
     close(s);
     if (r == BROKER_OK) {
