@@ -28,6 +28,11 @@ if ! command -v "$clang" >/dev/null; then
   echo "build-fuzz.sh: $clang not found: the fuzz targets need clang's libFuzzer; run scripts/setup.sh (it installs clang-14 and libclang-rt-14-dev)" >&2
   exit 1
 fi
+rt="$("$clang" -print-runtime-dir)/libclang_rt.fuzzer-$(uname -m).a"
+if [ ! -e "$rt" ]; then
+  echo "build-fuzz.sh: $clang has no libFuzzer runtime ($rt is missing); run scripts/setup.sh (it installs libclang-rt-14-dev)" >&2
+  exit 1
+fi
 flags=(-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -Wall -Wextra -Werror -I"$here/shims")
 mkdir -p "$out"
