@@ -14,6 +14,7 @@
  * node= and hook= lines, with the XML on its stdin.
  */
 #define _GNU_SOURCE
+#include "parse.h"
 #include "vebpf.h"
 
 #include <errno.h>
@@ -28,45 +29,14 @@
 #define HOOK_TIMEOUT_S 30  /* bounded: a hook that hangs would hang libvirt's start */
 #define MAX_XML (16 << 20)
 
-/* The text between the first `start` and the next `stop`, malloc'd, or NULL. */
-static char *between(const char *text, const char *start, const char *stop)
-{
-    const char *i = strstr(text, start);
-    const char *j = i ? strstr(i + strlen(start), stop) : NULL;
-    return j ? strndup(i + strlen(start), j - i - strlen(start)) : NULL;
-}
-
-/* An attribute of our `<virt-ebpf:config …>` element (src/xml writes it), if one of `allowed`. */
-static const char *config_attr(const char *xml, const char *name, const char *const *allowed, const char *dflt)
-{
-    char *tag = between(xml, "<virt-ebpf:config", ">");
-    const char *out = dflt;
-    for (int q = 0; tag && q < 2 && out == dflt; q++) {
-        char open[64], close[2] = {q ? '\'' : '"', 0};
-        snprintf(open, sizeof open, " %s=%s", name, close);
-        char *v = between(tag, open, close);
-        for (int i = 0; v && allowed[i]; i++)
-            if (!strcmp(v, allowed[i]))
-                out = allowed[i];
-        free(v);
-    }
-    free(tag);
-    return out;
-}
-
 static const char *const POLICIES[] = {"strict", "fallback", NULL};
 static const char *const ON_OFF[] = {"on", "off", NULL};
 
 /* The state file of the domain's <uuid> (domain_state_path), or NULL. */
 static char *state_path(const char *xml)
 {
-    const char *dom = strstr(xml, "<domain");
-    char *uuid = between(dom ? dom : xml, "<uuid>", "</uuid>");
-    if (!uuid)
-        return NULL;
-    char *u = uuid + strspn(uuid, " \t\r\n");
-    u[strcspn(u, " \t\r\n")] = 0;
-    char *path = domain_state_path(u);
+    char *uuid = domain_uuid(xml);
+    char *path = uuid ? domain_state_path(uuid) : NULL;
     free(uuid);
     return path;
 }
@@ -197,10 +167,11 @@ int main(int argc, char **argv)
     const char *obj = json_skip_ws(reply, end);
     char *out = json_string(json_member(obj, end, "stdout"), end);
     char *err = json_string(json_member(obj, end, "stderr"), end);
-    const char *code = json_member(obj, end, "code");
+    long code = 1;  /* a code that is no exit status (0-255) refuses the start, as a missing one does */
+    json_int(json_member(obj, end, "code"), end, 0, 255, &code);
     if (out)
         fputs(out, stdout);
     if (err)
         fputs(err, stderr);
-    return code ? atoi(code) : 1;
+    return (int)code;
 }

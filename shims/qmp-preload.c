@@ -427,8 +427,10 @@ static int plan_line(const char *line, size_t len, struct plan *p, char *why, si
     const char *want = json_member(obj, end, "fds");
     char *insert = json_string(json_member(obj, end, "insert"), end);
     char *said = json_string(json_member(obj, end, "say"), end);
-    long at_v = at && *at >= '0' && *at <= '9' ? strtol(at, NULL, 10) : -1;
-    int want_v = want && *want >= '0' && *want <= '9' ? atoi(want) : -1;
+    long at_v = -1, want_v = -1;
+    if (!json_int(at, end, 1, (long)len - 1, &at_v))
+        at_v = -1;  /* null: the line passes as it is */
+    json_int(want, end, 0, MAX_FDS, &want_v);
     int ok = want_v == nfds && nfds <= MAX_FDS &&
              ((at_v < 0 && !insert && nfds == 0) || (insert && at_v > 0 && (size_t)at_v < len));
     if (ok && insert) {
@@ -441,7 +443,7 @@ static int plan_line(const char *line, size_t len, struct plan *p, char *why, si
     free(said);
     free(reply);
     if (!ok) {
-        snprintf(why, why_size, "broker: a device-plan that does not fit the line (%d fds for %d) (BROKER_PROTOCOL); check `virt-ebpf doctor`", nfds, want_v);
+        snprintf(why, why_size, "broker: a device-plan that does not fit the line (%d fds for %ld) (BROKER_PROTOCOL); check `virt-ebpf doctor`", nfds, want_v);
         free(p->insert);
         free(p->said);
         for (int i = 0; i < nfds; i++)

@@ -1,12 +1,15 @@
 /*
  * What the three start-path shims share (shims/brokercall.c): one request to the broker
- * (src/broker/protocol.ts, version 1) with the fds of its reply, and the few JSON looks they
- * need. The shims are C because they sit on the path of every `virsh start` (each is a process
- * libvirt waits for, or code inside QEMU): they start in about a millisecond.
+ * (src/broker/protocol.ts, version 1) with the fds of its reply, and the files they read; the
+ * JSON looks they need are in json.h. The shims are C because they sit on the path of every
+ * `virsh start` (each is a process libvirt waits for, or code inside QEMU): they start in about
+ * a millisecond.
  */
 #ifndef VEBPF_H
 #define VEBPF_H
 #include <stddef.h>
+
+#include "json.h"
 
 #define VEBPF_BROKER_SOCKET "/run/virt-ebpf/broker.sock"
 #define VEBPF_STATE_DIR "/run/virt-ebpf/domains"
@@ -15,28 +18,6 @@
 #define VEBPF_MAX_FDS 253  /* SCM_MAX_FD */
 /* Our metadata's namespace in a domain XML (src/xml/config.ts XML_NAMESPACE). */
 #define VEBPF_XMLNS "https://virt-ebpf.org/xmlns/1.0"
-
-/* A growing string. */
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-void buf_add(struct buf *b, const char *s, size_t n);
-void buf_str(struct buf *b, const char *s);
-void buf_fmt(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* s as a JSON string, quotes included. */
-void buf_json(struct buf *b, const char *s);
-
-/* The value of member `key` of the object at `obj` ('{'), or NULL (strings and nesting walked). */
-const char *json_member(const char *obj, const char *end, const char *key);
-/* The string value at v, unescaped into a new malloc'd string, or NULL when v is not a string. */
-char *json_string(const char *v, const char *end);
-/* The first element of the array at v ('['), or NULL; json_next: the element after the one at v, or NULL. */
-const char *json_first(const char *v, const char *end);
-const char *json_next(const char *v, const char *end);
-const char *json_skip_ws(const char *p, const char *end);
-/* Just past the JSON value at v (a string with its quotes, a number, an object…). */
-const char *json_value_end(const char *v, const char *end);
 
 enum broker_result { BROKER_OK = 0, BROKER_REFUSED = 1, BROKER_UNREACHABLE = 2 };
 /*
@@ -53,18 +34,16 @@ char *ascii_lower(const char *s);
 /* $VIRT_EBPF_DOMAIN_STATE_DIR (or the default)/<uuid, lower case>.json, malloc'd; NULL unless
  * uuid is 36 characters of hex digits and dashes. The hook writes it, the wrapper reads it. */
 char *domain_state_path(const char *uuid);
-/* A whole file (NUL-terminated, malloc'd) or NULL. */
+/* A whole file (NUL-terminated, malloc'd), or NULL: missing, unreadable, or over max bytes. */
 char *read_file(const char *path, size_t max);
 /*
  * A script `virt-ebpf install` wrote (the hook file, an emulator wrapper: each starts with `#!`
  * and a shim, so the kernel runs that shim with the script's path as its first argument), whole
- * (NUL-terminated, malloc'd); NULL (why says so in one line) when the file cannot be read or is
- * not root's or is writable by others than root.
+ * (NUL-terminated, malloc'd); NULL (why says so in one line) when the file cannot be read, is
+ * not root's or is writable by others than root, is over 64 KiB or holds a NUL byte (a value cut
+ * short there could name another program).
  */
 char *read_script(const char *path, char *why, size_t why_size);
-/* The value of the `key=` line of a script's text read from path, malloc'd; NULL (why says so)
- * when it has none. */
-char *script_field(const char *text, const char *path, const char *key, char *why, size_t why_size);
 /* "strict" or "fallback" from a domain's state JSON (may be NULL), else the global config, else strict. */
 const char *resolve_policy(const char *state);
 #endif

@@ -15,6 +15,7 @@
  * global one, else strict).
  */
 #define _GNU_SOURCE
+#include "parse.h"
 #include "vebpf.h"
 
 #include <fcntl.h>
@@ -22,30 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static const char *option(int argc, char **argv, const char *opt)
-{
-    const char *v = NULL;
-    for (int i = 0; i + 1 < argc; i++)
-        if (!strcmp(argv[i], opt) || (argv[i][0] == '-' && !strcmp(argv[i] + 1, opt)))
-            v = argv[i + 1];
-    return v;
-}
-
-/* `-name guest=NAME,…` (or `-name NAME,…`); `,,` is an escaped comma. */
-static char *domain_name(int argc, char **argv)
-{
-    const char *v = option(argc, argv, "-name");
-    if (!v)
-        return NULL;
-    if (!strncmp(v, "guest=", 6))
-        v += 6;
-    struct buf b = {0};
-    buf_add(&b, "", 0);
-    for (; *v && (*v != ',' || v[1] == ','); v += *v == ',' ? 2 : 1)
-        buf_add(&b, v, 1);
-    return b.p;
-}
 
 /* What the hook recorded for this domain at prepare (policy, hotplug), or NULL. */
 static char *domain_state(int argc, char **argv)
@@ -63,28 +40,6 @@ static int hotplug_wanted(const char *state)
     const char *end = state + strlen(state);
     const char *v = json_member(json_skip_ws(state, end), end, "hotplug");
     return !(v && !strncmp(v, "false", 5));
-}
-
-/* The fd of libvirt's listening monitor socket: `-chardev socket,id=charmonitor,fd=N,server=on,…`. */
-static int monitor_fd(int argc, char **argv)
-{
-    for (int i = 0; i + 1 < argc; i++) {
-        if ((strcmp(argv[i], "-chardev") && strcmp(argv[i], "--chardev")) || strncmp(argv[i + 1], "socket,", 7))
-            continue;
-        const char *a = argv[i + 1];
-        int fd = -1, server = 0, charmonitor = 0;
-        char *copy = strdup(a), *save = NULL;
-        for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
-            charmonitor |= !strcmp(o, "id=charmonitor");
-            server |= !strcmp(o, "server=on");
-            if (!strncmp(o, "fd=", 3) && o[3] && strspn(o + 3, "0123456789") == strlen(o + 3))
-                fd = atoi(o + 3);
-        }
-        free(copy);
-        if (charmonitor && server && fd >= 0)
-            return fd;
-    }
-    return -1;
 }
 
 /* The path of a file beside this binary (the install keeps them together in PREFIX/dist/shims). */
@@ -179,33 +134,6 @@ static char **exec_plan(const char *real, int argc, char **argv, const char **po
     }
     out[n] = NULL;
     return out;
-}
-
-/* s with every @virt-ebpf-fd:K@ replaced by the K-th received fd's number. */
-static char *with_fds(const char *s, const int *fds, int nfds)
-{
-    if (!strstr(s, "@virt-ebpf-fd:"))
-        return (char *)s;
-    struct buf b = {0};
-    buf_add(&b, "", 0);
-    while (*s) {
-        const char *at = strstr(s, "@virt-ebpf-fd:");
-        if (!at) {
-            buf_str(&b, s);
-            break;
-        }
-        buf_add(&b, s, at - s);
-        char *endp;
-        long k = strtol(at + 14, &endp, 10);
-        if (*endp == '@' && endp > at + 14 && k >= 0 && k < nfds) {
-            buf_fmt(&b, "%d", fds[k]);
-            s = endp + 1;
-        } else {
-            buf_add(&b, at, 1);
-            s = at + 1;
-        }
-    }
-    return b.p;
 }
 
 int main(int argc, char **argv)

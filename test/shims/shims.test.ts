@@ -135,3 +135,45 @@ test('wrapper shim, a command line without rss or libvirt\'s monitor (capability
   assert.equal(r.stderr, '', 'no broker was asked (it is down: asking would have said so)');
   assert.equal(readFileSync(`${fakeQemu}.argv`, 'utf8'), ['-machine', 'none', '-qmp', 'stdio', 'x y'].join('\n') + '\n');
 });
+
+test('hook shim, broker down: policy and hotplug are our element\'s own attributes (either quote, blanks and lines around =), never text inside another attribute, a comment or CDATA', () => {
+  const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
+  const id = domainUuid(plain)!;
+  const state = join(stateDir, `${id}.json`);
+  const enabled = enableDomain(plain, { wrapperFor: wrapperInDir('/usr/libexec/virt-ebpf'), policy: 'strict' }).xml;
+  const tag = /<virt-ebpf:config [^>]*>/.exec(enabled)![0];
+  const prepare = (start: string) => {
+    const xml = enabled.replace(tag, start);
+    assert.notEqual(xml, enabled);
+    return spawnSync(hookFile, ['vm', 'prepare', 'begin', '-'], { env, input: xml, encoding: 'utf8', timeout: 10_000 });
+  };
+  const ns = `xmlns:virt-ebpf="${XML_NAMESPACE}"`;
+  const cases: Array<[string, string, number, boolean]> = [
+    ['another attribute\'s value', `<virt-ebpf:config ${ns} note='a policy="fallback" hotplug="off"' policy="strict">`, 1, true],
+    ['a comment and CDATA before', `<!-- <virt-ebpf:config policy="fallback" hotplug="off"> --><![CDATA[<virt-ebpf:config policy="fallback">]]><virt-ebpf:config ${ns} policy="strict">`, 1, true],
+    ['a longer element name before', `<virt-ebpf:configuration policy="fallback" hotplug="off"/><virt-ebpf:config ${ns} policy="strict">`, 1, true],
+    ['attributes on lines, single quotes, blanks around =', `<virt-ebpf:config\n\t${ns}\n\tpolicy = 'fallback'\n\thotplug=\n"off">`, 0, false],
+  ];
+  for (const [what, start, status, hotplug] of cases) {
+    const r = prepare(start);
+    assert.equal(r.status, status, `${what}: ${r.stderr}`);
+    assert.deepEqual(JSON.parse(readFileSync(state, 'utf8')), { name: 'vm', uuid: id, policy: status ? 'strict' : 'fallback', hotplug }, what);
+  }
+});
+
+test('the shims refuse a script over 64 KiB or with a NUL byte, in one line: a real= cut short there would name another program', () => {
+  const big = join(dir.path, 'big-wrapper');
+  const text = renderWrapper({ real: fakeQemu, shim: WRAPPER, identity: 'test' });
+  const at = text.indexOf('real=');
+  // real= straddles byte 65 536: read up to there, it would name a program that is a prefix of the real one
+  writeFileSync(big, text.slice(0, at) + '#'.repeat(65_536 - at - 'real='.length - 3) + '\n' + text.slice(at), { mode: 0o755 });
+  const nul = join(dir.path, 'nul-wrapper');
+  writeFileSync(nul, text.replace(`real=${fakeQemu}`, `real=${fakeQemu}\0-not-this`), { mode: 0o755 });
+  for (const [file, why] of [[big, 'is over 64 KiB'], [nul, 'holds a NUL byte']]) {
+    for (const f of ['argv', 'fds']) writeFileSync(`${fakeQemu}.${f}`, '');
+    const r = spawnSync(file, ['-version'], { env, encoding: 'utf8', timeout: 10_000 });
+    assert.equal(r.stderr, `virt-ebpf: ${file} ${why}: not a script \`virt-ebpf install\` wrote; run \`virt-ebpf install\` again\n`);
+    assert.equal(r.status, 1);
+    assert.equal(readFileSync(`${fakeQemu}.argv`, 'utf8'), '', 'nothing ran');
+  }
+});
