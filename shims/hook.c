@@ -47,9 +47,13 @@ static void remember(const char *name, const char *xml, const char *policy)
     if (!path)
         return;
     char *slash = strrchr(path, '/');
-    *slash = 0;
-    mkdir(path, 0755);
-    *slash = '/';
+    /* After a reboot /run/virt-ebpf may not exist yet (the broker's socket unit makes it):
+     * make every missing directory on the way. */
+    for (char *p = strchr(path + 1, '/'); p && p <= slash; p = strchr(p + 1, '/')) {
+        *p = 0;
+        mkdir(path, 0755);
+        *p = '/';
+    }
     char uuid[37];
     snprintf(uuid, sizeof uuid, "%s", slash + 1);
     struct buf b = {0};
