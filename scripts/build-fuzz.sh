@@ -15,6 +15,7 @@ targets=(
   "script       parse.c json.c"
   "wrapper-argv parse.c json.c"
   "hook-xml     parse.c json.c"
+  "splice       splice.c parse.c json.c"
 )
 
 if [ "${1:-}" = --list ]; then

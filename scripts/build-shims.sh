@@ -17,4 +17,4 @@ obj=$(mktemp -d)
 trap 'rm -rf "$obj"' EXIT
 cc "${cflags[@]}" -c -fPIC -fvisibility=hidden -o "$obj/brokercall.o" "$here/shims/brokercall.c" \
   '-Drecvmsg(f,m,o)=vebpf_next_recvmsg(f,m,o)' '-Dclose(f)=vebpf_next_close(f)'
-cc "${cflags[@]}" -shared -fPIC -fvisibility=hidden -o "$out/vebpf-qmp.so" "$here/shims/qmp-preload.c" "$obj/brokercall.o" "$here/shims/json.c" -ldl
+cc "${cflags[@]}" -shared -fPIC -fvisibility=hidden -o "$out/vebpf-qmp.so" "$here/shims/qmp-preload.c" "$here/shims/splice.c" "$here/shims/parse.c" "$obj/brokercall.o" "$here/shims/json.c" -ldl

@@ -35,6 +35,7 @@
  */
 #define _GNU_SOURCE
 #include "vebpf.h"
+#include "splice.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -52,11 +53,9 @@
 #include <unistd.h>
 
 #define PEEK_MAX 65536        /* the longest line looked at (src/broker/protocol.ts MAX_QMP_LINE) */
-#define MAX_SPLICE 8192       /* the most bytes spliced into one line (protocol.ts MAX_SPLICE) */
 #define MAX_CONNS 4
-#define MAX_FDS 8             /* per device_add; QEMU's RSS takes 4 */
+#define MAX_FDS SPLICE_MAX_FDS
 #define MAX_PENDING 16
-#define OUT_LINE_MAX 8192     /* a reply line longer than this is not a device_add's: not kept */
 #define PLAN_TIMEOUT_S 5      /* the longest a device_add waits for the broker */
 #define PIECES_WAIT_MS 1000   /* the longest a line in pieces is waited for */
 #define SETTLE_MS 2000        /* entries of a closed connection are settled this much later */
@@ -71,15 +70,13 @@ struct conn {
     size_t before_ins;    /* original bytes to hand out before them */
     size_t after_ins;     /* original bytes of the line after them */
     /* write side (QEMU's main thread): the reply line being written */
-    char out[OUT_LINE_MAX];
-    size_t out_len;
-    int out_skip;         /* the current output line is too long to be a reply we wait for */
+    struct reply_lines out;
 };
 
 struct pending {          /* a device_add we gave fds to, until its reply */
     int used;
     int conn_fd, conn_gen;
-    char id[128];         /* the command's raw JSON id ("" when it had none) */
+    char id[ID_MAX];      /* the command's id (command_id; "" when it had none) */
     int nfds, fds[MAX_FDS];
     unsigned ids[MAX_FDS];
     int taken;            /* QEMU mapped one of its maps: the fds are QEMU's now */
@@ -185,7 +182,7 @@ static void forget(struct pending *p)  /* lock held */
     p->used = 0;
     if (__atomic_sub_fetch(&npending, 1, __ATOMIC_SEQ_CST) == 0)
         for (int i = 0; i < MAX_CONNS; i++)  /* output is not followed from here on: no stale piece */
-            conns[i].out_len = 0, conns[i].out_skip = 0;
+            reply_lines_reset(&conns[i].out);
 }
 
 /* An entry whose reply will never be seen: fds QEMU mapped are QEMU's, the others go. Lock held. */
@@ -371,44 +368,10 @@ static void base64(struct buf *b, const unsigned char *s, size_t n)
     }
 }
 
-/* text with every @virt-ebpf-fd:K@ replaced by fds[K] (K < nfds), malloc'd; NULL when a K is out of range. */
-static char *name_fds(const char *text, const int *fds, int nfds)
+/* device-plan for one line: 0 with *p filled and the fds it names in fds/nfds, or -1 with a
+ * one-line reason (no fd left open). */
+static int plan_line(const char *line, size_t len, struct device_plan *p, int *fds, int *nfds, char *why, size_t why_size)
 {
-    struct buf b = {0};
-    buf_add(&b, "", 0);
-    for (const char *s = text; *s;) {
-        const char *at = strstr(s, "@virt-ebpf-fd:");
-        if (!at) {
-            buf_str(&b, s);
-            break;
-        }
-        buf_add(&b, s, at - s);
-        const char *d = at + 14;
-        int k = 0, digits = 0;
-        while (*d >= '0' && *d <= '9' && digits < 4)
-            k = k * 10 + (*d++ - '0'), digits++;
-        if (!digits || *d != '@' || k >= nfds) {
-            free(b.p);
-            return NULL;
-        }
-        buf_fmt(&b, "%d", fds[k]);
-        s = d + 1;
-    }
-    return b.p;
-}
-
-struct plan {
-    long at;              /* -1: the line passes as it is */
-    char *insert;         /* with the fd numbers in */
-    char *said;           /* a line for the log, or NULL */
-    int nfds, fds[MAX_FDS];
-};
-
-/* device-plan for one line; 0 with *p filled, or -1 with a one-line reason (no fd left open). */
-static int plan_line(const char *line, size_t len, struct plan *p, char *why, size_t why_size)
-{
-    memset(p, 0, sizeof *p);
-    p->at = -1;
     struct buf req = {0};
     buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"device-plan\",\"emulator\":");
     buf_json(&req, emulator);
@@ -416,60 +379,26 @@ static int plan_line(const char *line, size_t len, struct plan *p, char *why, si
     base64(&req, (const unsigned char *)line, len);
     buf_str(&req, "\"}\n");
     char *reply;
-    int fds[VEBPF_MAX_FDS], nfds;
-    enum broker_result r = broker_call(req.p, req.len, PLAN_TIMEOUT_S, &reply, fds, &nfds, why, why_size);
+    int got[VEBPF_MAX_FDS], n;
+    enum broker_result r = broker_call(req.p, req.len, PLAN_TIMEOUT_S, &reply, got, &n, why, why_size);
     free(req.p);
     if (r != BROKER_OK)
         return -1;
-    const char *end = reply + strlen(reply);
-    const char *obj = json_skip_ws(reply, end);
-    const char *at = json_member(obj, end, "at");
-    const char *want = json_member(obj, end, "fds");
-    char *insert = json_string(json_member(obj, end, "insert"), end);
-    char *said = json_string(json_member(obj, end, "say"), end);
-    long at_v = -1, want_v = -1;
-    if (!json_int(at, end, 1, (long)len - 1, &at_v))
-        at_v = -1;  /* null: the line passes as it is */
-    json_int(want, end, 0, MAX_FDS, &want_v);
-    int ok = want_v == nfds && nfds <= MAX_FDS &&
-             ((at_v < 0 && !insert && nfds == 0) || (insert && at_v > 0 && (size_t)at_v < len));
-    if (ok && insert) {
-        p->insert = name_fds(insert, fds, nfds);
-        ok = p->insert && strlen(p->insert) <= MAX_SPLICE;
-    }
-    if (ok && said)
-        p->said = name_fds(said, fds, nfds);
-    free(insert);
-    free(said);
+    int bad = device_plan_parse(reply, reply + strlen(reply), len, got, n, p);
     free(reply);
-    if (!ok) {
-        snprintf(why, why_size, "broker: a device-plan that does not fit the line (%d fds for %ld) (BROKER_PROTOCOL); check `virt-ebpf doctor`", nfds, want_v);
-        free(p->insert);
-        free(p->said);
-        for (int i = 0; i < nfds; i++)
-            real_close(fds[i]);
-        memset(p, 0, sizeof *p);
-        p->at = -1;
+    if (bad || n > MAX_FDS) {
+        device_plan_free(p);
+        snprintf(why, why_size, "broker: a device-plan that does not fit the line (%d fds) (BROKER_PROTOCOL); check `virt-ebpf doctor`", n);
+        for (int i = 0; i < n; i++)
+            real_close(got[i]);
         return -1;
     }
-    p->at = insert ? at_v : -1;
-    p->nfds = nfds;
-    memcpy(p->fds, fds, nfds * sizeof *fds);
+    memcpy(fds, got, n * sizeof *got);
+    *nfds = n;
     return 0;
 }
 
 /* ---- the monitor connection: libvirt -> QEMU ---- */
-
-/* The raw JSON of the value at v (a string with its quotes, a number…) into out, or "". */
-static void raw_value(const char *v, const char *end, char *out, size_t size)
-{
-    const char *e = v ? json_value_end(v, end) : NULL;
-    out[0] = 0;
-    if (v && e && e > v && (size_t)(e - v) < size) {
-        memcpy(out, v, e - v);
-        out[e - v] = 0;
-    }
-}
 
 /* The splice for one complete line [line, line+len) QEMU is about to read; *c set to hand it out. */
 static void decide(struct conn *c, const char *line, size_t len)
@@ -478,23 +407,23 @@ static void decide(struct conn *c, const char *line, size_t len)
     c->line_left = len;
     if (!memmem(line, len, "device_add", 10) || !memmem(line, len, "rss", 3))
         return;  /* nothing the broker would plan: not asked */
-    struct plan p;
+    struct device_plan p;
+    int fds[MAX_FDS], nfds = 0;
     char why[4096];
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     char *ins = NULL;
     long at = -1;
-    if (plan_line(line, len, &p, why, sizeof why) == 0) {
+    if (plan_line(line, len, &p, fds, &nfds, why, sizeof why) == 0) {
         if (p.said)
             say("%s", p.said);
-        if (p.at >= 0 && p.nfds) {
-            char id[128];
-            raw_value(json_member(json_skip_ws(line, end), end, "id"), end, id, sizeof id);
-            remember(c, id, p.fds, p.nfds);
+        if (p.at >= 0 && nfds) {
+            char id[ID_MAX];
+            command_id(json_skip_ws(line, end), end, id);
+            remember(c, id, fds, nfds);
         }
         ins = p.insert;
         at = p.at;
-        free(p.said);
+        p.insert = NULL;
+        device_plan_free(&p);
     } else {
         const char *args = json_member(json_skip_ws(line, end), end, "arguments");
         char *dev = json_string(json_member(args, end, "id"), end);
@@ -509,8 +438,14 @@ static void decide(struct conn *c, const char *line, size_t len)
         if (fallback || !args || *args != '{')
             return;
         struct buf b = {0}, msg = {0};
+        size_t cut = strlen(why);
+        if (cut > 512) {  /* bounded: 4 copies, each character maybe 6 once escaped */
+            cut = 512;
+            while (cut && ((unsigned char)why[cut] & 0xc0) == 0x80)
+                cut--;  /* not inside a UTF-8 sequence */
+        }
         buf_str(&msg, "virt-ebpf: ");
-        buf_str(&msg, why);
+        buf_add(&msg, why, cut);
         buf_str(&b, "\"ebpf-rss-fds\":[");
         for (int i = 0; i < 4; i++) {
             if (i)
@@ -651,44 +586,18 @@ WRAPPED ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 
 /* ---- QEMU -> libvirt: the replies to device_adds we gave fds to ---- */
 
-/* One complete reply line of connection c. Lock held. */
-static void replied(const struct conn *c, const char *ls, const char *le)
+/* A reply line of connection c (ctx): the entry of its command is done. Lock held. */
+static void replied(void *ctx, const char *id, int error)
 {
-    const char *obj = json_skip_ws(ls, le);
-    if (!json_member(obj, le, "return") && !json_member(obj, le, "error"))
-        return;  /* an event or the greeting */
-    char id[128];
-    raw_value(json_member(obj, le, "id"), le, id, sizeof id);
+    const struct conn *c = ctx;
     for (int i = 0; i < MAX_PENDING; i++) {
         struct pending *p = &pendings[i];
         if (!p->used || p->conn_fd != c->fd || p->conn_gen != c->gen || strcmp(p->id, id))
             continue;
-        if (json_member(obj, le, "error"))  /* QEMU did not keep them: close those still ours */
+        if (error)  /* QEMU did not keep them: close those still ours */
             say("device_add %s failed: closed %d eBPF fds", p->id[0] ? p->id : "(no id)", close_ours(p));
         forget(p);
         return;
-    }
-}
-
-/* Bytes QEMU writes to connection c: complete lines are looked at, a line in pieces is kept. Lock held. */
-static void written(struct conn *c, const char *buf, size_t len)
-{
-    for (const char *p = buf, *end = buf + len; p < end;) {
-        const char *nl = memchr(p, '\n', end - p);
-        size_t n = (nl ? nl : end) - p;
-        if (!c->out_skip && c->out_len + n <= sizeof c->out) {
-            memcpy(c->out + c->out_len, p, n);
-            c->out_len += n;
-        } else {
-            c->out_skip = 1;
-        }
-        if (!nl)
-            break;
-        if (!c->out_skip)
-            replied(c, c->out, c->out + c->out_len);
-        c->out_len = 0;
-        c->out_skip = 0;
-        p = nl + 1;
     }
 }
 
@@ -702,7 +611,7 @@ WRAPPED ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
     struct conn *c = find(fd);
     for (size_t k = 0, left = r; c && k < msg->msg_iovlen && left > 0; k++) {
         size_t n = msg->msg_iov[k].iov_len < left ? msg->msg_iov[k].iov_len : left;
-        written(c, msg->msg_iov[k].iov_base, n);
+        reply_lines_feed(&c->out, msg->msg_iov[k].iov_base, n, replied, c);
         left -= n;
     }
     pthread_mutex_unlock(&lock);
