@@ -34,9 +34,12 @@ if [ ! -e "$rt" ]; then
   echo "build-fuzz.sh: $clang has no libFuzzer runtime ($rt is missing); run scripts/setup.sh (it installs libclang-rt-14-dev)" >&2
   exit 1
 fi
+mkdir -p "$out/include"
+header="$here/dist/src/shims/header.js"
+[ -e "$header" ] || { echo "build-fuzz.sh: $header is missing; run npm run build first" >&2; exit 1; }
+node "$header" > "$out/include/vebpf-constants.h"
 flags=(-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-       -Wall -Wextra -Werror -I"$here/shims")
-mkdir -p "$out"
+       -Wall -Wextra -Werror -I"$here/shims" -I"$out/include")
 built=0
 for t in "${targets[@]}"; do
   read -r name srcs <<<"$t"

@@ -26,7 +26,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define HOOK_TIMEOUT_S 30  /* bounded: a hook that hangs would hang libvirt's start */
 #define MAX_XML (16 << 20)
 
 static const char *const POLICIES[] = {"strict", "fallback", NULL};
@@ -139,14 +138,15 @@ int main(int argc, char **argv)
         return to_node(hookfile, argv + 2, &xml);
 
     struct buf req = {0};
-    buf_fmt(&req, "{\"v\":1,\"id\":1,\"op\":\"hook\",\"event\":\"%s\",\"name\":", prepare ? "prepare" : "release");
+    buf_fmt(&req, "{\"v\":1,\"id\":1,\"op\":\"" VEBPF_OP_HOOK "\",\"event\":\"%s\",\"name\":", prepare ? "prepare" : "release");
     buf_json(&req, name);
     buf_str(&req, ",\"xml\":");
     buf_json(&req, xml.p);
     buf_str(&req, "}\n");
     char *reply, why[8192];
     int fds[VEBPF_MAX_FDS], nfds;
-    enum broker_result r = broker_call(req.p, req.len, HOOK_TIMEOUT_S, &reply, fds, &nfds, why, sizeof why);
+    /* bounded: a hook that hangs would hang libvirt's start */
+    enum broker_result r = broker_call(req.p, req.len, VEBPF_HOOK_TIMEOUT_S, &reply, fds, &nfds, why, sizeof why);
     for (int i = 0; i < nfds; i++)
         close(fds[i]);
     if (r == BROKER_REFUSED) {  /* the broker answered: it said no */

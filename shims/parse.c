@@ -3,6 +3,7 @@
 #include "parse.h"
 
 #include "json.h"
+#include "vebpf-constants.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -93,7 +94,7 @@ int monitor_fd(int argc, char **argv)
     return -1;
 }
 
-#define FD_MARK "@virt-ebpf-fd:"
+#define FD_MARK VEBPF_FD_MARK
 
 char *with_fds(const char *s, const int *fds, int nfds)
 {

@@ -52,11 +52,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PEEK_MAX 65536        /* the longest line looked at (src/broker/protocol.ts MAX_QMP_LINE) */
+#define PEEK_MAX VEBPF_MAX_QMP_LINE  /* the longest line looked at */
 #define MAX_CONNS 4
 #define MAX_FDS SPLICE_MAX_FDS
 #define MAX_PENDING 16
-#define PLAN_TIMEOUT_S 5      /* the longest a device_add waits for the broker */
 #define PIECES_WAIT_MS 1000   /* the longest a line in pieces is waited for */
 #define SETTLE_MS 2000        /* entries of a closed connection are settled this much later */
 
@@ -373,14 +372,14 @@ static void base64(struct buf *b, const unsigned char *s, size_t n)
 static int plan_line(const char *line, size_t len, struct device_plan *p, int *fds, int *nfds, char *why, size_t why_size)
 {
     struct buf req = {0};
-    buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"device-plan\",\"emulator\":");
+    buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"" VEBPF_OP_DEVICE_PLAN "\",\"emulator\":");
     buf_json(&req, emulator);
     buf_str(&req, ",\"line64\":\"");
     base64(&req, (const unsigned char *)line, len);
     buf_str(&req, "\"}\n");
     char *reply;
     int got[VEBPF_MAX_FDS], n;
-    enum broker_result r = broker_call(req.p, req.len, PLAN_TIMEOUT_S, &reply, got, &n, why, why_size);
+    enum broker_result r = broker_call(req.p, req.len, VEBPF_DEVICE_PLAN_TIMEOUT_S, &reply, got, &n, why, why_size);
     free(req.p);
     if (r != BROKER_OK)
         return -1;

@@ -7,8 +7,10 @@
 #define VEBPF_SPLICE_H
 #include <stddef.h>
 
-#define SPLICE_MAX 8192       /* the most bytes spliced into one line (src/broker/protocol.ts MAX_SPLICE) */
-#define SPLICE_MAX_FDS 8      /* fds one device_add may get (QEMU's RSS takes 4) */
+#include "vebpf-constants.h"
+
+#define SPLICE_MAX VEBPF_MAX_SPLICE
+#define SPLICE_MAX_FDS VEBPF_MAX_DEVICE_FDS
 #define REPLY_LINE_MAX 8192   /* a reply line longer than this is not a device_add's: not kept */
 #define ID_MAX 128
 

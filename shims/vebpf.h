@@ -10,14 +10,8 @@
 #include <stddef.h>
 
 #include "json.h"
-
-#define VEBPF_BROKER_SOCKET "/run/virt-ebpf/broker.sock"
-#define VEBPF_STATE_DIR "/run/virt-ebpf/domains"
-#define VEBPF_CONFIG "/etc/virt-ebpf/config.json"
-#define VEBPF_REMEDY "start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`"
-#define VEBPF_MAX_FDS 253  /* SCM_MAX_FD */
-/* Our metadata's namespace in a domain XML (src/xml/config.ts XML_NAMESPACE). */
-#define VEBPF_XMLNS "https://virt-ebpf.org/xmlns/1.0"
+/* Paths, op names and limits, generated from src/shims/constants.ts at build time. */
+#include "vebpf-constants.h"
 
 enum broker_result { BROKER_OK = 0, BROKER_REFUSED = 1, BROKER_UNREACHABLE = 2 };
 /*

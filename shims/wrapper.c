@@ -84,7 +84,7 @@ static void hotplug_env(const char *real, int argc, char **argv, const char *pol
 static char **exec_plan(const char *real, int argc, char **argv, const char **policy, int *hotplug, int *fds, int *nfds)
 {
     struct buf req = {0};
-    buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"exec-plan\",\"emulator\":");
+    buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"" VEBPF_OP_EXEC_PLAN "\",\"emulator\":");
     buf_json(&req, real);
     buf_str(&req, ",\"argv\":[");
     for (int i = 0; i < argc; i++) {
@@ -94,7 +94,7 @@ static char **exec_plan(const char *real, int argc, char **argv, const char **po
     }
     buf_str(&req, "]}\n");
     char *reply, why[8192];
-    enum broker_result r = broker_call(req.p, req.len, 10, &reply, fds, nfds, why, sizeof why);
+    enum broker_result r = broker_call(req.p, req.len, VEBPF_EXEC_PLAN_TIMEOUT_S, &reply, fds, nfds, why, sizeof why);
     free(req.p);
     if (r != BROKER_OK) {
         fprintf(stderr, "virt-ebpf: %s\n", why);

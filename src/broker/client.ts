@@ -6,9 +6,10 @@
 import * as libc from '../sys/libc';
 import { VirtEbpfError, isVirtEbpfError } from '../errors';
 import { OwnedFd, closeAll, recvFds } from '../fdpass';
+import { BROKER_REMEDY, BROKER_SOCKET } from '../shims/constants';
 import { encode, MAX_LINE, parseReply, Reply, Request } from './protocol';
 
-export const DEFAULT_SOCKET = '/run/virt-ebpf/broker.sock';
+export const DEFAULT_SOCKET = BROKER_SOCKET;
 
 type DistributiveOmit<T, K extends keyof any> = T extends unknown ? Omit<T, K> : never;
 export type RequestBody = DistributiveOmit<Request, 'v' | 'id'>;
@@ -22,7 +23,7 @@ let nextId = 1;
 
 function unreachable(path: string, why: string): VirtEbpfError {
   return new VirtEbpfError('BROKER_UNREACHABLE', `cannot reach the virt-ebpf broker at ${path}: ${why}`, {
-    remedy: 'start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`',
+    remedy: BROKER_REMEDY,
     fields: { path },
   });
 }

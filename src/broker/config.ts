@@ -6,13 +6,14 @@
 import { existsSync, readFileSync } from 'node:fs';
 import * as yup from 'yup';
 import { VirtEbpfError } from '../errors';
+import { BROKER_SOCKET, CONFIG_FILE } from '../shims/constants';
 import { DEFAULT_POLICY, POLICIES } from '../wrapper/policy';
 
-export const DEFAULT_CONFIG_PATH = '/etc/virt-ebpf/config.json';
+export const DEFAULT_CONFIG_PATH = CONFIG_FILE;
 
 const schema = yup
   .object({
-    socket: yup.string().matches(/^\//, 'must be an absolute path').default('/run/virt-ebpf/broker.sock'),
+    socket: yup.string().matches(/^\//, 'must be an absolute path').default(BROKER_SOCKET),
     cacheDir: yup.string().matches(/^\//, 'must be an absolute path').default('/var/cache/virt-ebpf/probe'),
     allowUsers: yup.array(yup.string().required()).default(undefined),
     allowGroups: yup.array(yup.string().required()).default(undefined),

@@ -5,6 +5,7 @@
  */
 import { VirtEbpfError, ErrorCode } from '../errors';
 import type { Policy } from '../wrapper/policy';
+import { FD_MARKER as SHARED_FD_MARKER, LIMITS } from '../shims/constants';
 
 export const PROTOCOL_VERSION = 1;
 /** One request line from root: large enough for a `hook` op's domain XML once JSON-escaped. */
@@ -19,15 +20,15 @@ export const MAX_HOOK_XML_BYTES = 4 * 1024 * 1024;
  * substitutes the fd number it received. A command line that already contains the marker is
  * refused so a real argument can never be rewritten.
  */
-export const FD_MARKER = '@virt-ebpf-fd:';
+export const FD_MARKER = SHARED_FD_MARKER;
 export function fdPlaceholder(k: number): string {
   return `${FD_MARKER}${k}@`;
 }
 export const MAX_CONTEXTS_PER_REQUEST = 16; // 16 × 4 fds stays far below SCM_MAX_FD (253)
 /** The longest QMP line the hot-plug shim looks at (its peek buffer); `device-plan` takes no more. */
-export const MAX_QMP_LINE = 65536;
+export const MAX_QMP_LINE = LIMITS.maxQmpLine;
 /** The longest text a `device-plan` reply splices into a line (a refusal names its reason 4 times). */
-export const MAX_SPLICE = 8192;
+export const MAX_SPLICE = LIMITS.maxSplice;
 
 export interface DomainRef {
   name?: string;

@@ -36,6 +36,8 @@ export const BROKER_VERSION = '0.1.0';
 export const REFUSED_LINGER_MS = LINGER_MS;
 /** Connections the broker keeps open at all (refused ones lingering included). */
 export const MAX_CONNECTIONS = 1024;
+/** How often the broker checks that its socket is still where peers look for it. */
+export const SOCKET_CHECK_MS = 2_000;
 /** Refused connections allowed to linger for their one-line reply; beyond, they are cut at once. */
 const MAX_LINGERING = 64;
 
@@ -127,6 +129,8 @@ export class Broker {
   /** domain XML facts for the hook op: a restart of a domain is not parsed again */
   readonly #facts = new FactsMemo();
   #server?: net.Server;
+  #socketCheck?: NodeJS.Timeout;
+  #relistening = false;
   readonly #admissions: Admissions<Slot>;
   readonly #limits: BrokerLimits;
   #lingering = 0;
@@ -140,10 +144,17 @@ export class Broker {
   }
 
   async start(): Promise<void> {
+    await this.#listen();
+    this.opts.logger.info('broker listening', { socket: this.opts.listenFd !== undefined ? `fd ${this.opts.listenFd}` : this.opts.socket, version: BROKER_VERSION });
+    if (this.opts.listenFd === undefined) {
+      this.#socketCheck = setInterval(() => void this.#checkSocket(), SOCKET_CHECK_MS);
+      this.#socketCheck.unref();
+    }
+  }
+
+  async #listen(): Promise<void> {
     const server = net.createServer((sock) => this.#accept(sock));
     server.maxConnections = MAX_CONNECTIONS;
-    server.on('error', (e) => this.opts.logger.error('listening socket failed', { error: e.message }));
-    this.#server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if (this.opts.listenFd !== undefined) {
@@ -158,10 +169,31 @@ export class Broker {
         });
       }
     });
-    this.opts.logger.info('broker listening', { socket: this.opts.listenFd !== undefined ? `fd ${this.opts.listenFd}` : this.opts.socket, version: BROKER_VERSION });
+    server.on('error', (e) => this.opts.logger.error('listening socket failed', { error: e.message }));
+    this.#server = server;
+  }
+
+  /**
+   * Peers find the broker by its socket's path: when that path is gone (/run/virt-ebpf removed,
+   * say), listen there again. Connections already open go on.
+   */
+  async #checkSocket(): Promise<void> {
+    if (this.#relistening || existsSync(this.opts.socket)) return;
+    this.#relistening = true;
+    try {
+      // Closing a unix socket server unlinks its path: the old one goes first.
+      await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
+      await this.#listen();
+      this.opts.logger.warn('the broker socket was gone: listening on it again', { socket: this.opts.socket });
+    } catch (e) {
+      this.opts.logger.error('cannot listen on the broker socket again', { socket: this.opts.socket, error: (e as Error).message });
+    } finally {
+      this.#relistening = false;
+    }
   }
 
   async close(): Promise<void> {
+    clearInterval(this.#socketCheck);
     for (const s of this.#admissions.all()) s.conn.sock.destroy();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
     this.pool.close();

@@ -7,6 +7,7 @@ import { SHIM_FILES } from './host';
 import { basename, join } from 'node:path';
 import { renderWrapper } from '../wrapper/script';
 import { VirtEbpfError } from '../errors';
+import { CONFIG_FILE } from '../shims/constants';
 
 export interface HostFacts {
   /** absolute path of node */
@@ -38,7 +39,7 @@ export const DEFAULT_PATHS: InstallPaths = {
   wrapperDir: '/usr/libexec/virt-ebpf',
   hookFile: '/etc/libvirt/hooks/qemu.d/virt-ebpf',
   unitDir: '/etc/systemd/system',
-  configFile: '/etc/virt-ebpf/config.json',
+  configFile: CONFIG_FILE,
   apparmorFile: '/etc/apparmor.d/abstractions/libvirt-qemu.d/virt-ebpf',
   aptFile: '/etc/apt/apt.conf.d/80virt-ebpf',
   manifest: '/var/lib/virt-ebpf/installed.json',

@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { CONFIG_FILE, DOMAIN_STATE_DIR } from '../shims/constants';
 
 export type Policy = 'strict' | 'fallback';
 export const POLICIES: readonly Policy[] = ['strict', 'fallback'];
@@ -15,7 +16,7 @@ export const POLICIES: readonly Policy[] = ['strict', 'fallback'];
  */
 export const DEFAULT_POLICY: Policy = 'strict';
 
-export const DOMAIN_STATE_DIR = '/run/virt-ebpf/domains';
+export { DOMAIN_STATE_DIR };
 
 function readJson(path: string): Record<string, unknown> | undefined {
   try {
@@ -45,6 +46,6 @@ export function resolvePolicy(uuid: string | undefined, opts: { stateDir?: strin
   const statePath = uuid ? domainStatePath(uuid, opts.stateDir) : undefined;
   const perDomain = statePath ? readJson(statePath)?.policy : undefined;
   if (isPolicy(perDomain)) return perDomain;
-  const global = readJson(opts.configPath ?? '/etc/virt-ebpf/config.json')?.policy;
+  const global = readJson(opts.configPath ?? CONFIG_FILE)?.policy;
   return isPolicy(global) ? global : DEFAULT_POLICY;
 }

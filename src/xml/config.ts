@@ -23,7 +23,8 @@ import { childElements, escapeAttr } from './source';
 import { DEFAULT_POLICY, POLICIES, type Policy } from '../wrapper/policy';
 
 /** One constant for our XML namespace; never change it (it identifies existing domains). */
-export const XML_NAMESPACE = 'https://virt-ebpf.org/xmlns/1.0';
+export { XML_NAMESPACE } from '../shims/constants';
+import { XML_NAMESPACE } from '../shims/constants';
 export const XML_PREFIX = 'virt-ebpf';
 export const CONFIG_VERSION = 1;
 

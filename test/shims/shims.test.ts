@@ -14,6 +14,7 @@ import { enableDomain, wrapperInDir, XML_NAMESPACE } from '../../src/xml';
 import { REPO, tempDir } from '../harness';
 import { SHIM_FILES } from '../../src/install/host';
 import { renderWrapper } from '../../src/wrapper/script';
+import { renderHeader } from '../../src/shims/header';
 
 const WRAPPER = join(REPO, 'dist/shims/vebpf-wrapper');
 const HOOK = join(REPO, 'dist/shims/vebpf-hook');
@@ -108,7 +109,7 @@ test('hook shim: a domain without our metadata is done at once, broker or not; t
     assert.deepEqual({ status: r.status, stdout: r.stdout, stderr: r.stderr }, { status: 0, stdout: '', stderr: '' }, ev.join(' '));
   }
   assert.ok(!existsSync(join(stateDir, `${domainUuid(plain)}.json`)), 'no state for a domain that is not ours');
-  assert.match(readFileSync(join(REPO, 'shims/vebpf.h'), 'utf8'), new RegExp(`#define VEBPF_XMLNS "${XML_NAMESPACE.replace(/[.]/g, '\\.')}"`));
+  assert.match(renderHeader(), new RegExp(`#define VEBPF_XMLNS "${XML_NAMESPACE.replace(/[.]/g, '\\.')}"`));
 });
 
 test('the hot-plug shim exports only the calls it wraps: nothing else of it can stand in for a symbol of QEMU or its libraries', () => {
