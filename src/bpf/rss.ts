@@ -1,5 +1,5 @@
 /**
- * What QEMU's RSS object must look like before we load it as root (DESIGN §2A, checked on the
+ * What QEMU's RSS object must look like before we load it as root (checked on the
  * QEMU 10.0.2 object). The broker loads only objects it fetched from trusted emulators, but an
  * exact shape check is cheap and turns "QEMU changed its object" into a clear refusal instead
  * of fds that QEMU would mmap with the wrong layout. Pure.
@@ -82,7 +82,7 @@ export function rssProblems(spec: BpfSpec): string[] {
   return p;
 }
 
-/** Accept exactly the RSS object of DESIGN §2A; anything else is BPF_UNEXPECTED_OBJECT naming what differs. */
+/** Accept exactly QEMU's RSS object (one program, the three maps above); anything else is BPF_UNEXPECTED_OBJECT naming what differs. */
 export function validateRssSpec(spec: BpfSpec): BpfSpec {
   const problems = rssProblems(spec);
   if (problems.length > 0) {

@@ -1,6 +1,6 @@
 /**
  * `parseBpfObject(bytes) → BpfSpec`: what an eBPF object declares, read without libbpf, without
- * the kernel and without privilege (DESIGN §7: spec vs object). It describes what libbpf would
+ * the kernel and without privilege (a spec, not a loaded object). It describes what libbpf would
  * create from the object — programs, BTF-defined maps, legacy `maps`, and the implicit maps
  * that global data sections turn into — so that a validator can refuse anything unexpected
  * before a single byte reaches the kernel.

@@ -1,5 +1,5 @@
 /**
- * Node marks every inherited fd close-on-exec at start-up (DESIGN §5). Before exec'ing QEMU we
+ * Node marks every inherited fd close-on-exec at start-up. Before exec'ing QEMU we
  * set the flag deliberately on every open fd: cleared on exactly stdio, the fds QEMU's argv
  * names and the BPF fds we add; set on everything else (Node's epoll, eventfd, pipes…).
  */

@@ -1,5 +1,5 @@
 /**
- * libvirt's qemu hook calls, as a closed set (DESIGN §3): argv `NAME OP SUBOP EXTRA` with `-`
+ * libvirt's qemu hook calls, as a closed set: argv `NAME OP SUBOP EXTRA` with `-`
  * for empty. Only the events we act on are named; everything else is `ignored`. Pure.
  */
 export type HookEvent =

@@ -1,5 +1,5 @@
 /**
- * The values of QEMU's three RSS maps, as bytes (DESIGN §2A). QEMU writes them through its mmap
+ * The values of QEMU's three RSS maps, as bytes (bpf/rss.ts has their layout). QEMU writes them through its mmap
  * in host byte order; we support little-endian hosts only (as decodeRssConfig does). Pure.
  *
  * The key map holds QEMU's `struct toeplitz_key_data_t { u32 leftmost_32_bits; u8 next_byte[36]; }`:

@@ -101,7 +101,7 @@ test('malformed ELF keeps its own code through parseRssObject', () => {
   assert.throws(() => parseRssObject(Buffer.alloc(0)), (e: unknown) => isVirtEbpfError(e, 'BPF_BAD_ELF'));
 });
 
-test('configuration value: the bytes a Linux guest made QEMU write (DESIGN §4)', () => {
+test('configuration value: the bytes a Linux guest made QEMU write', () => {
   const value = Buffer.from('01003f00000080000000', 'hex');
   assert.deepEqual(decodeRssConfig(value), { redirect: true, populateHash: false, hashTypes: 0x3f, indirectionsLen: 128, defaultQueue: 0 });
   // a view into a larger buffer (as from an mmap'ed map) decodes from its own offset

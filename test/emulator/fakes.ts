@@ -1,5 +1,5 @@
 /**
- * Tiny real executables standing in for broken or fake emulators (DESIGN principle 10), and
+ * Tiny real executables standing in for broken or fake emulators (no real QEMU is broken that way), and
  * process checks proving the probe left nothing running.
  */
 import { chmodSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';

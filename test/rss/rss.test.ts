@@ -116,7 +116,7 @@ test('queue decisions: table[hash % len]; redirect off, no covering hash type, a
 
 test('map values: config packs little-endian to 10 bytes; the key map holds the first word byte-swapped', () => {
   const cfg = { redirect: true, populateHash: false, hashTypes: 0x3f, indirectionsLen: 128, defaultQueue: 0 };
-  // DESIGN §4: what QEMU wrote after `ethtool -X eth0 equal 2` in a Debian 6.1 guest.
+  // What QEMU wrote after `ethtool -X eth0 equal 2` in a Debian 6.1 guest.
   assert.equal(encodeRssConfig(cfg).toString('hex'), '01003f00000080000000');
   assert.deepEqual(decodeRssConfig(encodeRssConfig(cfg)), cfg);
   const stored = keyToMapValue(MS_RSS_KEY);

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { bar, classify, decodeRssView, formatHistogram, formatStatus, queueHistogram, statusJson, type RawRssMaps, type StatusReport } from '../../src/status';
 import { keyToMapValue, MS_RSS_KEY } from '../../src/rss';
 
-// DESIGN §4: after `ethtool -X eth0 equal 2` in a Debian 6.1 guest QEMU wrote this config.
+// After `ethtool -X eth0 equal 2` in a Debian 6.1 guest QEMU wrote this config.
 const EQUAL2: RawRssMaps = {
   config: Buffer.from('01003f00000080000000', 'hex'),
   keyValue: keyToMapValue(MS_RSS_KEY),
