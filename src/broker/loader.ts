@@ -14,7 +14,7 @@ import { VirtEbpfError, type ErrorCode } from '../errors';
 import { OwnedFd, closeAll } from '../fdpass';
 import type { LoadedContext } from './pool';
 import type { LoaderMessage, LoadRequest } from './loader-worker';
-import type { ContextDescriptor } from './protocol';
+import type { ContextDescriptor } from '../context';
 
 export const IDLE_NICE = 19;
 

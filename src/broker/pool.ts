@@ -9,7 +9,7 @@
  * after the take). Under a steady stream of starts a refill waits at most `maxDeferMs`.
  */
 import { OwnedFd, closeAll } from '../fdpass';
-import type { ContextDescriptor } from './protocol';
+import type { ContextDescriptor } from '../context';
 
 export interface LoadedContext {
   descriptor: ContextDescriptor;

@@ -53,14 +53,8 @@ export type Request =
 
 export type Op = Request['op'];
 
-export interface ContextDescriptor {
-  protocol: 'request-ebpf' | 'helper';
-  property: { name: 'ebpf-rss-fds'; type: 'list' } | { name: 'ebpf_rss_fds'; type: 'string' };
-  /** how many of the attached fds belong to this context, in order */
-  fds: number;
-  progId?: number;
-  mapIds?: number[];
-}
+export type { ContextDescriptor } from '../context';
+import type { ContextDescriptor } from '../context';
 
 export type Reply =
   | { v: 1; id: number; ok: true; op: 'hello'; broker: string; version: string; uid: number }

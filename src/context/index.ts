@@ -9,7 +9,17 @@ import type { EmulatorCaps } from '../emulator/caps';
 import { rssObjectBytes } from '../emulator/caps';
 import { loadRss } from '../bpf';
 import { runHelper } from '../helper';
-import type { ContextDescriptor } from '../broker/protocol';
+import type { RssProperty } from '../argv';
+
+/** What a context is, as the broker describes it to a peer with its fds. */
+export interface ContextDescriptor {
+  protocol: 'request-ebpf' | 'helper';
+  property: RssProperty;
+  /** how many of the attached fds belong to this context, in order */
+  fds: number;
+  progId?: number;
+  mapIds?: number[];
+}
 
 export interface AcquiredContext {
   descriptor: ContextDescriptor;
