@@ -30,10 +30,8 @@ export const MAX_QMP_LINE = LIMITS.maxQmpLine;
 /** The longest text a `device-plan` reply splices into a line (a refusal names its reason 4 times). */
 export const MAX_SPLICE = LIMITS.maxSplice;
 
-export interface DomainRef {
-  name?: string;
-  uuid?: string;
-}
+export type { DomainRef } from '../hook/event';
+import type { DomainRef } from '../hook/event';
 
 export type Request =
   | { v: 1; id: number; op: 'hello' }

@@ -38,6 +38,12 @@ export function mayFail(e: HookEvent): boolean {
   return e.kind === 'prepare';
 }
 
+/** A domain as libvirt names it to us: by name and/or uuid. */
+export interface DomainRef {
+  name?: string;
+  uuid?: string;
+}
+
 export function domainUuid(xml: string): string | undefined {
   return /<domain\b[\s\S]*?<uuid>\s*([0-9a-fA-F-]{36})\s*<\/uuid>/.exec(xml)?.[1]?.toLowerCase();
 }

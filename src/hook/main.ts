@@ -5,14 +5,12 @@
  * running QEMU).
  */
 import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
-import { brokerRequest } from '../broker/client';
-import type { DomainRef } from '../broker/protocol';
-import { isVirtEbpfError } from '../errors';
+import { isVirtEbpfError, VirtEbpfError } from '../errors';
 import { disableDomain, domainFacts } from '../xml';
 import { DOMAIN_STATE_DIR, domainStatePath } from '../wrapper/policy';
 import { DEFAULT_PATHS } from '../install/plan';
-import { refreshWrappers, staleWrappers } from '../install/apply';
-import { domainUuid, HookEvent, mayFail, parseHookArgs } from './event';
+import { refreshIfStale } from '../install/apply';
+import { DomainRef, domainUuid, HookEvent, mayFail, parseHookArgs } from './event';
 import type { DomainFacts } from './facts';
 
 export interface HookResult {
@@ -23,7 +21,8 @@ export interface HookResult {
 
 /**
  * What the hook asks of the broker. Inside the broker (the `hook` op) these call the pool
- * directly: a blocking client to its own socket would deadlock the broker's event loop.
+ * directly: a blocking client to its own socket would deadlock the broker's event loop. Outside
+ * it (tests) src/broker/hook-client.ts asks over the socket.
  */
 export interface HookBroker {
   prewarm(emulator: string, count: number, domain: DomainRef): Promise<void>;
@@ -31,33 +30,28 @@ export interface HookBroker {
 }
 
 export interface HookEnv {
+  /** needed for prepare and release (migrate and restore never ask the broker) */
   broker?: HookBroker;
   /** the domain XML's facts (the broker passes its FactsMemo); default: parse each time */
   facts?: (xml: string) => DomainFacts;
-  socket?: string;
   stateDir?: string;
   manifest?: string;
-  timeoutMs?: number;
 }
 
-/** The broker over its socket, for a hook run outside the broker (`node main.js …`, tests). */
-export function clientBroker(env: HookEnv = {}): HookBroker {
-  return {
-    async prewarm(emulator, count, domain) {
-      brokerRequest({ op: 'prewarm', emulator, count, domain }, { socket: env.socket, timeoutMs: env.timeoutMs ?? 20_000 });
-    },
-    release(domain) {
-      brokerRequest({ op: 'release', domain }, { socket: env.socket, timeoutMs: env.timeoutMs ?? 5000 });
-    },
-  };
-}
+/** prepare/release reach Node only by mistake: the hook shim sends them to the broker. */
+const noBroker: HookBroker = {
+  prewarm: async () => {
+    throw new VirtEbpfError('USAGE', 'prepare runs inside the broker (the hook shim sends it there), not in this Node hook', { remedy: 'let libvirt run the installed hook file' });
+  },
+  release: () => undefined,
+};
 
 function line(e: unknown): string {
   return isVirtEbpfError(e) ? e.oneLine() : `virt-ebpf: ${String(e)}`;
 }
 
 export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}): Promise<HookResult> {
-  const broker = env.broker ?? clientBroker(env);
+  const broker = env.broker ?? noBroker;
   const ok = (stdout = '', stderr = ''): HookResult => ({ code: 0, stdout, stderr });
   if (event.kind === 'ignored' || event.kind === 'reconnect') return ok();
   let facts: DomainFacts;
@@ -98,9 +92,7 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
         mkdirSync(stateDir, { recursive: true, mode: 0o755 });
         writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy: cfg.policy, hotplug: cfg.hotplug === 'on' }) + '\n', { mode: 0o644 });
       }
-      const manifest = env.manifest ?? DEFAULT_PATHS.manifest;
-      if (existsSync(manifest) && staleWrappers(manifest).some((s) => s.wrapper === cfg.emulator.wrapper)) {
-        refreshWrappers(manifest);
+      if (refreshIfStale(env.manifest ?? DEFAULT_PATHS.manifest, cfg.emulator.wrapper)) {
         return fail(`virt-ebpf: ${cfg.emulator.original} changed since libvirt read its capabilities; the wrapper is refreshed so libvirt re-reads them: start ${event.name} again`);
       }
       const count = facts.rssNics.length;

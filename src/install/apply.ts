@@ -220,6 +220,16 @@ export function refreshWrappers(manifestPath: string): RefreshReport {
   return { refreshed, missing };
 }
 
+/**
+ * If this wrapper's real QEMU changed since libvirt read its capabilities, rewrite the wrapper
+ * (libvirt then re-reads them) and say so; the hook's one way to repair a stale wrapper.
+ */
+export function refreshIfStale(manifestPath: string, wrapper: string): boolean {
+  if (!existsSync(manifestPath) || !staleWrappers(manifestPath).some((s) => s.wrapper === wrapper)) return false;
+  refreshWrappers(manifestPath);
+  return true;
+}
+
 /** The real emulators our installed wrappers name (the broker allows these). */
 export function wrapperTargets(manifestPath: string): string[] {
   const out: string[] = [];

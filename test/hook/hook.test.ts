@@ -10,6 +10,7 @@ import { copyFileSync, existsSync, readFileSync, utimesSync, writeFileSync } fro
 import { join } from 'node:path';
 import { parseHookArgs, mayFail, mayReplaceXml, domainUuid } from '../../src/hook/event';
 import { runHook, HookEnv } from '../../src/hook/main';
+import { clientBroker } from '../../src/broker/hook-client';
 import { enableDomain, wrapperInDir, isEnabled } from '../../src/xml';
 import { install } from '../../src/install/apply';
 import { hostFacts } from '../../src/install/host';
@@ -18,7 +19,8 @@ import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
 const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
 const uuid = domainUuid(plain)!;
 const dir = tempDir();
-const env: HookEnv = { socket: join(dir.path, 'broker.sock'), stateDir: join(dir.path, 'state'), manifest: join(dir.path, 'none.json'), timeoutMs: 20_000 };
+const socket = join(dir.path, 'broker.sock');
+const env: HookEnv = { broker: clientBroker({ socket, timeoutMs: 20_000 }), stateDir: join(dir.path, 'state'), manifest: join(dir.path, 'none.json') };
 let broker: ChildProcess | undefined;
 
 function enabled(policy: 'strict' | 'fallback', wrapperDir = '/usr/libexec/virt-ebpf', hotplug?: 'on' | 'off'): string {
@@ -27,9 +29,9 @@ function enabled(policy: 'strict' | 'fallback', wrapperDir = '/usr/libexec/virt-
 
 async function startBroker(): Promise<void> {
   const cfg = join(dir.path, 'broker.json');
-  writeFileSync(cfg, JSON.stringify({ socket: env.socket, cacheDir: join(dir.path, 'cache'), pool: { size: 0 } }));
+  writeFileSync(cfg, JSON.stringify({ socket, cacheDir: join(dir.path, 'cache'), pool: { size: 0 } }));
   broker = spawn(process.execPath, [join(REPO, 'dist/src/cli/main.js'), 'broker', '--config', cfg], { stdio: 'ignore' });
-  for (let i = 0; i < 200 && !existsSync(env.socket!); i++) await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < 200 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
 }
 
 async function stopBroker(): Promise<void> {
