@@ -170,18 +170,19 @@ test('kill -9 of the broker during an acquire (16 contexts loading) and during a
 test('kill -9 of the broker during a refill', { timeout: 300_000 }, async () => {
   const pool = await useBroker({ size: 10 });
   const qemus = await startKeepers();
-  // The first take from this (empty) pool starts a refill of 10 once starts have settled.
-  const more = define('more', 1);
+  await waitFor('the pool to fill', 60_000, () => brokerProgs() === pool);
+  // An 8-NIC start takes 8 ready contexts; once starts have settled the pool refills them.
+  const more = define('more8', 8);
   virsh('start', more);
-  virsh('destroy', more);
   const seen: number[] = [];
   const deadline = Date.now() + 30_000;
-  for (let n = brokerProgs(); !(n > 0 && n < pool); n = brokerProgs()) {
+  for (let n = brokerProgs(); !(n > pool - 8 && n < pool); n = brokerProgs()) {
     seen.push(n);
-    assert.ok(Date.now() < deadline, `no refill under way: the broker held ${seen.join(' ')} programs`);
-    await new Promise((r) => setTimeout(r, 20));
+    assert.ok(Date.now() < deadline, `no refill under way: the broker held ${seen.slice(-20).join(' ')} programs`);
+    await new Promise((r) => setTimeout(r, 5));
   }
   await broker.crash();
+  virsh('destroy', more);
   await broker.start();
   await healthy('kill -9 during a refill', pool, qemus);
 });
