@@ -10,3 +10,5 @@ node dist/bench/index.js "$@"
 node dist/bench/coldstart.js
 # Hot-plug: what the hot-plug shim adds per command and per device_add, and its memory per domain.
 node dist/bench/hotplug.js
+# The soak: 1 000 start/destroy cycles (BENCH_SOAK_CYCLES), what the broker holds along the way.
+node dist/bench/soak.js
