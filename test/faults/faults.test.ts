@@ -15,6 +15,7 @@ import { needRoot, tempDir } from '../harness';
 import { readManifest } from '../../src/install/apply';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { readCmdline } from '../../src/sys/proc';
+import { brokerRequest } from '../../src/broker/client';
 import { BrokerChild, installForReal } from '../coldstart/fixture';
 import { bpfFds, cli, CONN, defineEnabled, domainState, domainXml, qemuPid, removeDomain, runAsync, testDomains, virsh, virshTry, waitFor } from '../coldstart/libvirt';
 
@@ -170,6 +171,7 @@ test('kill -9 of the broker during an acquire (16 contexts loading) and during a
 test('kill -9 of the broker during a refill', { timeout: 300_000 }, async () => {
   const pool = await useBroker({ size: 10 });
   const qemus = await startKeepers();
+  brokerRequest({ op: 'prewarm', emulator: '/usr/bin/qemu-system-x86_64', count: 1 }, { socket: broker.socket }); // fill the pool of this build
   await waitFor('the pool to fill', 60_000, () => brokerProgs() === pool);
   // An 8-NIC start takes 8 ready contexts; once starts have settled the pool refills them.
   const more = define('more8', 8);
