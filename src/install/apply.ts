@@ -11,6 +11,8 @@ import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
 import { parseWrapper, renderWrapper } from '../wrapper/script';
 import { Artifact, HostFacts, installPlan, resolvePaths } from './plan';
+import { assertTrustedExecutable } from '../sys/trust';
+import { readMarker } from './runtime';
 
 export interface ManifestEntry {
   kind: Artifact['kind'];
@@ -38,6 +40,15 @@ function writeAtomic(path: string, content: string, mode: number): void {
   writeFileSync(tmp, content, { mode });
   chmodSync(tmp, mode);
   renameSync(tmp, path);
+}
+
+/**
+ * Everything root runs from an install — node (the hook's `node=`, the unit's ExecStart), the
+ * shims, the CLI and the prefix with every directory above it — must be root's alone.
+ */
+function assertTrustedRuntime(facts: HostFacts): void {
+  assertTrustedExecutable(facts.node, 'node');
+  assertTrustedExecutable(facts.prefix, 'prefix');
 }
 
 /**
@@ -107,6 +118,7 @@ export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): Inst
       remedy: 'run `npm run build` in the checkout (needs cc: apt-get install gcc libc6-dev), then install again',
     });
   }
+  assertTrustedRuntime(facts);
   const paths = resolvePaths(facts);
   const plan = installPlan(facts);
   const previous = readManifest(paths.manifest);
@@ -165,10 +177,15 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   }
   unlinkSync(manifestPath);
   pruneEmptyDirs(dirname(manifestPath));
-  // The copied runtime (see runtime.ts), only if it is ours: it holds our marker files.
-  if (opts.removeTree && existsSync(join(opts.removeTree, 'dist/src/cli/main.js')) && (existsSync(join(opts.removeTree, 'templates/hook')) || existsSync(join(opts.removeTree, 'templates/hook.sh')))) {
-    rmSync(opts.removeTree, { recursive: true, force: true });
-    removed.push(opts.removeTree);
+  // The runtime install copied (see runtime.ts), only if install owns it: never the package's
+  // (dpkg removes that), never a directory without our marker (unless it has the layout of a
+  // runtime copied before the marker existed).
+  const tree = opts.removeTree;
+  const marker = tree ? readMarker(tree) : null;
+  const legacy = tree && !marker && existsSync(join(tree, 'dist/src/cli/main.js')) && (existsSync(join(tree, 'templates/hook')) || existsSync(join(tree, 'templates/hook.sh')));
+  if (tree && (marker?.owner === 'install' || legacy)) {
+    rmSync(tree, { recursive: true, force: true });
+    removed.push(tree);
   }
   if (opts.rescan !== false) rescanHooks();
   return { removed, kept };

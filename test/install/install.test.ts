@@ -5,37 +5,22 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, readdirSync, utimesSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { install, uninstall, refreshWrappers, staleWrappers, readManifest } from '../../src/install/apply';
-import { installPlan, InstallPaths } from '../../src/install/plan';
+import { installPlan } from '../../src/install/plan';
 import { hostFacts } from '../../src/install/host';
 import { parseWrapper } from '../../src/wrapper/script';
 import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
-
-function scratchPaths(root: string): InstallPaths {
-  return {
-    wrapperDir: join(root, 'usr/libexec/virt-ebpf'),
-    hookFile: join(root, 'etc/libvirt/hooks/qemu.d/virt-ebpf'),
-    unitDir: join(root, 'etc/systemd/system'),
-    configFile: join(root, 'etc/virt-ebpf/config.json'),
-    apparmorFile: join(root, 'etc/apparmor.d/abstractions/libvirt-qemu.d/virt-ebpf'),
-    aptFile: join(root, 'etc/apt/apt.conf.d/80virt-ebpf'),
-    manifest: join(root, 'var/lib/virt-ebpf/installed.json'),
-  };
-}
-
-function allFiles(dir: string): string[] {
-  if (!existsSync(dir)) return [];
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? allFiles(join(dir, e.name)) : [join(dir, e.name)]));
-}
+import { allFiles, scratchPaths, trustedPrefix } from './scratch';
 
 test('install writes exactly the plan, uninstall removes exactly that, the user\'s config survives', () => {
   needRoot('writes root-owned files');
   const d = tempDir();
   try {
     const paths = scratchPaths(d.path);
-    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: true, apparmor: true, apt: true };
+    const prefix = trustedPrefix();
+    const facts = { ...hostFacts({ prefix, emulators: [QEMU], paths }), systemd: true, apparmor: true, apt: true };
     const plan = installPlan(facts);
     assert.deepEqual(plan.map((a) => a.kind).sort(), ['apparmor', 'apt', 'config', 'hook', 'unit', 'unit', 'wrapper']);
     const r = install(facts, { rescan: false });
@@ -46,11 +31,11 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     }
     const wrapper = parseWrapper(readFileSync(join(paths.wrapperDir, 'qemu-system-x86_64'), 'utf8'));
     assert.equal(wrapper?.real, QEMU);
-    assert.equal(wrapper?.shim, join(REPO, 'dist/shims/vebpf-wrapper'), 'the C wrapper shim, named absolutely');
+    assert.equal(wrapper?.shim, join(prefix, 'dist/shims/vebpf-wrapper'), 'the C wrapper shim, named absolutely');
     const hook = readFileSync(paths.hookFile, 'utf8');
-    assert.equal(hook.split('\n')[0], `#!${REPO}/dist/shims/vebpf-hook`, 'the kernel runs the C hook shim: no shell');
+    assert.equal(hook.split('\n')[0], `#!${prefix}/dist/shims/vebpf-hook`, 'the kernel runs the C hook shim: no shell');
     assert.match(hook, new RegExp(`^node=${process.execPath}$`, 'm'));
-    assert.match(hook, new RegExp(`^hook=${REPO}/dist/src/hook/main\\.js$`, 'm'));
+    assert.match(hook, new RegExp(`^hook=${prefix}/dist/src/hook/main\\.js$`, 'm'));
     assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} .*cli/main.js broker`));
     assert.equal(readManifest(paths.manifest)!.entries.length, plan.length);
 
@@ -74,11 +59,11 @@ test('a config the user had before install is never ours: kept, not in the manif
   const d = tempDir();
   try {
     const paths = scratchPaths(d.path);
-    install({ ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    install({ ...hostFacts({ prefix: trustedPrefix(), emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
     uninstall(paths.manifest, { rescan: false });
     mkdirSync(dirname(paths.configFile), { recursive: true });
     writeFileSync(paths.configFile, '{"pool":{"size":4}}\n');
-    const r = install({ ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    const r = install({ ...hostFacts({ prefix: trustedPrefix(), emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
     assert.deepEqual(r.kept, [paths.configFile]);
     assert.ok(!readManifest(paths.manifest)!.entries.some((e) => e.path === paths.configFile));
     uninstall(paths.manifest, { rescan: false });
@@ -96,7 +81,7 @@ test('refresh rewrites (new ctime) only the wrapper whose QEMU changed', async (
   try {
     copyFileSync(QEMU, copy);
     const paths = scratchPaths(d.path);
-    install({ ...hostFacts({ prefix: REPO, emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    install({ ...hostFacts({ prefix: trustedPrefix(), emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
     const w = join(paths.wrapperDir, 'qemu-system-x86_64');
     assert.deepEqual(refreshWrappers(paths.manifest), { refreshed: [], missing: [] });
     const before = statSync(w).ctimeMs;
