@@ -6,7 +6,7 @@
 import { missingShims } from './host';
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
 import { parseWrapper, renderWrapper } from '../wrapper/script';
@@ -34,12 +34,53 @@ export function identityOf(path: string): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 }
 
-function writeAtomic(path: string, content: string, mode: number): void {
+/**
+ * Where a file is written before it is renamed into place: a private directory inside the
+ * file's own directory. Inside, so the rename never crosses a filesystem and the broker's unit
+ * can write there (ProtectSystem=strict allows only our own directories); a directory, because
+ * the directories we write to are read by programs that take every file in them — libvirt runs
+ * every executable regular file in qemu.d (dot-files too) but never looks into a subdirectory,
+ * apt and AppArmor read every file of their .d directories. A file cut short by a crash is left
+ * where none of them looks, and the next install or uninstall removes it.
+ */
+export const STAGING_DIR = '.virt-ebpf-staging';
+/** The staged copies an older install left beside their targets (always removed). */
+const LEGACY_TMP_SUFFIX = '.virt-ebpf-tmp';
+
+export function stagingDirOf(path: string): string {
+  return join(dirname(path), STAGING_DIR);
+}
+
+/** Test seam: `beforeRename(target)` runs when the new content is staged and not yet in place (a crash there). */
+export interface InstallFaults {
+  beforeRename?(target: string): void;
+}
+
+function writeAtomic(path: string, content: string, mode: number, faults?: InstallFaults): void {
   mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-  const tmp = `${path}.virt-ebpf-tmp`;
+  const staging = stagingDirOf(path);
+  mkdirSync(staging, { recursive: true, mode: 0o700 });
+  const tmp = join(staging, `${basename(path)}.${process.pid}`);
   writeFileSync(tmp, content, { mode });
   chmodSync(tmp, mode);
+  faults?.beforeRename?.(path);
   renameSync(tmp, path);
+  try {
+    rmdirSync(staging);
+  } catch {
+    /* another writer's file is staged there (or a crashed one's: the next install removes it) */
+  }
+}
+
+/** Remove what a crashed install left staged beside these files. */
+export function removeStaged(paths: Iterable<string>): string[] {
+  const removed: string[] = [];
+  for (const p of new Set([...paths].flatMap((f) => [stagingDirOf(f), `${f}${LEGACY_TMP_SUFFIX}`]))) {
+    if (!existsSync(p)) continue;
+    rmSync(p, { recursive: true, force: true });
+    removed.push(p);
+  }
+  return removed;
 }
 
 /**
@@ -56,9 +97,9 @@ function assertTrustedRuntime(facts: HostFacts): void {
  * (`<qemuctime>`), so a rewrite within the same second as the previous change would go
  * unnoticed. Make sure the new ctime lands in a later second.
  */
-function rewriteWrapper(path: string, content: string, mode: number): void {
+function rewriteWrapper(path: string, content: string, mode: number, faults?: InstallFaults): void {
   const before = existsSync(path) ? Math.floor(statSync(path).ctimeMs / 1000) : -1;
-  writeAtomic(path, content, mode);
+  writeAtomic(path, content, mode, faults);
   // File times come from the kernel's coarse clock, which may lag Date.now() by a tick or two:
   // touch again until the ctime really is in a later second.
   for (let tries = 0; Math.floor(statSync(path).ctimeMs / 1000) <= before && tries < 100; tries++) {
@@ -111,7 +152,7 @@ export function rescanHooks(): string {
   return 'no libvirt daemon is running: the hook is picked up when it starts (or run: systemctl reload libvirtd)';
 }
 
-export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): InstallReport {
+export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: InstallFaults } = {}): InstallReport {
   const missing = missingShims(facts.prefix);
   if (missing.length) {
     throw new VirtEbpfError('SHIMS_MISSING', `${missing[0]} does not exist: the emulator wrapper, the hook and hot-plug need the shims built from shims/*.c`, {
@@ -122,6 +163,7 @@ export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): Inst
   const paths = resolvePaths(facts);
   const plan = installPlan(facts);
   const previous = readManifest(paths.manifest);
+  removeStaged([...plan.map((a) => a.path), ...(previous?.entries.map((e) => e.path) ?? []), paths.manifest]);
   const written: string[] = [];
   const kept: string[] = [];
   const entries: ManifestEntry[] = [];
@@ -141,8 +183,8 @@ export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): Inst
       entries.push({ kind: a.kind, path: a.path, sha256: sha(a.content) });
       continue;
     }
-    if (a.kind === 'wrapper') rewriteWrapper(a.path, a.content, a.mode);
-    else writeAtomic(a.path, a.content, a.mode);
+    if (a.kind === 'wrapper') rewriteWrapper(a.path, a.content, a.mode, opts.faults);
+    else writeAtomic(a.path, a.content, a.mode, opts.faults);
     written.push(a.path);
     entries.push({ kind: a.kind, path: a.path, sha256: sha(a.content) });
   }
@@ -151,7 +193,7 @@ export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): Inst
     if (!entries.some((x) => x.path === e.path) && e.kind === 'wrapper' && existsSync(e.path)) unlinkSync(e.path);
   }
   const manifest: Manifest = { version: 1, prefix: facts.prefix, installedAt: new Date().toISOString(), entries };
-  writeAtomic(paths.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o644);
+  writeAtomic(paths.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o644, opts.faults);
   return { written, kept, hookRescan: opts.rescan === false ? 'skipped' : rescanHooks() };
 }
 
@@ -165,6 +207,7 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   const removed: string[] = [];
   const kept: Array<{ path: string; why: string }> = [];
   if (!m) return { removed, kept };
+  removed.push(...removeStaged([...m.entries.map((e) => e.path), manifestPath]));
   for (const e of m.entries) {
     if (!existsSync(e.path)) continue;
     if (sha(readFileSync(e.path, 'utf8')) !== e.sha256 && e.kind === 'config') {

@@ -1,14 +1,15 @@
 /**
  * Install hardening (issue 13's low findings): install never replaces a prefix that is not
  * ours (`--prefix /usr`), refuses a node or a prefix that anyone but root could change (root
- * runs both from the hook and the unit).
+ * runs both from the hook and the unit), and a crash between writing a file and renaming it
+ * into place leaves nothing that libvirt would run as a hook.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { install } from '../../src/install/apply';
+import { install, uninstall, readManifest } from '../../src/install/apply';
 import { hostFacts } from '../../src/install/host';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { copyRuntime, copyRuntimeParts, PREFIX_MARKER, prefixState } from '../../src/install/runtime';
@@ -127,6 +128,65 @@ test('install refuses a prefix below a directory anyone can write (here /tmp), b
     assert.deepEqual(allFiles(root), [], 'nothing was written');
   } finally {
     rmSync(root, { recursive: true, force: true });
+    d.remove();
+  }
+});
+
+/** The regular files in `dir` that libvirt would run as hooks (executable by someone). */
+function runnableHooks(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .map((n) => join(dir, n))
+    .filter((p) => statSync(p).isFile() && (statSync(p).mode & 0o111) !== 0);
+}
+
+/**
+ * Runs install in a child that SIGKILLs itself once the hook file's new content is staged and
+ * before it is renamed into place: a crash at the worst moment.
+ */
+function installThatCrashesAtTheHook(paths: ReturnType<typeof scratchPaths>, prefix: string, hookTemplate?: string): SpawnSyncReturns<string> {
+  const script = `
+    const { install } = require(${JSON.stringify(join(REPO, 'dist/src/install/apply.js'))});
+    const { hostFacts } = require(${JSON.stringify(join(REPO, 'dist/src/install/host.js'))});
+    const [paths, prefix, qemu, hookTemplate] = JSON.parse(process.argv[1]);
+    const facts = { ...hostFacts({ prefix, emulators: [qemu], paths }), systemd: true, apparmor: true, apt: true };
+    if (hookTemplate) facts.templates.hook = hookTemplate;
+    install(facts, { rescan: false, faults: { beforeRename(target) { if (target === paths.hookFile) process.kill(process.pid, 'SIGKILL'); } } });
+  `;
+  return spawnSync(process.execPath, ['-e', script, JSON.stringify([paths, prefix, QEMU, hookTemplate ?? null])], { encoding: 'utf8' });
+}
+
+test('a crash between writing the hook and renaming it leaves nothing libvirt would run in qemu.d; the next install clears what was staged', () => {
+  needRoot('writes root-owned files');
+  const d = tempDir();
+  try {
+    const paths = scratchPaths(d.path);
+    const prefix = trustedPrefix();
+    const hooksDir = join(paths.hookFile, '..');
+    const crashed = installThatCrashesAtTheHook(paths, prefix);
+    assert.equal(crashed.signal, 'SIGKILL', `the install was to crash at the hook: ${crashed.stderr}`);
+    assert.deepEqual(runnableHooks(hooksDir), [], 'no executable file in qemu.d');
+    assert.ok(!allFiles(d.path).some((f) => f.endsWith('.virt-ebpf-tmp')), 'no temp file beside any target');
+    assert.ok(allFiles(d.path).some((f) => f.startsWith(join(hooksDir, '.virt-ebpf-staging/'))), 'the staged hook is in the staging directory (the crash happened where intended)');
+
+    const r = install({ ...hostFacts({ prefix, emulators: [QEMU], paths }), systemd: true, apparmor: true, apt: true }, { rescan: false });
+    assert.ok(r.written.includes(paths.hookFile));
+    assert.deepEqual(runnableHooks(hooksDir), [paths.hookFile]);
+    assert.ok(!allFiles(d.path).some((f) => f.includes('.virt-ebpf-staging')), 'nothing staged is left');
+
+    // A crash while replacing the hook: the old one stays, whole and alone.
+    const old = readFileSync(paths.hookFile, 'utf8');
+    const facts = hostFacts({ prefix, emulators: [QEMU], paths });
+    const again = installThatCrashesAtTheHook(paths, prefix, facts.templates.hook + '# another version\n');
+    assert.equal(again.signal, 'SIGKILL', again.stderr);
+    assert.deepEqual(runnableHooks(hooksDir), [paths.hookFile]);
+    assert.equal(readFileSync(paths.hookFile, 'utf8'), old);
+
+    // uninstall clears what the crash staged, too: nothing of ours is left.
+    uninstall(paths.manifest, { rescan: false });
+    assert.deepEqual(allFiles(d.path), []);
+    assert.equal(readManifest(paths.manifest), null);
+  } finally {
     d.remove();
   }
 });
