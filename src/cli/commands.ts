@@ -116,7 +116,7 @@ export const COMMANDS: Record<string, Command> = {
     ]),
   ),
   install: {
-    summary: 'install the hook, emulator wrappers, broker units and default config (root)',
+    summary: 'install the hook, emulator wrappers, broker units, default config and the virt-ebpf command (root)',
     usage: 'virt-ebpf install [--prefix DIR] [--no-rescan]',
     async run(argv) {
       const a = parseArgs(argv, { flags: ['no-rescan'], values: ['prefix'] }, 'install');

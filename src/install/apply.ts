@@ -168,8 +168,12 @@ export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: Ins
   const kept: string[] = [];
   const entries: ManifestEntry[] = [];
   for (const a of plan) {
+    const ours = previous?.entries.find((e) => e.path === a.path);
+    if (a.keepForeign && !ours && existsSync(a.path) && !sameFile(a.path, a.content, a.mode)) {
+      kept.push(a.path); // not written by an install of ours (nor what we would write): the user's
+      continue;
+    }
     if (a.userEditable && existsSync(a.path)) {
-      const ours = previous?.entries.find((e) => e.path === a.path);
       if (!ours) {
         kept.push(a.path); // the user's own file, never ours to overwrite or remove
         continue;
@@ -188,9 +192,11 @@ export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: Ins
     written.push(a.path);
     entries.push({ kind: a.kind, path: a.path, sha256: sha(a.content) });
   }
-  // Wrappers from an earlier install whose emulator is gone now: remove them (they are ours).
+  // What an earlier install wrote and this one does not (a wrapper whose emulator is gone, the
+  // units and command of a checkout's install once the package ships its own): ours, removed.
+  // A config stays: the user may have edited it.
   for (const e of previous?.entries ?? []) {
-    if (!entries.some((x) => x.path === e.path) && e.kind === 'wrapper' && existsSync(e.path)) unlinkSync(e.path);
+    if (!entries.some((x) => x.path === e.path) && e.kind !== 'config' && existsSync(e.path)) unlinkSync(e.path);
   }
   const manifest: Manifest = { version: 1, prefix: facts.prefix, installedAt: new Date().toISOString(), entries };
   writeAtomic(paths.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o644, opts.faults);
@@ -236,7 +242,7 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
 
 /** Remove directories we may have created, while empty (never above a shared system dir). */
 function pruneEmptyDirs(dir: string): void {
-  const keep = new Set(['/', '/etc', '/usr', '/usr/libexec', '/var', '/var/lib', '/etc/systemd/system', '/etc/libvirt/hooks', '/etc/apt/apt.conf.d', '/etc/apparmor.d/abstractions']);
+  const keep = new Set(['/', '/etc', '/usr', '/usr/libexec', '/usr/local', '/usr/local/sbin', '/var', '/var/lib', '/etc/systemd/system', '/etc/libvirt/hooks', '/etc/apt/apt.conf.d', '/etc/apparmor.d/abstractions']);
   for (let d = dir; !keep.has(d) && d !== dirname(d); d = dirname(d)) {
     try {
       if (readdirSync(d).length > 0) return;

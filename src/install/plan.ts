@@ -21,6 +21,11 @@ export interface HostFacts {
   apparmor: boolean;
   systemd: boolean;
   apt: boolean;
+  /**
+   * the runtime is the Debian package's (/usr/lib/virt-ebpf with a `package` marker): the
+   * package ships the systemd units and /usr/sbin/virt-ebpf itself, so install writes neither
+   */
+  packaged: boolean;
   /** overridable locations (tests install into a scratch root) */
   paths?: Partial<InstallPaths>;
 }
@@ -32,6 +37,8 @@ export interface InstallPaths {
   configFile: string;
   apparmorFile: string;
   aptFile: string;
+  /** the `virt-ebpf` command of an install from a checkout (on root's PATH) */
+  launcher: string;
   manifest: string;
 }
 
@@ -42,10 +49,11 @@ export const DEFAULT_PATHS: InstallPaths = {
   configFile: CONFIG_FILE,
   apparmorFile: '/etc/apparmor.d/abstractions/libvirt-qemu.d/virt-ebpf',
   aptFile: '/etc/apt/apt.conf.d/80virt-ebpf',
+  launcher: '/usr/local/sbin/virt-ebpf',
   manifest: '/var/lib/virt-ebpf/installed.json',
 };
 
-export type ArtifactKind = 'wrapper' | 'hook' | 'unit' | 'config' | 'apparmor' | 'apt';
+export type ArtifactKind = 'wrapper' | 'hook' | 'unit' | 'config' | 'apparmor' | 'apt' | 'launcher';
 
 export interface Artifact {
   kind: ArtifactKind;
@@ -54,6 +62,11 @@ export interface Artifact {
   content: string;
   /** keep a file the user may have edited (config) when its content differs from ours */
   userEditable?: boolean;
+  /**
+   * a file already at this path that no install of ours wrote is the user's: kept, never taken
+   * over — unless it is exactly what we would write (an install whose manifest was lost)
+   */
+  keepForeign?: boolean;
 }
 
 export const DEFAULT_CONFIG = {
@@ -61,7 +74,7 @@ export const DEFAULT_CONFIG = {
   pool: { size: 2 },
 };
 
-function fill(template: string, vars: Record<string, string>): string {
+export function fill(template: string, vars: Record<string, string>): string {
   return template.replace(/@([A-Z_]+)@/g, (m, k: string) => vars[k] ?? m);
 }
 
@@ -106,12 +119,13 @@ export function installPlan(facts: HostFacts): Artifact[] {
   }));
   out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates.hook, vars) });
   out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });
-  if (facts.systemd) {
+  if (facts.systemd && !facts.packaged) {
     for (const unit of ['virt-ebpfd.socket', 'virt-ebpfd.service']) {
       out.push({ kind: 'unit', path: join(p.unitDir, unit), mode: 0o644, content: fill(facts.templates[unit], vars) });
     }
   }
   if (facts.apparmor) out.push({ kind: 'apparmor', path: p.apparmorFile, mode: 0o644, content: fill(facts.templates['apparmor-libvirt-qemu'], vars) });
   if (facts.apt) out.push({ kind: 'apt', path: p.aptFile, mode: 0o644, content: fill(facts.templates['apt-refresh.conf'], vars) });
+  if (!facts.packaged) out.push({ kind: 'launcher', path: p.launcher, mode: 0o755, content: fill(facts.templates.launcher, vars), keepForeign: true });
   return out;
 }

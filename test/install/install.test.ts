@@ -4,6 +4,7 @@
  * install wrote, refresh rewrites a wrapper only when its QEMU changed.
  */
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -22,7 +23,7 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     const prefix = trustedPrefix();
     const facts = { ...hostFacts({ prefix, emulators: [QEMU], paths }), systemd: true, apparmor: true, apt: true };
     const plan = installPlan(facts);
-    assert.deepEqual(plan.map((a) => a.kind).sort(), ['apparmor', 'apt', 'config', 'hook', 'unit', 'unit', 'wrapper']);
+    assert.deepEqual(plan.map((a) => a.kind).sort(), ['apparmor', 'apt', 'config', 'hook', 'launcher', 'unit', 'unit', 'wrapper']);
     const r = install(facts, { rescan: false });
     assert.deepEqual(r.written.sort(), plan.map((a) => a.path).sort());
     for (const a of plan) {
@@ -124,5 +125,61 @@ test('a prefix whose shims cannot be named on a #! line (blank, over 253 bytes) 
       (e: Error & { code?: string; remedy?: string }) => e.code === 'USAGE' && /cannot be named on a #! line/.test(e.message) && /--prefix/.test(e.remedy ?? ''),
       prefix.slice(0, 20),
     );
+  }
+});
+
+test('install puts the `virt-ebpf` command on PATH (in the manifest, removed by uninstall); a command the user had there is kept', () => {
+  needRoot('writes root-owned files');
+  const d = tempDir();
+  try {
+    const paths = scratchPaths(d.path);
+    const prefix = trustedPrefix();
+    const facts = { ...hostFacts({ prefix, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false };
+    install(facts, { rescan: false });
+    assert.equal(statSync(paths.launcher).mode & 0o777, 0o755);
+    assert.ok(readManifest(paths.manifest)!.entries.some((e) => e.kind === 'launcher' && e.path === paths.launcher));
+    const r = spawnSync('virt-ebpf', ['version'], { encoding: 'utf8', env: { PATH: `${dirname(paths.launcher)}:/usr/bin:/bin` } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^virt-ebpf \d+\.\d+\.\d+\n$/);
+    assert.match(readFileSync(paths.launcher, 'utf8'), new RegExp(`^exec ${process.execPath} ${prefix}/dist/src/cli/main\\.js "\\$@"$`, 'm'));
+    uninstall(paths.manifest, { rescan: false });
+    assert.ok(!existsSync(paths.launcher));
+
+    mkdirSync(dirname(paths.launcher), { recursive: true });
+    writeFileSync(paths.launcher, '#!/bin/sh\necho mine\n', { mode: 0o755 });
+    const again = install(facts, { rescan: false });
+    assert.ok(again.kept.includes(paths.launcher));
+    assert.ok(!readManifest(paths.manifest)!.entries.some((e) => e.path === paths.launcher), 'not ours');
+    uninstall(paths.manifest, { rescan: false });
+    assert.equal(readFileSync(paths.launcher, 'utf8'), '#!/bin/sh\necho mine\n');
+
+    // Exactly our command, left by an install whose manifest was lost: taken back, not "kept".
+    writeFileSync(paths.launcher, installPlan(facts).find((a) => a.kind === 'launcher')!.content, { mode: 0o755 });
+    assert.deepEqual(install(facts, { rescan: false }).kept, []);
+    assert.ok(readManifest(paths.manifest)!.entries.some((e) => e.path === paths.launcher));
+    uninstall(paths.manifest, { rescan: false });
+    assert.ok(!existsSync(paths.launcher));
+  } finally {
+    d.remove();
+  }
+});
+
+test("the package's runtime: install writes no units and no command (the package ships both); what a checkout's install wrote there is removed", () => {
+  needRoot('writes root-owned files');
+  const d = tempDir();
+  try {
+    const paths = scratchPaths(d.path);
+    const facts = { ...hostFacts({ prefix: trustedPrefix(), emulators: [QEMU], paths }), systemd: true, apparmor: false, apt: false };
+    assert.ok(!facts.packaged, 'a checkout copy is not the package');
+    install(facts, { rescan: false });
+    assert.ok(existsSync(paths.launcher) && existsSync(join(paths.unitDir, 'virt-ebpfd.service')));
+    const packaged = { ...facts, packaged: true };
+    assert.deepEqual(installPlan(packaged).map((a) => a.kind).sort(), ['config', 'hook', 'wrapper']);
+    install(packaged, { rescan: false });
+    assert.ok(!existsSync(paths.launcher) && !existsSync(join(paths.unitDir, 'virt-ebpfd.service')), "the checkout's command and units are gone");
+    uninstall(paths.manifest, { rescan: false });
+    assert.deepEqual(allFiles(d.path), []);
+  } finally {
+    d.remove();
   }
 });

@@ -17,6 +17,7 @@ export function scratchPaths(root: string): InstallPaths {
     configFile: join(root, 'etc/virt-ebpf/config.json'),
     apparmorFile: join(root, 'etc/apparmor.d/abstractions/libvirt-qemu.d/virt-ebpf'),
     aptFile: join(root, 'etc/apt/apt.conf.d/80virt-ebpf'),
+    launcher: join(root, 'usr/local/sbin/virt-ebpf'),
     manifest: join(root, 'var/lib/virt-ebpf/installed.json'),
   };
 }
