@@ -4,7 +4,7 @@
  * uninstall can remove exactly this list and tests can check it without touching /etc.
  */
 import { SHIM_FILES } from './host';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { renderWrapper } from '../wrapper/script';
 import { VirtEbpfError } from '../errors';
 import { CONFIG_FILE } from '../shims/constants';
@@ -108,6 +108,7 @@ export function installPlan(facts: HostFacts): Artifact[] {
     HOOK_SHIM: join(facts.prefix, SHIM_FILES.hook),
     PREFIX: facts.prefix,
     WRAPPER_DIR: p.wrapperDir,
+    MANIFEST_DIR: dirname(p.manifest),
   };
   assertShebangPath(vars.HOOK_SHIM);
   assertShebangPath(join(facts.prefix, SHIM_FILES.wrapper));
