@@ -98,18 +98,25 @@ export function wrapperPath(paths: InstallPaths, emulator: string): string {
   return join(paths.wrapperDir, basename(emulator));
 }
 
-export function installPlan(facts: HostFacts): Artifact[] {
-  const p = resolvePaths(facts);
-  const cli = join(facts.prefix, 'dist/src/cli/main.js');
-  const vars = {
-    NODE: facts.node,
-    CLI: cli,
-    HOOK: join(facts.prefix, 'dist/src/hook/main.js'),
-    HOOK_SHIM: join(facts.prefix, SHIM_FILES.hook),
-    PREFIX: facts.prefix,
+/** What the templates' @NAME@ placeholders stand for (install, and the package's build). */
+export function templateVars(node: string, prefix: string, p: InstallPaths): Record<string, string> {
+  return {
+    NODE: node,
+    CLI: join(prefix, 'dist/src/cli/main.js'),
+    HOOK: join(prefix, 'dist/src/hook/main.js'),
+    HOOK_SHIM: join(prefix, SHIM_FILES.hook),
+    PREFIX: prefix,
     WRAPPER_DIR: p.wrapperDir,
     MANIFEST_DIR: dirname(p.manifest),
   };
+}
+
+/** The systemd units install writes (the package ships the same, rendered at build time). */
+export const UNIT_FILES = ['virt-ebpfd.socket', 'virt-ebpfd.service'] as const;
+
+export function installPlan(facts: HostFacts): Artifact[] {
+  const p = resolvePaths(facts);
+  const vars = templateVars(facts.node, facts.prefix, p);
   assertShebangPath(vars.HOOK_SHIM);
   assertShebangPath(join(facts.prefix, SHIM_FILES.wrapper));
   const out: Artifact[] = facts.emulators.map((e) => ({
@@ -121,7 +128,7 @@ export function installPlan(facts: HostFacts): Artifact[] {
   out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates.hook, vars) });
   out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });
   if (facts.systemd && !facts.packaged) {
-    for (const unit of ['virt-ebpfd.socket', 'virt-ebpfd.service']) {
+    for (const unit of UNIT_FILES) {
       out.push({ kind: 'unit', path: join(p.unitDir, unit), mode: 0o644, content: fill(facts.templates[unit], vars) });
     }
   }

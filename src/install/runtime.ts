@@ -96,17 +96,22 @@ function devDependencies(root: string): Set<string> {
   return new Set(Object.keys(pkg.devDependencies ?? {}));
 }
 
+/** koffi's directories that only its own build from source reads (index.js loads build/ only). */
+const KOFFI_SOURCES = new Set(['lib', 'src', 'vendor', 'doc']);
+
 /**
  * Whether a node_modules entry (path relative to node_modules) belongs in a runtime tree:
- * production packages only, and of koffi's prebuilt native modules only `keepKoffi` (the
- * platform the tree is for; the others are 25 MiB of other systems' binaries).
+ * production packages only, no dot-files (their linters' and VCS's settings), and of koffi only
+ * what it loads: its prebuilt native module for `keepKoffi` (the platform the tree is for; the
+ * others are 25 MiB of other systems' binaries), not its sources.
  */
 export function runtimeModuleFilter(dev: Set<string>, keepKoffi: string[]): (rel: string) => boolean {
   return (rel) => {
     if (rel === '') return true;
     const parts = rel.split('/');
     const top = rel.startsWith('@') ? parts.slice(0, 2).join('/') : parts[0];
-    if (dev.has(top) || top === '.bin' || top === '.package-lock.json') return false;
+    if (dev.has(top) || parts[parts.length - 1].startsWith('.')) return false;
+    if (top === 'koffi' && KOFFI_SOURCES.has(parts[1])) return false;
     if (top === 'koffi' && parts[1] === 'build' && parts[2] === 'koffi' && parts.length > 3) return keepKoffi.includes(parts[3]);
     return true;
   };
