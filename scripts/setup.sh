@@ -31,7 +31,7 @@ SRC
 fi
 
 pkgs_bp="qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt0"
-pkgs="python3 libbpf1 bpftool cpio iproute2 ethtool busybox-static libxml2-utils kmod procps psmisc gcc libc6-dev clang-14 libclang-rt-14-dev xz-utils zstd"
+pkgs="python3 libbpf1 bpftool cpio iproute2 ethtool busybox-static libxml2-utils kmod procps psmisc gcc libc6-dev clang-14 libclang-rt-14-dev xz-utils zstd lintian"
 missing=0
 dpkg-query -W -f='${Version}\n' qemu-system-x86 2>/dev/null | grep -q '^1:10' || missing=1
 dpkg-query -W -f='${Version}\n' libvirt-daemon 2>/dev/null | grep -q '^11' || missing=1

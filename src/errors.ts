@@ -66,6 +66,9 @@ export type ErrorCode =
   | 'BROKER_INTERNAL'
   | 'CONFIG_INVALID'
   | 'SHIMS_MISSING'
+  // install
+  | 'INSTALL_PREFIX_FOREIGN'
+  | 'INSTALL_UNTRUSTED'
   // status / verify
   | 'DOMAIN_NOT_FOUND'
   | 'NIC_NOT_FOUND'

@@ -116,18 +116,29 @@ export const COMMANDS: Record<string, Command> = {
     ]),
   ),
   install: {
-    summary: 'install the hook, emulator wrappers, broker units and default config (root)',
+    summary: 'install the hook, emulator wrappers, broker units, default config and the virt-ebpf command (root)',
     usage: 'virt-ebpf install [--prefix DIR] [--no-rescan]',
     async run(argv) {
       const a = parseArgs(argv, { flags: ['no-rescan'], values: ['prefix'] }, 'install');
       requireRoot('install');
-      const { copyRuntime, sourceRoot, DEFAULT_PREFIX } = await import('../install/runtime');
+      const { assertPrefixWritable, copyRuntime, readMarker, sourceRoot, DEFAULT_PREFIX } = await import('../install/runtime');
       const { chooseEmulators, hostFacts } = await import('../install/host');
-      const { install } = await import('../install/apply');
+      const { install, readManifest } = await import('../install/apply');
+      const { DEFAULT_PATHS } = await import('../install/plan');
       const prefix = a.values.get('prefix') ?? DEFAULT_PREFIX;
-      if (prefix === sourceRoot()) {
+      const source = sourceRoot();
+      const previous = readManifest(DEFAULT_PATHS.manifest);
+      // Run from a runtime tree (the package's, or one install copied): install from it in place.
+      const inPlace = prefix === source && readMarker(source) !== null;
+      if (prefix === source && !inPlace) {
         throw new VirtEbpfError('USAGE', `--prefix ${prefix} is this checkout`, { remedy: 'install into a root-owned directory of its own (default /usr/lib/virt-ebpf)' });
       }
+      if (previous && previous.prefix !== prefix && readMarker(previous.prefix)?.owner === 'package') {
+        throw new VirtEbpfError('INSTALL_PREFIX_FOREIGN', `virt-ebpf is installed from the Debian package (${previous.prefix}); a second install would take over its hook and wrappers`, {
+          remedy: 'use the packaged command (/usr/sbin/virt-ebpf), or remove the package (apt-get purge virt-ebpf) first',
+        });
+      }
+      if (!inPlace) assertPrefixWritable(prefix, previous?.prefix);
       const choices = await chooseEmulators(defaultCacheDir());
       const wrapped = choices.filter((c) => c.wrapped).map((c) => c.path);
       if (wrapped.length === 0) {
@@ -135,7 +146,7 @@ export const COMMANDS: Record<string, Command> = {
           remedy: 'install QEMU >= 9.0 (apt-get install -t bookworm-backports qemu-system-x86) and run `virt-ebpf probe`',
         });
       }
-      copyRuntime(sourceRoot(), prefix);
+      if (!inPlace) copyRuntime(source, prefix, previous?.prefix);
       const r = install(hostFacts({ prefix, emulators: wrapped }), { rescan: !a.flags.has('no-rescan') });
       for (const c of choices) process.stdout.write(`${c.wrapped ? 'wrapped' : 'skipped'}  ${c.path}${c.why ? `: ${c.why}` : ''}\n`);
       for (const p of r.written) process.stdout.write(`wrote    ${p}\n`);

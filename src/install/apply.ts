@@ -6,11 +6,13 @@
 import { missingShims } from './host';
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
 import { parseWrapper, renderWrapper } from '../wrapper/script';
 import { Artifact, HostFacts, installPlan, resolvePaths } from './plan';
+import { assertTrustedExecutable } from '../sys/trust';
+import { readMarker } from './runtime';
 
 export interface ManifestEntry {
   kind: Artifact['kind'];
@@ -32,12 +34,62 @@ export function identityOf(path: string): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 }
 
-function writeAtomic(path: string, content: string, mode: number): void {
+/**
+ * Where a file is written before it is renamed into place: a private directory inside the
+ * file's own directory. Inside, so the rename never crosses a filesystem and the broker's unit
+ * can write there (ProtectSystem=strict allows only our own directories); a directory, because
+ * the directories we write to are read by programs that take every file in them — libvirt runs
+ * every executable regular file in qemu.d (dot-files too) but never looks into a subdirectory,
+ * apt and AppArmor read every file of their .d directories. A file cut short by a crash is left
+ * where none of them looks, and the next install or uninstall removes it.
+ */
+export const STAGING_DIR = '.virt-ebpf-staging';
+/** The staged copies an older install left beside their targets (always removed). */
+const LEGACY_TMP_SUFFIX = '.virt-ebpf-tmp';
+
+export function stagingDirOf(path: string): string {
+  return join(dirname(path), STAGING_DIR);
+}
+
+/** Test seam: `beforeRename(target)` runs when the new content is staged and not yet in place (a crash there). */
+export interface InstallFaults {
+  beforeRename?(target: string): void;
+}
+
+function writeAtomic(path: string, content: string, mode: number, faults?: InstallFaults): void {
   mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-  const tmp = `${path}.virt-ebpf-tmp`;
+  const staging = stagingDirOf(path);
+  mkdirSync(staging, { recursive: true, mode: 0o700 });
+  const tmp = join(staging, `${basename(path)}.${process.pid}`);
   writeFileSync(tmp, content, { mode });
   chmodSync(tmp, mode);
+  faults?.beforeRename?.(path);
   renameSync(tmp, path);
+  try {
+    rmdirSync(staging);
+  } catch {
+    /* another writer's file is staged there (or a crashed one's: the next install removes it) */
+  }
+}
+
+/** Remove what a crashed install left staged beside these files. */
+export function removeStaged(paths: Iterable<string>): string[] {
+  const removed: string[] = [];
+  for (const p of new Set([...paths].flatMap((f) => [stagingDirOf(f), `${f}${LEGACY_TMP_SUFFIX}`]))) {
+    if (!existsSync(p)) continue;
+    rmSync(p, { recursive: true, force: true });
+    removed.push(p);
+  }
+  return removed;
+}
+
+/**
+ * Everything root runs from an install — node (the hook's `node=`, the unit's ExecStart), the
+ * shims, the CLI and the prefix with every directory above it — must be root's alone.
+ */
+function assertTrustedRuntime(facts: HostFacts): void {
+  assertTrustedExecutable(facts.node, 'node');
+  assertTrustedExecutable(facts.prefix, 'prefix');
 }
 
 /**
@@ -45,9 +97,9 @@ function writeAtomic(path: string, content: string, mode: number): void {
  * (`<qemuctime>`), so a rewrite within the same second as the previous change would go
  * unnoticed. Make sure the new ctime lands in a later second.
  */
-function rewriteWrapper(path: string, content: string, mode: number): void {
+function rewriteWrapper(path: string, content: string, mode: number, faults?: InstallFaults): void {
   const before = existsSync(path) ? Math.floor(statSync(path).ctimeMs / 1000) : -1;
-  writeAtomic(path, content, mode);
+  writeAtomic(path, content, mode, faults);
   // File times come from the kernel's coarse clock, which may lag Date.now() by a tick or two:
   // touch again until the ctime really is in a later second.
   for (let tries = 0; Math.floor(statSync(path).ctimeMs / 1000) <= before && tries < 100; tries++) {
@@ -100,22 +152,28 @@ export function rescanHooks(): string {
   return 'no libvirt daemon is running: the hook is picked up when it starts (or run: systemctl reload libvirtd)';
 }
 
-export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): InstallReport {
+export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: InstallFaults } = {}): InstallReport {
   const missing = missingShims(facts.prefix);
   if (missing.length) {
     throw new VirtEbpfError('SHIMS_MISSING', `${missing[0]} does not exist: the emulator wrapper, the hook and hot-plug need the shims built from shims/*.c`, {
       remedy: 'run `npm run build` in the checkout (needs cc: apt-get install gcc libc6-dev), then install again',
     });
   }
+  assertTrustedRuntime(facts);
   const paths = resolvePaths(facts);
   const plan = installPlan(facts);
   const previous = readManifest(paths.manifest);
+  removeStaged([...plan.map((a) => a.path), ...(previous?.entries.map((e) => e.path) ?? []), paths.manifest]);
   const written: string[] = [];
   const kept: string[] = [];
   const entries: ManifestEntry[] = [];
   for (const a of plan) {
+    const ours = previous?.entries.find((e) => e.path === a.path);
+    if (a.keepForeign && !ours && existsSync(a.path) && !sameFile(a.path, a.content, a.mode)) {
+      kept.push(a.path); // not written by an install of ours (nor what we would write): the user's
+      continue;
+    }
     if (a.userEditable && existsSync(a.path)) {
-      const ours = previous?.entries.find((e) => e.path === a.path);
       if (!ours) {
         kept.push(a.path); // the user's own file, never ours to overwrite or remove
         continue;
@@ -129,17 +187,19 @@ export function install(facts: HostFacts, opts: { rescan?: boolean } = {}): Inst
       entries.push({ kind: a.kind, path: a.path, sha256: sha(a.content) });
       continue;
     }
-    if (a.kind === 'wrapper') rewriteWrapper(a.path, a.content, a.mode);
-    else writeAtomic(a.path, a.content, a.mode);
+    if (a.kind === 'wrapper') rewriteWrapper(a.path, a.content, a.mode, opts.faults);
+    else writeAtomic(a.path, a.content, a.mode, opts.faults);
     written.push(a.path);
     entries.push({ kind: a.kind, path: a.path, sha256: sha(a.content) });
   }
-  // Wrappers from an earlier install whose emulator is gone now: remove them (they are ours).
+  // What an earlier install wrote and this one does not (a wrapper whose emulator is gone, the
+  // units and command of a checkout's install once the package ships its own): ours, removed.
+  // A config stays: the user may have edited it.
   for (const e of previous?.entries ?? []) {
-    if (!entries.some((x) => x.path === e.path) && e.kind === 'wrapper' && existsSync(e.path)) unlinkSync(e.path);
+    if (!entries.some((x) => x.path === e.path) && e.kind !== 'config' && existsSync(e.path)) unlinkSync(e.path);
   }
   const manifest: Manifest = { version: 1, prefix: facts.prefix, installedAt: new Date().toISOString(), entries };
-  writeAtomic(paths.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o644);
+  writeAtomic(paths.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o644, opts.faults);
   return { written, kept, hookRescan: opts.rescan === false ? 'skipped' : rescanHooks() };
 }
 
@@ -153,6 +213,7 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   const removed: string[] = [];
   const kept: Array<{ path: string; why: string }> = [];
   if (!m) return { removed, kept };
+  removed.push(...removeStaged([...m.entries.map((e) => e.path), manifestPath]));
   for (const e of m.entries) {
     if (!existsSync(e.path)) continue;
     if (sha(readFileSync(e.path, 'utf8')) !== e.sha256 && e.kind === 'config') {
@@ -165,10 +226,15 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   }
   unlinkSync(manifestPath);
   pruneEmptyDirs(dirname(manifestPath));
-  // The copied runtime (see runtime.ts), only if it is ours: it holds our marker files.
-  if (opts.removeTree && existsSync(join(opts.removeTree, 'dist/src/cli/main.js')) && (existsSync(join(opts.removeTree, 'templates/hook')) || existsSync(join(opts.removeTree, 'templates/hook.sh')))) {
-    rmSync(opts.removeTree, { recursive: true, force: true });
-    removed.push(opts.removeTree);
+  // The runtime install copied (see runtime.ts), only if install owns it: never the package's
+  // (dpkg removes that), never a directory without our marker (unless it has the layout of a
+  // runtime copied before the marker existed).
+  const tree = opts.removeTree;
+  const marker = tree ? readMarker(tree) : null;
+  const legacy = tree && !marker && existsSync(join(tree, 'dist/src/cli/main.js')) && (existsSync(join(tree, 'templates/hook')) || existsSync(join(tree, 'templates/hook.sh')));
+  if (tree && (marker?.owner === 'install' || legacy)) {
+    rmSync(tree, { recursive: true, force: true });
+    removed.push(tree);
   }
   if (opts.rescan !== false) rescanHooks();
   return { removed, kept };
@@ -176,7 +242,7 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
 
 /** Remove directories we may have created, while empty (never above a shared system dir). */
 function pruneEmptyDirs(dir: string): void {
-  const keep = new Set(['/', '/etc', '/usr', '/usr/libexec', '/var', '/var/lib', '/etc/systemd/system', '/etc/libvirt/hooks', '/etc/apt/apt.conf.d', '/etc/apparmor.d/abstractions']);
+  const keep = new Set(['/', '/etc', '/usr', '/usr/libexec', '/usr/local', '/usr/local/sbin', '/var', '/var/lib', '/etc/systemd/system', '/etc/libvirt/hooks', '/etc/apt/apt.conf.d', '/etc/apparmor.d/abstractions']);
   for (let d = dir; !keep.has(d) && d !== dirname(d); d = dirname(d)) {
     try {
       if (readdirSync(d).length > 0) return;

@@ -9,8 +9,9 @@ import { untrustedReason } from '../sys/trust';
 import { identityOf } from './apply';
 import { HostFacts, InstallPaths } from './plan';
 import { SHIM_SO } from '../wrapper/hotplug-shim';
+import { readMarker } from './runtime';
 
-export const TEMPLATE_FILES = ['hook', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf'];
+export const TEMPLATE_FILES = ['hook', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf', 'launcher'];
 /** The start-path shims, built from shims/*.c by `npm run build` (scripts/build-shims.sh), relative to the prefix. */
 export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: `dist/shims/${SHIM_SO}` } as const;
 
@@ -68,6 +69,7 @@ export function hostFacts(opts: { prefix: string; emulators: string[]; paths?: P
     apparmor: existsSync('/etc/apparmor.d/abstractions'),
     systemd: existsSync('/run/systemd/system'),
     apt: existsSync('/etc/apt/apt.conf.d'),
+    packaged: readMarker(opts.prefix)?.owner === 'package',
     paths: opts.paths,
   };
 }

@@ -4,7 +4,7 @@
  * uninstall can remove exactly this list and tests can check it without touching /etc.
  */
 import { SHIM_FILES } from './host';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { renderWrapper } from '../wrapper/script';
 import { VirtEbpfError } from '../errors';
 import { CONFIG_FILE } from '../shims/constants';
@@ -21,6 +21,11 @@ export interface HostFacts {
   apparmor: boolean;
   systemd: boolean;
   apt: boolean;
+  /**
+   * the runtime is the Debian package's (/usr/lib/virt-ebpf with a `package` marker): the
+   * package ships the systemd units and /usr/sbin/virt-ebpf itself, so install writes neither
+   */
+  packaged: boolean;
   /** overridable locations (tests install into a scratch root) */
   paths?: Partial<InstallPaths>;
 }
@@ -32,6 +37,8 @@ export interface InstallPaths {
   configFile: string;
   apparmorFile: string;
   aptFile: string;
+  /** the `virt-ebpf` command of an install from a checkout (on root's PATH) */
+  launcher: string;
   manifest: string;
 }
 
@@ -42,10 +49,11 @@ export const DEFAULT_PATHS: InstallPaths = {
   configFile: CONFIG_FILE,
   apparmorFile: '/etc/apparmor.d/abstractions/libvirt-qemu.d/virt-ebpf',
   aptFile: '/etc/apt/apt.conf.d/80virt-ebpf',
+  launcher: '/usr/local/sbin/virt-ebpf',
   manifest: '/var/lib/virt-ebpf/installed.json',
 };
 
-export type ArtifactKind = 'wrapper' | 'hook' | 'unit' | 'config' | 'apparmor' | 'apt';
+export type ArtifactKind = 'wrapper' | 'hook' | 'unit' | 'config' | 'apparmor' | 'apt' | 'launcher';
 
 export interface Artifact {
   kind: ArtifactKind;
@@ -54,6 +62,11 @@ export interface Artifact {
   content: string;
   /** keep a file the user may have edited (config) when its content differs from ours */
   userEditable?: boolean;
+  /**
+   * a file already at this path that no install of ours wrote is the user's: kept, never taken
+   * over — unless it is exactly what we would write (an install whose manifest was lost)
+   */
+  keepForeign?: boolean;
 }
 
 export const DEFAULT_CONFIG = {
@@ -61,7 +74,7 @@ export const DEFAULT_CONFIG = {
   pool: { size: 2 },
 };
 
-function fill(template: string, vars: Record<string, string>): string {
+export function fill(template: string, vars: Record<string, string>): string {
   return template.replace(/@([A-Z_]+)@/g, (m, k: string) => vars[k] ?? m);
 }
 
@@ -85,17 +98,25 @@ export function wrapperPath(paths: InstallPaths, emulator: string): string {
   return join(paths.wrapperDir, basename(emulator));
 }
 
+/** What the templates' @NAME@ placeholders stand for (install, and the package's build). */
+export function templateVars(node: string, prefix: string, p: InstallPaths): Record<string, string> {
+  return {
+    NODE: node,
+    CLI: join(prefix, 'dist/src/cli/main.js'),
+    HOOK: join(prefix, 'dist/src/hook/main.js'),
+    HOOK_SHIM: join(prefix, SHIM_FILES.hook),
+    PREFIX: prefix,
+    WRAPPER_DIR: p.wrapperDir,
+    MANIFEST_DIR: dirname(p.manifest),
+  };
+}
+
+/** The systemd units install writes (the package ships the same, rendered at build time). */
+export const UNIT_FILES = ['virt-ebpfd.socket', 'virt-ebpfd.service'] as const;
+
 export function installPlan(facts: HostFacts): Artifact[] {
   const p = resolvePaths(facts);
-  const cli = join(facts.prefix, 'dist/src/cli/main.js');
-  const vars = {
-    NODE: facts.node,
-    CLI: cli,
-    HOOK: join(facts.prefix, 'dist/src/hook/main.js'),
-    HOOK_SHIM: join(facts.prefix, SHIM_FILES.hook),
-    PREFIX: facts.prefix,
-    WRAPPER_DIR: p.wrapperDir,
-  };
+  const vars = templateVars(facts.node, facts.prefix, p);
   assertShebangPath(vars.HOOK_SHIM);
   assertShebangPath(join(facts.prefix, SHIM_FILES.wrapper));
   const out: Artifact[] = facts.emulators.map((e) => ({
@@ -106,12 +127,13 @@ export function installPlan(facts: HostFacts): Artifact[] {
   }));
   out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates.hook, vars) });
   out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });
-  if (facts.systemd) {
-    for (const unit of ['virt-ebpfd.socket', 'virt-ebpfd.service']) {
+  if (facts.systemd && !facts.packaged) {
+    for (const unit of UNIT_FILES) {
       out.push({ kind: 'unit', path: join(p.unitDir, unit), mode: 0o644, content: fill(facts.templates[unit], vars) });
     }
   }
   if (facts.apparmor) out.push({ kind: 'apparmor', path: p.apparmorFile, mode: 0o644, content: fill(facts.templates['apparmor-libvirt-qemu'], vars) });
   if (facts.apt) out.push({ kind: 'apt', path: p.aptFile, mode: 0o644, content: fill(facts.templates['apt-refresh.conf'], vars) });
+  if (!facts.packaged) out.push({ kind: 'launcher', path: p.launcher, mode: 0o755, content: fill(facts.templates.launcher, vars), keepForeign: true });
   return out;
 }

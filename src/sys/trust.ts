@@ -5,9 +5,17 @@
  */
 import { realpathSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { VirtEbpfError } from '../errors';
+import { ErrorCode, VirtEbpfError } from '../errors';
 
-export type TrustSubject = 'emulator' | 'helper';
+export type TrustSubject = 'emulator' | 'helper' | 'node' | 'prefix';
+
+/** What each subject is called in the refusal, and its error code. */
+const SUBJECTS: Record<TrustSubject, { code: ErrorCode; refusal: string; remedy: string }> = {
+  emulator: { code: 'EMULATOR_UNTRUSTED', refusal: 'refusing to run emulator', remedy: 'install the emulator root-owned and not group/world-writable' },
+  helper: { code: 'HELPER_UNTRUSTED', refusal: 'refusing to run helper', remedy: 'install the helper root-owned and not group/world-writable' },
+  node: { code: 'INSTALL_UNTRUSTED', refusal: 'refusing to install: the hook and the broker would run node', remedy: 'run install with a node that is root-owned and not group/world-writable (e.g. the distribution\'s /usr/bin/node)' },
+  prefix: { code: 'INSTALL_UNTRUSTED', refusal: 'refusing to install: root would run code from the prefix', remedy: 'install into a root-owned directory that is not group/world-writable (default /usr/lib/virt-ebpf)' },
+};
 
 export function untrustedReason(path: string): string | null {
   let real: string;
@@ -25,12 +33,13 @@ export function untrustedReason(path: string): string | null {
   return null;
 }
 
-/** Returns the resolved path when trusted; throws EMULATOR_UNTRUSTED / HELPER_UNTRUSTED otherwise. */
+/** Returns the resolved path when trusted; throws the subject's *_UNTRUSTED error otherwise. */
 export function assertTrustedExecutable(path: string, subject: TrustSubject): string {
   const reason = untrustedReason(path);
   if (reason !== null) {
-    throw new VirtEbpfError(subject === 'emulator' ? 'EMULATOR_UNTRUSTED' : 'HELPER_UNTRUSTED', `refusing to run ${subject} ${path}: ${reason}`, {
-      remedy: `install the ${subject} root-owned and not group/world-writable (chown root:root; chmod go-w), including its directories`,
+    const s = SUBJECTS[subject];
+    throw new VirtEbpfError(s.code, `${s.refusal} ${path}: ${reason}`, {
+      remedy: `${s.remedy} (chown root:root; chmod go-w), including its directories`,
       fields: { path },
     });
   }

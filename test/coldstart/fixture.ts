@@ -6,7 +6,7 @@
  */
 import { SHIM_FILES } from '../../src/install/host';
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { brokerRequest, DEFAULT_SOCKET } from '../../src/broker/client';
@@ -26,6 +26,9 @@ export function installForReal(): Manifest {
   for (const e of m.entries) assert.ok(existsSync(e.path), `install listed ${e.path} but it is not there`);
   assert.ok(existsSync(INSTALLED_CLI), `the runtime is not at ${DEFAULT_PREFIX}`);
   for (const f of Object.values(SHIM_FILES)) assert.ok(existsSync(join(DEFAULT_PREFIX, f)), `install copied the built shim ${f}`);
+  assert.ok(m.entries.some((e) => e.kind === 'launcher' && e.path === DEFAULT_PATHS.launcher), `install lists the virt-ebpf command ${DEFAULT_PATHS.launcher}`);
+  const onPath = spawnSync('virt-ebpf', ['version'], { encoding: 'utf8', env: { ...process.env, PATH: '/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' } });
+  assert.equal(onPath.status, 0, `virt-ebpf is not on root's PATH after install: ${onPath.stderr ?? onPath.error}`);
   return m;
 }
 

@@ -11,6 +11,7 @@ import { hostFacts } from '../../src/install/host';
 import { runChecks, formatChecks, doctorExitCode, CheckResult } from '../../src/doctor';
 import { spawn } from 'node:child_process';
 import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
+import { scratchPaths, trustedPrefix } from '../install/scratch';
 
 const find = (rs: CheckResult[], name: string) => rs.find((r) => r.name === name || r.name.startsWith(name))!;
 
@@ -21,17 +22,9 @@ test('doctor: broker down, modified and stale wrappers fail with their fix; all 
   const copy = join(bin, 'qemu-system-x86_64');
   copyFileSync(QEMU, copy);
   const socket = join(d.path, 'broker.sock');
-  const paths = {
-    wrapperDir: join(d.path, 'wrappers'),
-    hookFile: join(d.path, 'hook'),
-    unitDir: join(d.path, 'units'),
-    configFile: join(d.path, 'config.json'),
-    apparmorFile: join(d.path, 'aa'),
-    aptFile: join(d.path, 'apt'),
-    manifest: join(d.path, 'manifest.json'),
-  };
+  const paths = scratchPaths(d.path);
   const opts = { cacheDir: join(d.path, 'cache'), socket, manifest: paths.manifest, emulators: [copy] };
-  install({ ...hostFacts({ prefix: REPO, emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+  install({ ...hostFacts({ prefix: trustedPrefix(), emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
   try {
     let rs = await runChecks(opts);
     assert.equal(find(rs, 'broker').verdict, 'fail');

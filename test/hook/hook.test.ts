@@ -15,6 +15,7 @@ import { enableDomain, wrapperInDir, isEnabled } from '../../src/xml';
 import { install } from '../../src/install/apply';
 import { hostFacts } from '../../src/install/host';
 import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
+import { scratchPaths, trustedPrefix } from '../install/scratch';
 
 const plain = readFileSync(join(REPO, 'test/fixtures/xml/one-rss-nic.in.xml'), 'utf8');
 const uuid = domainUuid(plain)!;
@@ -124,8 +125,8 @@ test('prepare after the real QEMU changed: the wrapper is refreshed and the star
   copyFileSync(QEMU, copy);
   const w = tempDir();
   try {
-    const paths = { wrapperDir: join(w.path, 'wrappers'), hookFile: join(w.path, 'hook'), unitDir: join(w.path, 'u'), configFile: join(w.path, 'c.json'), apparmorFile: join(w.path, 'aa'), aptFile: join(w.path, 'apt'), manifest: join(w.path, 'm.json') };
-    install({ ...hostFacts({ prefix: REPO, emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    const paths = scratchPaths(w.path);
+    install({ ...hostFacts({ prefix: trustedPrefix(), emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
     const xml = enableDomain(plain.replace('/usr/bin/qemu-system-x86_64', copy), { wrapperFor: wrapperInDir(paths.wrapperDir) }).xml;
     utimesSync(copy, new Date(), new Date());
     const e = { ...env, manifest: paths.manifest };

@@ -4,40 +4,26 @@
  * install wrote, refresh rewrites a wrapper only when its QEMU changed.
  */
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, readdirSync, utimesSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { install, uninstall, refreshWrappers, staleWrappers, readManifest } from '../../src/install/apply';
-import { installPlan, InstallPaths } from '../../src/install/plan';
+import { installPlan } from '../../src/install/plan';
 import { hostFacts } from '../../src/install/host';
 import { parseWrapper } from '../../src/wrapper/script';
 import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
-
-function scratchPaths(root: string): InstallPaths {
-  return {
-    wrapperDir: join(root, 'usr/libexec/virt-ebpf'),
-    hookFile: join(root, 'etc/libvirt/hooks/qemu.d/virt-ebpf'),
-    unitDir: join(root, 'etc/systemd/system'),
-    configFile: join(root, 'etc/virt-ebpf/config.json'),
-    apparmorFile: join(root, 'etc/apparmor.d/abstractions/libvirt-qemu.d/virt-ebpf'),
-    aptFile: join(root, 'etc/apt/apt.conf.d/80virt-ebpf'),
-    manifest: join(root, 'var/lib/virt-ebpf/installed.json'),
-  };
-}
-
-function allFiles(dir: string): string[] {
-  if (!existsSync(dir)) return [];
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? allFiles(join(dir, e.name)) : [join(dir, e.name)]));
-}
+import { allFiles, scratchPaths, trustedPrefix } from './scratch';
 
 test('install writes exactly the plan, uninstall removes exactly that, the user\'s config survives', () => {
   needRoot('writes root-owned files');
   const d = tempDir();
   try {
     const paths = scratchPaths(d.path);
-    const facts = { ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: true, apparmor: true, apt: true };
+    const prefix = trustedPrefix();
+    const facts = { ...hostFacts({ prefix, emulators: [QEMU], paths }), systemd: true, apparmor: true, apt: true };
     const plan = installPlan(facts);
-    assert.deepEqual(plan.map((a) => a.kind).sort(), ['apparmor', 'apt', 'config', 'hook', 'unit', 'unit', 'wrapper']);
+    assert.deepEqual(plan.map((a) => a.kind).sort(), ['apparmor', 'apt', 'config', 'hook', 'launcher', 'unit', 'unit', 'wrapper']);
     const r = install(facts, { rescan: false });
     assert.deepEqual(r.written.sort(), plan.map((a) => a.path).sort());
     for (const a of plan) {
@@ -46,11 +32,11 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     }
     const wrapper = parseWrapper(readFileSync(join(paths.wrapperDir, 'qemu-system-x86_64'), 'utf8'));
     assert.equal(wrapper?.real, QEMU);
-    assert.equal(wrapper?.shim, join(REPO, 'dist/shims/vebpf-wrapper'), 'the C wrapper shim, named absolutely');
+    assert.equal(wrapper?.shim, join(prefix, 'dist/shims/vebpf-wrapper'), 'the C wrapper shim, named absolutely');
     const hook = readFileSync(paths.hookFile, 'utf8');
-    assert.equal(hook.split('\n')[0], `#!${REPO}/dist/shims/vebpf-hook`, 'the kernel runs the C hook shim: no shell');
+    assert.equal(hook.split('\n')[0], `#!${prefix}/dist/shims/vebpf-hook`, 'the kernel runs the C hook shim: no shell');
     assert.match(hook, new RegExp(`^node=${process.execPath}$`, 'm'));
-    assert.match(hook, new RegExp(`^hook=${REPO}/dist/src/hook/main\\.js$`, 'm'));
+    assert.match(hook, new RegExp(`^hook=${prefix}/dist/src/hook/main\\.js$`, 'm'));
     assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} .*cli/main.js broker`));
     assert.equal(readManifest(paths.manifest)!.entries.length, plan.length);
 
@@ -74,11 +60,11 @@ test('a config the user had before install is never ours: kept, not in the manif
   const d = tempDir();
   try {
     const paths = scratchPaths(d.path);
-    install({ ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    install({ ...hostFacts({ prefix: trustedPrefix(), emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
     uninstall(paths.manifest, { rescan: false });
     mkdirSync(dirname(paths.configFile), { recursive: true });
     writeFileSync(paths.configFile, '{"pool":{"size":4}}\n');
-    const r = install({ ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    const r = install({ ...hostFacts({ prefix: trustedPrefix(), emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
     assert.deepEqual(r.kept, [paths.configFile]);
     assert.ok(!readManifest(paths.manifest)!.entries.some((e) => e.path === paths.configFile));
     uninstall(paths.manifest, { rescan: false });
@@ -96,7 +82,7 @@ test('refresh rewrites (new ctime) only the wrapper whose QEMU changed', async (
   try {
     copyFileSync(QEMU, copy);
     const paths = scratchPaths(d.path);
-    install({ ...hostFacts({ prefix: REPO, emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    install({ ...hostFacts({ prefix: trustedPrefix(), emulators: [copy], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
     const w = join(paths.wrapperDir, 'qemu-system-x86_64');
     assert.deepEqual(refreshWrappers(paths.manifest), { refreshed: [], missing: [] });
     const before = statSync(w).ctimeMs;
@@ -139,5 +125,61 @@ test('a prefix whose shims cannot be named on a #! line (blank, over 253 bytes) 
       (e: Error & { code?: string; remedy?: string }) => e.code === 'USAGE' && /cannot be named on a #! line/.test(e.message) && /--prefix/.test(e.remedy ?? ''),
       prefix.slice(0, 20),
     );
+  }
+});
+
+test('install puts the `virt-ebpf` command on PATH (in the manifest, removed by uninstall); a command the user had there is kept', () => {
+  needRoot('writes root-owned files');
+  const d = tempDir();
+  try {
+    const paths = scratchPaths(d.path);
+    const prefix = trustedPrefix();
+    const facts = { ...hostFacts({ prefix, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false };
+    install(facts, { rescan: false });
+    assert.equal(statSync(paths.launcher).mode & 0o777, 0o755);
+    assert.ok(readManifest(paths.manifest)!.entries.some((e) => e.kind === 'launcher' && e.path === paths.launcher));
+    const r = spawnSync('virt-ebpf', ['version'], { encoding: 'utf8', env: { PATH: `${dirname(paths.launcher)}:/usr/bin:/bin` } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^virt-ebpf \d+\.\d+\.\d+\n$/);
+    assert.match(readFileSync(paths.launcher, 'utf8'), new RegExp(`^exec ${process.execPath} ${prefix}/dist/src/cli/main\\.js "\\$@"$`, 'm'));
+    uninstall(paths.manifest, { rescan: false });
+    assert.ok(!existsSync(paths.launcher));
+
+    mkdirSync(dirname(paths.launcher), { recursive: true });
+    writeFileSync(paths.launcher, '#!/bin/sh\necho mine\n', { mode: 0o755 });
+    const again = install(facts, { rescan: false });
+    assert.ok(again.kept.includes(paths.launcher));
+    assert.ok(!readManifest(paths.manifest)!.entries.some((e) => e.path === paths.launcher), 'not ours');
+    uninstall(paths.manifest, { rescan: false });
+    assert.equal(readFileSync(paths.launcher, 'utf8'), '#!/bin/sh\necho mine\n');
+
+    // Exactly our command, left by an install whose manifest was lost: taken back, not "kept".
+    writeFileSync(paths.launcher, installPlan(facts).find((a) => a.kind === 'launcher')!.content, { mode: 0o755 });
+    assert.deepEqual(install(facts, { rescan: false }).kept, []);
+    assert.ok(readManifest(paths.manifest)!.entries.some((e) => e.path === paths.launcher));
+    uninstall(paths.manifest, { rescan: false });
+    assert.ok(!existsSync(paths.launcher));
+  } finally {
+    d.remove();
+  }
+});
+
+test("the package's runtime: install writes no units and no command (the package ships both); what a checkout's install wrote there is removed", () => {
+  needRoot('writes root-owned files');
+  const d = tempDir();
+  try {
+    const paths = scratchPaths(d.path);
+    const facts = { ...hostFacts({ prefix: trustedPrefix(), emulators: [QEMU], paths }), systemd: true, apparmor: false, apt: false };
+    assert.ok(!facts.packaged, 'a checkout copy is not the package');
+    install(facts, { rescan: false });
+    assert.ok(existsSync(paths.launcher) && existsSync(join(paths.unitDir, 'virt-ebpfd.service')));
+    const packaged = { ...facts, packaged: true };
+    assert.deepEqual(installPlan(packaged).map((a) => a.kind).sort(), ['config', 'hook', 'wrapper']);
+    install(packaged, { rescan: false });
+    assert.ok(!existsSync(paths.launcher) && !existsSync(join(paths.unitDir, 'virt-ebpfd.service')), "the checkout's command and units are gone");
+    uninstall(paths.manifest, { rescan: false });
+    assert.deepEqual(allFiles(d.path), []);
+  } finally {
+    d.remove();
   }
 });
