@@ -9,4 +9,4 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 # One file at a time: the suites start real QEMU processes on a 2-core machine.
-exec node --test --test-concurrency=1 --test-timeout=300000 $(find dist/test -name '*.test.js' | sort) "$@"
+exec node --test --test-concurrency=1 --test-timeout=900000 $(find dist/test -name '*.test.js' | sort) "$@"
