@@ -62,9 +62,9 @@ static void hotplug_env(const char *real, int argc, char **argv, const char *pol
     int lfd = monitor_fd(argc, argv);
     if (lfd < 0)
         return;
-    char *so = beside_me("vebpf-qmp.so");
+    char *so = beside_me(VEBPF_SHIM_SO);
     if (!so || access(so, R_OK)) {
-        fprintf(stderr, "virt-ebpf: %s is missing (run `virt-ebpf install` again): hot-plugged NICs get no eBPF fds\n", so ? so : "vebpf-qmp.so");
+        fprintf(stderr, "virt-ebpf: %s is missing (run `virt-ebpf install` again): hot-plugged NICs get no eBPF fds\n", so ? so : VEBPF_SHIM_SO);
         free(so);
         return;
     }

@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as yup from 'yup';
 import { VirtEbpfError } from '../errors';
 import { BROKER_SOCKET, CONFIG_FILE } from '../shims/constants';
-import { DEFAULT_POLICY, POLICIES } from '../wrapper/policy';
+import { DEFAULT_POLICY, POLICIES } from '../policy';
 
 export const DEFAULT_CONFIG_PATH = CONFIG_FILE;
 

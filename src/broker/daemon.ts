@@ -19,7 +19,7 @@ import { BrokerConfig, libvirtQemuAccount } from './config';
 import { Allowlist, Broker } from './server';
 import type { PoolSource, RefillTiming } from './pool';
 import { Loader } from './loader';
-import type { Policy } from '../wrapper/policy';
+import type { Policy } from '../policy';
 
 function groupId(name: string): number | undefined {
   if (/^\d+$/.test(name)) return Number(name);

@@ -4,7 +4,7 @@
  * Pure: parsing and validation of requests and replies; no sockets here.
  */
 import { VirtEbpfError, ErrorCode } from '../errors';
-import type { Policy } from '../wrapper/policy';
+import type { Policy } from '../policy';
 import { FD_MARKER as SHARED_FD_MARKER, LIMITS } from '../shims/constants';
 
 export const PROTOCOL_VERSION = 1;

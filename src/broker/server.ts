@@ -26,7 +26,7 @@ import { FactsMemo } from '../hook/facts';
 import { Connection, ConnectionLimits, LINGER_MS } from './connection';
 import { Admissions } from './admission';
 import { identifyPeer, normalUuid, Peer } from './peer';
-import { DEFAULT_POLICY, Policy, readDomainState } from '../wrapper/policy';
+import { DEFAULT_POLICY, Policy, readDomainState } from '../policy';
 import { planDeviceAdd, propertyValue } from '../argv';
 import { isVirtEbpfError } from '../errors';
 import { MAX_SPLICE } from './protocol';

@@ -11,7 +11,7 @@ import { brokerRequest, DEFAULT_SOCKET } from '../broker/client';
 import { DEFAULT_PATHS } from '../install/plan';
 import { readManifest, staleWrappers } from '../install/apply';
 import { isVirtEbpfError } from '../errors';
-import { scanHotplugQemus } from '../wrapper/hotplug-shim';
+import { scanHotplugQemus } from './hotplug-shim';
 
 export { type CheckResult } from './checks';
 

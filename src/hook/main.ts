@@ -7,7 +7,7 @@
 import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { isVirtEbpfError, VirtEbpfError } from '../errors';
 import { disableDomain, domainFacts } from '../xml';
-import { DOMAIN_STATE_DIR, domainStatePath } from '../wrapper/policy';
+import { DOMAIN_STATE_DIR, domainStatePath } from '../policy';
 import { DEFAULT_PATHS } from '../install/plan';
 import { refreshIfStale } from '../install/apply';
 import { DomainRef, domainUuid, HookEvent, mayFail, parseHookArgs } from './event';

@@ -9,7 +9,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSy
 import { basename, dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
-import { parseWrapper, renderWrapper } from '../wrapper/script';
+import { parseWrapper, renderWrapper } from './wrapper-script';
 import { Artifact, HostFacts, installPlan, resolvePaths } from './plan';
 import { assertTrustedExecutable } from '../sys/trust';
 import { readMarker } from './runtime';

@@ -8,7 +8,7 @@ import { listEmulatorsOnPath, probeEmulator } from '../emulator';
 import { untrustedReason } from '../sys/trust';
 import { identityOf } from './apply';
 import { HostFacts, InstallPaths } from './plan';
-import { SHIM_SO } from '../wrapper/hotplug-shim';
+import { SHIM_SO } from '../shims/constants';
 import { readMarker } from './runtime';
 
 export const TEMPLATE_FILES = ['hook', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf', 'launcher'];

@@ -5,7 +5,7 @@
  */
 import { SHIM_FILES } from './host';
 import { basename, dirname, join } from 'node:path';
-import { renderWrapper } from '../wrapper/script';
+import { renderWrapper } from './wrapper-script';
 import { VirtEbpfError } from '../errors';
 import { CONFIG_FILE } from '../shims/constants';
 

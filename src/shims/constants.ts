@@ -17,6 +17,9 @@ export const FD_MARKER = '@virt-ebpf-fd:';
 /** The remedy of every "cannot reach the broker" message, in TypeScript and in C alike. */
 export const BROKER_REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `virt-ebpf broker` as root) and check `virt-ebpf doctor`';
 
+/** The hot-plug shim's file name: the build writes it beside the wrapper shim, which preloads it from there. */
+export const SHIM_SO = 'vebpf-qmp.so';
+
 /** The broker ops the shims send. */
 export const OPS = { execPlan: 'exec-plan', devicePlan: 'device-plan', hook: 'hook' } as const;
 

@@ -9,7 +9,7 @@ import { bpfFdInfo, type BpfFdInfo } from '../fdpass';
 import { readCmdline } from '../sys/proc';
 import { mapInfo, openMapById, openProgById, progInfo } from '../bpf/live';
 import { BPF_PROG_TYPE_SOCKET_FILTER } from '../bpf/rss';
-import { resolvePolicy } from '../wrapper/policy';
+import { resolvePolicy } from '../policy';
 import { assignRssMapRoles, looksLikeQemu, numericFds, parseQemuRssArgs, type MapShape, type NicArgs } from './nics';
 
 /** What we know about a QEMU process besides its command line. */

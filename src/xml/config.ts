@@ -20,7 +20,7 @@
 import type { Element } from '@xmldom/xmldom';
 import { VirtEbpfError } from '../errors';
 import { childElements, escapeAttr } from './source';
-import { DEFAULT_POLICY, POLICIES, type Policy } from '../wrapper/policy';
+import { DEFAULT_POLICY, POLICIES, type Policy } from '../policy';
 
 /** One constant for our XML namespace; never change it (it identifies existing domains). */
 export { XML_NAMESPACE } from '../shims/constants';
@@ -28,7 +28,7 @@ import { XML_NAMESPACE } from '../shims/constants';
 export const XML_PREFIX = 'virt-ebpf';
 export const CONFIG_VERSION = 1;
 
-export { type Policy, POLICIES, DEFAULT_POLICY } from '../wrapper/policy';
+export { type Policy, POLICIES, DEFAULT_POLICY } from '../policy';
 
 /** The `<driver>` attributes enable may set. */
 export type NicAttrName = 'rss' | 'queues';

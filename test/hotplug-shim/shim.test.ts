@@ -16,7 +16,7 @@ import { QmpClient } from '../../src/qmp';
 import { lookupUser } from '../../src/sys/users';
 import { createTap, type Tap } from '../../src/guest/tap';
 import { hotplugShimCheck } from '../../src/doctor';
-import { mapsShowShim } from '../../src/wrapper/hotplug-shim';
+import { mapsShowShim } from '../../src/doctor/hotplug-shim';
 import { needRoot, tempDir } from '../harness';
 import { startTestBroker, type TestBroker } from '../broker/support';
 import { addNetdev as addNetdevTo, alive, bpfFdsOf, sleep, startDomainQemu, until, type DomainQemu } from './support';

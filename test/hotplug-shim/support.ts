@@ -12,8 +12,8 @@ import type { QmpClient } from '../../src/qmp';
 import * as libc from '../../src/sys/libc';
 import { createTap, type Tap } from '../../src/guest/tap';
 import { sleep, until } from '../broker/support';
-import { isShimMapping } from '../../src/wrapper/hotplug-shim';
-import { renderWrapper } from '../../src/wrapper/script';
+import { isShimMapping } from '../../src/doctor/hotplug-shim';
+import { renderWrapper } from '../../src/install/wrapper-script';
 
 export const WRAPPER_SHIM = join(REPO, 'dist/shims/vebpf-wrapper');
 const PYTHON = '/usr/bin/python3';
@@ -64,7 +64,7 @@ export interface DomainQemuOptions {
 export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
   const monitor = join(o.dir, `${o.name}.monitor`);
   chmodSync(o.dir, 0o755);
-  // The wrapper as `virt-ebpf install` writes it (src/wrapper/script.ts): its #! runs the shim.
+  // The wrapper as `virt-ebpf install` writes it (src/install/wrapper-script.ts): its #! runs the shim.
   const wrapper = join(o.dir, 'qemu-system-x86_64');
   writeFileSync(wrapper, renderWrapper({ real: o.real ?? QEMU, shim: WRAPPER_SHIM, identity: 'test' }), { mode: 0o755 });
   const args = [

@@ -29,7 +29,7 @@ import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fix
 import { bpfFds, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
 import { alive, bpfFdsOf, shimMemoryKiB } from '../hotplug-shim/support';
-import { mapsShowShim } from '../../src/wrapper/hotplug-shim';
+import { mapsShowShim } from '../../src/doctor/hotplug-shim';
 
 const PREFIX = `vebpf-hp-${process.pid}-`;
 const URI = 'qemu:///system';

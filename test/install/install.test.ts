@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { install, uninstall, refreshWrappers, staleWrappers, readManifest } from '../../src/install/apply';
 import { installPlan } from '../../src/install/plan';
 import { hostFacts } from '../../src/install/host';
-import { parseWrapper } from '../../src/wrapper/script';
+import { parseWrapper } from '../../src/install/wrapper-script';
 import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
 import { allFiles, scratchPaths, trustedPrefix } from './scratch';
 

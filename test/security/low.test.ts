@@ -11,7 +11,7 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { domainUuid } from '../../src/hook/event';
 import { enableDomain, wrapperInDir } from '../../src/xml';
-import { renderWrapper } from '../../src/wrapper/script';
+import { renderWrapper } from '../../src/install/wrapper-script';
 import { REPO, tempDir } from '../harness';
 
 const dir = tempDir();

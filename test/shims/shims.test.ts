@@ -13,7 +13,7 @@ import { domainUuid } from '../../src/hook/event';
 import { enableDomain, wrapperInDir, XML_NAMESPACE } from '../../src/xml';
 import { REPO, tempDir } from '../harness';
 import { SHIM_FILES } from '../../src/install/host';
-import { renderWrapper } from '../../src/wrapper/script';
+import { renderWrapper } from '../../src/install/wrapper-script';
 import { renderHeader } from '../../src/shims/header';
 
 const WRAPPER = join(REPO, 'dist/shims/vebpf-wrapper');
@@ -33,7 +33,7 @@ chmodSync(fakeQemu, 0o755);
 
 after(() => dir.remove());
 
-/** What `virt-ebpf install` writes (src/wrapper/script.ts, templates/hook): text files whose `#!` names a shim. */
+/** What `virt-ebpf install` writes (src/install/wrapper-script.ts, templates/hook): text files whose `#!` names a shim. */
 const wrapperFile = join(dir.path, 'qemu-system-x86_64');
 writeFileSync(wrapperFile, renderWrapper({ real: fakeQemu, shim: WRAPPER, identity: 'test' }), { mode: 0o755 });
 const hookFile = join(dir.path, 'hook');

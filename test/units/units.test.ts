@@ -18,7 +18,7 @@ import { install } from '../../src/install/apply';
 import { hostFacts } from '../../src/install/host';
 import { brokerRequest } from '../../src/broker/client';
 import { closeAll } from '../../src/fdpass';
-import { DOMAIN_STATE_DIR } from '../../src/wrapper/policy';
+import { DOMAIN_STATE_DIR } from '../../src/policy';
 import { enableDomain, wrapperInDir } from '../../src/xml';
 import { QEMU, REPO, needRoot, tempDir } from '../harness';
 import { scratchPaths, trustedPrefix } from '../install/scratch';

@@ -1,7 +1,7 @@
-/** The pure halves of src/wrapper/hotplug-shim.ts: which QEMU should have the hot-plug shim, and does it. */
+/** The pure halves of src/doctor/hotplug-shim.ts: which QEMU should have the hot-plug shim, and does it. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { hasLibvirtMonitor, mapsShowShim, stateWantsHotplug } from '../../src/wrapper/hotplug-shim';
+import { hasLibvirtMonitor, mapsShowShim, stateWantsHotplug } from '../../src/doctor/hotplug-shim';
 
 test('the shim is seen in /proc/PID/maps by its file name only', () => {
   const lib = '7f1c2a000000-7f1c2a001000 r--p 00000000 fe:01 1234    /usr/lib/virt-ebpf/dist/shims/vebpf-qmp.so';

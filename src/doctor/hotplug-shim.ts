@@ -7,10 +7,9 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { domainIdentity } from '../argv';
 import { readCmdline } from '../sys/proc';
-import { DOMAIN_STATE_DIR, domainStatePath } from './policy';
+import { DOMAIN_STATE_DIR, domainStatePath } from '../policy';
+import { SHIM_SO } from '../shims/constants';
 
-/** The file name the build gives the shim (scripts/build-shims.sh). */
-export const SHIM_SO = 'vebpf-qmp.so';
 
 /** Whether one line of /proc/PID/maps (or the first line of an smaps entry) maps the shim. */
 export function isShimMapping(line: string): boolean {
