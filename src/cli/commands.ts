@@ -4,7 +4,7 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { parseArgs } from './args';
+import { parseArgs } from '../options';
 import { VirtEbpfError } from '../errors';
 
 export interface Command {

@@ -2,7 +2,7 @@
  * `virt-ebpf enable|disable DOMAIN` and `virt-ebpf define FILE`: the argument layer over
  * commands.ts. Returns what to print; errors are thrown as VirtEbpfError for the CLI to report.
  */
-import { parseArgs } from '../cli/args';
+import { parseArgs } from '../options';
 import { VirtEbpfError } from '../errors';
 import { POLICIES, type Policy } from '../xml';
 import { defineFile, disableDomain, enableDomain, type DefineCommandOptions, type DomainOutcome } from './commands';

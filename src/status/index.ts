@@ -3,7 +3,7 @@
  * guest configured — read live from the kernel maps QEMU writes.
  */
 import { VirtEbpfError } from '../errors';
-import { parseArgs } from '../cli/args';
+import { parseArgs } from '../options';
 import { discoverQemus, type DiscoverOptions, type QemuProcess, type DiscoveredNic } from './discover';
 import { classify, decodeRssView, formatStatus, queueHistogram, statusJson, type DomainStatus, type NicStatus, type StatusReport } from './format';
 import { readRssMaps } from './live';

@@ -6,7 +6,7 @@
  * (src/rss) computed from the same maps. Any disagreement, or maps changing under us, is a failure.
  */
 import { VirtEbpfError } from '../errors';
-import { parseArgs } from '../cli/args';
+import { parseArgs } from '../options';
 import { openProgById, progTestRun } from '../bpf/live';
 import { describeFlow, referenceQueue, type Flow, type Steering } from '../rss';
 import { bar, classify, decodeRssView, readRssMaps, rssStateFromRaw, requireRootFor, selectQemus, type NicState, type RawRssMaps, type RssView, type DiscoveredNic, type QemuProcess } from '../status';
