@@ -1,6 +1,7 @@
 /**
  * The subcommands: each parses its options and calls into its concept's folder.
  */
+import { DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE } from '../libvirt/usage';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -96,16 +97,8 @@ export const COMMANDS: Record<string, Command> = {
     (['enable', 'disable', 'define'] as const).map((name) => [
       name,
       {
-        summary: {
-          enable: 'give a defined domain eBPF RSS (applies at its next start)',
-          disable: 'undo enable on a defined domain, restoring its XML exactly',
-          define: 'define a domain from FILE with eBPF RSS enabled',
-        }[name],
-        usage: {
-          enable: 'virt-ebpf enable DOMAIN [--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off] [--wrapper-dir DIR] [--connect URI] [--json]',
-          disable: 'virt-ebpf disable DOMAIN [--connect URI] [--json]',
-          define: 'virt-ebpf define FILE [enable options] [--default-emulator PATH] [--connect URI] [--json]',
-        }[name],
+        summary: DOMAIN_COMMAND_SUMMARY[name],
+        usage: DOMAIN_COMMAND_USAGE[name],
         async run(argv: string[]) {
           const { runDomainCommand } = await import('../libvirt');
           const r = runDomainCommand(name, argv);

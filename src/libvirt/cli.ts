@@ -8,31 +8,9 @@ import { POLICIES, type Policy } from '../xml';
 import { defineFile, disableDomain, enableDomain, type DefineCommandOptions, type DomainOutcome } from './commands';
 import { openConnection } from './connection';
 
-export type DomainCommand = 'enable' | 'disable' | 'define';
+import { DOMAIN_COMMAND_HELP as HELP, DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE, type DomainCommand } from './usage';
 
-const ENABLE_OPTS = '[--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off] [--wrapper-dir DIR]';
-export const DOMAIN_COMMAND_USAGE: Record<DomainCommand, string> = {
-  enable: `virt-ebpf enable DOMAIN ${ENABLE_OPTS} [--connect URI] [--json]`,
-  disable: 'virt-ebpf disable DOMAIN [--connect URI] [--json]',
-  define: `virt-ebpf define FILE ${ENABLE_OPTS} [--default-emulator PATH] [--connect URI] [--json]`,
-};
-export const DOMAIN_COMMAND_SUMMARY: Record<DomainCommand, string> = {
-  enable: "give a defined domain eBPF RSS: its persistent definition points at the wrapper (applies at the next start)",
-  disable: 'undo enable on a defined domain, restoring exactly what enable changed',
-  define: 'define a domain from FILE with eBPF RSS enabled, in one step (like virsh define)',
-};
-
-const HELP = `
-Options:
-  --all-virtio          turn rss on for every virtio NIC on a tap backend that has no rss setting
-  --queues N            queues (>= 2) for the NICs --all-virtio turns on
-  --policy P            what the wrapper does when eBPF fds are unavailable (strict|fallback; default strict)
-  --hotplug on|off      give NICs hot-plugged with rss on their eBPF fds (hot-plug shim in QEMU; default on)
-  --wrapper-dir DIR     where the wrappers are (default /usr/libexec/virt-ebpf)
-  --default-emulator P  define: the emulator to wrap for a FILE without <emulator> (default: libvirt's choice)
-  --connect URI         libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)
-  --json                print the outcome as JSON
-`;
+export type { DomainCommand };
 
 function usage(command: DomainCommand, message: string): VirtEbpfError {
   return new VirtEbpfError('USAGE', `${command}: ${message}`, { remedy: `usage: ${DOMAIN_COMMAND_USAGE[command]}` });
