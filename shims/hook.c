@@ -1,6 +1,6 @@
 /*
  * virt-ebpf libvirt hook shim: `vebpf-hook HOOKFILE NAME OP SUBOP EXTRA`, root, domain XML on
- * stdin. The installed hook (/etc/libvirt/hooks/qemu.d/virt-ebpf, templates/hook) is a text
+ * stdin. The installed hook (/etc/libvirt/hooks/qemu.d/virt-ebpf, from hooks/qemu.d/virt-ebpf) is a text
  * file whose first line is `#!` and this binary: libvirt runs it at every step of every domain
  * (inside `virsh start`), and the kernel runs us with its path first — no shell.
  *

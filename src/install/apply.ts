@@ -231,7 +231,7 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   // runtime copied before the marker existed).
   const tree = opts.removeTree;
   const marker = tree ? readMarker(tree) : null;
-  const legacy = tree && !marker && existsSync(join(tree, 'dist/src/cli/main.js')) && (existsSync(join(tree, 'templates/hook')) || existsSync(join(tree, 'templates/hook.sh')));
+  const legacy = tree && !marker && existsSync(join(tree, 'dist/src/cli/main.js')) && (existsSync(join(tree, 'hooks/qemu.d/virt-ebpf')) || existsSync(join(tree, 'templates/hook')) || existsSync(join(tree, 'templates/hook.sh')));
   if (tree && (marker?.owner === 'install' || legacy)) {
     rmSync(tree, { recursive: true, force: true });
     removed.push(tree);

@@ -11,7 +11,9 @@ import { HostFacts, InstallPaths } from './plan';
 import { SHIM_SO } from '../shims/constants';
 import { readMarker } from './runtime';
 
-export const TEMPLATE_FILES = ['hook', 'virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf', 'launcher'];
+/** The libvirt hook as libvirt runs it (its placeholders filled): hooks/qemu.d/virt-ebpf. */
+export const HOOK_TEMPLATE = 'hooks/qemu.d/virt-ebpf';
+export const TEMPLATE_FILES = ['virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf', 'launcher'];
 /** The start-path shims, built from shims/*.c by `npm run build` (scripts/build-shims.sh), relative to the prefix. */
 export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: `dist/shims/${SHIM_SO}` } as const;
 
@@ -61,6 +63,7 @@ export async function chooseEmulators(cacheDir: string, searchPath?: string): Pr
 export function hostFacts(opts: { prefix: string; emulators: string[]; paths?: Partial<InstallPaths> }): HostFacts {
   const templates: Record<string, string> = {};
   for (const f of TEMPLATE_FILES) templates[f] = readFileSync(join(opts.prefix, 'templates', f), 'utf8');
+  templates.hook = readFileSync(join(opts.prefix, HOOK_TEMPLATE), 'utf8');
   return {
     node: process.execPath,
     prefix: opts.prefix,

@@ -124,7 +124,7 @@ export function koffiTriplets(platform = process.platform, arch = process.arch):
 
 /** Copy the runtime parts of `from` (package.json, templates, dist/src, dist/shims, production node_modules) to `to`. */
 export function copyRuntimeParts(from: string, to: string, keepKoffi = koffiTriplets()): void {
-  for (const part of ['package.json', 'templates', 'dist/src', 'dist/shims']) cpSync(join(from, part), join(to, part), { recursive: true });
+  for (const part of ['package.json', 'hooks', 'templates', 'dist/src', 'dist/shims']) cpSync(join(from, part), join(to, part), { recursive: true });
   const modules = join(from, 'node_modules');
   const keep = runtimeModuleFilter(devDependencies(from), keepKoffi);
   cpSync(modules, join(to, 'node_modules'), { recursive: true, filter: (src) => keep(src.slice(modules.length + 1)) });

@@ -27,7 +27,7 @@ test('the hook file runs the C hook shim without a shell: it ends at once for ot
     const record = join(d.path, 'record');
     const fakeNode = join(d.path, 'node');
     const prefix = join(d.path, 'prefix');
-    cpSync(join(REPO, 'templates'), join(prefix, 'templates'), { recursive: true });
+    for (const part of ['templates', 'hooks']) cpSync(join(REPO, part), join(prefix, part), { recursive: true });
     mkdirSync(join(prefix, 'dist/shims'), { recursive: true });
     for (const f of Object.values(SHIM_FILES)) copyFileSync(join(REPO, f), join(prefix, f));
     writeFileSync(fakeNode, `#!/bin/sh\nprintf '%s %s\\n' "$0" "$*" > '${record}.argv'\ncat > '${record}.stdin'\nexit 7\n`);

@@ -107,8 +107,7 @@ test('install refuses when the shims are not built: wrapper, hook and hot-plug n
   const d = tempDir();
   try {
     const prefix = join(d.path, 'prefix');
-    mkdirSync(join(prefix, 'templates'), { recursive: true });
-    cpSync(join(REPO, 'templates'), join(prefix, 'templates'), { recursive: true });
+    for (const part of ['templates', 'hooks']) cpSync(join(REPO, part), join(prefix, part), { recursive: true });
     const facts = hostFacts({ prefix, emulators: [QEMU], paths: scratchPaths(join(d.path, 'root')) });
     assert.throws(() => install(facts, { rescan: false }), (e: Error & { code?: string; remedy?: string }) => e.code === 'SHIMS_MISSING' && /npm run build/.test(e.remedy ?? ''));
     assert.deepEqual(existsSync(join(d.path, 'root')) ? allFiles(join(d.path, 'root')) : [], [], 'nothing was written');

@@ -33,7 +33,7 @@ chmodSync(fakeQemu, 0o755);
 
 after(() => dir.remove());
 
-/** What `virt-ebpf install` writes (src/install/wrapper-script.ts, templates/hook): text files whose `#!` names a shim. */
+/** What `virt-ebpf install` writes (src/install/wrapper-script.ts, hooks/qemu.d/virt-ebpf): text files whose `#!` names a shim. */
 const wrapperFile = join(dir.path, 'qemu-system-x86_64');
 writeFileSync(wrapperFile, renderWrapper({ real: fakeQemu, shim: WRAPPER, identity: 'test' }), { mode: 0o755 });
 const hookFile = join(dir.path, 'hook');
