@@ -445,8 +445,8 @@ static void decide(struct conn *c, const char *line, size_t len)
         }
         buf_str(&msg, "virt-ebpf: ");
         buf_add(&msg, why, cut);
-        buf_str(&b, "\"ebpf-rss-fds\":[");
-        for (int i = 0; i < 4; i++) {
+        buf_str(&b, "\"" VEBPF_RSS_REFUSAL_PROPERTY "\":[");
+        for (int i = 0; i < VEBPF_RSS_FDS_PER_CONTEXT; i++) {
             if (i)
                 buf_add(&b, ",", 1);
             buf_json(&b, msg.p);

@@ -1,3 +1,4 @@
 export * from './keyval';
 export * from './qemu-argv';
 export * from './device-add';
+export * from './handoff';

@@ -6,7 +6,8 @@
 import { VirtEbpfError } from '../errors';
 import { KeyVal, keyValGet, parseKeyVal, parseQemuBool, serializeKeyVal } from './keyval';
 
-export type RssProperty = { name: 'ebpf-rss-fds'; type: 'list' } | { name: 'ebpf_rss_fds'; type: 'string' };
+import { RSS_PROPERTY_NAMES, type RssProperty } from './handoff';
+export type { RssProperty };
 
 export interface DeviceArg {
   /** index in argv of the device's argument (the token after -device) */
@@ -82,7 +83,7 @@ function rssOn(d: DeviceArg): boolean {
 
 function namesFds(d: DeviceArg): boolean {
   const has = (k: string) => (d.form === 'json' ? d.json![k] !== undefined : keyValGet(d.keyval!, k) !== undefined);
-  return has('ebpf-rss-fds') || has('ebpf_rss_fds');
+  return RSS_PROPERTY_NAMES.some(has);
 }
 
 /** Whether a device (from the command line or a QMP device_add) wants eBPF RSS fds, and already names some. */

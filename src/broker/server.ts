@@ -27,7 +27,7 @@ import { Connection, ConnectionLimits, LINGER_MS } from './connection';
 import { Admissions } from './admission';
 import { identifyPeer, normalUuid, Peer } from './peer';
 import { DEFAULT_POLICY, Policy, readDomainState } from '../policy';
-import { planDeviceAdd, propertyValue } from '../argv';
+import { planDeviceAdd, propertyValue, RSS_HANDOFF } from '../argv';
 import { isVirtEbpfError } from '../errors';
 import { MAX_SPLICE } from './protocol';
 
@@ -121,7 +121,8 @@ export function refusal(why: string): string {
   const max = Math.floor((MAX_SPLICE - 64) / 4 / 6); // each character may become \uXXXX
   const text = why.length > max ? `${why.slice(0, max - 1)}…` : why;
   const name = JSON.stringify(text);
-  return `"ebpf-rss-fds":[${name},${name},${name},${name}],`;
+  const { name: property } = RSS_HANDOFF.properties[0];
+  return `${JSON.stringify(property)}:[${Array(RSS_HANDOFF.fdsPerContext).fill(name).join(',')}],`;
 }
 
 export class Broker {

@@ -4,7 +4,7 @@
  * transcripts of real QEMU builds replay through exactly the code the live probe runs.
  */
 import { createHash } from 'node:crypto';
-import type { RssProperty } from '../argv';
+import { isRssProperty, RSS_HANDOFF, rssProperty, type RssProperty } from '../argv';
 import { VirtEbpfError } from '../errors';
 import {
   DeviceProperty,
@@ -112,10 +112,13 @@ export function versionString(v: QemuVersion): string {
 }
 
 export function decideProperty(props: readonly DeviceProperty[], device = RSS_DEVICE): { property: RssProperty | null; problem?: string } {
-  const list = props.find((p) => p.name === 'ebpf-rss-fds');
-  if (list) return list.type === 'list' ? { property: { name: 'ebpf-rss-fds', type: 'list' } } : { property: null, problem: `${device} property ebpf-rss-fds has unexpected type "${list.type}" (expected list)` };
-  const str = props.find((p) => p.name === 'ebpf_rss_fds');
-  if (str) return str.type === 'str' || str.type === 'string' ? { property: { name: 'ebpf_rss_fds', type: 'string' } } : { property: null, problem: `${device} property ebpf_rss_fds has unexpected type "${str.type}" (expected str)` };
+  for (const want of RSS_HANDOFF.properties) {
+    const got = props.find((p) => p.name === want.name);
+    if (!got) continue;
+    return (want.qomTypes as readonly string[]).includes(got.type)
+      ? { property: rssProperty(want.name)! }
+      : { property: null, problem: `${device} property ${want.name} has unexpected type "${got.type}" (expected ${want.qomTypes[0]})` };
+  }
   return { property: null };
 }
 
@@ -270,7 +273,7 @@ export function capsShapeProblem(v: unknown): string | null {
   if (v.supported ? v.reason !== undefined : !isStr(v.reason)) return 'reason must be present exactly when unsupported';
   if (v.protocol !== null && v.protocol !== 'request-ebpf' && v.protocol !== 'helper') return 'bad protocol';
   const p = v.property;
-  const propOk = p === null || (isObj(p) && Object.keys(p).length === 2 && ((p.name === 'ebpf-rss-fds' && p.type === 'list') || (p.name === 'ebpf_rss_fds' && p.type === 'string')));
+  const propOk = p === null || isRssProperty(p);
   if (!propOk) return 'bad property';
   if (!isStr(v.probedAt) || Number.isNaN(Date.parse(v.probedAt))) return 'bad probedAt';
   const hasObject = v.rssObject !== undefined || v.rssObjectSha256 !== undefined;

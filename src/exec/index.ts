@@ -3,6 +3,7 @@
  * device that has rss on, name the fds in that device, drop to U and exec the emulator (same
  * pid). Useful on its own without libvirt, and the model for the libvirt emulator wrapper.
  */
+import { RSS_HANDOFF, rssProperty } from '../argv';
 import { VirtEbpfError } from '../errors';
 import { closeAll, OwnedFd } from '../fdpass';
 import { probeEmulator } from '../emulator';
@@ -49,7 +50,7 @@ export async function execEmulator(opts: ExecOptions): Promise<never> {
       }
       ({ argv, keep } = finalArgv(args, plan, perDevice, caps.property, caps.deviceProps ?? {}));
     } else {
-      keep = finalArgv(args, plan, [], caps.property ?? { name: 'ebpf-rss-fds', type: 'list' }, {}).keep;
+      keep = finalArgv(args, plan, [], caps.property ?? rssProperty(RSS_HANDOFF.properties[0].name)!, {}).keep;
     }
     if (opts.verbose) {
       process.stderr.write(`virt-ebpf: ${plan.devices.length} RSS device(s) via ${caps.protocol ?? 'none'}; exec ${caps.realpath}${account ? ` as ${account.name}` : ''}\n`);

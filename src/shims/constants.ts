@@ -4,6 +4,7 @@
  * from this module at build time (src/shims/header.ts, scripts/build-shims.sh), so a value is
  * written once.
  */
+import { RSS_HANDOFF } from '../argv/handoff';
 
 /** Where the broker listens unless its config says otherwise (the shims read the config too). */
 export const BROKER_SOCKET = '/run/virt-ebpf/broker.sock';
@@ -19,6 +20,11 @@ export const BROKER_REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `v
 
 /** The hot-plug shim's file name: the build writes it beside the wrapper shim, which preloads it from there. */
 export const SHIM_SO = 'vebpf-qmp.so';
+
+/** The property the hot-plug shim names when it refuses a device_add on its own (no broker). */
+export const RSS_REFUSAL_PROPERTY = RSS_HANDOFF.properties[0].name;
+/** How many names a refusal puts there (QEMU counts them before it looks one up). */
+export const RSS_FDS_PER_CONTEXT = RSS_HANDOFF.fdsPerContext;
 
 /** The broker ops the shims send. */
 export const OPS = { execPlan: 'exec-plan', devicePlan: 'device-plan', hook: 'hook' } as const;

@@ -4,10 +4,10 @@
  * (tap name, queue count, vhost) and the fd entries it was given. Works on libvirt's JSON form
  * and on key=value. Pure: the /proc side is in discover.ts.
  */
-import { deviceArgs, domainIdentity, isVirtioNetDriver, keyValGet, parseKeyVal, parseQemuBool, type DeviceArg } from '../argv';
+import { deviceArgs, domainIdentity, isVirtioNetDriver, keyValGet, parseKeyVal, parseQemuBool, RSS_HANDOFF, type DeviceArg, type RssProperty } from '../argv';
 import { RSS_MAPS, type RssRole } from '../bpf/rss';
 
-export type FdsProperty = 'ebpf-rss-fds' | 'ebpf_rss_fds';
+export type FdsProperty = RssProperty['name'];
 
 export interface NetdevArgs {
   id: string;
@@ -53,13 +53,13 @@ function fdList(v: unknown): number[] {
 }
 
 function ebpfFds(d: DeviceArg): NicArgs['ebpfFds'] {
-  const list = get(d, 'ebpf-rss-fds');
-  if (list !== undefined) {
-    const entries = Array.isArray(list) ? list.map((x) => String(x)) : String(list).split(':');
-    return { property: 'ebpf-rss-fds', entries };
+  for (const p of RSS_HANDOFF.properties) {
+    const v = get(d, p.name);
+    if (v === undefined) continue;
+    const entries = Array.isArray(v) ? v.map((x) => String(x)) : (str(v) ?? '').split(':');
+    return { property: p.name, entries };
   }
-  const joined = str(get(d, 'ebpf_rss_fds'));
-  return joined === undefined ? undefined : { property: 'ebpf_rss_fds', entries: joined.split(':') };
+  return undefined;
 }
 
 /** Every `-netdev`, JSON or key=value, by id. */
