@@ -6,8 +6,6 @@
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { VirtEbpfError } from '../errors';
-import { probeEmulator } from '../emulator';
-import { loadContext, assertSupported } from '../context';
 import { assertTrustedExecutable } from '../sys/trust';
 import { setNoNewPrivs } from '../sys/libc';
 import { DPKG_INFO_DIR, EmulatorAllowlist } from '../emulator/allowlist';
@@ -93,10 +91,13 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
       if (hit.error) throw hit.error;
       return hit.source!;
     }
+    // Loaded on the first emulator resolved: the probe and the loader are not needed to answer anything else.
+    const [{ probeEmulator }, { loadContext, assertSupported }] = await Promise.all([import('../emulator'), import('../context')]);
+    const supported: typeof assertSupported = assertSupported;
     let caps;
     try {
       caps = (await probeEmulator(real, { cacheDir: config.cacheDir, runAs: opts.probeAs })).caps;
-      assertSupported(caps);
+      supported(caps);
     } catch (e) {
       memo.set(real, { identity, error: e });
       throw e;

@@ -21,8 +21,7 @@ import { ContextPool, LoadedContext, PoolSource, type RefillTiming, type Reserva
 import { errorReply, fdPlaceholder, MAX_CONTEXTS_PER_REQUEST, MAX_LINE, MAX_PEER_LINE, parseRequest, Reply, Request, DomainRef } from './protocol';
 import { domainIdentity } from '../argv';
 import { finalArgv, planDevices } from '../exec/plan';
-import { runHook } from '../hook/main';
-import { FactsMemo } from '../hook/facts';
+import type { FactsMemo } from '../hook/facts';
 import { Connection, ConnectionLimits, LINGER_MS } from './connection';
 import { Admissions } from './admission';
 import { identifyPeer, normalUuid, Peer } from './peer';
@@ -128,7 +127,7 @@ export function refusal(why: string): string {
 export class Broker {
   readonly pool: ContextPool;
   /** domain XML facts for the hook op: a restart of a domain is not parsed again */
-  readonly #facts = new FactsMemo();
+  #facts?: FactsMemo;
   #server?: net.Server;
   #socketCheck?: NodeJS.Timeout;
   #relistening = false;
@@ -342,9 +341,12 @@ export class Broker {
     hook: async (ctx, req) => {
       if (!ctx.peer.root) throw denied(`uid ${ctx.peer.uid} may not run the libvirt hook`, 'only libvirt\'s hook, as root, sends hook requests');
       const event = req.event === 'prepare' ? { kind: 'prepare' as const, name: req.name } : { kind: 'release' as const, name: req.name, reason: '-' };
+      // Loaded on the first hook request: the XML parser is not needed to answer anything else.
+      const [{ runHook }, { FactsMemo }] = await Promise.all([import('../hook/main'), import('../hook/facts')]);
+      const facts = (this.#facts ??= new FactsMemo());
       const r = await runHook(event, req.xml, {
         ...this.opts.hookEnv,
-        facts: (xml) => this.#facts.get(xml),
+        facts: (xml) => facts.get(xml),
         broker: {
           prewarm: async (emulator, count, domain) => void (await this.#prewarm(emulator, count, domainKey(domain), ctx.log)),
           release: (domain) => void this.pool.release(domainKey(domain)!),

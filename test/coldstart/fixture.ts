@@ -69,7 +69,7 @@ export class BrokerChild {
     this.#args = opts.args ?? [];
   }
 
-  /** Everything the broker printed (winston text lines) since it started. */
+  /** Everything the broker printed (text log lines, src/log) since it started. */
   get log(): string {
     return this.#log;
   }
