@@ -12,7 +12,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
-import type { GuestConsole } from '../../src/guest';
+import type { GuestConsole, LibvirtGuest } from '../../src/guest';
+import type { StatusReport } from '../../src/status';
 import { ip } from '../../src/guest/tap';
 import type { Flow } from '../../src/rss';
 import { verifyProgram } from '../../src/verify';
@@ -107,4 +108,29 @@ export async function assertFlowsLandWherePredicted(o: FlowCheck): Promise<{ cou
   } finally {
     await Promise.all(sockets.map((s) => new Promise<void>((r) => s.close(() => r()))));
   }
+}
+
+/**
+ * The same for a libvirt guest's first NIC (its eth0), as `status --json` describes it, with
+ * QEMU's counters too; the counts are logged under `label`.
+ */
+export async function assertLibvirtFlows(
+  guest: LibvirtGuest,
+  nic: StatusReport['domains'][number]['nics'][number],
+  o: { hostIp: string; guestIp: string; queues: number; label: string },
+): Promise<void> {
+  const { tap, mac } = guest.interfaces[0];
+  const { counted, predicted } = await assertFlowsLandWherePredicted({
+    console: guest.console,
+    iface: 'eth0',
+    tap,
+    mac,
+    hostIp: o.hostIp,
+    guestIp: o.guestIp,
+    queues: o.queues,
+    progId: nic.ebpf!.progId,
+    mapIds: nic.ebpf!.mapIds,
+    domain: { name: guest.name, device: nic.id! },
+  });
+  for (const c of counted) console.log(`# ${o.label}: rx per queue for 200 flows through ${tap}, counted by ${c.by}: ${c.delta.join(' ')}; verify predicted ${predicted.join(' ')}`);
 }

@@ -27,7 +27,7 @@ import { needRoot, watchFds } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
 import { bpfFds, cmdline, procStatus, run, virtioNetDevices, QEMU_LOG_DIR } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
-import { assertFlowsLandWherePredicted } from './flows';
+import { assertLibvirtFlows } from './flows';
 
 const PREFIX = `vebpf-lg-${process.pid}-`;
 const HOST_IP = '10.199.79.1';
@@ -145,21 +145,7 @@ for (const setting of ['equal 2', 'weight 3 1', 'equal 4']) {
 
 test('UDP flows from the host into the libvirt tap land on the guest queues exactly where verify predicts', async () => {
   // The table from the last step (equal 4) spreads flows over all four queues.
-  const { tap, mac } = guest.interfaces[0];
-  const nic = await nicOf(guest.name);
-  const { counted, predicted } = await assertFlowsLandWherePredicted({
-    console: guest.console,
-    iface: 'eth0',
-    tap,
-    mac,
-    hostIp: HOST_IP,
-    guestIp: GUEST_IP,
-    queues: QUEUES,
-    progId: nic.ebpf!.progId,
-    mapIds: nic.ebpf!.mapIds,
-    domain: { name: guest.name, device: nic.id! },
-  });
-  for (const c of counted) console.log(`# rx per queue for 200 flows through ${tap}, counted by ${c.by}: ${c.delta.join(' ')}; verify predicted ${predicted.join(' ')}`);
+  await assertLibvirtFlows(guest, await nicOf(guest.name), { hostIp: HOST_IP, guestIp: GUEST_IP, queues: QUEUES, label: 'equal 4' });
 });
 
 test('status NAME (text) shows the domain, its tap and the table at a glance', async () => {

@@ -24,7 +24,7 @@ import { needRoot, tempDir, watchFds } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
 import { bpfFds, cmdline, domainState, procStatus, run, virtioNetDevices, waitFor } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
-import { assertFlowsLandWherePredicted } from '../libvirt-guest/flows';
+import { assertLibvirtFlows } from '../libvirt-guest/flows';
 
 const PREFIX = `vebpf-sr-${process.pid}-`;
 const HOST_IP = '10.199.81.1';
@@ -129,21 +129,8 @@ async function checkRestored(how: string, old: { pid: number; progId: number; ha
   const inGuest = parseEthtoolRss((await guest.console.run('ethtool -x eth0')).output);
   assert.deepEqual(inGuest.table, guestSet.table, `${how}: the guest still sees its table`);
 
-  const { tap, mac } = guest.interfaces[0];
   await guest.addHostAddress(`${HOST_IP}/30`);
-  const { counted, predicted } = await assertFlowsLandWherePredicted({
-    console: guest.console,
-    iface: 'eth0',
-    tap,
-    mac,
-    hostIp: HOST_IP,
-    guestIp: GUEST_IP,
-    queues: QUEUES,
-    progId: nic.ebpf!.progId,
-    mapIds: nic.ebpf!.mapIds,
-    domain: { name: guest.name, device: nic.id! },
-  });
-  for (const c of counted) console.log(`# ${how}: rx per queue for 200 flows, counted by ${c.by}: ${c.delta.join(' ')}; verify predicted ${predicted.join(' ')}`);
+  await assertLibvirtFlows(guest, nic, { hostIp: HOST_IP, guestIp: GUEST_IP, queues: QUEUES, label: how });
 }
 
 function snapshot(): { pid: number; progId: number; handoffs: number } {
