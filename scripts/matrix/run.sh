@@ -11,8 +11,8 @@
 # in namespaces of their own (enter.sh), set up by scripts/setup.sh inside the root, and run
 # the libvirt suites. The host's libvirtd is stopped while they run (they share tap names and
 # cgroups with it) and started again afterwards. Run as root, holding the host lock like every
-# run that touches libvirtd. Each cell ends in one "matrix: …" line; a cell that cannot run is
-# a failure with its reason. Exit status 1 when any cell failed.
+# run that touches libvirtd. At the end, one "matrix: …" line per cell; a cell that cannot run
+# is a failure with its reason. Exit status 1 when any cell failed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -51,7 +51,7 @@ result() {
   status=ok
   [ -z "$reason" ] || status="FAILED: $reason"
   results+=("matrix: $cell  $label  ${v:-qemu=? libvirt=? guest=?}  pass ${p/-/0} fail ${f/-/0}  ${secs}s  $status")
-  printf '%s\n' "${results[-1]}"
+  log "cell $cell done: $status"
 }
 
 # --- cell A: this machine ------------------------------------------------------------------------
