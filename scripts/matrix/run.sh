@@ -127,8 +127,11 @@ build_root() {
   local cell=$1 root=$2 logf=$3 uri
   uri=$(debian_uri "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")")
   [ -n "$uri" ] || { echo "no Debian apt source on this machine to take the archive from" >> "$logf"; return 1; }
-  command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >> "$logf" 2>&1 \
-    || { echo "cannot install debootstrap" >> "$logf"; return 1; }
+  if ! command -v debootstrap >/dev/null; then
+    log "installing debootstrap"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; }; } >> "$logf" 2>&1 \
+      || { echo "cannot install debootstrap (apt-get install debootstrap failed)" >> "$logf"; return 1; }
+  fi
   rm -rf "$root.new"
   log "cell $cell: debootstrap --variant=minbase trixie (archive of this machine's apt source)"
   debootstrap --variant=minbase --include=ca-certificates trixie "$root.new" "$uri" >> "$logf" 2>&1 \
