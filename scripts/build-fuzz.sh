@@ -30,8 +30,15 @@ if ! command -v "$clang" >/dev/null; then
   echo "build-fuzz.sh: $clang not found: the fuzz targets need clang's libFuzzer; run scripts/setup.sh (it installs clang and its libFuzzer runtime)" >&2
   exit 1
 fi
-rt="$("$clang" -print-runtime-dir)/libclang_rt.fuzzer-$(uname -m).a"
-if [ ! -e "$rt" ]; then
+# Where the runtime is: clang-14 prints its dir; Debian's clang-19 prints a per-target dir
+# (…/lib/x86_64-pc-linux-gnu) but ships the runtime in the older …/lib/linux layout.
+rtdir=$("$clang" -print-runtime-dir)
+rt=
+for f in "$rtdir/libclang_rt.fuzzer-$(uname -m).a" "$rtdir/libclang_rt.fuzzer.a" "$(dirname "$rtdir")/linux/libclang_rt.fuzzer-$(uname -m).a"; do
+  [ -e "$f" ] && { rt=$f; break; }
+done
+if [ -z "$rt" ]; then
+  rt="$rtdir/libclang_rt.fuzzer-$(uname -m).a"
   echo "build-fuzz.sh: $clang has no libFuzzer runtime ($rt is missing); run scripts/setup.sh (it installs libclang-rt-N-dev for clang-N)" >&2
   exit 1
 fi
