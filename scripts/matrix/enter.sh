@@ -6,8 +6,8 @@
 # ROOT is the root directory. With RUNDIR non-empty, ROOT stays untouched: the command sees an
 # overlay (ROOT below, RUNDIR/upper above) and every write lands in RUNDIR. Inside: a new
 # /proc (this PID namespace), /sys bind-mounted from the host with everything under it (bpffs,
-# cgroups), a private /dev (tmpfs with its own nodes, a new devpts instance: package scripts
-# that chgrp device nodes must not touch the host's), a tmpfs /run, and each "HOST:PATH" of
+# cgroups), a private /dev (tmpfs with its own nodes, kvm among them where the host has it, a
+# new devpts instance: package scripts that chgrp device nodes must not touch the host's), a tmpfs /run, and each "HOST:PATH" of
 # VEBPF_BINDS bind-mounted at PATH. Every mount and every process of the root ends with this
 # namespace: when CMD returns, the kernel kills what is left (daemons, QEMU) and drops the mounts.
 set -euo pipefail
@@ -38,6 +38,13 @@ node 666 urandom 1 9
 node 666 tty 5 0
 mkdir -p "$d/net" "$d/pts" "$d/shm"
 node 666 net/tun 10 200
+# KVM as on the host (root:kvm 0660), for what checks for it (QEMU's microvm build will not
+# start without it); the guests themselves run under TCG.
+if [ -c /dev/kvm ]; then
+  node 660 kvm 10 232
+  kvm_gid=$(awk -F: '$1 == "kvm" {print $3}' "$root/etc/group")
+  [ -z "$kvm_gid" ] || chgrp "$kvm_gid" "$d/kvm"
+fi
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$d/pts"
 ln -s pts/ptmx "$d/ptmx"
 mount -t tmpfs -o mode=1777,nosuid,nodev shm "$d/shm"
