@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the fuzz targets of the shims' parsers (test/fuzz/TARGET.c, one per parser family) with
 # clang's libFuzzer, ASan and UBSan into OUTDIR (a temporary or dist directory, never the source
-# tree). Needs clang-14 and libclang-rt-14-dev (scripts/setup.sh installs them).
+# tree). Needs clang with its libFuzzer runtime: clang-14 and libclang-rt-14-dev on Debian 12,
+# clang-19 and libclang-rt-19-dev on Debian 13 (scripts/setup.sh installs them).
 #   build-fuzz.sh OUTDIR [TARGET...]   build all targets, or the ones named
 #   build-fuzz.sh --list               the targets, one a line
 # A new target: test/fuzz/NAME.c (LLVMFuzzerTestOneInput, see test/fuzz/fuzz.h), a seed corpus
@@ -24,14 +25,21 @@ if [ "${1:-}" = --list ]; then
 fi
 out=${1:?usage: build-fuzz.sh OUTDIR [TARGET...] | --list}
 shift
-clang=${VIRT_EBPF_CLANG:-clang-14}
+clang=${VIRT_EBPF_CLANG:-$(command -v clang-14 || command -v clang-19 || echo clang-14)}
 if ! command -v "$clang" >/dev/null; then
-  echo "build-fuzz.sh: $clang not found: the fuzz targets need clang's libFuzzer; run scripts/setup.sh (it installs clang-14 and libclang-rt-14-dev)" >&2
+  echo "build-fuzz.sh: $clang not found: the fuzz targets need clang's libFuzzer; run scripts/setup.sh (it installs clang and its libFuzzer runtime)" >&2
   exit 1
 fi
-rt="$("$clang" -print-runtime-dir)/libclang_rt.fuzzer-$(uname -m).a"
-if [ ! -e "$rt" ]; then
-  echo "build-fuzz.sh: $clang has no libFuzzer runtime ($rt is missing); run scripts/setup.sh (it installs libclang-rt-14-dev)" >&2
+# Where the runtime is: clang-14 prints its dir; Debian's clang-19 prints a per-target dir
+# (…/lib/x86_64-pc-linux-gnu) but ships the runtime in the older …/lib/linux layout.
+rtdir=$("$clang" -print-runtime-dir)
+rt=
+for f in "$rtdir/libclang_rt.fuzzer-$(uname -m).a" "$rtdir/libclang_rt.fuzzer.a" "$(dirname "$rtdir")/linux/libclang_rt.fuzzer-$(uname -m).a"; do
+  [ -e "$f" ] && { rt=$f; break; }
+done
+if [ -z "$rt" ]; then
+  rt="$rtdir/libclang_rt.fuzzer-$(uname -m).a"
+  echo "build-fuzz.sh: $clang has no libFuzzer runtime ($rt is missing); run scripts/setup.sh (it installs libclang-rt-N-dev for clang-N)" >&2
   exit 1
 fi
 mkdir -p "$out/include"

@@ -64,6 +64,7 @@ export type ErrorCode =
   | 'BROKER_DENIED'
   | 'BROKER_LIMIT'
   | 'BROKER_INTERNAL'
+  | 'BROKER_ACTIVATION'
   | 'CONFIG_INVALID'
   | 'SHIMS_MISSING'
   // install

@@ -58,7 +58,7 @@ declare -A version
 pkgs=()
 if ! resolve_set; then
   refresh_lists
-  resolve_set || die "apt cannot resolve the fixture's packages (${pkgs[*]:-linux-image-amd64 ethtool}); check the bookworm apt sources"
+  resolve_set || die "apt cannot resolve the fixture's packages (${pkgs[*]:-linux-image-amd64 ethtool}); check the apt sources"
 fi
 
 key=$( { for p in "${pkgs[@]}"; do echo "$p=${version[$p]}"; done | sort; sha256sum "$0" "$init_src" | cut -d' ' -f1; } | sha256sum | cut -c1-16)
@@ -108,12 +108,18 @@ mkdir -p "$work/pkgs" "$work/root"
 # The kernel package unpacks to ~400 MB; take only the image and the modules we load.
 kx=$work/pkgs/kernel
 mkdir -p "$kx"
-globs=('./boot/vmlinuz-*' './lib/modules/*/modules.builtin')
-for m in "${modules[@]}"; do globs+=("./lib/modules/*/$m.ko*"); done
-# Wildcards in member names match '/' too, so one pattern covers every module's depth.
-dpkg-deb --fsys-tarfile "${debfile[$kernel_pkg]}" | tar -x -C "$kx" --wildcards "${globs[@]}"
-kver=$(ls "$kx/lib/modules")
+# Debian 12's kernels ship modules under /lib/modules, Debian 13's (merged /usr) under
+# /usr/lib/modules; a module built into the kernel has no file (Debian 13 builds in virtio_pci).
+listing=$(dpkg-deb --fsys-tarfile "${debfile[$kernel_pkg]}" | tar -t)
+mods=$(grep -o -m1 '^\./\(usr/\)\?lib/modules/[^/]*/modules\.builtin$' <<< "$listing" || true)
+[ -n "$mods" ] || die "$kernel_pkg has no lib/modules/*/modules.builtin (neither under / nor /usr)"
+mods=${mods#./}
+mods=${mods%/*/modules.builtin}
+members=($(grep -E "^\./boot/vmlinuz-|^\./$mods/[^/]+/(modules\.builtin|.*/($(IFS='|'; echo "${modules[*]}"))\.ko(\.xz|\.zst|\.gz)?)$" <<< "$listing"))
+dpkg-deb --fsys-tarfile "${debfile[$kernel_pkg]}" | tar -x -C "$kx" "${members[@]}"
+kver=$(ls "$kx/$mods")
 [ -n "$kver" ] && [ -f "$kx/boot/vmlinuz-$kver" ] || die "$kernel_pkg has no /boot/vmlinuz matching its modules"
+kmods=$kx/$mods/$kver
 for p in "${pkgs[@]}"; do
   [ "$p" = "$kernel_pkg" ] && continue
   dpkg-deb -x "${debfile[$p]}" "$work/pkgs/$p"
@@ -122,8 +128,9 @@ done
 # --- 4. initramfs tree ------------------------------------------------------------------------
 root=$work/root
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,lib/x86_64-linux-gnu,lib64,proc,sys,dev,tmp,run,etc,root}
-bb=$work/pkgs/busybox-static/bin/busybox
-[ -x "$bb" ] || die "busybox-static has no /bin/busybox"
+bb=
+for d in bin usr/bin; do [ -x "$work/pkgs/busybox-static/$d/busybox" ] && { bb=$work/pkgs/busybox-static/$d/busybox; break; }; done
+[ -n "$bb" ] || die "busybox-static has no busybox in /bin or /usr/bin"
 cp "$bb" "$root/bin/busybox"
 # Symlinks at build time save the guest a `busybox --install` on every boot.
 "$bb" --list-full | while read -r applet; do
@@ -161,8 +168,8 @@ builtin=()
 loaded=()
 : > "$moddir/load-order"
 for m in "${modules[@]}"; do
-  if grep -Eq "/$m\.ko$" "$kx/lib/modules/$kver/modules.builtin"; then builtin+=("$m"); continue; fi
-  src=$(find "$kx/lib/modules/$kver" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" | head -n1)
+  if grep -Eq "/$m\.ko$" "$kmods/modules.builtin"; then builtin+=("$m"); continue; fi
+  src=$(find "$kmods" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" | head -n1)
   [ -n "$src" ] || die "module $m is neither built into $kver nor shipped as a module"
   # busybox insmod reads plain ELF only.
   case "$src" in

@@ -18,6 +18,7 @@ import { Allowlist, Broker } from './server';
 import type { PoolSource, RefillTiming } from './pool';
 import { Loader } from './loader';
 import type { Policy } from '../policy';
+import { ActivationSocket, socketModeProblem, takeActivationSocket } from './activation';
 
 function groupId(name: string): number | undefined {
   if (/^\d+$/.test(name)) return Number(name);
@@ -138,13 +139,32 @@ export function probeAccount(qemuConf?: string): { uid: number; gid: number } {
   });
 }
 
-/** systemd socket activation: LISTEN_PID is us and LISTEN_FDS >= 1 → fd 3. */
-export function activationFd(env = process.env): number | undefined {
-  return env.LISTEN_PID === String(process.pid) && Number(env.LISTEN_FDS) >= 1 ? 3 : undefined;
+/** Say where a socket-activated broker listens, and what would keep its peers out. */
+function reportActivation(a: ActivationSocket, config: BrokerConfig, allow: Allowlist, logger: Logger, qemuConf?: string): void {
+  logger.info('listening socket from socket activation', { fd: a.fd, name: a.name, path: a.path });
+  if (a.path === undefined || a.path.startsWith('@')) return;
+  if (a.path !== config.socket) {
+    logger.warn('the activated socket is not the configured one: the wrapper and the hook connect to the configured socket', { activated: a.path, configured: config.socket });
+  }
+  // Who may connect through the file's group: allowlisted groups, and the primary groups of
+  // allowlisted accounts (libvirt's QEMU account by default).
+  const groups = new Set(allow.gids);
+  for (const u of config.allowUsers ?? [libvirtQemuAccount(qemuConf).user]) {
+    try {
+      groups.add(lookupUser(u).gid);
+    } catch {
+      /* no such account: it cannot connect either */
+    }
+  }
+  const problem = socketModeProblem(statSync(a.path), groups);
+  if (problem) logger.warn(`activated socket ${a.path}: ${problem}`);
 }
 
 export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string; refillTiming?: RefillTiming; manifest?: string } = {}): Promise<Broker> {
   const logger = opts.logger ?? createLogger(config.log.level, config.log.format as 'text' | 'json');
+  // Before anything else can start a child: the activation variables leave the environment here.
+  const activation = takeActivationSocket();
+  const allow = allowlistFor(config, opts.qemuConf);
   let broker: Broker | undefined;
   // Whatever the broker starts from here on cannot gain privileges by execve.
   setNoNewPrivs();
@@ -158,7 +178,7 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
   const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey), { allowlist, probeAs: probeAccount(opts.qemuConf), loader });
   broker = new Broker({
     socket: config.socket,
-    allow: allowlistFor(config, opts.qemuConf),
+    allow,
     poolSize: config.pool.size,
     refillTiming: opts.refillTiming,
     onClose: () => loader.close(),
@@ -168,8 +188,9 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     reservations: { ttlMs: config.pool.reservationTtlMs, maxTotal: config.pool.maxReserved },
     resolve,
     logger,
-    listenFd: activationFd(),
+    listenFd: activation?.fd,
   });
   await broker.start();
+  if (activation) reportActivation(activation, config, allow, logger, opts.qemuConf);
   return broker;
 }

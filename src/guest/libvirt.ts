@@ -167,7 +167,7 @@ export interface LibvirtGuestOptions extends GuestCmdlineOptions {
 export interface LibvirtGuest {
   readonly name: string;
   readonly uuid: string;
-  /** QEMU's pid as libvirt recorded it. */
+  /** QEMU's pid as libvirt recorded it (of the QEMU running now: see reconnect). */
   readonly pid: number;
   readonly console: GuestConsole;
   /** One per NIC, in XML order: the tap libvirt created and the guest's MAC. */
@@ -183,6 +183,12 @@ export interface LibvirtGuest {
    * it already (a leftover would silently take our traffic). Removed with the tap.
    */
   addHostAddress(cidr: string, nic?: number): Promise<void>;
+  /**
+   * After libvirt started another QEMU for the domain (`virsh restore`, a managed-save start):
+   * its pid, its taps (host IPv6 off again) and a new console connection. The guest keeps
+   * running from where it was: no READY to wait for.
+   */
+  reconnect(): Promise<void>;
   /** Destroy, undefine, remove the domain's files and log. Idempotent. */
   close(): Promise<void>;
   /** Leave the domain running after this process (closes only the console connection). */
@@ -354,37 +360,51 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
     }
     const uuid = (await virsh('domuuid', name)).trim();
 
+    // What belongs to the running QEMU: read again when libvirt starts another (a restore).
+    let pid = -1;
+    let interfaces: DomainInterface[] = [];
+    let guestConsole: GuestConsole;
+    const attach = async (): Promise<void> => {
+      pid = readPid(name);
+      interfaces = parseDomiflist(await virsh('domiflist', name));
+      for (const i of interfaces) {
+        // No IPv6 on the host side: router solicitations and MLD reports would be guest RX
+        // traffic on queues nobody predicted.
+        try {
+          writeFileSync(`/proc/sys/net/ipv6/conf/${i.tap}/disable_ipv6`, '1');
+        } catch {
+          /* IPv6 disabled on the host altogether */
+        }
+      }
+      socket?.destroy();
+      socket = await connectConsole(consoleSocket, 10_000);
+      socket.on('error', () => undefined); // the console reports the end; the error itself is noise
+      guestConsole = new GuestConsole(socket, socket, { log: opts.log, describeEnd: () => logTail(20) });
+    };
     const started = performance.now();
     await step(`virsh start --paused ${name}`, () => virsh('start', '--paused', name));
-    const pid = readPid(name);
-    const interfaces = parseDomiflist(await virsh('domiflist', name));
-    for (const i of interfaces) {
-      // No IPv6 on the host side: router solicitations and MLD reports would be guest RX
-      // traffic on queues nobody predicted.
-      try {
-        writeFileSync(`/proc/sys/net/ipv6/conf/${i.tap}/disable_ipv6`, '1');
-      } catch {
-        /* IPv6 disabled on the host altogether */
-      }
-    }
-    socket = await connectConsole(consoleSocket, 10_000);
-    socket.on('error', () => undefined); // the console reports the end; the error itself is noise
-    const describeEnd = (): string => logTail(20);
-    const guestConsole = new GuestConsole(socket, socket, { log: opts.log, describeEnd });
+    await attach();
     await step(`virsh resume ${name}`, () => virsh('resume', name));
     const timeout = opts.readyTimeoutMs ?? 90_000;
-    if (timeout > 0) await guestConsole.waitReady(timeout);
+    if (timeout > 0) await guestConsole!.waitReady(timeout);
     const bootMs = timeout > 0 ? Math.round(performance.now() - started) : 0;
 
     return {
       name,
       uuid,
-      pid,
-      console: guestConsole,
-      interfaces,
+      get pid() {
+        return pid;
+      },
+      get console() {
+        return guestConsole;
+      },
+      get interfaces() {
+        return interfaces;
+      },
       xml,
       bootMs,
       logTail,
+      reconnect: attach,
       async addHostAddress(cidr: string, nic = 0): Promise<void> {
         const tap = interfaces[nic]?.tap;
         if (!tap) throw usage(`the domain has no NIC #${nic}`);

@@ -5,7 +5,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { VirtEbpfError, tail } from '../errors';
 import { checkProtocolLine } from './cmdline';
-import { ConsoleParser, type ConsoleBlock, type ConsoleEvent } from './console';
+import { ConsoleParser, parseEthtoolStats, type ConsoleBlock, type ConsoleEvent } from './console';
 
 export interface GuestConsoleOptions {
   /** Every console line outside blocks, and every block, for debugging. */
@@ -126,6 +126,15 @@ export class GuestConsole {
       });
     }
     return block;
+  }
+
+  /**
+   * Packets received so far on each RX queue of `iface`, from `ethtool -S`; empty when the
+   * guest's driver keeps no per-queue packet counters there (Linux 6.12's virtio_net reports
+   * them only as netlink queue statistics).
+   */
+  async rxPacketsPerQueue(iface: string): Promise<number[]> {
+    return parseEthtoolStats((await this.run(`ethtool -S ${iface}`)).output).rxPackets;
   }
 
   /**

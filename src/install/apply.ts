@@ -240,12 +240,15 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   return { removed, kept };
 }
 
-/** Remove directories we may have created, while empty (never above a shared system dir). */
+/**
+ * Remove directories we may have created, while empty: never a shared system dir, a top-level
+ * one, or a sticky one such as /tmp (empty on a fresh system, and everyone's).
+ */
 function pruneEmptyDirs(dir: string): void {
   const keep = new Set(['/', '/etc', '/usr', '/usr/libexec', '/usr/local', '/usr/local/sbin', '/var', '/var/lib', '/etc/systemd/system', '/etc/libvirt/hooks', '/etc/apt/apt.conf.d', '/etc/apparmor.d/abstractions']);
-  for (let d = dir; !keep.has(d) && d !== dirname(d); d = dirname(d)) {
+  for (let d = dir; !keep.has(d) && dirname(d) !== '/'; d = dirname(d)) {
     try {
-      if (readdirSync(d).length > 0) return;
+      if (statSync(d).mode & 0o1000 || readdirSync(d).length > 0) return;
       rmdirSync(d);
     } catch {
       return;

@@ -19,7 +19,10 @@ export const SOCK_SEQPACKET = 5;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOL_SOCKET = 1;
+export const SO_TYPE = 3;
 export const SO_PEERCRED = 17;
+export const SO_ACCEPTCONN = 30;
+export const SO_DOMAIN = 39;
 export const SO_RCVTIMEO = 20;
 export const SO_SNDTIMEO = 21;
 export const SCM_RIGHTS = 1;
@@ -50,6 +53,8 @@ const socketpairFn = libc.func('int socketpair(int, int, int, _Out_ int *sv)');
 const sendmsgFn = libc.func('long sendmsg(int, const msghdr *, int)');
 const recvmsgFn = libc.func('long recvmsg(int, _Inout_ msghdr *, int)');
 const getsockoptCredFn = libc.func('int getsockopt(int, int, int, _Out_ ucred *, _Inout_ uint32 *)');
+const getsockoptIntFn = libc.func('int getsockopt(int, int, int, _Out_ int *, _Inout_ uint32 *)');
+const getsocknameFn = libc.func('int getsockname(int, void *, _Inout_ uint32 *)');
 const setsockoptTvFn = libc.func('int setsockopt(int, int, int, const timeval *, uint32)');
 const execveFn = libc.func('int execve(const char *, const char **, const char **)');
 const setresuidFn = libc.func('int setresuid(uint32, uint32, uint32)');
@@ -183,6 +188,29 @@ export function peerCred(fd: number): PeerCred {
   const len = [12];
   check('getsockopt(SO_PEERCRED)', getsockoptCredFn(fd, SOL_SOCKET, SO_PEERCRED, cred, len));
   return cred;
+}
+
+/** An int-valued SOL_SOCKET option (SO_TYPE, SO_DOMAIN, SO_ACCEPTCONN). */
+export function socketOption(fd: number, option: number): number {
+  const value = [0];
+  const len = [4];
+  check(`getsockopt(${option})`, getsockoptIntFn(fd, SOL_SOCKET, option, value, len));
+  return value[0];
+}
+
+/**
+ * The filesystem path an AF_UNIX socket is bound to; undefined for an unnamed socket, and
+ * `@name` for an abstract one.
+ */
+export function unixSocketPath(fd: number): string | undefined {
+  const addr = Buffer.alloc(110);
+  const len = [addr.length];
+  check('getsockname', getsocknameFn(fd, addr, len));
+  const path = addr.subarray(2, Math.min(len[0], addr.length));
+  if (path.length === 0) return undefined;
+  if (path[0] === 0) return '@' + path.subarray(1).toString();
+  const end = path.indexOf(0);
+  return path.subarray(0, end < 0 ? path.length : end).toString();
 }
 
 export function setRecvTimeout(fd: number, ms: number): void {

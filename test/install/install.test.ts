@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, utimesSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, readdirSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { install, uninstall, refreshWrappers, staleWrappers, readManifest } from '../../src/install/apply';
 import { installPlan } from '../../src/install/plan';
@@ -50,6 +50,23 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     const u = uninstall(paths.manifest, { rescan: false });
     assert.deepEqual(u.kept, [{ path: paths.configFile, why: 'edited since install' }]);
     assert.deepEqual(allFiles(d.path), [paths.configFile], 'nothing else is left');
+  } finally {
+    d.remove();
+  }
+});
+
+test('uninstall removes the directories it emptied, but never a sticky one (a fresh /tmp is empty too)', () => {
+  needRoot('writes root-owned files');
+  const d = tempDir();
+  try {
+    const shared = join(d.path, 'tmp');
+    mkdirSync(shared);
+    chmodSync(shared, 0o1777);
+    const paths = scratchPaths(join(shared, 'scratch'));
+    install({ ...hostFacts({ prefix: REPO, emulators: [QEMU], paths }), systemd: false, apparmor: false, apt: false }, { rescan: false });
+    uninstall(paths.manifest, { rescan: false });
+    assert.ok(!existsSync(join(shared, 'scratch')), 'the directories install made are gone');
+    assert.ok(existsSync(shared), 'the sticky directory stays, empty as it is');
   } finally {
     d.remove();
   }

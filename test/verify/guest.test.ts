@@ -9,16 +9,14 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createSocket, type Socket } from 'node:dgram';
 import { loadRss, type RssContext } from '../../src/bpf';
-import { bootGuest, ensureFixture, parseEthtoolRss, parseEthtoolStats, type BootedGuest } from '../../src/guest';
-import { ip } from '../../src/guest/tap';
+import { bootGuest, ensureFixture, parseEthtoolRss, type BootedGuest } from '../../src/guest';
 import { collectStatus, runStatus, type StatusReport } from '../../src/status';
-import { runVerify, verifyProgram } from '../../src/verify';
-import type { Flow } from '../../src/rss';
+import { runVerify } from '../../src/verify';
 import { needRoot, QEMU, watchFds } from '../harness';
 import { rssObject } from '../bpf/fixture';
 import { cli, fdinfoIds } from '../status/qemu';
+import { assertFlowsLandWherePredicted } from '../libvirt-guest/flows';
 
 const HOST_IP = '10.199.78.1';
 const GUEST_IP = '10.199.78.2';
@@ -92,47 +90,21 @@ for (const setting of ['equal 2', 'weight 3 1', 'equal 4']) {
   });
 }
 
-function bound(): Promise<Socket> {
-  const s = createSocket('udp4');
-  return new Promise((resolve, reject) => s.bind({ address: HOST_IP, port: 0 }, () => resolve(s)).once('error', reject));
-}
-
 test('UDP flows from the host land on the guest queues exactly where verify predicts', async () => {
   // The table from the last step (equal 4) spreads flows over all four queues.
-  await ip(['neigh', 'replace', GUEST_IP, 'lladdr', guest.mac, 'dev', guest.tap, 'nud', 'permanent']);
-  const sockets = await Promise.all(Array.from({ length: 8 }, bound));
-  try {
-    const flows: Flow[] = sockets.flatMap((s) =>
-      Array.from({ length: 25 }, (_, p): Flow => ({ family: 4, proto: 'udp', src: HOST_IP, dst: GUEST_IP, sport: s.address().port, dport: 20000 + p })),
-    );
-    const nic = collectStatus(String(guest.pid)).domains[0].nics[0];
-    const v = verifyProgram({ progId: nic.ebpf!.progId, mapIds: nic.ebpf!.mapIds, queues: QUEUES, mac: guest.mac }, flows);
-    assert.equal(v.agreed, flows.length, 'live program and reference agree on these flows');
-    // The tap takes the program's value modulo its queue count.
-    const predicted = new Array<number>(QUEUES).fill(0);
-    for (const c of v.checks) predicted[c.live % QUEUES]++;
-    assert.ok(predicted.every((n) => n > 0), `the flows spread over every queue: ${predicted}`);
-
-    const before = parseEthtoolStats((await guest.console.run('ethtool -S eth0')).output).rxPackets;
-    for (const [i, f] of flows.entries()) {
-      const s = sockets[Math.floor(i / 25)];
-      await new Promise<void>((resolve, reject) => s.send(Buffer.from('flow'), f.dport!, GUEST_IP, (e) => (e ? reject(e) : resolve())));
-    }
-    let delta: number[] = [];
-    const deadline = Date.now() + 20_000;
-    do {
-      const now = parseEthtoolStats((await guest.console.run('ethtool -S eth0')).output).rxPackets;
-      delta = now.map((n, q) => n - (before[q] ?? 0));
-    } while (delta.reduce((a, b) => a + b, 0) < flows.length && Date.now() < deadline);
-    console.log(`# rx per queue for ${flows.length} flows: got ${delta.join(' ')}, verify predicted ${predicted.join(' ')}`);
-    assert.equal(delta.length, QUEUES);
-    // Exact everywhere except that the default queue (0) may also get the ARP reply the
-    // guest's ICMP answers need (ARP is not IP: the program sends it to the default queue).
-    for (let q = 1; q < QUEUES; q++) assert.equal(delta[q], predicted[q], `queue ${q}: ${delta} vs ${predicted}`);
-    assert.ok(delta[0] >= predicted[0] && delta[0] <= predicted[0] + 3, `queue 0: ${delta} vs ${predicted}`);
-  } finally {
-    await Promise.all(sockets.map((s) => new Promise<void>((r) => s.close(() => r()))));
-  }
+  const nic = collectStatus(String(guest.pid)).domains[0].nics[0];
+  const { counted, predicted } = await assertFlowsLandWherePredicted({
+    console: guest.console,
+    iface: 'eth0',
+    tap: guest.tap,
+    mac: guest.mac,
+    hostIp: HOST_IP,
+    guestIp: GUEST_IP,
+    queues: QUEUES,
+    progId: nic.ebpf!.progId,
+    mapIds: nic.ebpf!.mapIds,
+  });
+  for (const c of counted) console.log(`# rx per queue for 200 flows, counted by ${c.by}: ${c.delta.join(' ')}; verify predicted ${predicted.join(' ')}`);
 });
 
 test('status text for the running guest reads at a glance', async () => {
