@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, readdirSync, utimesSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { install, uninstall, refreshWrappers, staleWrappers, readManifest } from '../../src/install/apply';
 import { installPlan } from '../../src/install/plan';
