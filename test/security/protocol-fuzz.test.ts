@@ -41,7 +41,10 @@ test(`${FRAMES} random and mutated frames: the broker still answers, holds no ex
   const st = await ask(b.socket, { v: 1, id: 1, op: 'status' });
   assert.equal(st.reserved, 0);
   assert.equal(st.pools[0].ready, 1);
-  const grew = b.rssKiB() - rssBefore;
-  // A leak of a few bytes per frame would show as tens of MB here.
-  assert.ok(grew < 64 * 1024, `the broker's resident memory grew by ${grew} KiB`);
+  // While frames are in flight the heap holds their garbage (up to ~160 MB seen); V8 gives it
+  // back within a minute or so. A leak of a few bytes per frame would never come back down.
+  let grew = 0;
+  await until('the broker\'s memory to come back down', () => (grew = b.rssKiB() - rssBefore) < 64 * 1024, 180_000, 1000).catch(() => {
+    assert.fail(`the broker's resident memory stayed ${grew} KiB above where it was`);
+  });
 });
