@@ -4,18 +4,16 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { listEmulatorsOnPath, probeEmulator } from '../emulator';
 import { untrustedReason } from '../sys/trust';
 import { identityOf } from './apply';
 import { HostFacts, InstallPaths } from './plan';
-import { SHIM_SO } from '../shims/constants';
+import { SHIM_FILES } from '../shims/constants';
+export { SHIM_FILES };
 import { readMarker } from './runtime';
 
 /** The libvirt hook as libvirt runs it (its placeholders filled): hooks/qemu.d/virt-ebpf. */
 export const HOOK_TEMPLATE = 'hooks/qemu.d/virt-ebpf';
 export const TEMPLATE_FILES = ['virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf', 'launcher'];
-/** The start-path shims, built from shims/*.c by `npm run build` (scripts/build-shims.sh), relative to the prefix. */
-export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: `dist/shims/${SHIM_SO}` } as const;
 
 /** The shims missing under `prefix`, as absolute paths (install refuses, doctor fails on any). */
 export function missingShims(prefix: string): string[] {
@@ -31,6 +29,7 @@ export interface EmulatorChoice {
 
 /** Every qemu-system-* on PATH: wrapped when trusted, in an allowed dir, and supported. */
 export async function chooseEmulators(cacheDir: string, searchPath?: string): Promise<EmulatorChoice[]> {
+  const { listEmulatorsOnPath, probeEmulator } = await import('../emulator'); // only install probes
   const out: EmulatorChoice[] = [];
   const names = new Map<string, string>();
   for (const path of listEmulatorsOnPath(searchPath)) {

@@ -3,7 +3,7 @@
  * Pure: the facts about the host come in (`HostFacts`), the list of artifacts goes out, so
  * uninstall can remove exactly this list and tests can check it without touching /etc.
  */
-import { SHIM_FILES } from './host';
+import { SHIM_FILES } from '../shims/constants';
 import { basename, dirname, join } from 'node:path';
 import { renderWrapper } from './wrapper-script';
 import { VirtEbpfError } from '../errors';

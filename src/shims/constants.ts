@@ -26,6 +26,9 @@ export const RSS_REFUSAL_PROPERTY = RSS_HANDOFF.properties[0].name;
 /** How many names a refusal puts there (QEMU counts them before it looks one up). */
 export const RSS_FDS_PER_CONTEXT = RSS_HANDOFF.fdsPerContext;
 
+/** The start-path shims, built from shims/*.c by `npm run build` (scripts/build-shims.sh), relative to the prefix. */
+export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: `dist/shims/${SHIM_SO}` } as const;
+
 /** The broker ops the shims send. */
 export const OPS = { execPlan: 'exec-plan', devicePlan: 'device-plan', hook: 'hook' } as const;
 
