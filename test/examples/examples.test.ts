@@ -52,7 +52,7 @@ test('examples/rss-domain.xml: enable gives XML libvirt\'s schema accepts; disab
   assert.equal(back.stdout, input);
 });
 
-test('examples/rss-domain.xml under libvirt (virt-ebpf define, virsh start), then examples/rss-nic.xml hot-plugged and detached', { timeout: 300_000 }, async () => {
+test('examples/rss-domain.xml under libvirt (virt-ebpf define, virsh start), then examples/rss-nic.xml hot-plugged (and its detach requested)', { timeout: 300_000 }, async () => {
   const file = join(scratch.path, 'domain.xml');
   writeFileSync(file, readFileSync(join(EX, 'rss-domain.xml'), 'utf8').replace('<name>vebpf-example</name>', `<name>${NAME}</name>`));
   const d = cli('define', file);
@@ -63,8 +63,9 @@ test('examples/rss-domain.xml under libvirt (virt-ebpf define, virsh start), the
   const nic = join(EX, 'rss-nic.xml');
   virsh('attach-device', NAME, nic, '--live');
   assert.equal(kinds(pid).filter((k) => k === 'prog').length, 2, 'the hot-plugged NIC got its own program');
+  // The example domain boots no guest to acknowledge an unplug: libvirt takes the detach request
+  // (the NIC leaves once a guest lets it go; test/hotplug checks that with a real guest).
   virsh('detach-device', NAME, nic, '--live');
-  await waitFor('the detached NIC\'s program to go', 30_000, () => kinds(pid).filter((k) => k === 'prog').length === 1);
   virsh('destroy', NAME);
 });
 
