@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_REPLY (64 << 20)
@@ -38,27 +39,50 @@ static enum broker_result unreachable(char *why, size_t size, const char *detail
     return BROKER_UNREACHABLE;
 }
 
+static long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
+}
+
+/* The socket's send and receive timeouts set to what is left until deadline; 0 once it passed. */
+static int arm(int s, long deadline)
+{
+    long left = deadline - now_ms();
+    if (left <= 0)
+        return 0;
+    struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    return 1;
+}
+
 enum broker_result broker_call(const char *request, size_t len, int timeout_s, char **reply, int *fds, int *nfds, char *why, size_t why_size)
 {
     *nfds = 0;
     *reply = NULL;
+    /* One deadline for the whole call: connect, send and every read share it. */
+    const long deadline = now_ms() + timeout_s * 1000L;
+    char late[64];
+    snprintf(late, sizeof late, "no reply within %d ms", timeout_s * 1000);
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0)
         return unreachable(why, why_size, strerror(errno));
-    struct timeval tv = {.tv_sec = timeout_s};
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    arm(s, deadline);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", broker_socket());
     if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
         close(s);
-        return unreachable(why, why_size, strerror(errno));
+        return unreachable(why, why_size, e == EAGAIN ? late : strerror(e));
     }
     for (size_t off = 0; off < len;) {
-        ssize_t w = send(s, request + off, len - off, MSG_NOSIGNAL);
+        ssize_t w = arm(s, deadline) ? send(s, request + off, len - off, MSG_NOSIGNAL) : (errno = EAGAIN, -1);
         if (w <= 0) {
+            int e = errno;
             close(s);
-            return unreachable(why, why_size, strerror(errno));
+            return unreachable(why, why_size, e == EAGAIN || e == EWOULDBLOCK ? late : strerror(e));
         }
         off += w;
     }
@@ -72,7 +96,7 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
         } u;
         struct iovec iov = {chunk, sizeof chunk};
         struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b};
-        ssize_t n = recvmsg(s, &m, MSG_CMSG_CLOEXEC);
+        ssize_t n = arm(s, deadline) ? recvmsg(s, &m, MSG_CMSG_CLOEXEC) : (errno = EAGAIN, -1);
         for (struct cmsghdr *c = n >= 0 ? CMSG_FIRSTHDR(&m) : NULL; c; c = CMSG_NXTHDR(&m, c)) {
             if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
                 continue;
@@ -86,9 +110,7 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
             }
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            char d[64];
-            snprintf(d, sizeof d, "no reply within %d ms", timeout_s * 1000);
-            r = unreachable(why, why_size, d);
+            r = unreachable(why, why_size, late);
         } else if (n < 0) {
             r = unreachable(why, why_size, strerror(errno));
         } else if (n == 0) {

@@ -283,11 +283,15 @@ static void orphan(const struct conn *c)
             pendings[i].orphaned_ms = now_ms();
 }
 
-static void release_slot(struct conn *c)  /* lock held */
+/* The slot no longer names a connection. Lock held. Only the reader thread frees what it reads
+ * (`ins`): a close() on another thread leaves it for watch() to free when the slot is reused. */
+static void release_slot(struct conn *c, int reader)
 {
     orphan(c);
-    free(c->ins);
-    c->ins = NULL;
+    if (reader) {
+        free(c->ins);
+        c->ins = NULL;
+    }
     __atomic_store_n(&c->fd, -1, __ATOMIC_RELAXED);
 }
 
@@ -304,8 +308,9 @@ static void watch(int fd)
     if (!c)  /* more connections than libvirt ever makes: the oldest slot goes */
         c = &conns[0];
     if (c->fd >= 0)
-        release_slot(c);
+        release_slot(c, 1);
     int gen = c->gen + 1;
+    free(c->ins);
     memset(c, 0, sizeof *c);
     c->gen = gen;
     __atomic_store_n(&c->fd, fd, __ATOMIC_RELAXED);
@@ -337,7 +342,7 @@ WRAPPED int close(int fd)
         pthread_mutex_lock(&lock);
         struct conn *c = find(fd);
         if (c)
-            release_slot(c);
+            release_slot(c, 0);
         pthread_mutex_unlock(&lock);
     }
     return real_close(fd);
@@ -399,6 +404,23 @@ static int plan_line(const char *line, size_t len, struct device_plan *p, int *f
 
 /* ---- the monitor connection: libvirt -> QEMU ---- */
 
+/* Whether a line is a device_add whose arguments set rss on (QEMU's spellings of true). */
+static int asks_rss(const char *line, const char *end, const char *args)
+{
+    char *exe = json_string(json_member(json_skip_ws(line, end), end, "execute"), end);
+    int device_add = exe && !strcmp(exe, "device_add");
+    free(exe);
+    if (!device_add || !args || *args != '{')
+        return 0;
+    const char *rss = json_member(args, end, "rss");
+    if (rss && !strncmp(rss, "true", 4))
+        return 1;
+    char *v = json_string(rss, end);
+    int on = v && (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "y"));
+    free(v);
+    return on;
+}
+
 /* The splice for one complete line [line, line+len) QEMU is about to read; *c set to hand it out. */
 static void decide(struct conn *c, const char *line, size_t len)
 {
@@ -433,8 +455,10 @@ static void decide(struct conn *c, const char *line, size_t len)
             say("device_add %s refused: %s", dev ? dev : "(no id)", why);
         free(dev);
         /* strict without the broker: the reason where the fd names go, so QEMU fails the
-         * device_add with it ("File descriptor named '<reason>' has not been found") */
-        if (fallback || !args || *args != '{')
+         * device_add with it ("File descriptor named '<reason>' has not been found"). The one
+         * look of its own: only a device_add that asks for rss is refused, not every line
+         * that mentions it. */
+        if (fallback || !asks_rss(line, end, args))
             return;
         struct buf b = {0}, msg = {0};
         size_t cut = strlen(why);
@@ -576,7 +600,7 @@ WRAPPED ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
     if (r == 0) {  /* libvirt went away; QEMU accepts the next connection on listen_fd */
         pthread_mutex_lock(&lock);
         if (c->fd == fd)
-            release_slot(c);
+            release_slot(c, 1);
         pthread_mutex_unlock(&lock);
     }
     errno = e;
@@ -595,6 +619,8 @@ static void replied(void *ctx, const char *id, int error)
             continue;
         if (error)  /* QEMU did not keep them: close those still ours */
             say("device_add %s failed: closed %d eBPF fds", p->id[0] ? p->id : "(no id)", close_ours(p));
+        else if (!p->taken)  /* added without them (a backend that cannot steer): QEMU never uses them */
+            say("device_add %s: added without using its eBPF fds; closed %d", p->id[0] ? p->id : "(no id)", close_ours(p));
         forget(p);
         return;
     }

@@ -33,6 +33,7 @@ const schema = yup
         maxConnectionsPerUid: yup.number().integer().min(1).max(10_000).default(64),
         maxConnectionsPerProcess: yup.number().integer().min(1).max(1_000).default(4),
         maxOutstandingPerConnection: yup.number().integer().min(1).max(64).default(4),
+        contextsPerMinute: yup.number().integer().min(1).max(10_000).default(64),
         idleTimeoutMs: yup.number().integer().min(100).max(600_000).default(5_000),
         requestTimeoutMs: yup.number().integer().min(100).max(600_000).default(10_000),
         writeTimeoutMs: yup.number().integer().min(100).max(600_000).default(5_000),

@@ -35,8 +35,12 @@ function fdOf(sock: net.Socket): number {
 export class Connection {
   readonly fd: number;
   readonly openedAt = Date.now();
-  #buf: Buffer = Buffer.alloc(0);
-  /** when the first byte of the line in #buf arrived (0: no partial line) */
+  /** the line still arriving, in the pieces it came in (never rescanned) */
+  #partial: Buffer[] = [];
+  #partialLen = 0;
+  /** complete lines not yet handed to onLine */
+  #lines: string[] = [];
+  /** when the first byte of the line still arriving came (0: none is) */
   #lineSince = 0;
   #outstanding = 0;
   #lastActive = Date.now();
@@ -54,7 +58,13 @@ export class Connection {
     this.fd = fdOf(sock);
     sock.on('data', (chunk: Buffer) => this.#data(chunk));
     sock.on('error', () => sock.destroy());
-    sock.on('close', () => clearTimeout(this.#timer));
+    sock.on('close', () => {
+      clearTimeout(this.#timer);
+      // Gone is gone: nothing it sent is handled any more.
+      this.#closing = true;
+      this.#lines = [];
+      this.#partial = [];
+    });
     this.#arm();
   }
 
@@ -62,9 +72,14 @@ export class Connection {
     return this.sock.destroyed;
   }
 
+  /** The connection is going or gone: work for it is wasted (a load for a reply nobody reads). */
+  get aborted(): boolean {
+    return this.#closing || this.sock.destroyed;
+  }
+
   /** Nothing in flight, nothing being written, no partial request. */
   get idle(): boolean {
-    return this.#outstanding === 0 && this.#pendingWrites === 0 && this.#lineSince === 0;
+    return this.#outstanding === 0 && this.#pendingWrites === 0 && this.#lineSince === 0 && this.#lines.length === 0;
   }
 
   get lastActive(): number {
@@ -96,20 +111,40 @@ export class Connection {
 
   #data(chunk: Buffer): void {
     if (this.#closing) return;
-    this.#lastActive = Date.now();
-    if (this.#buf.length === 0 && chunk.length > 0) this.#lineSince = this.#lastActive;
-    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
+    const now = (this.#lastActive = Date.now());
+    let start = 0;
+    for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, start)) {
+      const piece = chunk.subarray(start, nl);
+      if (this.#tooLong(piece.length)) return;
+      this.#partial.push(piece);
+      this.#lines.push(Buffer.concat(this.#partial, this.#partialLen + piece.length).toString('utf8'));
+      this.#partial = [];
+      this.#partialLen = 0;
+      this.#lineSince = 0;
+      start = nl + 1;
+    }
+    if (start < chunk.length) {
+      const rest = chunk.subarray(start);
+      if (this.#tooLong(rest.length)) return;
+      if (this.#partialLen === 0) this.#lineSince = now;
+      this.#partial.push(rest);
+      this.#partialLen += rest.length;
+    }
     this.#drain();
+  }
+
+  /** Whether the line arriving would grow past maxLine with `more` bytes: then refused. */
+  #tooLong(more: number): boolean {
+    if (this.#partialLen + more <= this.limits.maxLine) return false;
+    this.onProblem('request too long');
+    void this.refuse(`request longer than ${this.limits.maxLine} bytes`);
+    return true;
   }
 
   /** Hand complete lines to onLine while slots are free; stop reading while they are not. */
   #drain(): void {
-    while (!this.#closing && this.#outstanding < this.limits.maxOutstanding) {
-      const nl = this.#buf.indexOf(0x0a);
-      if (nl < 0) break;
-      const line = this.#buf.subarray(0, nl).toString('utf8');
-      this.#buf = this.#buf.subarray(nl + 1);
-      this.#lineSince = this.#buf.length ? Date.now() : 0;
+    while (!this.aborted && this.#outstanding < this.limits.maxOutstanding && this.#lines.length > 0) {
+      const line = this.#lines.shift()!;
       this.#outstanding++;
       this.onLine(line)
         .catch(() => this.sock.destroy())
@@ -119,14 +154,10 @@ export class Connection {
           this.#drain();
         });
     }
-    if (this.#buf.indexOf(0x0a) < 0 && this.#buf.length > this.limits.maxLine) {
-      this.onProblem('request too long');
-      void this.refuse(`request longer than ${this.limits.maxLine} bytes`);
-      return;
-    }
+    if (this.aborted) return;
     // Backpressure: lines we cannot take yet stay in the kernel's buffers, not in ours.
-    if (this.#outstanding >= this.limits.maxOutstanding || this.#buf.length > this.limits.maxLine) this.sock.pause();
-    else if (!this.#closing) this.sock.resume();
+    if (this.#lines.length > 0) this.sock.pause();
+    else this.sock.resume();
   }
 
   /**
@@ -193,8 +224,9 @@ export class Connection {
    */
   hangUp(): void {
     this.#closing = true;
+    this.#lines = [];
+    this.#partial = [];
     if (this.sock.destroyed) return;
-    this.#buf = Buffer.alloc(0);
     this.sock.removeAllListeners('data');
     this.sock.on('data', () => {});
     this.sock.end();

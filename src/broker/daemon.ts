@@ -4,6 +4,7 @@
  * directories, through the cached probe, so a changed binary gets a new pool.
  */
 import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { randomInt } from 'node:crypto';
 import { dirname } from 'node:path';
 import { VirtEbpfError } from '../errors';
 import { assertTrustedExecutable } from '../sys/trust';
@@ -57,8 +58,8 @@ export type Resolved = PoolSource & { propTypes: Record<string, string> };
 export interface ResolverOptions {
   /** which emulators may ever be run (checked before anything is executed) */
   allowlist: EmulatorAllowlist;
-  /** the account probes run as (libvirt's QEMU account): no root, no capabilities */
-  probeAs?: { uid: number; gid: number };
+  /** the account each probe runs as (probeAccount): no root, no capabilities */
+  probeAs?: () => { uid: number; gid: number };
   loader?: Loader;
 }
 
@@ -97,10 +98,12 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
     const supported: typeof assertSupported = assertSupported;
     let caps;
     try {
-      caps = (await probeEmulator(real, { cacheDir: config.cacheDir, runAs: opts.probeAs })).caps;
+      caps = (await probeEmulator(real, { cacheDir: config.cacheDir, runAs: opts.probeAs?.() })).caps;
       supported(caps);
     } catch (e) {
-      memo.set(real, { identity, error: e });
+      // What the binary answered is remembered; a probe killed by a signal says nothing of it.
+      const exit = (e as { fields?: { exit?: { signal?: string | null } } }).fields?.exit;
+      if (!exit?.signal) memo.set(real, { identity, error: e });
       throw e;
     }
     const id = caps.identity;
@@ -124,19 +127,17 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
   };
 }
 
-/** The account probes run as: libvirt's QEMU user, else nobody (never root). */
-export function probeAccount(qemuConf?: string): { uid: number; gid: number } {
-  for (const name of [libvirtQemuAccount(qemuConf).user, 'nobody']) {
-    try {
-      const u = lookupUser(name);
-      if (u.uid !== 0) return { uid: u.uid, gid: u.gid };
-    } catch {
-      /* try the next */
-    }
-  }
-  throw new VirtEbpfError('NO_SUCH_USER', 'neither libvirt\'s QEMU account nor nobody exists to run probes as', {
-    remedy: 'install libvirt (it creates the QEMU account) or create the user named in /etc/libvirt/qemu.conf',
-  });
+/** Probes run as uids from here on, one no account names and no other process runs as. */
+export const PROBE_ID_BASE = 0x7f000000;
+
+/**
+ * The account one probe runs as: a fresh uid and gid (PROBE_ID_BASE + a random 16-bit number),
+ * never root and never libvirt's QEMU account — every domain's QEMU runs as that one, and a
+ * QEMU a guest owns could ptrace a probe of its own uid and forge the eBPF object it reports.
+ */
+export function probeAccount(): { uid: number; gid: number } {
+  const id = PROBE_ID_BASE + randomInt(0, 0x10000);
+  return { uid: id, gid: id };
 }
 
 /** Say where a socket-activated broker listens, and what would keep its peers out. */
@@ -175,7 +176,7 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     wrapped: () => wrapperTargets(manifest),
     watch: [DPKG_INFO_DIR, manifest],
   });
-  const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey), { allowlist, probeAs: probeAccount(opts.qemuConf), loader });
+  const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey), { allowlist, probeAs: probeAccount, loader });
   broker = new Broker({
     socket: config.socket,
     allow,

@@ -23,10 +23,12 @@ export class Loader {
   #tid?: number;
   #serial = 0;
   #urgent = 0;
+  #closed = false;
   readonly #waiting = new Map<number, { urgent: boolean; resolve: (c: LoadedContext) => void; reject: (e: Error) => void }>();
 
   /** One context for this build; `urgent`: somebody waits for it (normal priority), else a refill (idle). */
   load(caps: EmulatorCaps, urgent: boolean): Promise<LoadedContext> {
+    if (this.#closed) return Promise.reject(new VirtEbpfError('BROKER_INTERNAL', 'the broker is stopping', { remedy: 'retry once it is back' }));
     const w = this.#start();
     const id = ++this.#serial;
     if (urgent && this.#urgent++ === 0) this.#prioritize();
@@ -84,6 +86,7 @@ export class Loader {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     const w = this.#worker;
     this.#worker = undefined;
     if (w) await w.terminate();

@@ -5,9 +5,8 @@
  * QEMU-account peer is bound to the domain in its /proc/PID/cmdline: it may take what was
  * reserved for that domain and nothing else. Root (libvirt's hook) is trusted with any domain.
  */
-import { optionValue } from '../argv';
+import { closeSync, openSync, readSync } from 'node:fs';
 import type { PeerCred } from '../sys/libc';
-import { readCmdline } from '../sys/proc';
 
 export interface Peer extends PeerCred {
   root: boolean;
@@ -22,7 +21,35 @@ export function normalUuid(uuid: string | undefined): string | undefined {
   return u && UUID.test(u) ? u : undefined;
 }
 
+/** libvirt's command lines are a few KiB; nothing past this is read (a peer chooses its argv). */
+const CMDLINE_MAX = 256 * 1024;
+
+/** The value after the last `-uuid` (or `--uuid`) in /proc/PID/cmdline, read up to CMDLINE_MAX bytes. */
+export function cmdlineUuid(pid: number): string | undefined {
+  const buf = Buffer.alloc(CMDLINE_MAX);
+  let n = 0;
+  try {
+    const fd = openSync(`/proc/${pid}/cmdline`, 'r');
+    try {
+      for (let r; n < buf.length && (r = readSync(fd, buf, n, buf.length - n, null)) > 0; ) n += r;
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return undefined; // gone
+  }
+  let found: string | undefined;
+  for (const opt of [Buffer.from('\0-uuid\0'), Buffer.from('\0--uuid\0')]) {
+    for (let at = buf.indexOf(opt, 0); at >= 0 && at < n; at = buf.indexOf(opt, at + 1)) {
+      const start = at + opt.length;
+      const end = buf.indexOf(0, start);
+      if (end > start && end <= n) found = normalUuid(buf.subarray(start, end).toString('latin1')) ?? found;
+    }
+  }
+  return found;
+}
+
+/** Call only for a peer the allowlist admits: it reads the peer's /proc. */
 export function identifyPeer(cred: PeerCred): Peer {
-  const argv = cred.uid === 0 ? undefined : readCmdline(cred.pid);
-  return { ...cred, root: cred.uid === 0, domain: argv ? normalUuid(optionValue(argv, '-uuid')) : undefined };
+  return { ...cred, root: cred.uid === 0, domain: cred.uid === 0 ? undefined : cmdlineUuid(cred.pid) };
 }

@@ -9,6 +9,7 @@
  * after the take). Under a steady stream of starts a refill waits at most `maxDeferMs`.
  */
 import { OwnedFd, closeAll } from '../fdpass';
+import { VirtEbpfError } from '../errors';
 import type { ContextDescriptor } from '../context';
 
 export interface LoadedContext {
@@ -85,8 +86,11 @@ export class ContextPool {
     return Math.min(wait, (d ? d.since : now) + this.timing.maxDeferMs - now);
   }
 
-  /** Take `count` contexts for this build: reserved for the domain first, then ready, then fresh. */
-  async take(source: PoolSource, count: number, domainKey?: string): Promise<LoadedContext[]> {
+  /**
+   * Take `count` contexts for this build: reserved for the domain first, then ready, then fresh.
+   * `abandoned` is asked before each fresh load: a request whose peer went loads nothing more.
+   */
+  async take(source: PoolSource, count: number, domainKey?: string, abandoned: () => boolean = () => false): Promise<LoadedContext[]> {
     this.#starting();
     this.#sources.set(source.key, source);
     const out: LoadedContext[] = [];
@@ -98,7 +102,10 @@ export class ContextPool {
     const ready = this.#ready.get(source.key) ?? [];
     out.push(...ready.splice(0, count - out.length));
     try {
-      while (out.length < count) out.push(await source.load());
+      while (out.length < count) {
+        if (abandoned()) throw new VirtEbpfError('BROKER_UNREACHABLE', 'the peer went away before its contexts were loaded', { remedy: 'retry the request' });
+        out.push(await source.load());
+      }
     } catch (e) {
       out.forEach(dispose);
       throw e;

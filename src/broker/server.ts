@@ -49,9 +49,11 @@ export interface BrokerLimits extends Omit<ConnectionLimits, 'maxLine' | 'maxOut
   maxConnectionsPerUid: number;
   maxConnectionsPerProcess: number;
   maxOutstandingPerConnection: number;
+  contextsPerMinute: number;
 }
 
 export const DEFAULT_LIMITS: BrokerLimits = {
+  contextsPerMinute: 64,
   maxConnectionsPerUid: 64,
   maxConnectionsPerProcess: 4,
   maxOutstandingPerConnection: 4,
@@ -134,6 +136,8 @@ export class Broker {
   readonly #admissions: Admissions<Slot>;
   readonly #limits: BrokerLimits;
   #lingering = 0;
+  /** contexts handed to each domain (or pid) of the QEMU account in the current minute */
+  readonly #budget = new Map<string, { since: number; used: number }>();
   /** last time each kind of peer problem was logged (a flood is logged once a second, not per line) */
   readonly #logged = new Map<string, number>();
 
@@ -181,8 +185,9 @@ export class Broker {
     if (this.#relistening || existsSync(this.opts.socket)) return;
     this.#relistening = true;
     try {
-      // Closing a unix socket server unlinks its path: the old one goes first.
-      await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
+      // Closing a unix socket server unlinks its path (at once; its callback waits for every
+      // connection to end, which a peer could put off): the old one goes first, unawaited.
+      this.#server?.close();
       await this.#listen();
       this.opts.logger.warn('the broker socket was gone: listening on it again', { socket: this.opts.socket });
     } catch (e) {
@@ -210,20 +215,22 @@ export class Broker {
 
   #accept(sock: net.Socket): void {
     sock.on('error', () => sock.destroy());
-    let peer: Peer;
+    let cred: libc.PeerCred;
     try {
-      peer = identifyPeer(libc.peerCred(fdOf(sock)));
+      cred = libc.peerCred(fdOf(sock));
     } catch (e) {
       this.#problem('credentials unavailable', { error: (e as Error).message });
       sock.destroy();
       return;
     }
     const { allow } = this.opts;
-    if (!allow.uids.has(peer.uid) && !allow.gids.has(peer.gid)) {
-      this.#problem('refused: not in allowlist', { uid: peer.uid, gid: peer.gid, pid: peer.pid });
-      this.#refuse(sock, errorReply(0, denied(`uid ${peer.uid} gid ${peer.gid} may not use the broker`, 'add the account to allowUsers in /etc/virt-ebpf/config.json')));
+    // The allowlist first: nothing of a peer that is not served is read (its /proc included).
+    if (!allow.uids.has(cred.uid) && !allow.gids.has(cred.gid)) {
+      this.#problem('refused: not in allowlist', { uid: cred.uid, gid: cred.gid, pid: cred.pid });
+      this.#refuse(sock, errorReply(0, denied(`uid ${cred.uid} gid ${cred.gid} may not use the broker`, 'add the account to allowUsers in /etc/virt-ebpf/config.json')));
       return;
     }
+    const peer = identifyPeer(cred);
     const verdict = this.#admissions.consider(peer.uid, peer.pid);
     if (!verdict.admit) {
       this.#problem('refused: too many connections', { uid: peer.uid, pid: peer.pid, why: verdict.why });
@@ -276,6 +283,7 @@ export class Broker {
       await conn.refuse('', errorReply(0, e));
       return;
     }
+    if (conn.aborted) return; // a line still queued when its peer went
     const ctx: Ctx = { conn, peer, log, t0: process.hrtime.bigint() };
     try {
       await this.#ops[req.op](ctx, req as never);
@@ -289,6 +297,29 @@ export class Broker {
   #domainSettings(uuid: string | undefined): { policy: Policy; hotplug: boolean } {
     const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
     return { policy: st.policy ?? this.opts.policy ?? DEFAULT_POLICY, hotplug: st.hotplug ?? true };
+  }
+
+  /**
+   * A QEMU-account peer gets at most `contextsPerMinute` contexts a minute for its domain (its
+   * pid when it names none): a start and a burst of hot-plugs fit, a QEMU asking again and again
+   * (parking the fds unread in its socket) is refused. Root is not counted.
+   */
+  #spend(peer: Peer, n: number): void {
+    if (peer.root) return;
+    const key = peer.domain ?? `pid:${peer.pid}`;
+    const now = Date.now();
+    let b = this.#budget.get(key);
+    if (!b || now - b.since >= 60_000) {
+      for (const [k, v] of this.#budget) if (now - v.since >= 60_000) this.#budget.delete(k);
+      b = { since: now, used: 0 };
+      this.#budget.set(key, b);
+    }
+    if (b.used + n > this.#limits.contextsPerMinute) {
+      throw new VirtEbpfError('BROKER_LIMIT', `${peer.domain ? `domain ${peer.domain}` : `process ${peer.pid}`} asked for ${b.used + n} contexts within a minute; at most ${this.#limits.contextsPerMinute}`, {
+        remedy: 'wait a minute, or raise limits.contextsPerMinute in /etc/virt-ebpf/config.json',
+      });
+    }
+    b.used += n;
   }
 
   /** The pool key a peer may use: root names any domain; a QEMU-account peer only its own. */
@@ -369,7 +400,8 @@ export class Broker {
         });
       }
       const source = await this.opts.resolve(req.emulator);
-      const contexts = await this.pool.take(source, plan.devices.length, this.#keyFor(ctx.peer, domain));
+      this.#spend(ctx.peer, plan.devices.length);
+      const contexts = await this.pool.take(source, plan.devices.length, this.#keyFor(ctx.peer, domain), () => ctx.conn.aborted);
       let k = 0;
       const perDevice = contexts.map((c) => Array.from({ length: c.descriptor.fds }, () => fdPlaceholder(k++)));
       let argv: string[];
@@ -391,7 +423,8 @@ export class Broker {
       let contexts: LoadedContext[];
       try {
         const source = await this.opts.resolve(req.emulator);
-        contexts = await this.pool.take(source, 1, this.#keyFor(ctx.peer));
+        this.#spend(ctx.peer, 1);
+        contexts = await this.pool.take(source, 1, this.#keyFor(ctx.peer), () => ctx.conn.aborted);
       } catch (e) {
         const why = isVirtEbpfError(e) ? e.oneLine() : `virt-ebpf: ${(e as Error).message}`;
         ctx.log.warn('hot-plug without fds', { device: dev, error: why });
@@ -409,8 +442,10 @@ export class Broker {
       await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'device-plan', at: plan.at, insert, fds: names.length, say }, contexts, { emulator: req.emulator, device: dev });
     },
     acquire: async (ctx, req) => {
+      // QEMU asks through exec-plan and device-plan, whose plans bound what it gets.
+      if (!ctx.peer.root) throw denied(`uid ${ctx.peer.uid} may not acquire contexts directly`, 'a QEMU gets its fds through the emulator wrapper (exec-plan) and the hot-plug shim (device-plan)');
       const source = await this.opts.resolve(req.emulator);
-      const contexts = await this.pool.take(source, req.count, this.#keyFor(ctx.peer, req.domain));
+      const contexts = await this.pool.take(source, req.count, this.#keyFor(ctx.peer, req.domain), () => ctx.conn.aborted);
       await this.#handOut(
         ctx,
         { v: 1, id: req.id, ok: true, op: 'acquire', contexts: contexts.map((c) => c.descriptor), propTypes: source.propTypes },

@@ -9,11 +9,14 @@ import { chmodSync, copyFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { BROKER_VERSION, REFUSED_LINGER_MS } from '../../src/broker/server';
+import { fdPlaceholder } from '../../src/broker/protocol';
 import { lookupUser } from '../../src/sys/users';
 import { QEMU, needRoot, tempDir, trustedDir, watchFds } from '../harness';
 import { Account, HOLDING_PEER, ROOT, TestBroker, ask, heldBpf, peer, progIds, served, socketsHeld, startTestBroker, until } from './support';
 
 const MICROVM = '/usr/bin/qemu-system-x86_64-microvm';
+/** QEMU's argv with one RSS NIC, as the emulator wrapper sends it in an exec-plan. */
+const RSS_ARGV = ['-device', JSON.stringify({ driver: 'virtio-net-pci', rss: true, netdev: 'n0', id: 'net0' })];
 const BPF_PROG_TYPE_SOCKET_FILTER = 1;
 const BPF_MAP_TYPE_ARRAY = 2;
 
@@ -122,11 +125,13 @@ test('a refused peer that keeps its end open still reads our one line, and the b
   }
 });
 
-test('SO_PEERCRED: libvirt-qemu (the default account) is served and holds the very objects the descriptor names', async () => {
-  const { reply, fds } = await served(LIBVIRT_QEMU, main.socket, { op: 'acquire', emulator: QEMU, count: 1 });
+test('SO_PEERCRED: libvirt-qemu (the default account) is served through exec-plan and holds the objects its argv names; acquire is root\'s', async () => {
+  const { reply, fds } = await served(LIBVIRT_QEMU, main.socket, { op: 'exec-plan', emulator: QEMU, argv: RSS_ARGV });
   assert.deepEqual(fds.map((f) => f.kind), ['prog', 'map', 'map', 'map']);
-  assert.equal(reply.contexts[0].progId, fds[0].id);
-  assert.deepEqual(reply.contexts[0].mapIds, fds.slice(1).map((f) => f.id));
+  assert.equal(reply.fds, 4);
+  assert.deepEqual(JSON.parse(reply.argv[1])['ebpf-rss-fds'], [0, 1, 2, 3].map(fdPlaceholder));
+  const direct = await peer(LIBVIRT_QEMU, main.socket, { op: 'acquire', emulator: QEMU, count: 1 });
+  assert.equal(direct.ok === false && direct.code, 'BROKER_DENIED', JSON.stringify(direct));
 });
 
 test('allowUsers/allowGroups replace the defaults: exactly the named accounts are served', async () => {
@@ -162,7 +167,7 @@ test('qemu.conf: the user libvirt runs QEMU as is the one allowed; its group onl
   const conf = join(dir.path, 'qemu.conf');
   writeFileSync(conf, '# user = "root"\nuser = "nobody"\ngroup = "nogroup"\n');
   const b = await broker({ pool: { size: 0 } }, conf);
-  const nobody = await peer(NOBODY, b.socket, { op: 'acquire', emulator: QEMU, count: 1 });
+  const nobody = await peer(NOBODY, b.socket, { op: 'exec-plan', emulator: QEMU, argv: RSS_ARGV });
   assert.equal(nobody.ok, true, JSON.stringify(nobody));
   assert.deepEqual(nobody.ok && nobody.fds.map((f) => f.kind), ['prog', 'map', 'map', 'map']);
   const inGroup = await peer(STRANGER_IN_NOGROUP, b.socket, { op: 'hello' });
@@ -187,12 +192,12 @@ test('emulators: a group-writable copy in an allowed directory → EMULATOR_UNTR
 });
 
 test('emulators: a path that does not exist → EMULATOR_NOT_FOUND', async () => {
-  const o = await peer(LIBVIRT_QEMU, main.socket, { op: 'acquire', emulator: '/usr/bin/qemu-system-virt-ebpf-none', count: 1 });
+  const o = await peer(LIBVIRT_QEMU, main.socket, { op: 'exec-plan', emulator: '/usr/bin/qemu-system-virt-ebpf-none', argv: RSS_ARGV });
   assert.equal(o.ok === false && o.code, 'EMULATOR_NOT_FOUND', JSON.stringify(o));
 });
 
 test('emulators: QEMU\'s microvm build (no request-ebpf) → EMULATOR_UNSUPPORTED with the reason', async () => {
-  const o = await peer(LIBVIRT_QEMU, main.socket, { op: 'acquire', emulator: MICROVM, count: 1 });
+  const o = await peer(LIBVIRT_QEMU, main.socket, { op: 'exec-plan', emulator: MICROVM, argv: RSS_ARGV });
   assert.equal(o.ok === false && o.code, 'EMULATOR_UNSUPPORTED', JSON.stringify(o));
   assert.match(o.ok === false ? o.message : '', /qemu-system-x86_64-microvm cannot take eBPF RSS fds: ./);
 });

@@ -59,6 +59,8 @@ export interface DomainQemuOptions {
   extra?: string[];
   /** the real emulator the wrapper names (default: QEMU) */
   real?: string;
+  /** pcie-root-ports to hot-plug into, pci.1 … pci.N (default 5) */
+  ports?: number;
 }
 
 export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
@@ -75,7 +77,11 @@ export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
     '-m', '128',
     '-chardev', `socket,id=charmonitor,fd=${MONITOR_FD},server=on,wait=off`,
     '-mon', 'chardev=charmonitor,id=monitor,mode=control',
-    ...[1, 2, 3, 4, 5].flatMap((i) => ['-device', JSON.stringify({ driver: 'pcie-root-port', port: 15 + i, chassis: i, id: `pci.${i}`, bus: 'pcie.0', addr: `0x2.${i - 1}`, ...(i === 1 ? { multifunction: true } : {}) })]),
+    ...Array.from({ length: o.ports ?? 5 }, (_, k) => k + 1).flatMap((i) => {
+      const slot = 2 + Math.floor((i - 1) / 8);
+      const fn = (i - 1) % 8;
+      return ['-device', JSON.stringify({ driver: 'pcie-root-port', port: 15 + i, chassis: i, id: `pci.${i}`, bus: 'pcie.0', addr: `0x${slot.toString(16)}.${fn}`, ...(fn === 0 ? { multifunction: true } : {}) })];
+    }),
     ...(o.extra ?? []),
   ];
   const child = spawn(PYTHON, ['-c', LAUNCHER, monitor, String(o.uid), String(o.gid), String(MONITOR_FD), wrapper, ...args], {

@@ -18,6 +18,7 @@ const QEMU_GROUP = Number(
     .find((l) => l.startsWith('libvirt-qemu:'))!
     .split(':')[2],
 );
+const ONE_RSS_NIC = ['-device', JSON.stringify({ driver: 'virtio-net-pci', rss: true, netdev: 'n0', id: 'net0' })];
 const U1 = '11111111-2222-4333-8444-555555555501';
 const U2 = '11111111-2222-4333-8444-555555555502';
 
@@ -81,11 +82,12 @@ test('a QEMU cannot release another domain\'s reservation', async () => {
 
 test('a QEMU cannot take another domain\'s reservation; the domain\'s own QEMU can', async () => {
   assert.equal((await ask(b.socket, { v: 1, id: 1, op: 'prewarm', emulator: QEMU, count: 2, domain: { uuid: U1 } })).ok, true);
-  const thief = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [line({ op: 'acquire', emulator: QEMU, count: 1, domain: { uuid: U1 } })], { extraArgv: ['-uuid', U2] });
+  const plan = (uuid: string) => line({ op: 'exec-plan', emulator: QEMU, argv: ['-uuid', uuid, ...ONE_RSS_NIC] });
+  const thief = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [plan(U1)], { extraArgv: ['-uuid', U2] });
   assert.equal(thief.fds, 4, JSON.stringify(thief));
   await settle();
   assert.equal(b.bpfObjects().progs, 2, 'another domain\'s QEMU took from its reservation');
-  const owner = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [line({ op: 'acquire', emulator: QEMU, count: 1, domain: { uuid: U1 } })], { extraArgv: ['-uuid', U1] });
+  const owner = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [plan(U1)], { extraArgv: ['-uuid', U1] });
   assert.equal(owner.fds, 4, JSON.stringify(owner));
   await settle();
   assert.equal(b.bpfObjects().progs, 1, 'the domain\'s own QEMU took one of its two reserved contexts');
@@ -113,4 +115,17 @@ test('reservations do not outlive a start that never comes', async () => {
   } finally {
     await short.stop();
   }
+});
+
+test('a QEMU gets at most contextsPerMinute (64) contexts a minute for its domain: asking again and again is refused', async () => {
+  const U3 = '11111111-2222-4333-8444-555555555503';
+  const argv = Array.from({ length: 16 }, (_, i) => ['-device', JSON.stringify({ driver: 'virtio-net-pci', rss: true, netdev: `n${i}`, id: `net${i}` })]).flat();
+  const got: string[] = [];
+  for (let i = 0; i < 5; i++) {
+    const r = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [line({ op: 'exec-plan', emulator: QEMU, argv: ['-uuid', U3, ...argv] })], { extraArgv: ['-uuid', U3] });
+    got.push(r.reply?.ok ? `ok:${r.fds}` : r.reply?.error?.code);
+  }
+  assert.deepEqual(got, ['ok:64', 'ok:64', 'ok:64', 'ok:64', 'BROKER_LIMIT']);
+  await settle();
+  assert.deepEqual(b.bpfObjects(), { progs: 0, maps: 0 });
 });

@@ -6,8 +6,9 @@
  */
 import { test, beforeEach, afterEach, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync, rmSync } from 'node:fs';
 import { QEMU, needRoot } from '../harness';
-import { BrokerProcess, QEMU_ACCOUNT, STRANGER, assertServing, hostile, line, startBrokerProcess, until } from './support';
+import { BrokerProcess, QEMU_ACCOUNT, ROOT, STRANGER, assertServing, hostile, line, startBrokerProcess, until } from './support';
 
 let b: BrokerProcess;
 
@@ -36,11 +37,12 @@ test('an allowlisted peer floods 5000 hello lines without reading a reply: the b
 
 test('an allowlisted peer that hangs up before a slow reply (a cold probe, then fresh loads): the broker keeps serving', async () => {
   for (let i = 0; i < 5; i++) {
-    await hostile(QEMU_ACCOUNT, b.socket, 'leave', [line({ op: 'acquire', emulator: QEMU, count: 2 })]);
+    const argv = [0, 1].flatMap((i) => ['-device', JSON.stringify({ driver: 'virtio-net-pci', rss: true, netdev: `n${i}`, id: `net${i}` })]);
+    await hostile(QEMU_ACCOUNT, b.socket, 'leave', [line({ op: 'exec-plan', emulator: QEMU, argv })]);
   }
   // The replies go out once the loads are done: then the broker closes its copies of the fds.
   await until('the contexts of the abandoned replies to be closed, not kept', () => b.bpfObjects().progs === 0, 60_000, 200);
-  await assertServing(b, 'five peers hung up before their acquire was answered');
+  await assertServing(b, 'five peers hung up before their exec-plan was answered');
 });
 
 test('a peer that breaks the protocol gets one error line and a closed connection; nothing after it on that connection is answered', async () => {
@@ -67,4 +69,39 @@ test('one QEMU process holding many idle connections locks out neither other QEM
   const h = await holding;
   assert.equal(h.closedByBroker, h.opened, `the broker kept ${h.opened - h.closedByBroker} of ${h.opened} idle connections of one process open`);
   await assertServing(b, 'idle connections');
+});
+
+test('users the broker does not serve, with command lines of 150 000 arguments, connecting in a loop: root is still answered at once', async () => {
+  const huge = Array<string>(150_000).fill('');
+  const attackers = [1, 2, 3, 4].map(() => hostile(STRANGER, b.socket, 'hangup', ['400'], { extraArgv: huge, timeoutMs: 120_000 }));
+  const slowest: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    const t0 = Date.now();
+    assert.ok(await b.answers(), `root was not answered while refused users connected (round ${i})`);
+    slowest.push(Date.now() - t0);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await Promise.all(attackers);
+  assert.ok(Math.max(...slowest) < 1_000, `root waited up to ${Math.max(...slowest)} ms for a hello`);
+});
+
+test('a peer that sends hundreds of requests and hangs up: what it left unread is not handled (the broker goes idle)', async () => {
+  const plan = line({ op: 'exec-plan', emulator: QEMU, argv: ['-device', JSON.stringify({ driver: 'virtio-net-pci', rss: true, netdev: 'n0' })] });
+  assert.equal((await hostile(ROOT, b.socket, 'ask', [line({ op: 'prewarm', emulator: QEMU, count: 1 })])).reply?.ok, true, 'probed');
+  await hostile(QEMU_ACCOUNT, b.socket, 'flood', ['500', plan]);
+  await new Promise((r) => setTimeout(r, 500));
+  const cpu0 = b.cpuSeconds();
+  await new Promise((r) => setTimeout(r, 3_000));
+  const used = b.cpuSeconds() - cpu0;
+  assert.ok(used < 1, `the broker worked ${used.toFixed(2)} s of the 3 s after its peer left`);
+  await assertServing(b, 'a peer that left 500 requests behind');
+});
+
+test('the socket path removed while a peer keeps a connection busy: the broker listens there again', async () => {
+  const keeper = hostile(ROOT, b.socket, 'slowloris', ['12'], { timeoutMs: 60_000 });
+  await new Promise((r) => setTimeout(r, 500));
+  rmSync(b.socket);
+  await until('the broker to listen on its socket again', () => existsSync(b.socket), 8_000, 100);
+  await assertServing(b, 'the socket path removed');
+  await keeper;
 });

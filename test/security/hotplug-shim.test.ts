@@ -181,3 +181,37 @@ test('a strict refusal whose reason has thousands of characters to escape still 
   assert.equal((await c.execute<{ status: string }>('query-status')).status, 'prelaunch', 'the monitor stream is intact');
   assert.deepEqual(bpfFdsOf(q.pid), { progs: 0, maps: 0 });
 });
+
+test('broker down, strict: only a device_add that asks for rss is refused — a NIC with rss off whose id says "rss" is added', async () => {
+  const q = await domain({ broker: join(dir.path, 'no-broker.sock') });
+  const c = await connect(q);
+  await addNetdev(c, 'hostnet1', 2, taps);
+  await c.execute('device_add', { driver: 'virtio-net-pci', rss: false, mq: true, vectors: 6, netdev: 'hostnet1', id: 'rss-but-off', bus: 'pci.1', addr: '0x0' });
+  const names = (await c.execute<Array<{ name: string }>>('qom-list', { path: '/machine/peripheral' })).map((p) => p.name);
+  assert.ok(names.includes('rss-but-off'), `the NIC was refused: ${names.join(', ')}; QEMU said: ${q.log().slice(-300)}`);
+});
+
+test('an RSS device_add that succeeds without using its fds (a backend that cannot steer) leaves none of them in QEMU', async () => {
+  const q = await domain();
+  const c = await connect(q);
+  await c.execute('netdev_add', { type: 'user', id: 'slirp1' });
+  await c.execute('device_add', rssNic('net1', 'slirp1', 'pci.1'));
+  assert.match(q.log(), /device_add net1: eBPF RSS fds/, 'the broker gave it fds');
+  await until('QEMU to hold none of the fds it did not use', () => bpfFdsOf(q.pid).progs === 0 && bpfFdsOf(q.pid).maps === 0, 10_000, 100);
+});
+
+test('a broker that answers one byte a second never holds the device_add past the bound', async () => {
+  const stub = join(dir.path, 'trickle.sock');
+  const child = spawn('python3', [join(REPO, 'test/security/stub-broker.py'), stub, broker.socket, '0', 'trickle'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(child);
+  let stubOut = '';
+  child.stdout!.on('data', (d) => (stubOut += d));
+  await until('the stub broker', () => stubOut.includes('ready'), 10_000, 20);
+  const q = await domain({ broker: stub });
+  const c = await connect(q);
+  await addNetdev(c, 'hostnet1', 2, taps);
+  const t0 = Date.now();
+  await assert.rejects(c.execute('device_add', rssNic('net1', 'hostnet1', 'pci.1')), /virt-ebpf: .*no reply within/);
+  const waited = Date.now() - t0;
+  assert.ok(waited < 12_000, `QEMU's monitor was held ${waited} ms by a broker that trickles`);
+});

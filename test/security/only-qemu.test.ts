@@ -10,7 +10,8 @@ import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { readCmdline } from '../../src/sys/proc';
 import { QEMU, needRoot, tempDir } from '../harness';
-import { BrokerProcess, QEMU_ACCOUNT, assertServing, hostile, line, sleep, startBrokerProcess } from './support';
+import { BrokerProcess, QEMU_ACCOUNT, ROOT, assertServing, hostile, line, sleep, startBrokerProcess } from './support';
+import { PROBE_ID_BASE } from '../../src/broker/daemon';
 
 let b: BrokerProcess;
 const scratch = tempDir();
@@ -32,11 +33,11 @@ after(async () => {
   scratch.remove();
 });
 
-for (const op of ['acquire', 'prewarm'] as const) {
+for (const [op, who] of [['acquire', ROOT], ['prewarm', QEMU_ACCOUNT]] as const) {
   test(`${op} naming a root-owned non-QEMU binary in an emulator directory: refused, and the binary never runs`, async () => {
     rmSync(ranMarker, { force: true });
     for (let i = 0; i < 3; i++) {
-      const r = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [line({ op, emulator: canary, count: 1 })]);
+      const r = await hostile(who, b.socket, 'ask', [line({ op, emulator: canary, count: 1 })]);
       assert.equal(r.reply?.ok, false, JSON.stringify(r));
       assert.match(r.reply.error.code, /^(BROKER_DENIED|EMULATOR_NOT_ALLOWED)$/);
     }
@@ -67,7 +68,7 @@ function statusOf(pid: string): Record<string, string> | undefined {
   }
 }
 
-test('the probe of a real QEMU (cold cache) runs as the QEMU account, without capabilities and with no_new_privs', async () => {
+test('the probe of a real QEMU (cold cache) runs as a uid of its own — not root, not the QEMU account a guest may own — without capabilities, groups, and with no_new_privs', async () => {
   const seen: Array<Record<string, string>> = [];
   let watching = true;
   const watcher = (async () => {
@@ -88,8 +89,9 @@ test('the probe of a real QEMU (cold cache) runs as the QEMU account, without ca
   assert.ok(seen.length >= 1, 'the probe process was not seen (the cache was not cold?)');
   for (const st of seen) {
     const [ruid, euid] = st.Uid.split('\t').map(Number);
-    assert.equal(ruid, QEMU_ACCOUNT.uid, `probe ran as uid ${st.Uid}`);
-    assert.equal(euid, QEMU_ACCOUNT.uid);
+    assert.ok(ruid >= PROBE_ID_BASE && ruid < PROBE_ID_BASE + 0x10000, `probe ran as uid ${st.Uid}`);
+    assert.equal(euid, ruid);
+    assert.notEqual(ruid, QEMU_ACCOUNT.uid, 'a guest-owned QEMU (that account) could ptrace the probe');
     assert.equal(st.CapEff, '0000000000000000', `probe had capabilities ${st.CapEff}`);
     assert.equal(st.CapPrm, '0000000000000000');
     assert.equal(st.NoNewPrivs, '1', 'probe ran without no_new_privs');

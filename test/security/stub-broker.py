@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """
-A broker that stops answering, for the hot-plug shim's tests: `stub-broker.py SOCKET REAL N`.
+A broker that stops answering, for the hot-plug shim's tests: `stub-broker.py SOCKET REAL N [trickle]`.
 It listens on SOCKET (mode 0666) and relays the first N requests to the real broker at REAL,
 reply and fds included; every later request is read and never answered (its connection is
-kept open), as a broker busy with a load that never ends would look to QEMU.
+kept open), as a broker busy with a load that never ends would look to QEMU. With `trickle`,
+those later requests get one blank every second instead, a reply that never ends.
 """
 import array
 import os
 import socket
 import sys
 import threading
+import time
 
 path, real, relay = sys.argv[1], sys.argv[2], int(sys.argv[3])
+trickle = len(sys.argv) > 4 and sys.argv[4] == "trickle"
 try:
     os.unlink(path)
 except FileNotFoundError:
@@ -74,6 +77,12 @@ def serve(client):
         sys.stdout.write("holding a request\n")
         sys.stdout.flush()
         held.append(client)
+        while trickle:
+            time.sleep(1)
+            try:
+                client.send(b" ")
+            except OSError:
+                return
 
 
 print("ready", flush=True)

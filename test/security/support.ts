@@ -93,6 +93,8 @@ export interface BrokerProcess {
   /** open fds of the broker process, by kind */
   fds(): { total: number; sockets: number; bpf: number };
   rssKiB(): number;
+  /** CPU time (user + system, all its threads) the broker has used, in seconds */
+  cpuSeconds(): number;
   stop(): Promise<void>;
 }
 
@@ -148,6 +150,10 @@ export async function startBrokerProcess(config: Record<string, unknown> = {}, o
     rssKiB: () => {
       const m = /VmRSS:\s+(\d+) kB/.exec(require('node:fs').readFileSync(`/proc/${proc.pid}/status`, 'utf8'));
       return m ? Number(m[1]) : 0;
+    },
+    cpuSeconds: () => {
+      const f = require('node:fs').readFileSync(`/proc/${proc.pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+      return (Number(f[11]) + Number(f[12])) / 100;
     },
     stop: async () => {
       if (!exited) {
