@@ -2,11 +2,13 @@
  * `npm run bench`: the speed targets of the foundation, as tables with ratios against a
  * baseline measured in the same run.
  *  - probe: cold (QEMU started, queried) vs warm (cache hit), against QEMU start + QMP greeting only
- *  - load: one RSS context (libbpf + kernel verifier), against parse + validate only (pure)
+ *  - load: one RSS context (libbpf + kernel verifier), against `bpftool prog load` of the same
+ *    object (the kernel's limit, as a whole process) and parse + validate only (pure)
  *  - handoff: 4 fds sent and received over a unix socket, against the same message without fds
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
 import { probeEmulator, PROBE_ARGS } from '../src/emulator';
@@ -31,6 +33,39 @@ async function qemuGreetingOnly(): Promise<void> {
   await exited;
 }
 
+const CLI = join(__dirname, '..', 'src', 'cli', 'main.js');
+/** The least a socket-activated Node daemon can do: answer one line on the socket it inherits. */
+const BARE_NODE = "require('net').createServer((s) => s.once('data', () => s.end('{}\\n'))).listen({ fd: 3 })";
+
+function brokerConfig(dir: string): string {
+  const file = join(dir, 'cold-broker.json');
+  writeFileSync(file, JSON.stringify({ pool: { size: 0 }, cacheDir: join(dir, 'cold-cache') }));
+  return file;
+}
+
+/** systemd-socket-activate listens; `command` is started on the first connect; ms to the first reply line. */
+async function firstReply(dir: string, command: string[]): Promise<number> {
+  const sock = join(dir, 'cold.sock');
+  rmSync(sock, { force: true });
+  const act = spawn('systemd-socket-activate', ['-l', sock, ...command], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 5));
+    const t0 = process.hrtime.bigint();
+    await new Promise<void>((resolve, reject) => {
+      const c = net.connect(sock, () => c.write('{"v":1,"id":1,"op":"hello"}\n'));
+      c.once('data', () => {
+        c.destroy();
+        resolve();
+      });
+      c.once('error', reject);
+    });
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  } finally {
+    act.kill('SIGTERM');
+    await new Promise((r) => act.once('exit', r));
+  }
+}
+
 async function main(): Promise<void> {
   const out: string[] = [`virt-ebpf benchmarks — ${new Date().toISOString()} — ${cpus().length}× ${cpus()[0]?.model ?? '?'} — node ${process.version}`, ''];
   const cache = mkdtempSync(join(tmpdir(), 'virt-ebpf-bench-'));
@@ -53,10 +88,21 @@ async function main(): Promise<void> {
     const bytes = rssObjectBytes(caps);
     const parse = await sample(200 * N, () => parseRssObject(bytes));
     const load = await sample(20 * N, () => loadRss(bytes).close());
+    // The kernel's limit for the same object: bpftool loading it as a whole process (its own
+    // start-up included), pinned and unpinned again.
+    const obj = join(cache, 'rss.bpf.o');
+    writeFileSync(obj, bytes);
+    const pin = '/sys/fs/bpf/virt-ebpf-bench';
+    const bpftool = await sample(20 * N, () => {
+      const r = spawnSync('bpftool', ['prog', 'load', obj, pin, 'type', 'socket'], { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`bpftool prog load failed: ${r.stderr.trim()}`);
+      rmSync(pin, { force: true });
+    });
     out.push(
       table('context load (one RSS NIC)', [
         { name: 'parse + validate ELF (pure)', stats: stats(parse) },
-        { name: 'load: libbpf + verifier, 4 fds', stats: stats(load), baseline: 'parse + validate ELF (pure)' },
+        { name: 'bpftool prog load, same object (a whole process)', stats: stats(bpftool) },
+        { name: 'load: libbpf + verifier, 4 fds', stats: stats(load), baseline: 'bpftool prog load, same object (a whole process)' },
       ]),
     );
 
@@ -84,6 +130,19 @@ async function main(): Promise<void> {
       libc.close(b);
       ctx.close();
     }
+    // cold broker: socket-activated, the time from a peer's connect to the broker's first reply
+    const coldBroker: number[] = [];
+    const bare: number[] = [];
+    for (let i = 0; i < 10 * N; i++) {
+      bare.push(await firstReply(cache, [process.execPath, '-e', BARE_NODE]));
+      coldBroker.push(await firstReply(cache, [process.execPath, CLI, 'broker', '--config', brokerConfig(cache)]));
+    }
+    out.push(
+      table('cold broker: connect to first reply, started by systemd-socket-activate on the connect', [
+        { name: 'Node answering one line on fd 3 (no module of ours)', stats: stats(bare) },
+        { name: 'virt-ebpf broker: hello', stats: stats(coldBroker), baseline: 'Node answering one line on fd 3 (no module of ours)' },
+      ]),
+    );
   } finally {
     rmSync(cache, { recursive: true, force: true });
   }
