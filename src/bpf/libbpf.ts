@@ -7,7 +7,10 @@
  * libbpf's messages go through one print callback (libbpf_set_print is process-wide). We format
  * them with vsnprintf on the spot (the va_list is only valid during the callback) and hand them
  * to whoever is inside `withLibbpfMessages`; outside it they are dropped instead of reaching
- * stderr, where a daemon's caller would never see them.
+ * stderr, where a daemon's caller would never see them. A process that loads on several threads
+ * at once (the broker's loaders) calls `quietLibbpf()` on each before its first load: then no
+ * callback is set at all (a callback belongs to one thread's JavaScript, and libbpf would call
+ * it from every thread); the verifier's own log still comes through each program's log buffer.
  */
 import koffi from 'koffi';
 import { VirtEbpfError } from '../errors';
@@ -58,6 +61,12 @@ interface Bindings {
 
 const loaded = new Map<string, Bindings>();
 let sink: { debug: boolean; put(level: number, text: string): void } | undefined;
+let quiet = false;
+
+/** Bind libbpf without a print callback (before this thread's first load): see above. */
+export function quietLibbpf(): void {
+  quiet = true;
+}
 
 function bind(soname: string): Bindings {
   let lib: koffi.IKoffiLib;
@@ -109,7 +118,7 @@ function bind(soname: string): Bindings {
     }
     return 0;
   }, koffi.pointer(printProto));
-  setPrint(print);
+  setPrint(quiet ? null : print);
 
   const b: Bindings = {
     openMem: f(`${obj} bpf_object__open_mem(const void *buf, size_t size, const ${tag}_open_opts *opts)`),

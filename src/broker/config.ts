@@ -26,6 +26,8 @@ const schema = yup
         maxReservedPerDomain: yup.number().integer().min(0).max(64).default(16),
         maxReserved: yup.number().integer().min(0).max(1024).default(128),
         reservationTtlMs: yup.number().integer().min(100).max(600_000).default(60_000),
+        /** loads at once (threads); default one per CPU */
+        loaderThreads: yup.number().integer().min(1).max(64).default(undefined),
       })
       .default({}),
     limits: yup

@@ -1,11 +1,13 @@
 /**
- * The broker's loader thread (src/broker/loader.ts starts it): every context the broker loads
- * is loaded here, one at a time. libbpf's print hook is process-wide and calls back into the
- * thread that set it, so libbpf must only ever run on one thread of the broker: this one. It
- * tells the main thread its kernel thread id, which sets its priority (idle while it refills
- * the pool, normal while a request waits). fds belong to the process: they go back as numbers.
+ * One of the broker's loader threads (src/broker/loader.ts starts them): every context the
+ * broker loads is loaded on one of these, one at a time each. libbpf runs here without its print
+ * callback (it is process-wide, and a callback belongs to one thread); the verifier's log comes
+ * through the program's log buffer. It tells the main thread its kernel thread id, which sets
+ * its priority (idle for a refill, normal while a request waits). fds belong to the process:
+ * they go back as numbers.
  */
 import { parentPort } from 'node:worker_threads';
+import { quietLibbpf } from '../bpf/libbpf';
 import { loadContext } from '../context';
 import type { EmulatorCaps } from '../emulator';
 import { threadId } from '../sys/libc';
@@ -19,6 +21,7 @@ export type LoaderMessage =
   | { id: number; descriptor: unknown; fds: number[] }
   | { id: number; error: { code?: string; message: string; remedy?: string; detail?: string } };
 
+quietLibbpf();
 parentPort!.postMessage({ tid: threadId() } satisfies LoaderMessage);
 parentPort!.on('message', (req: LoadRequest) => {
   loadContext(req.caps).then(

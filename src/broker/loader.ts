@@ -1,94 +1,122 @@
 /**
- * The broker loads contexts on one worker thread (src/broker/loader-worker.ts), never on its
- * main thread: the main thread keeps answering while a load runs (~70 ms of verifier time),
- * and the pool's refills run at idle priority (nice 19): whatever of a refill still overlaps a
- * `virsh start` (the pool waits for starts to settle, src/broker/pool.ts) yields to the libvirt
- * and QEMU processes that are starting. A load a request waits for (`urgent`) lifts the thread back to
- * normal priority until no such load is left.
+ * The broker loads contexts on worker threads (src/broker/loader-worker.ts), never on its main
+ * thread: the main thread keeps answering while a load runs (~50 ms of verifier time). Up to
+ * `threads` loads run at once (one per CPU by default), so a boot storm's starts are not served
+ * one after another. Loads a request waits for (`urgent`) go first; the pool's refills run only
+ * on a thread no urgent load needs, at idle priority (nice 19), so a start never waits behind a
+ * refill for more than the one load already under way. Each thread's priority follows the load it
+ * runs. libbpf runs without its print callback on these threads (see src/bpf/libbpf.ts).
  */
-import { setPriority } from 'node:os';
+import { availableParallelism, setPriority } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { EmulatorCaps } from '../emulator';
 import { VirtEbpfError, type ErrorCode } from '../errors';
 import { OwnedFd, closeAll } from '../fdpass';
+import type { ContextDescriptor } from '../context';
 import type { LoadedContext } from './pool';
 import type { LoaderMessage, LoadRequest } from './loader-worker';
-import type { ContextDescriptor } from '../context';
 
 export const IDLE_NICE = 19;
 
+interface Job {
+  id: number;
+  caps: EmulatorCaps;
+  urgent: boolean;
+  resolve: (c: LoadedContext) => void;
+  reject: (e: Error) => void;
+}
+
+interface Thread {
+  worker: Worker;
+  tid?: number;
+  job?: Job;
+}
+
 export class Loader {
-  #worker?: Worker;
-  #tid?: number;
+  readonly #threads: Thread[] = [];
+  readonly #urgent: Job[] = [];
+  readonly #background: Job[] = [];
   #serial = 0;
-  #urgent = 0;
   #closed = false;
-  readonly #waiting = new Map<number, { urgent: boolean; resolve: (c: LoadedContext) => void; reject: (e: Error) => void }>();
+
+  constructor(private readonly threads = availableParallelism()) {}
 
   /** One context for this build; `urgent`: somebody waits for it (normal priority), else a refill (idle). */
   load(caps: EmulatorCaps, urgent: boolean): Promise<LoadedContext> {
     if (this.#closed) return Promise.reject(new VirtEbpfError('BROKER_INTERNAL', 'the broker is stopping', { remedy: 'retry once it is back' }));
-    const w = this.#start();
-    const id = ++this.#serial;
-    if (urgent && this.#urgent++ === 0) this.#prioritize();
     return new Promise((resolve, reject) => {
-      this.#waiting.set(id, { urgent, resolve, reject });
-      w.ref(); // a load in flight keeps the broker alive
-      w.postMessage({ id, caps } satisfies LoadRequest);
+      (urgent ? this.#urgent : this.#background).push({ id: ++this.#serial, caps, urgent, resolve, reject });
+      this.#pump();
     });
   }
 
-  /** Give the loader thread the priority it should have now: normal while a request waits, else idle. */
-  #prioritize(): void {
-    if (this.#tid === undefined) return;
-    try {
-      setPriority(this.#tid, this.#urgent > 0 ? 0 : IDLE_NICE);
-    } catch {
-      /* the thread is gone: #fail handles its loads */
+  /** Hand queued loads to free threads: urgent ones to any, a refill only to one no urgent load waits for. */
+  #pump(): void {
+    for (;;) {
+      const refills = this.#threads.filter((x) => x.job && !x.job.urgent).length;
+      const mayRefill = this.#background.length > 0 && refills < Math.max(1, this.threads - 1);
+      if (this.#urgent.length === 0 && !mayRefill) return;
+      const t = this.#threads.find((x) => !x.job) ?? (this.#threads.length < this.threads ? this.#start() : undefined);
+      if (!t) return;
+      const job = this.#urgent.shift() ?? this.#background.shift()!;
+      t.job = job;
+      this.#prioritize(t);
+      t.worker.ref(); // a load in flight keeps the broker alive
+      t.worker.postMessage({ id: job.id, caps: job.caps } satisfies LoadRequest);
     }
   }
 
-  #start(): Worker {
-    if (this.#worker) return this.#worker;
-    const w = new Worker(join(__dirname, 'loader-worker.js'));
-    w.unref();
-    w.on('message', (m: LoaderMessage) => {
-      if ('tid' in m) {
-        this.#tid = m.tid;
-        this.#prioritize();
-        return;
-      }
-      const p = this.#waiting.get(m.id);
-      this.#waiting.delete(m.id);
-      if (this.#waiting.size === 0) w.unref();
-      if (p?.urgent && --this.#urgent === 0) this.#prioritize();
-      if ('error' in m) {
-        p?.reject(new VirtEbpfError((m.error.code ?? 'BPF_LOAD') as ErrorCode, m.error.message, { remedy: m.error.remedy ?? 'check `virt-ebpf doctor`', detail: m.error.detail }));
-        return;
-      }
-      const fds = m.fds.map((fd) => new OwnedFd(fd));
-      if (p) p.resolve({ descriptor: m.descriptor as ContextDescriptor, fds });
-      else closeAll(fds); // nobody waits any more (closed meanwhile)
-    });
-    w.on('error', (e) => this.#fail(e));
-    w.on('exit', () => this.#fail(new Error('the broker\'s loader thread stopped')));
-    this.#worker = w;
-    return w;
+  /** A thread's priority: normal for a load a request waits for, idle for a refill. */
+  #prioritize(t: Thread): void {
+    if (t.tid === undefined || !t.job) return;
+    try {
+      setPriority(t.tid, t.job.urgent ? 0 : IDLE_NICE);
+    } catch {
+      /* the thread is gone: #fail handles its load */
+    }
   }
 
-  #fail(e: Error): void {
-    this.#worker = undefined;
-    this.#tid = undefined;
-    this.#urgent = 0;
-    for (const p of this.#waiting.values()) p.reject(e);
-    this.#waiting.clear();
+  #start(): Thread {
+    const w = new Worker(join(__dirname, 'loader-worker.js'));
+    w.unref();
+    const t: Thread = { worker: w };
+    this.#threads.push(t);
+    w.on('message', (m: LoaderMessage) => {
+      if ('tid' in m) {
+        t.tid = m.tid;
+        this.#prioritize(t);
+        return;
+      }
+      const job = t.job?.id === m.id ? t.job : undefined;
+      t.job = undefined;
+      w.unref();
+      if ('error' in m) {
+        job?.reject(new VirtEbpfError((m.error.code ?? 'BPF_LOAD') as ErrorCode, m.error.message, { remedy: m.error.remedy ?? 'check `virt-ebpf doctor`', detail: m.error.detail }));
+      } else {
+        const fds = m.fds.map((fd) => new OwnedFd(fd));
+        if (job) job.resolve({ descriptor: m.descriptor as ContextDescriptor, fds });
+        else closeAll(fds); // nobody waits any more
+      }
+      this.#pump();
+    });
+    w.on('error', (e) => this.#fail(t, e));
+    w.on('exit', () => this.#fail(t, new Error('a loader thread of the broker stopped')));
+    return t;
+  }
+
+  #fail(t: Thread, e: Error): void {
+    const i = this.#threads.indexOf(t);
+    if (i >= 0) this.#threads.splice(i, 1);
+    t.job?.reject(e);
+    t.job = undefined;
+    if (!this.#closed) this.#pump();
   }
 
   async close(): Promise<void> {
     this.#closed = true;
-    const w = this.#worker;
-    this.#worker = undefined;
-    if (w) await w.terminate();
+    const stopping = new VirtEbpfError('BROKER_INTERNAL', 'the broker is stopping', { remedy: 'retry once it is back' });
+    for (const j of [...this.#urgent.splice(0), ...this.#background.splice(0)]) j.reject(stopping);
+    await Promise.all(this.#threads.splice(0).map((t) => t.worker.terminate()));
   }
 }

@@ -30,6 +30,22 @@ function dispose(c: LoadedContext): void {
   closeAll(c.fds);
 }
 
+/**
+ * `n` fresh contexts, loaded at once (the loader spreads them over its threads); if any load
+ * fails, the others are closed and the first failure is thrown.
+ */
+async function loadAll(source: PoolSource, n: number): Promise<LoadedContext[]> {
+  if (n <= 0) return [];
+  const settled = await Promise.allSettled(Array.from({ length: n }, () => source.load()));
+  const loaded = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    loaded.forEach(dispose);
+    throw failed.reason;
+  }
+  return loaded;
+}
+
 export interface RefillTiming {
   /** how long after the last reserve/take a refill waits (a start is still under way) */
   settleMs: number;
@@ -102,10 +118,8 @@ export class ContextPool {
     const ready = this.#ready.get(source.key) ?? [];
     out.push(...ready.splice(0, count - out.length));
     try {
-      while (out.length < count) {
-        if (abandoned()) throw new VirtEbpfError('BROKER_UNREACHABLE', 'the peer went away before its contexts were loaded', { remedy: 'retry the request' });
-        out.push(await source.load());
-      }
+      if (out.length < count && abandoned()) throw new VirtEbpfError('BROKER_UNREACHABLE', 'the peer went away before its contexts were loaded', { remedy: 'retry the request' });
+      out.push(...(await loadAll(source, count - out.length)));
     } catch (e) {
       out.forEach(dispose);
       throw e;
@@ -138,14 +152,9 @@ export class ContextPool {
     const ready = this.#ready.get(source.key) ?? [];
     mine.contexts.push(...ready.splice(0, Math.max(0, want())));
     try {
-      while (want() > 0) {
-        const c = await source.load();
-        if (this.#closed || this.#reserved.get(domainKey) !== mine) {
-          dispose(c); // released (or replaced) meanwhile
-          break;
-        }
-        mine.contexts.push(c);
-      }
+      const loaded = await loadAll(source, Math.max(0, want()));
+      if (this.#closed || this.#reserved.get(domainKey) !== mine) loaded.forEach(dispose); // released (or replaced) meanwhile
+      else mine.contexts.push(...loaded);
     } finally {
       this.refill(source.key);
     }
