@@ -11,11 +11,15 @@
  *  b. fd handoff with a warm pool: a client's `acquire count=1` round trip (what the wrapper
  *     waits for between its request and its exec) and the broker's own `us` log field.
  *  c. 16 domains started at once, each with 1 RSS NIC, vs 16 plain ones: how many started, wall.
+ *  s. the boot storm: 32 domains × 2 RSS NICs (and 16 × 1) started at once on a broker that
+ *     systemd-socket-activate starts on the first connection (empty pool), against the same
+ *     domains without virt-ebpf (our hook out of qemu.d): all started with their fds, wall,
+ *     per-start median and p95. BENCH_STORM_ROUNDS rounds (default 2), the order alternating.
  *
  * Uses an existing install and broker when there is one; otherwise installs (and uninstalls at
  * the end) and runs the installed broker as a child. BENCH_N=k multiplies the sample counts.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { cpus } from 'node:os';
 import { existsSync, renameSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
@@ -31,7 +35,7 @@ import { medianWithInterval, stats, table, Stats } from './stats';
 
 const N = Number(process.env.BENCH_N ?? 1);
 /** BENCH_COLDSTART=a,b,c picks sections (default all). */
-const ONLY = new Set((process.env.BENCH_COLDSTART ?? 'a,b,c').split(','));
+const ONLY = new Set((process.env.BENCH_COLDSTART ?? 'a,b,c,s').split(','));
 const PREFIX = `vebpf-bench-${process.pid}-`;
 const REAL_QEMU = '/usr/bin/qemu-system-x86_64';
 const WRAPPER = join(DEFAULT_PATHS.wrapperDir, 'qemu-system-x86_64');
@@ -294,6 +298,59 @@ async function benchParallel(scratch: string, out: string[]): Promise<void> {
   for (const n of [...enabled, ...plain]) removeDomain(n);
 }
 
+/** The broker as a boot starts it: systemd-socket-activate holds the socket, the first connect starts it. */
+async function coldBroker<T>(fn: () => Promise<T>): Promise<T> {
+  rmSync(DEFAULT_SOCKET, { force: true });
+  const act = spawn('systemd-socket-activate', ['-l', DEFAULT_SOCKET, process.execPath, INSTALLED_CLI, 'broker'], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 500 && !existsSync(DEFAULT_SOCKET); i++) await new Promise((r) => setTimeout(r, 10));
+    return await fn();
+  } finally {
+    act.kill('SIGTERM');
+    await new Promise((r) => act.once('exit', r));
+  }
+}
+
+async function benchStorm(scratch: string, out: string[], k: number, nics: number): Promise<void> {
+  const enabled = Array.from({ length: k }, (_, i) => `${PREFIX}storm${k}x${nics}-e${i}`);
+  const plain = Array.from({ length: k }, (_, i) => `${PREFIX}storm${k}x${nics}-p${i}`);
+  const spec = { nics: Array.from({ length: nics }, () => ({ rss: true, queues: 2 })) };
+  for (const name of enabled) defineEnabled(name, domainXml({ name, ...spec }), scratch);
+  for (const name of plain) define(domainXml({ name, ...spec }), scratch);
+  const wave = async (names: string[], want: number) => {
+    const t0 = process.hrtime.bigint();
+    const rs = await Promise.all(names.map((n) => runAsync('virsh', ['-q', '-c', 'qemu:///system', 'start', n], { timeoutMs: 600_000 })));
+    const wall = ms(t0);
+    const ok = rs.filter((r, i) => r.status === 0 && bpfFds(qemuPid(names[i])).length === want).length;
+    for (const n of names) virshTry('destroy', n);
+    return { ok, wall, perStart: rs.map((r) => r.ms) };
+  };
+  const rounds = Number(process.env.BENCH_STORM_ROUNDS ?? 2);
+  const walls = { plain: [] as number[], enabled: [] as number[] };
+  const starts = { plain: [] as number[], enabled: [] as number[] };
+  let okEnabled = 0;
+  for (let r = 0; r < rounds; r++) {
+    for (const kind of r % 2 ? (['enabled', 'plain'] as const) : (['plain', 'enabled'] as const)) {
+      const w = kind === 'plain' ? await withoutOurHook(() => wave(plain, 0)) : await coldBroker(() => wave(enabled, 4 * nics));
+      walls[kind].push(w.wall);
+      starts[kind].push(...w.perStart);
+      if (kind === 'enabled') okEnabled += w.ok;
+    }
+  }
+  const p95 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.ceil(0.95 * xs.length) - 1];
+  const wallRatio = medianWithInterval(walls.enabled.map((x, i) => x / walls.plain[i]));
+  out.push(
+    table(`s. boot storm: ${k} domains × ${nics} RSS NICs at once, broker socket-activated on the first connection (per-start, ${rounds} rounds)`, [
+      { name: `${k}×${nics} without virt-ebpf`, stats: stats(starts.plain) },
+      { name: `${k}×${nics} enabled, cold broker`, stats: stats(starts.enabled), baseline: `${k}×${nics} without virt-ebpf` },
+    ]),
+    `started with their ${4 * nics} fds: ${okEnabled}/${k * rounds} (target 100 %); wall: without ${stats(walls.plain).median.toFixed(0)} ms, enabled ${stats(walls.enabled).median.toFixed(0)} ms, ` +
+      `per-round ratio ${fmtRatio(wallRatio.median)} (target ≤ 1.10×); per-start p95 ${p95(starts.plain).toFixed(0)} vs ${p95(starts.enabled).toFixed(0)} ms (${fmtRatio(p95(starts.enabled) / p95(starts.plain))}, target ≤ 1.15×)`,
+    '',
+  );
+  for (const n of [...enabled, ...plain]) removeDomain(n);
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the cold-start bench needs root (system libvirtd, install, broker)');
   const out: string[] = [`virt-ebpf cold-start benchmarks — ${new Date().toISOString()} — ${cpus().length}× ${cpus()[0]?.model ?? '?'} — node ${process.version}`, ''];
@@ -314,6 +371,12 @@ async function main(): Promise<void> {
       removeDomain(PREFIX + 'b');
     }
     if (ONLY.has('c')) await benchParallel(scratch, out);
+    if (ONLY.has('s')) {
+      if (ownBroker) await broker.stop(); // the storm starts its own, cold
+      await benchStorm(scratch, out, 32, 2);
+      await benchStorm(scratch, out, 16, 1);
+      if (ownBroker) await broker.start();
+    }
     if (ownBroker && ONLY.has('a')) {
       await new Promise((res) => setTimeout(res, 200));
       const us = broker.handoffMicros().map((x) => x / 1000);
