@@ -131,13 +131,29 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
 export const PROBE_ID_BASE = 0x7f000000;
 
 /**
- * The account one probe runs as: a fresh uid and gid (PROBE_ID_BASE + a random 16-bit number),
- * never root and never libvirt's QEMU account — every domain's QEMU runs as that one, and a
- * QEMU a guest owns could ptrace a probe of its own uid and forge the eBPF object it reports.
+ * The account one probe runs as: a fresh uid (PROBE_ID_BASE + a random 16-bit number), never
+ * root and never libvirt's QEMU account — every domain's QEMU runs as that one, and a QEMU a
+ * guest owns could ptrace a probe of its own uid and forge the eBPF object it reports (ptrace
+ * needs the uids to match, so sharing a group does not open that door).
+ *
+ * The gid is the same fresh number, except where /dev/kvm is opened through its group (kvm,
+ * mode 0660 on Debian): then that group, because QEMU builds without TCG (Debian's microvm
+ * build) cannot start even `-machine none` without /dev/kvm — libvirt's QEMU account is in
+ * that group for the same reason. Root's group is never taken.
  */
-export function probeAccount(): { uid: number; gid: number } {
+export function probeAccount(kvm: { gid: number; mode: number } | null = kvmDevice()): { uid: number; gid: number } {
   const id = PROBE_ID_BASE + randomInt(0, 0x10000);
-  return { uid: id, gid: id };
+  const viaGroup = kvm !== null && kvm.gid !== 0 && (kvm.mode & 0o060) === 0o060;
+  return { uid: id, gid: viaGroup ? kvm.gid : id };
+}
+
+function kvmDevice(): { gid: number; mode: number } | null {
+  try {
+    const st = statSync('/dev/kvm');
+    return st.isCharacterDevice() ? { gid: st.gid, mode: st.mode } : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Say where a socket-activated broker listens, and what would keep its peers out. */

@@ -6,12 +6,12 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readCmdline } from '../../src/sys/proc';
 import { QEMU, needRoot, tempDir } from '../harness';
 import { BrokerProcess, QEMU_ACCOUNT, ROOT, assertServing, hostile, line, sleep, startBrokerProcess } from './support';
-import { PROBE_ID_BASE } from '../../src/broker/daemon';
+import { PROBE_ID_BASE, probeAccount } from '../../src/broker/daemon';
 
 let b: BrokerProcess;
 const scratch = tempDir();
@@ -96,5 +96,26 @@ test('the probe of a real QEMU (cold cache) runs as a uid of its own — not roo
     assert.equal(st.CapPrm, '0000000000000000');
     assert.equal(st.NoNewPrivs, '1', 'probe ran without no_new_privs');
     assert.equal(st.Groups.trim(), '', `probe kept supplementary groups ${st.Groups}`);
+    const gid = Number(st.Gid.split('\t')[0]);
+    assert.ok(gid === ruid || gid === kvmGroup(), `probe ran as gid ${st.Gid}: neither its own nor /dev/kvm's group`);
+    assert.notEqual(gid, 0);
+  }
+});
+
+function kvmGroup(): number | undefined {
+  try {
+    return statSync('/dev/kvm').gid;
+  } catch {
+    return undefined;
+  }
+}
+
+test('probeAccount: /dev/kvm opened through its group (0660) lends that group; root\'s group, a 0666 device or no device never do', () => {
+  const kvm = probeAccount({ gid: 994, mode: 0o20660 });
+  assert.ok(kvm.uid >= PROBE_ID_BASE && kvm.uid < PROBE_ID_BASE + 0x10000);
+  assert.equal(kvm.gid, 994);
+  for (const dev of [{ gid: 0, mode: 0o20660 }, { gid: 994, mode: 0o20606 }, null]) {
+    const a = probeAccount(dev);
+    assert.equal(a.gid, a.uid, JSON.stringify(dev));
   }
 });
