@@ -28,6 +28,8 @@ const schema = yup
         reservationTtlMs: yup.number().integer().min(100).max(600_000).default(60_000),
         /** loads at once (threads); default one per CPU */
         loaderThreads: yup.number().integer().min(1).max(64).default(undefined),
+        /** how long a loader thread waits for its next load before it ends (its memory is given back) */
+        loaderIdleMs: yup.number().integer().min(100).max(3_600_000).default(undefined),
       })
       .default({}),
     limits: yup

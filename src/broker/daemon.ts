@@ -185,7 +185,7 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
   let broker: Broker | undefined;
   // Whatever the broker starts from here on cannot gain privileges by execve.
   setNoNewPrivs();
-  const loader = new Loader(config.pool.loaderThreads);
+  const loader = new Loader(config.pool.loaderThreads, config.pool.loaderIdleMs);
   const manifest = opts.manifest ?? DEFAULT_PATHS.manifest;
   const allowlist = new EmulatorAllowlist({
     configured: config.emulators,

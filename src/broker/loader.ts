@@ -6,6 +6,8 @@
  * on a thread no urgent load needs, at idle priority (nice 19), so a start never waits behind a
  * refill for more than the one load already under way. Each thread's priority follows the load it
  * runs. libbpf runs without its print callback on these threads (see src/bpf/libbpf.ts).
+ * A thread with nothing to load for `idleMs` ends (each holds a V8 isolate of its own, several
+ * MB): an idle broker is its main thread; the next load starts a thread again (~20 ms).
  */
 import { availableParallelism, setPriority } from 'node:os';
 import { join } from 'node:path';
@@ -13,11 +15,15 @@ import { Worker } from 'node:worker_threads';
 import type { EmulatorCaps } from '../emulator';
 import { VirtEbpfError, type ErrorCode } from '../errors';
 import { OwnedFd, closeAll } from '../fdpass';
+import { mallocTrim } from '../sys/libc';
 import type { ContextDescriptor } from '../context';
 import type { LoadedContext } from './pool';
 import type { LoaderMessage, LoadRequest } from './loader-worker';
 
 export const IDLE_NICE = 19;
+
+/** How long a loader thread waits for its next load before it ends. */
+export const LOADER_IDLE_MS = 10_000;
 
 interface Job {
   id: number;
@@ -31,6 +37,7 @@ interface Thread {
   worker: Worker;
   tid?: number;
   job?: Job;
+  idle?: NodeJS.Timeout;
 }
 
 export class Loader {
@@ -40,7 +47,15 @@ export class Loader {
   #serial = 0;
   #closed = false;
 
-  constructor(private readonly threads = availableParallelism()) {}
+  constructor(
+    private readonly threads = availableParallelism(),
+    private readonly idleMs = LOADER_IDLE_MS,
+  ) {}
+
+  /** Loader threads running now. */
+  get running(): number {
+    return this.#threads.length;
+  }
 
   /** One context for this build; `urgent`: somebody waits for it (normal priority), else a refill (idle). */
   load(caps: EmulatorCaps, urgent: boolean): Promise<LoadedContext> {
@@ -60,6 +75,7 @@ export class Loader {
       const t = this.#threads.find((x) => !x.job) ?? (this.#threads.length < this.threads ? this.#start() : undefined);
       if (!t) return;
       const job = this.#urgent.shift() ?? this.#background.shift()!;
+      clearTimeout(t.idle);
       t.job = job;
       this.#prioritize(t);
       t.worker.ref(); // a load in flight keeps the broker alive
@@ -99,13 +115,26 @@ export class Loader {
         else closeAll(fds); // nobody waits any more
       }
       this.#pump();
+      if (!t.job) t.idle = setTimeout(() => this.#retire(t), this.idleMs).unref();
     });
     w.on('error', (e) => this.#fail(t, e));
     w.on('exit', () => this.#fail(t, new Error('a loader thread of the broker stopped')));
     return t;
   }
 
+  /** An idle thread ends; its exit then finds it gone from the list and fails nothing. */
+  #retire(t: Thread): void {
+    if (t.job) return;
+    const i = this.#threads.indexOf(t);
+    if (i >= 0) this.#threads.splice(i, 1);
+    // What the thread's isolate and libbpf freed stays in its malloc arena until trimmed.
+    void t.worker.terminate().then(() => {
+      if (this.#threads.length === 0) mallocTrim();
+    });
+  }
+
   #fail(t: Thread, e: Error): void {
+    clearTimeout(t.idle);
     const i = this.#threads.indexOf(t);
     if (i >= 0) this.#threads.splice(i, 1);
     t.job?.reject(e);
@@ -117,6 +146,11 @@ export class Loader {
     this.#closed = true;
     const stopping = new VirtEbpfError('BROKER_INTERNAL', 'the broker is stopping', { remedy: 'retry once it is back' });
     for (const j of [...this.#urgent.splice(0), ...this.#background.splice(0)]) j.reject(stopping);
-    await Promise.all(this.#threads.splice(0).map((t) => t.worker.terminate()));
+    await Promise.all(
+      this.#threads.splice(0).map((t) => {
+        clearTimeout(t.idle);
+        return t.worker.terminate();
+      }),
+    );
   }
 }

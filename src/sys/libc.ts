@@ -294,3 +294,13 @@ const gettidFn = libc.func('int gettid(void)');
 export function threadId(): number {
   return gettidFn();
 }
+
+const mallocTrimFn = libc.func('int malloc_trim(size_t)');
+
+/**
+ * Gives the C heap's free memory back to the kernel (glibc keeps what a thread freed in that
+ * thread's arena, also after the thread ended). Returns whether anything was released.
+ */
+export function mallocTrim(): boolean {
+  return mallocTrimFn(0) === 1;
+}

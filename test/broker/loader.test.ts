@@ -12,6 +12,9 @@ import { getPriority } from 'node:os';
 import { needRoot, tempDir, QEMU } from '../harness';
 import { ask, ROOT, served, startTestBroker, until, type TestBroker } from './support';
 import { DEFAULT_REFILL_TIMING } from '../../src/broker/pool';
+import { Loader } from '../../src/broker/loader';
+import { probeEmulator } from '../../src/emulator';
+import { closeAll } from '../../src/fdpass';
 
 const dir = tempDir('virt-ebpf-loader-');
 let broker: TestBroker | undefined;
@@ -87,5 +90,25 @@ test('a steady stream of starts puts a refill off for at most maxDeferMs', async
     assert.ok(Date.now() - t0 >= timing.maxDeferMs, 'not before maxDeferMs');
   } finally {
     await b.close();
+  }
+});
+
+test('a loader thread with nothing to load for idleMs ends (an idle broker is its main thread); the next load starts one again', async () => {
+  needRoot('the loader loads BPF');
+  const { caps } = await probeEmulator(QEMU, { cacheDir: join(dir.path, 'cache') });
+  const loader = new Loader(2, 300);
+  try {
+    const first = await loader.load(caps, true);
+    assert.equal(first.fds.length, 4);
+    closeAll(first.fds);
+    assert.equal(loader.running, 1, 'one thread for one load');
+    await until('the idle loader thread to end', () => loader.running === 0, 10_000, 20);
+    const again = await Promise.all([loader.load(caps, true), loader.load(caps, false)]);
+    assert.deepEqual(again.map((c) => c.fds.length), [4, 4], 'loads after the retirement work');
+    again.forEach((c) => closeAll(c.fds));
+    assert.equal(loader.running, 2);
+    await until('both idle threads to end', () => loader.running === 0, 10_000, 20);
+  } finally {
+    await loader.close();
   }
 });
