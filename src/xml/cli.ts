@@ -118,7 +118,8 @@ function parse(argv: string[]): Parsed | 'help' {
   return out;
 }
 
-function report(changes: Change[], warnings: string[]): string {
+/** What a transform changed and warned about, one `virt-ebpf: …` line each (for stderr). */
+export function report(changes: Change[], warnings: string[]): string {
   return [...changes.map((c) => `virt-ebpf: changed: ${describeChange(c)}\n`), ...warnings.map((w) => `virt-ebpf: warning: ${w}\n`)].join('');
 }
 

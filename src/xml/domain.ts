@@ -109,30 +109,7 @@ export function readDomain(src: SourceDoc): DomainView {
   }
   const emulatorPath = emulator ? (emulator.textContent ?? '').trim() : undefined;
 
-  const interfaces = childElements(devices, 'interface').map((el, index): InterfaceView => {
-    const type = el.getAttribute('type') ?? '';
-    const mac = attr(firstChild(el, 'mac'), 'address');
-    const alias = attr(firstChild(el, 'alias'), 'name');
-    const model = attr(firstChild(el, 'model'), 'type');
-    const driver = firstChild(el, 'driver');
-    const backendType = attr(firstChild(el, 'backend'), 'type');
-    return {
-      el,
-      index,
-      type,
-      ...(mac !== undefined ? { mac } : {}),
-      ...(alias !== undefined ? { alias } : {}),
-      ...(model !== undefined ? { model } : {}),
-      ...(driver ? { driver } : {}),
-      ...(attr(driver, 'rss') !== undefined ? { rss: attr(driver, 'rss') } : {}),
-      ...(attr(driver, 'queues') !== undefined ? { queues: attr(driver, 'queues') } : {}),
-      ...(() => {
-        const why = unsupportedReason(type, model, backendType);
-        return why === undefined ? {} : { unsupported: why };
-      })(),
-      label: `interface ${index}${mac ? ` (${mac})` : alias ? ` (${alias})` : ''}`,
-    };
-  });
+  const interfaces = childElements(devices, 'interface').map(interfaceView);
 
   const metadata = firstChild(root, 'metadata');
   const configs = metadata ? childElements(metadata, 'config', XML_NAMESPACE) : [];
@@ -151,6 +128,32 @@ export function readDomain(src: SourceDoc): DomainView {
     interfaces,
     ...(metadata ? { metadata } : {}),
     ...(configEl ? { configEl, config: parseConfigElement(configEl) } : {}),
+  };
+}
+
+/** The facts of one `<interface>` element; `index` is its position among the domain's interfaces. */
+export function interfaceView(el: Element, index: number): InterfaceView {
+  const type = el.getAttribute('type') ?? '';
+  const mac = attr(firstChild(el, 'mac'), 'address');
+  const alias = attr(firstChild(el, 'alias'), 'name');
+  const model = attr(firstChild(el, 'model'), 'type');
+  const driver = firstChild(el, 'driver');
+  const backendType = attr(firstChild(el, 'backend'), 'type');
+  return {
+    el,
+    index,
+    type,
+    ...(mac !== undefined ? { mac } : {}),
+    ...(alias !== undefined ? { alias } : {}),
+    ...(model !== undefined ? { model } : {}),
+    ...(driver ? { driver } : {}),
+    ...(attr(driver, 'rss') !== undefined ? { rss: attr(driver, 'rss') } : {}),
+    ...(attr(driver, 'queues') !== undefined ? { queues: attr(driver, 'queues') } : {}),
+    ...(() => {
+      const why = unsupportedReason(type, model, backendType);
+      return why === undefined ? {} : { unsupported: why };
+    })(),
+    label: `interface ${index}${mac ? ` (${mac})` : alias ? ` (${alias})` : ''}`,
   };
 }
 

@@ -20,7 +20,7 @@ import {
   type Policy,
   type XmlConfig,
 } from './config';
-import { isVirtioModel, queueCount, readDomain, type DomainView, type InterfaceView } from './domain';
+import { interfaceView, isVirtioModel, queueCount, readDomain, type DomainView, type InterfaceView } from './domain';
 import { childElements, Edits, escapeAttr, escapeText, firstChild, SourceDoc, type AttrSpan } from './source';
 
 export interface EnableOptions {
@@ -60,6 +60,9 @@ export type Change =
   | { kind: 'metadata'; action: 'created' | 'updated' | 'removed' }
   | { kind: 'policy'; from?: Policy; to: Policy }
   | { kind: 'hotplug'; from: 'on' | 'off'; to: 'on' | 'off' };
+
+/** enable's warning for a domain left without RSS NICs (a caller may decide to keep such a domain as it was). */
+export const NO_RSS_NIC_WARNING = "no interface has rss='on': only the emulator is switched (NICs hot-plugged later with rss='on' will get eBPF RSS)";
 
 export interface EnableResult {
   xml: string;
@@ -188,6 +191,11 @@ function findInterface(view: DomainView, rec: NicRecord): InterfaceView | undefi
   return byIndex && (rec.mac === undefined || byIndex.mac === undefined) ? byIndex : undefined;
 }
 
+/** The config of a domain enable has not seen yet. */
+function freshConfig(): XmlConfig {
+  return { version: CONFIG_VERSION, policy: DEFAULT_POLICY, hotplug: 'on', emulator: { original: '', wrapper: '', elementCreated: false }, metadata: 'existing', nics: [] };
+}
+
 function cloneConfig(c: XmlConfig): XmlConfig {
   return { ...c, emulator: { ...c.emulator }, nics: c.nics.map((n) => ({ ...n, attrs: n.attrs.map((a) => ({ ...a })) })) };
 }
@@ -207,6 +215,18 @@ function validateOptions(opts: EnableOptions): void {
   }
 }
 
+/** An explicit rss='on' on a NIC that cannot carry eBPF RSS is refused, not skipped. */
+function refuseUnsupported(interfaces: InterfaceView[]): void {
+  const refused = interfaces.filter((i) => i.rss === 'on' && i.unsupported !== undefined);
+  if (refused.length === 0) return;
+  const lines = refused.map((i) => `${i.label}: ${i.unsupported}`);
+  throw new VirtEbpfError('XML_UNSUPPORTED_NIC', `cannot give eBPF RSS to ${lines[0]}${refused.length > 1 ? ` (and ${refused.length - 1} more)` : ''}`, {
+    remedy: "remove rss='on' from that interface's <driver>, or make it a virtio NIC on a tap backend (type ethernet, bridge or network)",
+    detail: lines.join('\n'),
+    fields: { interfaces: refused.map((i) => i.index) },
+  });
+}
+
 export function enableDomain(xml: string, opts: EnableOptions): EnableResult {
   validateOptions(opts);
   const src = SourceDoc.parse(xml);
@@ -215,18 +235,10 @@ export function enableDomain(xml: string, opts: EnableOptions): EnableResult {
   const before = view.config;
   const cfg: XmlConfig = before
     ? cloneConfig(before)
-    : { version: CONFIG_VERSION, policy: DEFAULT_POLICY, hotplug: 'on', emulator: { original: '', wrapper: '', elementCreated: false }, metadata: 'existing', nics: [] };
+    : freshConfig();
 
   // NICs first: a refusal must come before anything else is decided.
-  const refused = view.interfaces.filter((i) => i.rss === 'on' && i.unsupported !== undefined);
-  if (refused.length > 0) {
-    const lines = refused.map((i) => `${i.label}: ${i.unsupported}`);
-    throw new VirtEbpfError('XML_UNSUPPORTED_NIC', `cannot give eBPF RSS to ${lines[0]}${refused.length > 1 ? ` (and ${refused.length - 1} more)` : ''}`, {
-      remedy: "remove rss='on' from that interface's <driver>, or make it a virtio NIC on a tap backend (type ethernet, bridge or network)",
-      detail: lines.join('\n'),
-      fields: { interfaces: refused.map((i) => i.index) },
-    });
-  }
+  refuseUnsupported(view.interfaces);
 
   enableEmulator(view, w, cfg, opts);
   for (const iface of view.interfaces) enableNic(iface, w, cfg, opts);
@@ -247,7 +259,7 @@ export function enableDomain(xml: string, opts: EnableOptions): EnableResult {
   // Re-reading the result guards against a splice that broke the document.
   const nics = rssNicsOf(readDomain(SourceDoc.parse(out)));
   if (nics.length === 0) {
-    w.warnings.push("no interface has rss='on': only the emulator is switched (NICs hot-plugged later with rss='on' will get eBPF RSS)");
+    w.warnings.push(NO_RSS_NIC_WARNING);
   }
   return { xml: out, changes: w.changes, warnings: w.warnings, nics };
 }
@@ -319,7 +331,7 @@ function wrapperOf(original: string, opts: EnableOptions): string {
   return wrapper;
 }
 
-function enableNic(iface: InterfaceView, w: Writer, cfg: XmlConfig, opts: EnableOptions): void {
+function enableNic(iface: InterfaceView, w: Writer, cfg: XmlConfig, opts: Pick<EnableOptions, 'allVirtio' | 'queues'>): void {
   const q = queueCount(iface.queues);
   if (iface.rss === 'on') {
     if (q === undefined || q < 2) {
@@ -377,6 +389,37 @@ function enableNic(iface: InterfaceView, w: Writer, cfg: XmlConfig, opts: Enable
   w.setAttr(iface.driver, 'rss', 'on');
   record('rss', 'on', undefined);
   w.changes.push({ kind: 'nic-attr', nic: iface.label, attr: 'rss', to: 'on' });
+}
+
+export interface InterfaceResult {
+  xml: string;
+  changes: Change[];
+  warnings: string[];
+  /** The interface has rss on (set now or before) and can carry eBPF RSS. */
+  rss: boolean;
+}
+
+/**
+ * enable's NIC rule for one `<interface>` document (a NIC about to be hot-plugged): turns rss on
+ * when it is a virtio NIC on a tap with 2 or more queues and no rss setting, with the same
+ * minimal edit, warnings and refusals as enableDomain with `allVirtio`. Records nothing: a
+ * hot-plugged NIC lives in the domain's live XML, not in the persistent XML our metadata describes.
+ */
+export function enableInterface(xml: string, opts: Pick<EnableOptions, 'queues'> = {}): InterfaceResult {
+  validateOptions({ wrapperFor: (p) => p, ...opts });
+  const src = SourceDoc.parse(xml);
+  if (src.root.localName !== 'interface' || src.root.namespaceURI !== null) {
+    throw new VirtEbpfError('XML_INVALID', `root element is <${src.root.tagName}>, not <interface>`, {
+      remedy: "pass one NIC's device XML (`<interface type='bridge'>…</interface>`)",
+    });
+  }
+  const iface = interfaceView(src.root, 0);
+  refuseUnsupported([iface]);
+  const w = new Writer(src);
+  enableNic(iface, w, freshConfig(), { allVirtio: true, ...opts });
+  const out = w.edits.apply(xml);
+  const after = interfaceView(SourceDoc.parse(out).root, 0);
+  return { xml: out, changes: w.changes, warnings: w.warnings, rss: after.rss === 'on' && after.unsupported === undefined };
 }
 
 function writeConfig(view: DomainView, w: Writer, cfg: XmlConfig, existed: boolean): void {

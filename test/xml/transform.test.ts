@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isVirtEbpfError, type ErrorCode } from '../../src/errors';
-import { disableDomain, enableDomain, isEnabled, readConfig, rssNics } from '../../src/xml';
+import { disableDomain, enableDomain, enableInterface, isEnabled, readConfig, rssNics } from '../../src/xml';
 import { FIXTURES, GOLDEN, QEMU_PATH, read, UPDATE, WRAPPER, wrapperFor } from './cases';
 
 function expectError(fn: () => unknown, code: ErrorCode, message?: RegExp): void {
@@ -246,4 +246,23 @@ test('corrupt or foreign-version metadata is reported, not guessed around', () =
   expectError(() => readConfig(enabled.replace(' wrapper="/usr/libexec/virt-ebpf/qemu-system-x86_64"', '')), 'XML_METADATA', /lacks wrapper=/);
   expectError(() => disableDomain(enabled.replace('version="1"', 'version="9"')), 'XML_METADATA', /version 9/);
   expectError(() => enableDomain(enabled.replace('policy="strict"', 'policy="maybe"'), { wrapperFor }), 'XML_METADATA', /policy/);
+});
+
+test('enableInterface: one NIC document gets enable --all-virtio\'s rule with the same minimal edit, refusals and warnings', () => {
+  const nic = `<interface type='bridge'>\n  <mac address='52:54:00:6b:3c:09'/>\n  <source bridge='br0'/>\n  <model type='virtio'/>\n  <driver name='vhost' queues='4'/>\n</interface>\n`;
+  const on = enableInterface(nic);
+  assert.equal(on.xml, nic.replace("queues='4'/>", "queues='4' rss='on'/>"));
+  assert.equal(on.rss, true);
+  assert.deepEqual(on.changes, [{ kind: 'nic-attr', nic: 'interface 0 (52:54:00:6b:3c:09)', attr: 'rss', to: 'on' }]);
+  assert.deepEqual(enableInterface(on.xml).changes, [], 'rss already on: nothing to do');
+  const noDriver = nic.replace("  <driver name='vhost' queues='4'/>\n", '');
+  const q = enableInterface(noDriver, { queues: 2 });
+  assert.match(q.xml, /<model type='virtio'\/>\n  <driver queues='2' rss='on'\/>/);
+  const single = enableInterface(noDriver);
+  assert.deepEqual([single.xml, single.rss], [noDriver, false]);
+  assert.match(single.warnings.join('\n'), /no multiqueue/);
+  const off = nic.replace("queues='4'", "queues='4' rss='off'");
+  assert.equal(enableInterface(off).xml, off, "an explicit rss='off' is respected");
+  assert.throws(() => enableInterface(nic.replace("'virtio'", "'e1000'").replace("queues='4'", "rss='on'")), (e) => isVirtEbpfError(e, 'XML_UNSUPPORTED_NIC'));
+  assert.throws(() => enableInterface(read('one-rss-nic.in.xml')), (e) => isVirtEbpfError(e, 'XML_INVALID') && /not <interface>/.test(e.message));
 });
