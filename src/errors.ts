@@ -46,6 +46,8 @@ export type ErrorCode =
   | 'XML_UNSUPPORTED_DOMAIN'
   | 'XML_UNSUPPORTED_NIC'
   | 'XML_METADATA'
+  // a virtualization manager's input (KubeVirt VMI, oVirt custom properties)
+  | 'MANAGER_INPUT'
   // argv / usage
   | 'ARGV_INVALID'
   | 'USAGE'

@@ -2,6 +2,7 @@
  * The subcommands: each parses its options and calls into its concept's folder.
  */
 import { DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE } from '../libvirt/usage';
+import { KUBEVIRT_USAGE, VDSM_USAGE } from '../managers/usage';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -67,10 +68,23 @@ export const COMMANDS: Record<string, Command> = {
     usage: 'virt-ebpf xml enable|disable|show [--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off] [--wrapper-dir DIR] [--default-emulator PATH] [FILE|-]',
     async run(argv) {
       const { runXmlCommand } = await import('../xml');
-      const r = runXmlCommand(argv, () => readFileSync(0, 'utf8'));
-      process.stdout.write(r.stdout);
-      process.stderr.write(r.stderr);
-      return r.code;
+      return writeResult(runXmlCommand(argv, () => readFileSync(0, 'utf8')));
+    },
+  },
+  'kubevirt-sidecar': {
+    summary: "KubeVirt hook sidecar: print the VMI's domain XML with eBPF RSS when it asks (annotation virt-ebpf.io/rss)",
+    usage: KUBEVIRT_USAGE,
+    async run(argv) {
+      const { runKubevirtSidecar } = await import('../managers');
+      return writeResult(runKubevirtSidecar(argv));
+    },
+  },
+  vdsm: {
+    summary: 'oVirt VDSM hook: edit $_hook_domxml in place for a VM with the custom property virt_ebpf=on',
+    usage: VDSM_USAGE,
+    async run(argv) {
+      const { runVdsmHook } = await import('../managers');
+      return writeResult(runVdsmHook(argv, process.env));
     },
   },
   broker: {
@@ -234,6 +248,12 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
 };
+
+function writeResult(r: { stdout: string; stderr: string; code: number }): number {
+  process.stdout.write(r.stdout);
+  process.stderr.write(r.stderr);
+  return r.code;
+}
 
 function requireRoot(what: string): void {
   if (process.getuid?.() !== 0) {
