@@ -176,7 +176,7 @@ function runHooksDir(dir: string, data: string, custom: Record<string, string>, 
   }
 }
 
-test('the shipped hook files in a VDSM hook directory: later hooks see our XML; after a refusal they still run on the unchanged XML', () => {
+test('the shipped hook files in a VDSM hook directory: later hooks see our XML; after a refusal they still run on the unchanged XML; exit 2 stops them', () => {
   const d = tempDir('vebpf-vdsm-hooks-');
   try {
     const path = cliOnPath(d.path);
@@ -208,6 +208,16 @@ test('the shipped hook files in a VDSM hook directory: later hooks see our XML; 
     const untouched = runHooksDir(join(d.path, 'before_vm_start'), VDSM_DOMAIN, {}, path);
     assert.deepEqual(untouched.codes, [0, 0]);
     assert.equal(untouched.final, VDSM_DOMAIN);
+
+    // a hook file copied to the wrong directory names a point we do not serve: exit 2, and VDSM stops there
+    const wrong = join(d.path, 'before_vm_start', '50_virt_ebpf');
+    writeFileSync(wrong, readFileSync(wrong, 'utf8').replace('vdsm before_vm_start', 'vdsm after_vm_start'));
+    writeFileSync(join(d.path, 'before_vm_start.seen'), 'not run');
+    const stopped = runHooksDir(join(d.path, 'before_vm_start'), vdsmMultiqueue(4), ON, path);
+    assert.deepEqual(stopped.codes, [2]);
+    assert.equal(stopped.final, vdsmMultiqueue(4));
+    assert.equal(seen('before_vm_start'), 'not run', 'the later hook was not run');
+    assert.match(stopped.errors[0], /unknown hook point "after_vm_start".*\(USAGE\)/);
   } finally {
     d.remove();
   }
