@@ -21,4 +21,4 @@ export {
   type ExpectedMap,
 } from './rss';
 export { loadRss, parseRssObject, type RssContext, type LoadRssOptions } from './load';
-export { openProgById, openMapById, mapLookup, mapUpdate, mapInfo, progInfo, progTestRun, type BpfMapInfo, type BpfProgInfo, type TestRunResult } from './live';
+export { openProgById, openMapById, mapLookup, mapUpdate, mapInfo, progInfo, progTestRun, enableRunStats, type BpfMapInfo, type BpfProgInfo, type TestRunResult } from './live';

@@ -23,6 +23,7 @@ interface LiveBindings {
   update(fd: number, key: Buffer, value: Buffer, flags: number | bigint): number;
   infoByFd(fd: number, info: Buffer, len: number[]): number;
   testRun(fd: number, opts: TestRunOpts): number;
+  enableStats(type: number): number;
 }
 
 /** libbpf's `struct bpf_test_run_opts` (1.1 layout, LP64). */
@@ -84,6 +85,7 @@ function bind(soname: string): LiveBindings {
     update: f('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64 flags)'),
     infoByFd: f('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32 *len)'),
     testRun: f(`int bpf_prog_test_run_opts(int fd, _Inout_ ${tag}_test_run_opts *opts)`),
+    enableStats: f('int bpf_enable_stats(int type)'),
   };
 }
 
@@ -170,7 +172,7 @@ export interface BpfProgInfo {
   name: string;
   /** The maps the program uses, in the kernel's order. */
   mapIds: number[];
-  /** Only counted while kernel.bpf_stats_enabled=1. */
+  /** Only counted while run statistics are on (kernel.bpf_stats_enabled=1, or an enableRunStats() fd open). */
   runCnt: number;
   runTimeNs: number;
 }
@@ -260,4 +262,17 @@ export function progTestRun(fd: number, data: Buffer, repeat = 1): TestRunResult
   const rc = live().testRun(fd, opts);
   if (rc < 0) throw callError('running a BPF program on a test packet (BPF_PROG_TEST_RUN)', -rc);
   return { retval: opts.retval >>> 0, durationNs: opts.duration };
+}
+
+const BPF_STATS_RUN_TIME = 0;
+
+/**
+ * BPF_ENABLE_STATS: the kernel counts every program's runs (run_cnt, run_time_ns) for as long
+ * as the returned fd is open, whatever kernel.bpf_stats_enabled says, and stops when the last
+ * such fd closes — also when this process dies, so nothing is left switched on. Root.
+ */
+export function enableRunStats(): OwnedFd {
+  const fd = live().enableStats(BPF_STATS_RUN_TIME);
+  if (fd < 0) throw callError('turning on BPF run statistics (BPF_ENABLE_STATS)', -fd);
+  return new OwnedFd(fd);
 }

@@ -304,3 +304,42 @@ const mallocTrimFn = libc.func('int malloc_trim(size_t)');
 export function mallocTrim(): boolean {
   return mallocTrimFn(0) === 1;
 }
+
+const TUNGETVNETHDRSZ = 0x800454d7; // _IOR('T', 215, int)
+let pidfdFns: { open(pid: number, flags: number): number; getfd(pidfd: number, fd: number, flags: number): number } | undefined;
+
+function pidfd(): NonNullable<typeof pidfdFns> {
+  if (!pidfdFns) {
+    try {
+      pidfdFns = { open: libc.func('int pidfd_open(int, unsigned int)'), getfd: libc.func('int pidfd_getfd(int, int, unsigned int)') };
+    } catch (e) {
+      throw new VirtEbpfError('SYSCALL', `this C library has no pidfd_open/pidfd_getfd (glibc 2.36 or newer has): ${(e as Error).message}`, {
+        remedy: 'run on Debian 12 or newer',
+        cause: e,
+      });
+    }
+  }
+  return pidfdFns;
+}
+
+/**
+ * A duplicate of another process's fd (pidfd_getfd, close-on-exec): the same open file, so
+ * reading its state changes nothing for its owner; closing the duplicate drops only this
+ * reference. Needs ptrace access to the process (root).
+ */
+export function duplicateFdOf(pid: number, fd: number): number {
+  const f = pidfd();
+  const p = check(`pidfd_open(${pid})`, f.open(pid, 0));
+  try {
+    return check(`pidfd_getfd(${pid}, ${fd})`, f.getfd(p, fd, 0));
+  } finally {
+    closeFn(p);
+  }
+}
+
+/** TUNGETVNETHDRSZ: the virtio-net header length a tap queue's reader exchanges with the kernel. */
+export function tunVnetHeaderSize(fd: number): number {
+  const size = Buffer.alloc(4);
+  check('ioctl(TUNGETVNETHDRSZ)', ioctlBufFn(fd, TUNGETVNETHDRSZ, size));
+  return size.readInt32LE(0);
+}
