@@ -15,7 +15,7 @@ import { sameIdentity } from './identity';
 
 export const DEFAULT_CACHE_DIR = '/var/cache/virt-ebpf/probe';
 /** Bump when the caps format or the probe's questions change: old entries are then ignored. */
-export const CACHE_FORMAT = 1;
+export const CACHE_FORMAT = 2;
 
 export type CacheMiss = 'absent' | 'unsafe' | 'corrupt' | 'stale';
 

@@ -48,6 +48,12 @@ export interface EmulatorCaps {
    * "uint32"), so a key=value -device can be rewritten as typed JSON; {} if there was none.
    */
   deviceProps: Record<string, string>;
+  /**
+   * The device's per-hash-type properties (`hash-ipv4`, `hash-tcp6ex`, …, on/off/auto, QEMU >=
+   * 10.1) with the default QEMU reports for each: which hash types QEMU advertises to the guest
+   * besides `rss`/`hash`. {} for an emulator without them.
+   */
+  hashProps: Record<string, string>;
   /** request-ebpf: the ELF object, base64 */
   rssObject?: string;
   rssObjectSha256?: string;
@@ -122,6 +128,17 @@ export function decideProperty(props: readonly DeviceProperty[], device = RSS_DE
   return { property: null };
 }
 
+/** The `hash-*` properties and their defaults as QEMU reports them (`auto` for OnOffAuto ones). */
+export function hashProperties(props: readonly DeviceProperty[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const p of props) {
+    if (!/^hash-[a-z0-9]+$/.test(p.name)) continue;
+    const d = p.defaultValue;
+    out[p.name] = typeof d === 'string' ? d : typeof d === 'boolean' ? (d ? 'on' : 'off') : 'auto';
+  }
+  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
+}
+
 const ELF_MAGIC = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
 
 type Source =
@@ -169,7 +186,7 @@ export function decideCaps(t: ProbeTranscript, binary: { path: string; identity:
   const version = parseVersion(mustReturn(t, 'query-version'));
   const commands = parseCommandNames(mustReturn(t, 'query-commands'));
   const v = versionString(version);
-  const base = { path: binary.path, realpath: binary.identity.realpath, identity: binary.identity, version, deviceProps: {} as Record<string, string>, probedAt };
+  const base = { path: binary.path, realpath: binary.identity.realpath, identity: binary.identity, version, deviceProps: {} as Record<string, string>, hashProps: {} as Record<string, string>, probedAt };
   const unsupported = (reason: string, protocol: RssProtocol | null = null, property: RssProperty | null = null): EmulatorCaps => ({
     ...base,
     supported: false,
@@ -188,6 +205,7 @@ export function decideCaps(t: ProbeTranscript, binary: { path: string; identity:
   const device = String(propsX.arguments?.typename ?? RSS_DEVICE);
   const props = parseDeviceProperties((propsX.reply as { return: unknown }).return);
   base.deviceProps = Object.fromEntries(props.map((p) => [p.name, p.type]));
+  base.hashProps = hashProperties(props);
   if (!props.some((p) => p.name === 'rss')) return unsupported(`QEMU ${v}: ${device} has no rss property (RSS needs QEMU >= 5.1); upgrade QEMU`);
 
   const { property, problem: propProblem } = decideProperty(props, device);
@@ -256,7 +274,7 @@ const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFin
 const isInt = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0;
 const isStr = (v: unknown): v is string => typeof v === 'string';
 
-const CAPS_KEYS = new Set(['path', 'realpath', 'identity', 'version', 'supported', 'reason', 'protocol', 'property', 'deviceProps', 'rssObject', 'rssObjectSha256', 'helperPath', 'probedAt']);
+const CAPS_KEYS = new Set(['path', 'realpath', 'identity', 'version', 'supported', 'reason', 'protocol', 'property', 'deviceProps', 'hashProps', 'rssObject', 'rssObjectSha256', 'helperPath', 'probedAt']);
 
 /** Why `v` is not a well-formed EmulatorCaps, or null when it is. Unknown keys are refused too. */
 export function capsShapeProblem(v: unknown): string | null {
@@ -269,6 +287,8 @@ export function capsShapeProblem(v: unknown): string | null {
   if (!isObj(ver) || Object.keys(ver).length !== 4 || ![ver.major, ver.minor, ver.micro].every(isInt) || !isStr(ver.package)) return 'bad version';
   const dp = v.deviceProps;
   if (!isObj(dp) || !Object.values(dp).every(isStr)) return 'bad deviceProps';
+  const hp = v.hashProps;
+  if (!isObj(hp) || !Object.entries(hp).every(([k, x]) => /^hash-[a-z0-9]+$/.test(k) && isStr(x))) return 'bad hashProps';
   if (typeof v.supported !== 'boolean') return 'bad supported';
   if (v.supported ? v.reason !== undefined : !isStr(v.reason)) return 'reason must be present exactly when unsupported';
   if (v.protocol !== null && v.protocol !== 'request-ebpf' && v.protocol !== 'helper') return 'bad protocol';

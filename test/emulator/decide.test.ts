@@ -1,6 +1,7 @@
 /**
  * The probe's decision, replayed from recorded QMP transcripts (no QEMU needed): QEMU 10.0.2
- * and Debian 12's QEMU 7.2 were recorded live with test/fixtures/qmp/record-transcript.ts; the
+ * and Debian 12's QEMU 7.2 were recorded live with test/fixtures/qmp/record-transcript.ts, QEMU
+ * 11.1.3 the same way inside a Debian 13 root with trixie-backports (scripts/matrix); the
  * helper-protocol one is synthetic (that protocol never shipped). Variants of the 10.0.2
  * recording cover the half-supported emulators the decision must refuse.
  */
@@ -33,6 +34,7 @@ const withoutCommand = (t: ProbeTranscript, name: string) =>
 const withProps = (t: ProbeTranscript, f: (props: any[]) => any[]) => variant(t, 'device-list-properties', (r) => ({ return: f(r.return) }));
 
 const q10 = load('qemu-10.0.2.json');
+const q111 = load('qemu-11.1.3.json');
 const q72 = load('qemu-7.2.22.json');
 const helper = load('synthetic-helper-6.1.json');
 
@@ -55,6 +57,23 @@ test('QEMU 10.0.2 recording: supported through request-ebpf with the ebpf-rss-fd
   assert.equal(caps.deviceProps['ebpf-rss-fds'], 'list');
   assert.equal(capsShapeProblem(caps), null);
   assert.deepEqual(JSON.parse(JSON.stringify(caps)), caps, 'caps are plain JSON data');
+});
+
+const HASH_PROPS = ['hash-ipv4', 'hash-ipv6', 'hash-ipv6ex', 'hash-tcp4', 'hash-tcp6', 'hash-tcp6ex', 'hash-udp4', 'hash-udp6', 'hash-udp6ex'];
+
+test('QEMU 11.1.3 recording (trixie-backports): supported like 10.0.2, and the probe records its hash-* properties with their defaults', () => {
+  const caps = decide(q111);
+  assert.equal(caps.supported, true);
+  assert.equal(caps.protocol, 'request-ebpf');
+  assert.deepEqual(caps.property, { name: 'ebpf-rss-fds', type: 'list' });
+  assert.deepEqual([caps.version.major, caps.version.minor, caps.version.micro], [11, 1, 3]);
+  assert.deepEqual(Object.keys(caps.hashProps), HASH_PROPS);
+  assert.ok(Object.values(caps.hashProps).every((d) => d === 'auto'), JSON.stringify(caps.hashProps));
+  assert.ok(HASH_PROPS.every((p) => caps.deviceProps[p] === 'OnOffAuto'));
+  assert.equal(caps.deviceProps.hash, 'bool', 'hash (hash reporting) stays a bool beside them');
+  assert.equal(q111.shortened?.sha256, q10.shortened?.sha256, "11.1.3 ships 10.0.2's RSS program unchanged");
+  assert.equal(capsShapeProblem(caps), null);
+  assert.deepEqual(decide(q10).hashProps, {}, '10.0.2 has none');
 });
 
 test('Debian 12 QEMU 7.2 recording: unsupported, and the reason says what to do', () => {
@@ -166,6 +185,9 @@ test('the strict shape check refuses tampered or partial caps', () => {
     ['version as string', (c) => (c.version.major = '10')],
     ['deviceProps missing', (c) => delete c.deviceProps],
     ['deviceProps with a non-string type', (c) => (c.deviceProps.mq = true)],
+    ['hashProps missing', (c) => delete c.hashProps],
+    ['hashProps naming another property', (c) => (c.hashProps.rss = 'auto')],
+    ['hashProps with a non-string default', (c) => (c.hashProps['hash-ipv4'] = true)],
   ];
   for (const [what, mutate] of bad) {
     const c = JSON.parse(JSON.stringify(good));
