@@ -56,6 +56,8 @@ export interface DiscoveredNic extends NicArgs {
 
 export interface QemuProcess extends QemuFacts {
   nics: DiscoveredNic[];
+  /** Its virtio-net NICs without RSS (no rss, no eBPF fds), with their taps. */
+  plainNics: DiscoveredNic[];
 }
 
 /**
@@ -282,6 +284,14 @@ export function discoverNics(qemu: QemuFacts, opts: DiscoverOptions = {}): Disco
   return nics;
 }
 
+/** A QEMU's virtio-net NICs that neither want RSS nor name eBPF fds. */
+export function discoverPlainNics(qemu: QemuFacts): DiscoveredNic[] {
+  return parseQemuRssArgs(qemu.argv).plainNics.map((a) => {
+    const tap = tapName(qemu.pid, a);
+    return { ...a, origin: 'command-line', ...(tap ? { tap } : {}), problems: [] };
+  });
+}
+
 function allPids(): number[] {
   return readdirSync('/proc')
     .filter((n) => /^\d+$/.test(n))
@@ -302,7 +312,7 @@ export function discoverQemus(opts: DiscoverOptions = {}): QemuProcess[] {
     const facts = readFacts(pid, argv);
     if (!looksLikeQemu(argv[0], facts.exe)) continue;
     const nics = discoverNics(facts, opts);
-    if (nics.length > 0) out.push({ ...facts, nics });
+    if (nics.length > 0) out.push({ ...facts, nics, plainNics: discoverPlainNics(facts) });
   }
   return out;
 }

@@ -5,6 +5,7 @@
 import { decodeRssConfig, hashTypeNames, keyFromMapValue, type RssState } from '../rss';
 import type { RawRssMaps } from './live';
 import type { NicEbpf } from './discover';
+import { steeringLine, type Steering } from '../steering';
 
 /** The decoded maps; `table` holds only the entries in use (the first `indirectionsLen`). */
 export interface RssView {
@@ -54,9 +55,12 @@ export function queueHistogram(table: readonly number[], queues = 0): QueueShare
 }
 
 /**
- * - active: the guest turned RSS on; the table steers.
- * - unconfigured: QEMU wrote nothing yet (all zero): the guest has not set RSS up.
- * - software: hash reporting is on; QEMU detaches the program and steers in software.
+ * What the maps hold (which steering is in effect is the NIC's `steering`, see src/steering):
+ * - active: the guest sent an RSS configuration through the eBPF path; the table steers while
+ *   the program is attached.
+ * - unconfigured: QEMU wrote nothing yet (all zero): no RSS configuration reached the maps.
+ * - software: the configuration's hash-report flag is set. QEMU 10.0-11.1 never write it so
+ *   (with hash reporting negotiated they steer in software and leave the maps untouched).
  * - redirect-off: a hash configuration without steering: everything to the default queue.
  * - no-ebpf: the NIC asked for RSS but holds no program.
  * - unreadable: the maps could not be read or the fds are inconsistent.
@@ -66,9 +70,9 @@ export type NicState = 'active' | 'unconfigured' | 'software' | 'redirect-off' |
 export function classify(view: RssView, rawKeyAllZero: boolean): { state: NicState; summary: string } {
   const types = `hash ${view.hashTypeNames.join(' ') || 'none'} (0x${view.hashTypes.toString(16)})`;
   if (!view.redirect && !view.populateHash && view.hashTypes === 0 && view.indirectionsLen === 0 && view.defaultQueue === 0 && rawKeyAllZero) {
-    return { state: 'unconfigured', summary: 'not configured yet: the guest has not turned RSS on (e.g. no `ethtool -X` yet); the tap spreads flows itself' };
+    return { state: 'unconfigured', summary: 'not configured yet: no RSS configuration reached the maps (no `ethtool -X` yet, or hash reporting keeps QEMU off the eBPF path: see steer)' };
   }
-  if (view.populateHash) return { state: 'software', summary: `hash reporting on: QEMU steers in software, the program is detached; ${types}` };
+  if (view.populateHash) return { state: 'software', summary: `the hash-report flag is set in the configuration (QEMU steers in software with hash reporting); ${types}` };
   if (!view.redirect) return { state: 'redirect-off', summary: `steering off: every packet goes to queue ${view.defaultQueue}; ${types}` };
   return { state: 'active', summary: `on: ${view.indirectionsLen} table entries, default queue ${view.defaultQueue}, ${types}` };
 }
@@ -83,11 +87,34 @@ export interface NicStatus {
   queues?: number;
   vhost?: boolean;
   ebpf?: NicEbpf;
+  /** `hash` on QEMU's command line (libvirt's rss_hash_report): hash reporting offered to the guest. */
+  hashReport: boolean;
+  /**
+   * The device's `hash-*` properties (QEMU >= 10.1, as its probe lists them) with this NIC's
+   * value: set on the command line, else QEMU's default. Absent where the emulator has none or
+   * could not be probed.
+   */
+  hashProperties?: Record<string, string>;
+  /** Which steering is in effect, how sure, and on what evidence. */
+  steering?: Steering;
   state: NicState;
   summary: string;
   rss?: RssView;
   histogram?: QueueShare[];
   problems: string[];
+}
+
+/** A virtio-net NIC of the same QEMU without RSS: no eBPF, no maps, steering none. */
+export interface PlainNicStatus {
+  id?: string;
+  netdev?: string;
+  mac?: string;
+  tap?: string;
+  queues?: number;
+  vhost?: boolean;
+  hashReport: boolean;
+  hashProperties?: Record<string, string>;
+  steering: Steering;
 }
 
 export interface DomainStatus {
@@ -97,7 +124,11 @@ export interface DomainStatus {
   uid?: number;
   /** The account name of `uid`. */
   user?: string;
+  /** The running binary (/proc/PID/exe) and what its probe says, when known. */
+  emulator?: { path: string; version?: string; problem?: string };
   nics: NicStatus[];
+  /** Its virtio-net NICs without RSS. */
+  plainNics: PlainNicStatus[];
 }
 
 export interface StatusReport {
@@ -131,7 +162,7 @@ function domainTitle(d: DomainStatus): string {
   return `${d.name ?? '(unnamed QEMU)'}  (${extra})`;
 }
 
-function nicTitle(n: NicStatus): string {
+function nicTitle(n: NicStatus | (PlainNicStatus & { origin?: undefined })): string {
   if (n.origin === 'unnamed-program') return '(a NIC not on the command line: hot-plugged?)';
   const parts = [n.id ?? '(no id)', n.mac, n.tap ? `tap ${n.tap}` : undefined, n.queues ? `${n.queues} queue${n.queues > 1 ? 's' : ''}` : undefined, n.netdev ? `netdev ${n.netdev}` : undefined, n.vhost ? 'vhost' : undefined];
   return parts.filter(Boolean).join('  ');
@@ -162,6 +193,7 @@ export function formatStatus(r: StatusReport): string {
         out.push(`    ${label.padEnd(6)} ${text}`);
       };
       if (n.ebpf) row('eBPF', ebpfLine(n.ebpf));
+      if (n.steering) row('steer', steeringLine(n.steering));
       row('RSS', n.summary);
       if (n.rss && n.state !== 'unconfigured') {
         row('key', n.rss.key);
@@ -172,6 +204,10 @@ export function formatStatus(r: StatusReport): string {
         }
       }
       for (const p of n.problems) row('!', p);
+    }
+    for (const n of d.plainNics) {
+      out.push(`  ${nicTitle(n)}`);
+      out.push(`    ${'steer'.padEnd(6)} ${steeringLine(n.steering)}`);
     }
   }
   return out.join('\n');

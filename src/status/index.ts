@@ -5,11 +5,14 @@
 import { VirtEbpfError } from '../errors';
 import { parseArgs } from '../options';
 import { discoverQemus, type DiscoverOptions, type QemuProcess, type DiscoveredNic } from './discover';
-import { classify, decodeRssView, formatStatus, queueHistogram, statusJson, type DomainStatus, type NicStatus, type StatusReport } from './format';
+import { classify, decodeRssView, formatStatus, queueHistogram, statusJson, type DomainStatus, type NicState, type NicStatus, type PlainNicStatus, type StatusReport } from './format';
 import { readRssMaps } from './live';
+import type { NicArgs } from './nics';
 import { lookupUser } from '../sys/users';
+import { binaryIdentity, DEFAULT_CACHE_DIR, probeEmulator, readCache, versionString } from '../emulator';
+import { decideSteering, readTapHeader, sampleRuns, tapQueues, type MapsFact, type RunFact, type Steering } from '../steering';
 
-export { discoverQemus, discoverNics, defaultNoEbpfReason, type DiscoverOptions, type QemuProcess, type QemuFacts, type DiscoveredNic, type NicEbpf, type NoEbpfExplainer } from './discover';
+export { discoverQemus, discoverNics, discoverPlainNics, defaultNoEbpfReason, type DiscoverOptions, type QemuProcess, type QemuFacts, type DiscoveredNic, type NicEbpf, type NoEbpfExplainer } from './discover';
 export { parseQemuRssArgs, parseNetdevs, numericFds, looksLikeQemu, assignRssMapRoles, type NicArgs, type NetdevArgs, type QemuArgs, type MapShape } from './nics';
 export { readRssMaps, type RawRssMaps } from './live';
 export {
@@ -25,11 +28,12 @@ export {
   type QueueShare,
   type NicState,
   type NicStatus,
+  type PlainNicStatus,
   type DomainStatus,
   type StatusReport,
 } from './format';
 
-export const STATUS_USAGE = 'virt-ebpf status [DOMAIN] [--json]';
+export const STATUS_USAGE = 'virt-ebpf status [DOMAIN] [--json] [--sample MS]';
 
 /** A domain given as name, UUID or QEMU pid. */
 export function matchesDomain(q: Pick<QemuProcess, 'pid' | 'domain'>, wanted: string): boolean {
@@ -49,7 +53,83 @@ export function selectQemus(domain: string | undefined, opts: DiscoverOptions = 
   return hit;
 }
 
-export function nicStatus(nic: DiscoveredNic): NicStatus {
+/** What the probe knows of a running QEMU binary (/proc/PID/exe). */
+export interface EmulatorFacts {
+  version?: string;
+  /** `hash-*` properties and their defaults; {} when the emulator has none. */
+  hashProps?: Record<string, string>;
+  problem?: string;
+}
+
+export interface StatusOptions extends DiscoverOptions {
+  /** Program runs and tap frames over a window, by program id (observeStatus samples them). */
+  runs?: ReadonlyMap<number, RunFact>;
+  /** The probe's facts for a binary; default: the probe cache in `cacheDir`, nothing probed. */
+  emulatorOf?: (exe: string) => EmulatorFacts;
+  /** The probe cache (default the root's, which the broker fills). */
+  cacheDir?: string;
+}
+
+/** How long observeStatus counts program runs by default. */
+export const DEFAULT_SAMPLE_MS = 1000;
+
+/** The probe cache's facts for a binary, without running it. */
+export function cachedEmulatorFacts(exe: string, cacheDir = DEFAULT_CACHE_DIR): EmulatorFacts {
+  if (exe.endsWith(' (deleted)')) return { problem: 'the binary was replaced after QEMU started: its properties are unknown' };
+  try {
+    const hit = readCache(cacheDir, binaryIdentity(exe));
+    if ('caps' in hit) return { version: versionString(hit.caps.version), hashProps: hit.caps.hashProps };
+    return { problem: `not probed yet (${hit.miss}: ${hit.why})` };
+  } catch (e) {
+    return { problem: (e as Error).message };
+  }
+}
+
+/** The probe's facts for a binary: from the cache, else by probing it once (the result is cached). */
+export async function emulatorFacts(exe: string, cacheDir = DEFAULT_CACHE_DIR): Promise<EmulatorFacts> {
+  const cached = cachedEmulatorFacts(exe, cacheDir);
+  if (cached.hashProps !== undefined || exe.endsWith(' (deleted)')) return cached;
+  try {
+    const { caps } = await probeEmulator(exe, { cacheDir });
+    return { version: versionString(caps.version), hashProps: caps.hashProps };
+  } catch (e) {
+    return { problem: `cannot probe ${exe}: ${(e as Error).message}` };
+  }
+}
+
+/** The NIC's `hash-*` values: its own settings over the emulator's defaults; undefined where the emulator has none. */
+function hashPropertiesOf(nic: NicArgs, emulator: EmulatorFacts | undefined): Record<string, string> | undefined {
+  const defaults = emulator?.hashProps;
+  if (!defaults || Object.keys(defaults).length === 0) return undefined;
+  return { ...defaults, ...(nic.hashSettings ?? {}) };
+}
+
+function mapsFact(state: NicState | undefined): MapsFact | undefined {
+  if (state === undefined || state === 'no-ebpf') return undefined;
+  if (state === 'unconfigured') return 'unconfigured';
+  if (state === 'unreadable') return 'unreadable';
+  return 'configured';
+}
+
+/** Which steering is in effect on a NIC of QEMU `pid` (a NIC QEMU runs hot-plugged has no known tap or hash setting). */
+export function steeringOf(pid: number, nic: DiscoveredNic, state: NicState | undefined, runs?: ReadonlyMap<number, RunFact>): Steering {
+  const known = nic.origin === 'command-line';
+  const queues = tapQueues(nic.tap);
+  const maps = mapsFact(state);
+  return decideSteering({
+    rss: nic.rss,
+    hashReportOffered: known ? nic.hashReport === true : undefined,
+    vhost: nic.backend?.vhost ?? false,
+    program: nic.ebpf !== undefined,
+    header: readTapHeader(pid, nic.tap),
+    ...(nic.ebpf && runs?.has(nic.ebpf.progId) ? { runs: runs.get(nic.ebpf.progId)! } : {}),
+    ...(queues !== undefined ? { tapQueues: queues } : {}),
+    ...(maps !== undefined ? { maps } : {}),
+  });
+}
+
+export function nicStatus(nic: DiscoveredNic, ctx: { pid?: number; emulator?: EmulatorFacts; runs?: ReadonlyMap<number, RunFact> } = {}): NicStatus {
+  const hashProperties = hashPropertiesOf(nic, ctx.emulator);
   const base = {
     origin: nic.origin,
     ...(nic.id !== undefined ? { id: nic.id } : {}),
@@ -57,20 +137,37 @@ export function nicStatus(nic: DiscoveredNic): NicStatus {
     ...(nic.mac !== undefined ? { mac: nic.mac } : {}),
     ...(nic.tap !== undefined ? { tap: nic.tap } : {}),
     ...(nic.backend ? { queues: nic.backend.queues, vhost: nic.backend.vhost } : {}),
+    hashReport: nic.hashReport === true,
+    ...(hashProperties ? { hashProperties } : {}),
     problems: [...nic.problems],
   };
+  const withSteering = (s: NicStatus): NicStatus => (ctx.pid === undefined ? s : { ...s, steering: steeringOf(ctx.pid, nic, s.state, ctx.runs) });
   if (!nic.ebpf) {
-    if (nic.noEbpf !== undefined) return { ...base, state: 'no-ebpf', summary: `asked for RSS but runs without eBPF: ${nic.noEbpf}` };
-    return { ...base, state: 'unreadable', summary: 'eBPF fds named but unusable (see below)' };
+    if (nic.noEbpf !== undefined) return withSteering({ ...base, state: 'no-ebpf', summary: `asked for RSS but runs without eBPF: ${nic.noEbpf}` });
+    return withSteering({ ...base, state: 'unreadable', summary: 'eBPF fds named but unusable (see below)' });
   }
   try {
     const raw = readRssMaps(nic.ebpf.mapIds);
     const rss = decodeRssView(raw);
     const { state, summary } = classify(rss, raw.keyValue.every((b) => b === 0));
-    return { ...base, ebpf: nic.ebpf, state, summary, rss, histogram: queueHistogram(rss.table, nic.backend?.queues) };
+    return withSteering({ ...base, ebpf: nic.ebpf, state, summary, rss, histogram: queueHistogram(rss.table, nic.backend?.queues) });
   } catch (e) {
-    return { ...base, ebpf: nic.ebpf, state: 'unreadable', summary: `cannot read the maps: ${(e as Error).message}` };
+    return withSteering({ ...base, ebpf: nic.ebpf, state: 'unreadable', summary: `cannot read the maps: ${(e as Error).message}` });
   }
+}
+
+export function plainNicStatus(pid: number, nic: DiscoveredNic, emulator?: EmulatorFacts): PlainNicStatus {
+  const hashProperties = hashPropertiesOf(nic, emulator);
+  return {
+    ...(nic.id !== undefined ? { id: nic.id } : {}),
+    ...(nic.netdev !== undefined ? { netdev: nic.netdev } : {}),
+    ...(nic.mac !== undefined ? { mac: nic.mac } : {}),
+    ...(nic.tap !== undefined ? { tap: nic.tap } : {}),
+    ...(nic.backend ? { queues: nic.backend.queues, vhost: nic.backend.vhost } : {}),
+    hashReport: nic.hashReport === true,
+    ...(hashProperties ? { hashProperties } : {}),
+    steering: steeringOf(pid, nic, undefined),
+  };
 }
 
 function userName(uid: number): string | undefined {
@@ -81,16 +178,43 @@ function userName(uid: number): string | undefined {
   }
 }
 
-export function collectStatus(domain?: string, opts: DiscoverOptions = {}): StatusReport {
-  const domains: DomainStatus[] = selectQemus(domain, opts).map((q) => ({
-    pid: q.pid,
-    ...(q.domain.name !== undefined ? { name: q.domain.name } : {}),
-    ...(q.domain.uuid !== undefined ? { uuid: q.domain.uuid } : {}),
-    ...(q.uid !== undefined ? { uid: q.uid } : {}),
-    ...(q.uid !== undefined && userName(q.uid) !== undefined ? { user: userName(q.uid) } : {}),
-    nics: q.nics.map(nicStatus),
-  }));
+/** The report for these QEMUs; maps and taps are read now, program runs come from `opts.runs`. */
+export function buildReport(qemus: readonly QemuProcess[], opts: StatusOptions = {}): StatusReport {
+  const emulatorOf = opts.emulatorOf ?? ((exe: string) => cachedEmulatorFacts(exe, opts.cacheDir));
+  const domains: DomainStatus[] = qemus.map((q) => {
+    const emulator = q.exe !== undefined ? emulatorOf(q.exe) : undefined;
+    return {
+      pid: q.pid,
+      ...(q.domain.name !== undefined ? { name: q.domain.name } : {}),
+      ...(q.domain.uuid !== undefined ? { uuid: q.domain.uuid } : {}),
+      ...(q.uid !== undefined ? { uid: q.uid } : {}),
+      ...(q.uid !== undefined && userName(q.uid) !== undefined ? { user: userName(q.uid) } : {}),
+      ...(q.exe !== undefined ? { emulator: { path: q.exe, ...(emulator?.version ? { version: emulator.version } : {}), ...(emulator?.problem ? { problem: emulator.problem } : {}) } } : {}),
+      nics: q.nics.map((n) => nicStatus(n, { pid: q.pid, emulator, runs: opts.runs })),
+      plainNics: q.plainNics.map((n) => plainNicStatus(q.pid, n, emulator)),
+    };
+  });
   return { domains };
+}
+
+/** Status from /proc, the kernel's maps and the taps, at once (no program runs counted, nothing probed). */
+export function collectStatus(domain?: string, opts: StatusOptions = {}): StatusReport {
+  return buildReport(selectQemus(domain, opts), opts);
+}
+
+/**
+ * Status with the program runs counted over `sampleMs` (0: not counted) and emulators the probe
+ * cache does not know probed once, so that steering and hash-* properties are as sure as they
+ * can be from the host.
+ */
+export async function observeStatus(domain?: string, opts: StatusOptions & { sampleMs?: number } = {}): Promise<StatusReport> {
+  const qemus = selectQemus(domain, opts);
+  const emulators = new Map<string, EmulatorFacts>();
+  for (const q of qemus) if (q.exe !== undefined && !emulators.has(q.exe)) emulators.set(q.exe, await emulatorFacts(q.exe, opts.cacheDir));
+  const sampleMs = opts.sampleMs ?? DEFAULT_SAMPLE_MS;
+  const targets = qemus.flatMap((q) => q.nics.flatMap((n) => (n.ebpf ? [{ progId: n.ebpf.progId, ...(n.tap ? { tap: n.tap } : {}) }] : [])));
+  const runs = sampleMs > 0 ? await sampleRuns(targets, sampleMs) : undefined;
+  return buildReport(qemus, { ...opts, ...(runs ? { runs } : {}), emulatorOf: (exe) => emulators.get(exe) ?? {} });
 }
 
 export function requireRootFor(what: string): void {
@@ -99,12 +223,22 @@ export function requireRootFor(what: string): void {
   }
 }
 
+/** `--sample MS`: 0 to 60000 whole milliseconds. */
+export function parseSampleMs(v: string | undefined): number {
+  if (v === undefined) return DEFAULT_SAMPLE_MS;
+  if (!/^[0-9]{1,5}$/.test(v) || Number(v) > 60_000) {
+    throw new VirtEbpfError('USAGE', `--sample must be whole milliseconds from 0 to 60000, not "${v}"`, { remedy: `usage: ${STATUS_USAGE}` });
+  }
+  return Number(v);
+}
+
 /** The CLI entry: exit code 0, or 1 when a NIC's maps could not be read. */
 export async function runStatus(argv: readonly string[]): Promise<{ stdout: string; code: number }> {
-  const a = parseArgs(argv, { flags: ['json'] }, 'status');
+  const a = parseArgs(argv, { flags: ['json'], values: ['sample'] }, 'status');
   if (a.positional.length > 1) throw new VirtEbpfError('USAGE', `status takes at most one DOMAIN, got ${a.positional.length}`, { remedy: `usage: ${STATUS_USAGE}` });
+  const sampleMs = parseSampleMs(a.values.get('sample'));
   requireRootFor('status');
-  const report = collectStatus(a.positional[0]);
+  const report = await observeStatus(a.positional[0], { sampleMs });
   const text = a.flags.has('json') ? statusJson(report) : formatStatus(report);
   const unreadable = report.domains.some((d) => d.nics.some((n) => n.state === 'unreadable'));
   return { stdout: text + '\n', code: unreadable ? 1 : 0 };

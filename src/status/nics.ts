@@ -1,8 +1,9 @@
 /**
  * What a QEMU command line says about its RSS NICs: every virtio-net device that has `rss` on
  * or names eBPF fds (`ebpf-rss-fds` list / `ebpf_rss_fds` string), with its id, MAC, backend
- * (tap name, queue count, vhost) and the fd entries it was given. Works on libvirt's JSON form
- * and on key=value. Pure: the /proc side is in discover.ts.
+ * (tap name, queue count, vhost), hash reporting and hash-type settings and the fd entries it
+ * was given; the other virtio-net devices apart (`plainNics`: no RSS, so no steering). Works on
+ * libvirt's JSON form and on key=value. Pure: the /proc side is in discover.ts.
  */
 import { deviceArgs, domainIdentity, isVirtioNetDriver, keyValGet, parseKeyVal, parseQemuBool, RSS_HANDOFF, type DeviceArg, type RssProperty } from '../argv';
 import { RSS_MAPS, type RssRole } from '../bpf/rss';
@@ -31,12 +32,18 @@ export interface NicArgs {
   rss: boolean;
   /** The eBPF fds the device names, as written: digits are inherited fds, other strings QMP `getfd` names. */
   ebpfFds?: { property: FdsProperty; entries: string[] };
+  /** `hash` when the command line sets it (libvirt's rss_hash_report): QEMU offers the guest VIRTIO_NET_F_HASH_REPORT. */
+  hashReport?: boolean;
+  /** The `hash-*` properties (QEMU >= 10.1) the command line sets, as on/off/auto. */
+  hashSettings?: Record<string, string>;
   backend?: NetdevArgs;
 }
 
 export interface QemuArgs {
   domain: { name?: string; uuid?: string };
   nics: NicArgs[];
+  /** The virtio-net devices with neither rss on nor eBPF fds. */
+  plainNics: NicArgs[];
 }
 
 function get(d: { json?: Record<string, unknown>; keyval?: Array<[string, string]> }, key: string): unknown {
@@ -97,7 +104,24 @@ export function parseNetdevs(argv: readonly string[]): Map<string, NetdevArgs> {
   return out;
 }
 
-/** The virtio-net devices that want RSS or carry eBPF fds, in command-line order, and the domain identity. */
+function onOffAuto(v: unknown): string | undefined {
+  if (v === 'auto') return 'auto';
+  const b = parseQemuBool(v);
+  return b === undefined ? undefined : b ? 'on' : 'off';
+}
+
+/** The `hash-*` settings of a device, or undefined when it sets none. */
+function hashSettings(d: DeviceArg): Record<string, string> | undefined {
+  const keys = d.json ? Object.keys(d.json) : d.keyval!.map(([k]) => k);
+  const out: Record<string, string> = {};
+  for (const k of keys.filter((x) => /^hash-[a-z0-9]+$/.test(x)).sort()) {
+    const v = onOffAuto(get(d, k));
+    if (v !== undefined) out[k] = v;
+  }
+  return Object.keys(out).length ? out : undefined;
+}
+
+/** The virtio-net devices that want RSS or carry eBPF fds, in command-line order, the others, and the domain identity. */
 export function parseQemuRssArgs(argv: readonly string[]): QemuArgs {
   let devices: DeviceArg[];
   try {
@@ -107,14 +131,16 @@ export function parseQemuRssArgs(argv: readonly string[]): QemuArgs {
   }
   const netdevs = parseNetdevs(argv);
   const nics: NicArgs[] = [];
+  const plainNics: NicArgs[] = [];
   for (const d of devices) {
     if (!isVirtioNetDriver(d.driver)) continue;
     const rss = parseQemuBool(get(d, 'rss')) === true;
     const fds = ebpfFds(d);
-    if (!rss && !fds) continue;
     const mac = str(get(d, 'mac'));
     const backend = d.netdev ? netdevs.get(d.netdev) : undefined;
-    nics.push({
+    const hash = parseQemuBool(get(d, 'hash'));
+    const settings = hashSettings(d);
+    (rss || fds ? nics : plainNics).push({
       index: d.index,
       driver: d.driver,
       ...(d.id !== undefined ? { id: d.id } : {}),
@@ -122,11 +148,13 @@ export function parseQemuRssArgs(argv: readonly string[]): QemuArgs {
       ...(mac !== undefined ? { mac } : {}),
       rss,
       ...(fds ? { ebpfFds: fds } : {}),
+      ...(hash !== undefined ? { hashReport: hash } : {}),
+      ...(settings ? { hashSettings: settings } : {}),
       ...(backend ? { backend } : {}),
     });
   }
   const { name, uuid } = domainIdentity(argv);
-  return { domain: { ...(name !== undefined ? { name } : {}), ...(uuid !== undefined ? { uuid } : {}) }, nics };
+  return { domain: { ...(name !== undefined ? { name } : {}), ...(uuid !== undefined ? { uuid } : {}) }, nics, plainNics };
 }
 
 /** The fd numbers of `ebpfFds` when all four (or the helper protocol's list) are inherited numbers. */

@@ -47,8 +47,8 @@ export type MapsFact = 'configured' | 'unconfigured' | 'unreadable';
 export interface SteeringFacts {
   /** `rss` on QEMU's command line. */
   rss: boolean;
-  /** `hash` on QEMU's command line: QEMU offers VIRTIO_NET_F_HASH_REPORT. */
-  hashReportOffered: boolean;
+  /** `hash` on QEMU's command line: QEMU offers VIRTIO_NET_F_HASH_REPORT (undefined: not known, e.g. a hot-plugged NIC). */
+  hashReportOffered: boolean | undefined;
   vhost: boolean;
   /** An eBPF program QEMU holds is tied to this NIC. */
   program: boolean;
@@ -81,7 +81,7 @@ export const HEADER_V1 = 12;
 export const HEADER_INITIAL = 10;
 
 export function guestHashReport(f: Pick<SteeringFacts, 'hashReportOffered' | 'header'>): GuestHashReport {
-  if (!f.hashReportOffered) return 'not-offered';
+  if (f.hashReportOffered === false) return 'not-offered';
   if (!f.header || 'error' in f.header) return 'unknown';
   if (f.header.bytes === HEADER_HASH_REPORT) return 'negotiated';
   if (f.header.bytes === HEADER_V1) return 'not-negotiated';
@@ -115,7 +115,7 @@ const idleWithTraffic = (r: RunFact | undefined): boolean => r !== undefined && 
 export function decideSteering(f: SteeringFacts): Steering {
   const hr = guestHashReport(f);
   const evidence = [
-    `QEMU command line: rss=${f.rss ? 'on' : 'off'}, hash=${f.hashReportOffered ? 'on' : 'off'}, vhost=${f.vhost ? 'on' : 'off'}, ${f.program ? 'an eBPF program tied to the NIC' : 'no eBPF program'}`,
+    `QEMU command line: rss=${f.rss ? 'on' : 'off'}, hash=${f.hashReportOffered === undefined ? 'unknown' : f.hashReportOffered ? 'on' : 'off'}, vhost=${f.vhost ? 'on' : 'off'}, ${f.program ? 'an eBPF program tied to the NIC' : 'no eBPF program'}`,
     headerEvidence(f.header),
     runEvidence(f.runs),
     f.tapQueues !== undefined ? `tap queues attached: ${f.tapQueues}` : undefined,

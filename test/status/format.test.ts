@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { bar, classify, decodeRssView, formatHistogram, formatStatus, queueHistogram, statusJson, type RawRssMaps, type StatusReport } from '../../src/status';
 import { keyToMapValue, MS_RSS_KEY } from '../../src/rss';
+import { decideSteering } from '../../src/steering';
 
 // After `ethtool -X eth0 equal 2` in a Debian 6.1 guest QEMU wrote this config.
 const EQUAL2: RawRssMaps = {
@@ -90,6 +91,8 @@ const REPORT: StatusReport = {
           queues: 2,
           vhost: false,
           ebpf: { source: 'fd-numbers', matchedBy: 'command-line', fds: [40, 41, 42, 43], progId: 651, mapIds: [539, 540, 541] },
+          hashReport: false,
+          steering: decideSteering({ rss: true, hashReportOffered: false, vhost: false, program: true, header: { bytes: 12 }, runs: { runs: 9, frames: 9, windowMs: 1000 }, tapQueues: 2, maps: 'configured' }),
           ...classify(decodeRssView(EQUAL2), false),
           rss: decodeRssView(EQUAL2),
           histogram: queueHistogram(EQUAL2.table, 2),
@@ -101,9 +104,21 @@ const REPORT: StatusReport = {
           mac: '52:54:00:8d:c8:3c',
           queues: 4,
           vhost: true,
+          hashReport: false,
           state: 'no-ebpf',
           summary: 'asked for RSS but runs without eBPF: QEMU runs as uid 64055 without CAP_BPF and was given no ebpf-rss-fds; with vhost on, QEMU then does not offer RSS to the guest',
           problems: [],
+        },
+      ],
+      plainNics: [
+        {
+          id: 'net2',
+          mac: '52:54:00:8d:c8:3d',
+          tap: 'vnet2',
+          queues: 1,
+          vhost: false,
+          hashReport: false,
+          steering: decideSteering({ rss: false, hashReportOffered: false, vhost: false, program: false }),
         },
       ],
     },
@@ -117,12 +132,15 @@ test('the human report: one block per domain, a line per fact, the histogram und
       'vm1  (uuid 7e43b05d-f9a6-4612-a5bc-0b6f29de939c, pid 4242, user libvirt-qemu)',
       '  net0  52:54:00:8d:c8:3b  tap vnet0  2 queues  netdev hostnet0',
       '    eBPF   prog 651  maps 539 540 541  via ebpf-rss-fds 40,41,42,43',
+      "    steer  eBPF (certain): the tap runs the NIC's program on the frames it passes to QEMU",
       '    RSS    on: 128 table entries, default queue 0, hash IPv4 TCPv4 UDPv4 IPv6 TCPv6 UDPv6 (0x3f)',
       `    key    ${MS_RSS_KEY.toString('hex')}`,
       `    table  q0 ${'█'.repeat(16).padEnd(33)}64 (50%)`,
       `           q1 ${'█'.repeat(16).padEnd(33)}64 (50%)`,
       '  net1  52:54:00:8d:c8:3c  4 queues  vhost',
       '    RSS    asked for RSS but runs without eBPF: QEMU runs as uid 64055 without CAP_BPF and was given no ebpf-rss-fds; with vhost on, QEMU then does not offer RSS to the guest',
+      '  net2  52:54:00:8d:c8:3d  tap vnet2  1 queue',
+      '    steer  none (certain): rss is off on this NIC: QEMU offers the guest no RSS and the tap picks queues by its own flow hash',
     ].join('\n'),
   );
   assert.equal(formatStatus({ domains: [] }), 'no running QEMU has a virtio-net NIC with RSS');
@@ -132,7 +150,7 @@ test('the human report: one block per domain, a line per fact, the histogram und
 
 test('an unconfigured NIC shows no key or table; problems are listed', () => {
   const nic = { ...REPORT.domains[0].nics[0], ...classify(decodeRssView(ZERO), true), rss: decodeRssView(ZERO), histogram: queueHistogram([], 2), problems: ['something odd'] };
-  const text = formatStatus({ domains: [{ ...REPORT.domains[0], nics: [nic] }] });
+  const text = formatStatus({ domains: [{ ...REPORT.domains[0], nics: [nic], plainNics: [] }] });
   assert.match(text, /RSS {4}not configured yet/);
   assert.doesNotMatch(text, /key|table/);
   assert.match(text, /\n {4}! {6}something odd$/);

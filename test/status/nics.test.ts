@@ -99,6 +99,25 @@ test('key=value devices and netdevs; NICs without rss and without fds are not RS
   assert.deepEqual(q.domain, {});
 });
 
+test('hash reporting and hash-* settings of each NIC; virtio-net NICs without RSS come apart as plain NICs', () => {
+  const argv = [
+    'qemu-system-x86_64',
+    '-netdev', '{"type":"tap","fds":"30:31","id":"hostnet0"}',
+    '-device', '{"driver":"virtio-net-pci","mq":true,"rss":true,"hash":true,"netdev":"hostnet0","id":"net0","mac":"52:54:00:00:00:01","hash-tcp6ex":"off","hash-ipv4":"auto"}',
+    '-netdev', 'tap,id=n1,ifname=tap1,vhost=off',
+    '-device', 'virtio-net-pci,netdev=n1,id=net1,mac=52:54:00:00:00:02,hash=off,hash-udp4=on',
+    '-device', 'virtio-net-pci,netdev=n2,id=net2,rss=on',
+    '-device', 'e1000,netdev=n3,id=e0',
+  ];
+  const q = parseQemuRssArgs(argv);
+  assert.deepEqual(q.nics.map((n) => [n.id, n.hashReport, n.hashSettings]), [
+    ['net0', true, { 'hash-ipv4': 'auto', 'hash-tcp6ex': 'off' }],
+    ['net2', undefined, undefined],
+  ]);
+  assert.deepEqual(q.plainNics.map((n) => [n.id, n.rss, n.hashReport, n.hashSettings, n.backend?.ifname]), [['net1', false, false, { 'hash-udp4': 'on' }, 'tap1']]);
+  assert.deepEqual(parseQemuRssArgs(LIBVIRT_ARGV).plainNics, [], "libvirt's argv has one virtio-net NIC, with rss");
+});
+
 test('a broken -device JSON does not throw: the process is reported with no NICs', () => {
   assert.deepEqual(parseQemuRssArgs(['qemu-system-x86_64', '-device', '{"driver":']).nics, []);
 });
