@@ -12,6 +12,7 @@ import { DEFAULT_PATHS } from '../install/plan';
 import { readManifest, staleWrappers } from '../install/apply';
 import { isVirtEbpfError } from '../errors';
 import { scanHotplugQemus } from './hotplug-shim';
+import { steeringLine, type SteeringKind } from '../steering';
 
 export { type CheckResult } from './checks';
 
@@ -118,7 +119,44 @@ function hostChecks(opts: DoctorOptions): Check[] {
       }
     },
     hotplugShimCheck,
+    () => steeringChecks(opts.cacheDir),
   ];
+}
+
+const STEERING_FIX: Partial<Record<SteeringKind, (domain: string) => string>> = {
+  'software-hash-report': (d) => `remove rss_hash_report='on' from the NIC's <driver> (virsh edit ${d}) and restart the domain: QEMU runs eBPF only for guests without hash reporting`,
+  'software-no-ebpf': (d) => `see \`virt-ebpf status ${d}\` and the domain log for why QEMU got no eBPF fds; start the domain again with the broker running`,
+  none: () => 'in the guest: `ethtool -X IFACE equal QUEUES` (Linux before 6.11 turns RSS on only then), and give it a vCPU per queue pair',
+  unknown: (d) => `run \`virt-ebpf status ${d}\` while traffic flows to the guest`,
+};
+
+/**
+ * One line per NIC of every running QEMU with an RSS NIC: which steering is in effect (eBPF,
+ * QEMU's software RSS, none), how sure, and why (src/steering). Informative: never needed.
+ */
+export async function steeringChecks(cacheDir?: string, sampleMs?: number): Promise<CheckResult[]> {
+  if (process.getuid?.() !== 0) {
+    return [{ name: 'steering', verdict: 'warn', detail: "not checked: reading QEMU's taps and BPF programs needs root", fix: 'run `virt-ebpf doctor` as root', needed: false }];
+  }
+  const { observeStatus } = await import('../status');
+  const report = await observeStatus(undefined, { ...(cacheDir ? { cacheDir } : {}), ...(sampleMs !== undefined ? { sampleMs } : {}) });
+  if (report.domains.length === 0) return [{ name: 'steering', verdict: 'ok', detail: 'no running QEMU has an RSS NIC', needed: false }];
+  const out: CheckResult[] = [];
+  for (const d of report.domains) {
+    const domain = d.name ?? `pid ${d.pid}`;
+    const nics = [...d.nics.map((n) => ({ n, rss: true })), ...d.plainNics.map((n) => ({ n, rss: false }))];
+    for (const { n, rss } of nics) {
+      const s = n.steering;
+      if (!s) continue;
+      const program = 'ebpf' in n ? n.ebpf : undefined;
+      const nic = n.id ?? n.mac ?? (program ? `prog ${program.progId}` : '?');
+      const fine = s.kind === 'ebpf' || (s.kind === 'none' && !rss);
+      // An RSS NIC without a program needs its fds first, whatever else is in the way.
+      const fix = fine ? undefined : STEERING_FIX[rss && !program && s.kind !== 'software-hash-report' ? 'software-no-ebpf' : s.kind]?.(domain);
+      out.push({ name: `steering ${domain} ${nic}`, verdict: fine ? 'ok' : 'warn', detail: steeringLine(s), ...(fix ? { fix } : {}), needed: false });
+    }
+  }
+  return out;
 }
 
 /**
