@@ -117,6 +117,7 @@ export const COMMANDS: Record<string, Command> = {
           const { runDomainCommand } = await import('../libvirt');
           const r = runDomainCommand(name, argv);
           process.stdout.write(r.stdout);
+          process.stderr.write(r.stderr);
           return r.code;
         },
       } satisfies Command,
@@ -220,7 +221,7 @@ export const COMMANDS: Record<string, Command> = {
   },
   status: {
     summary: 'show which running NICs steer with eBPF RSS and what the guest set (root)',
-    usage: 'virt-ebpf status [DOMAIN] [--json]',
+    usage: 'virt-ebpf status [DOMAIN] [--json] [--sample MS]',
     async run(argv) {
       const { runStatus } = await import('../status');
       const r = await runStatus(argv);

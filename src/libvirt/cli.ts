@@ -5,7 +5,7 @@
 import { parseArgs } from '../options';
 import { VirtEbpfError } from '../errors';
 import { POLICIES, type Policy } from '../xml';
-import { defineFile, disableDomain, enableDomain, type DefineCommandOptions, type DomainOutcome } from './commands';
+import { defineFile, disableDomain, enableDomain, warningLines, type DefineCommandOptions, type DomainOutcome } from './commands';
 import { openConnection } from './connection';
 
 import { DOMAIN_COMMAND_HELP as HELP, DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE, type DomainCommand } from './usage';
@@ -62,15 +62,15 @@ function formatJson(o: DomainOutcome): string {
   return JSON.stringify(rest, null, 2) + '\n';
 }
 
-/** Runs one of the three commands (argv without the command name) and returns what to print. */
-export function runDomainCommand(command: DomainCommand, argv: readonly string[]): { stdout: string; code: number } {
-  if (argv.includes('--help') || argv.includes('-h')) return { stdout: `usage: ${DOMAIN_COMMAND_USAGE[command]}\n${DOMAIN_COMMAND_SUMMARY[command]}\n${HELP}`, code: 0 };
+/** Runs one of the three commands (argv without the command name) and returns what to print: the outcome on stdout, warnings on stderr. */
+export function runDomainCommand(command: DomainCommand, argv: readonly string[]): { stdout: string; stderr: string; code: number } {
+  if (argv.includes('--help') || argv.includes('-h')) return { stdout: `usage: ${DOMAIN_COMMAND_USAGE[command]}\n${DOMAIN_COMMAND_SUMMARY[command]}\n${HELP}`, stderr: '', code: 0 };
   const p = parseDomainCommand(command, argv);
   const conn = openConnection(p.uri);
   try {
     const o =
       command === 'enable' ? enableDomain(conn, p.target, p.opts) : command === 'disable' ? disableDomain(conn, p.target) : defineFile(conn, p.target, p.opts);
-    return { stdout: p.json ? formatJson(o) : o.lines.join('\n') + '\n', code: 0 };
+    return { stdout: p.json ? formatJson(o) : o.lines.join('\n') + '\n', stderr: warningLines(o.warnings), code: 0 };
   } finally {
     conn.close();
   }

@@ -82,12 +82,14 @@ function nicLine(n: RssNic): string {
   return `${id} (${n.type}, ${n.queues} queue${n.queues === 1 ? '' : 's'})`;
 }
 
-function detailLines(changes: Change[], warnings: string[], nics?: RssNic[]): string[] {
-  return [
-    ...changes.map((c) => `  changed: ${describeChange(c)}`),
-    ...(nics && nics.length ? [`  eBPF RSS NICs: ${nics.map(nicLine).join(', ')}`] : []),
-    ...warnings.map((w) => `  warning: ${w}`),
-  ];
+/** What changed and which NICs get eBPF RSS (warnings go to stderr: see warningLines). */
+function detailLines(changes: Change[], nics?: RssNic[]): string[] {
+  return [...changes.map((c) => `  changed: ${describeChange(c)}`), ...(nics && nics.length ? [`  eBPF RSS NICs: ${nics.map(nicLine).join(', ')}`] : [])];
+}
+
+/** The warnings of a command, one line each, for stderr. */
+export function warningLines(warnings: readonly string[]): string {
+  return warnings.map((w) => `virt-ebpf: warning: ${w}\n`).join('');
 }
 
 const nextStart = (name: string) => `${name} is running: the new definition applies at its next start (the running QEMU is untouched)`;
@@ -148,13 +150,13 @@ export function enableDomain(conn: Connection, nameOrUuid: string, opts: EnableC
     const r = enableXml(before, transformOptions(opts));
     const base = { domain: dom.name, uuid: dom.uuid, running, changes: r.changes, warnings: r.warnings, nics: r.nics, before };
     if (r.changes.length === 0) {
-      return { ...base, action: 'unchanged', defined: false, after: before, lines: [`${dom.name}: eBPF RSS is already enabled; definition unchanged`, ...detailLines([], r.warnings, r.nics)] };
+      return { ...base, action: 'unchanged', defined: false, after: before, lines: [`${dom.name}: eBPF RSS is already enabled; definition unchanged`, ...detailLines([], r.nics)] };
     }
     const defined = defineOrExplain(conn, dom.name, true, before, r.xml, { before: `${dom.name} (current definition)`, after: `${dom.name} (with eBPF RSS)` });
     try {
       const warnings = [...r.warnings];
       const after = storedDefinition(defined, true, warnings);
-      const lines = [`${dom.name}: eBPF RSS enabled`, ...detailLines(r.changes, warnings, r.nics), ...(running ? [nextStart(dom.name)] : [])];
+      const lines = [`${dom.name}: eBPF RSS enabled`, ...detailLines(r.changes, r.nics), ...(running ? [nextStart(dom.name)] : [])];
       return { ...base, warnings, action: 'enabled', defined: true, after, lines };
     } finally {
       defined.free();
@@ -173,13 +175,13 @@ export function disableDomain(conn: Connection, nameOrUuid: string): DomainOutco
     const r = disableXml(before);
     const base = { domain: dom.name, uuid: dom.uuid, running, changes: r.changes, warnings: r.warnings, nics: [], before };
     if (r.changes.length === 0) {
-      return { ...base, action: 'unchanged', defined: false, after: before, lines: [`${dom.name}: eBPF RSS is not enabled; definition unchanged`, ...detailLines([], r.warnings)] };
+      return { ...base, action: 'unchanged', defined: false, after: before, lines: [`${dom.name}: eBPF RSS is not enabled; definition unchanged`, ...detailLines([])] };
     }
     const defined = defineOrExplain(conn, dom.name, true, before, r.xml, { before: `${dom.name} (current definition)`, after: `${dom.name} (without eBPF RSS)` });
     try {
       const warnings = [...r.warnings];
       const after = storedDefinition(defined, false, warnings);
-      const lines = [`${dom.name}: eBPF RSS disabled`, ...detailLines(r.changes, warnings), ...(running ? [nextStart(dom.name)] : [])];
+      const lines = [`${dom.name}: eBPF RSS disabled`, ...detailLines(r.changes), ...(running ? [nextStart(dom.name)] : [])];
       return { ...base, warnings, action: 'disabled', defined: true, after, lines };
     } finally {
       defined.free();
@@ -259,7 +261,7 @@ export function defineFile(conn: Connection, path: string, opts: DefineCommandOp
     const running = dom.isActive();
     const lines = [
       existed ? `${dom.name}: definition replaced, with eBPF RSS enabled` : `${dom.name}: defined with eBPF RSS enabled`,
-      ...detailLines(r.changes, warnings, r.nics),
+      ...detailLines(r.changes, r.nics),
       ...(running ? [nextStart(dom.name)] : []),
     ];
     return { domain: dom.name, uuid: dom.uuid, action: 'defined', defined: true, running, changes: r.changes, warnings, nics: r.nics, lines, before: text, after };

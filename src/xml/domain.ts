@@ -40,6 +40,8 @@ export interface InterfaceView {
   model?: string;
   driver?: Element;
   rss?: string;
+  /** `<driver rss_hash_report>`: libvirt gives QEMU `hash` from it. */
+  hashReport?: string;
   queues?: string;
   /** Set when this interface can never carry eBPF RSS, with the reason. */
   unsupported?: string;
@@ -148,6 +150,7 @@ export function interfaceView(el: Element, index: number): InterfaceView {
     ...(model !== undefined ? { model } : {}),
     ...(driver ? { driver } : {}),
     ...(attr(driver, 'rss') !== undefined ? { rss: attr(driver, 'rss') } : {}),
+    ...(attr(driver, 'rss_hash_report') !== undefined ? { hashReport: attr(driver, 'rss_hash_report') } : {}),
     ...(attr(driver, 'queues') !== undefined ? { queues: attr(driver, 'queues') } : {}),
     ...(() => {
       const why = unsupportedReason(type, model, backendType);

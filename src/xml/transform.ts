@@ -257,11 +257,26 @@ export function enableDomain(xml: string, opts: EnableOptions): EnableResult {
 
   const out = w.edits.apply(xml);
   // Re-reading the result guards against a splice that broke the document.
-  const nics = rssNicsOf(readDomain(SourceDoc.parse(out)));
+  const result = readDomain(SourceDoc.parse(out));
+  const nics = rssNicsOf(result);
   if (nics.length === 0) {
     w.warnings.push(NO_RSS_NIC_WARNING);
   }
+  const hashWarning = hashReportWarning(result);
+  if (hashWarning) w.warnings.push(hashWarning);
   return { xml: out, changes: w.changes, warnings: w.warnings, nics };
+}
+
+/**
+ * One line about the RSS NICs with `rss_hash_report='on'`: a guest that negotiates hash
+ * reporting (Linux does) makes QEMU leave the eBPF program for its own software RSS, since the
+ * program cannot fill in the hash (docs/steering.md). Not an error: the user may want the hash.
+ */
+export function hashReportWarning(view: DomainView): string | undefined {
+  const hit = view.interfaces.filter((i) => i.rss === 'on' && i.unsupported === undefined && i.hashReport === 'on');
+  if (hit.length === 0) return undefined;
+  const names = hit.map((i) => i.label).join(', ');
+  return `${names} ${hit.length === 1 ? 'has' : 'have'} rss_hash_report='on': a guest that turns hash reporting on (Linux does) makes QEMU steer in software instead of with eBPF; remove rss_hash_report to keep eBPF steering (\`virt-ebpf status\` shows which is in effect)`;
 }
 
 function enableEmulator(view: DomainView, w: Writer, cfg: XmlConfig, opts: EnableOptions): void {

@@ -15,6 +15,22 @@ test('enable FILE with flags prints the enabled XML and reports changes and warn
   assert.match(r.stderr, /^virt-ebpf: warning: interface 4 .*macvtap/m);
 });
 
+test("rss_hash_report='on' on an RSS NIC: one warning line on stderr, the XML transformed all the same", () => {
+  const plain = read('one-rss-nic.in.xml');
+  const input = plain.replace("<driver queues='4' rss='on'/>", "<driver queues='4' rss='on' rss_hash_report='on'/>");
+  assert.notEqual(input, plain);
+  const r = runXmlCommand(['enable', '-'], input);
+  assert.equal(r.code, 0, r.stderr);
+  const warnings = r.stderr.split('\n').filter((l) => l.startsWith('virt-ebpf: warning:'));
+  assert.equal(warnings.length, 1, r.stderr);
+  assert.match(warnings[0], /^virt-ebpf: warning: interface 0 \(52:54:00:6b:3c:01\) has rss_hash_report='on': a guest that turns hash reporting on \(Linux does\) makes QEMU steer in software instead of with eBPF; remove rss_hash_report/);
+  assert.equal(r.stdout, runXmlCommand(['enable', '-'], plain).stdout.replace("rss='on'/>", "rss='on' rss_hash_report='on'/>"), 'the same edits as without it');
+  assert.ok(readConfig(r.stdout), 'enabled');
+  assert.doesNotMatch(runXmlCommand(['enable', '-'], plain).stderr, /rss_hash_report/, 'no warning without it');
+  const off = runXmlCommand(['enable', '-'], plain.replace("rss='on'/>", "rss='on' rss_hash_report='off'/>"));
+  assert.doesNotMatch(off.stderr, /warning/, "rss_hash_report='off' is fine");
+});
+
 test('reads stdin when FILE is absent or -, and --opt=value works', () => {
   const input = read('one-rss-nic.in.xml');
   const a = runXmlCommand(['enable', '--policy=fallback', '--wrapper-dir=/opt/vebpf/bin'], input);
