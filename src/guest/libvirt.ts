@@ -38,6 +38,8 @@ export interface LibvirtNic {
   queues?: number;
   /** `<driver rss='on'>` (default true). */
   rss?: boolean;
+  /** `<driver rss_hash_report='on'>`: QEMU offers the guest hash reporting (default off). */
+  hashReport?: boolean;
   /** Default: libvirt picks one. */
   mac?: string;
 }
@@ -80,7 +82,7 @@ export function guestDomainXml(o: GuestDomainXmlOptions): string {
       `    <interface type='ethernet'>`,
       ...(n.mac ? [`      <mac address='${xmlEscape(n.mac)}'/>`] : []),
       `      <model type='virtio'/>`,
-      `      <driver queues='${queues[i]}'${n.rss ?? true ? " rss='on'" : ''}/>`,
+      `      <driver queues='${queues[i]}'${n.rss ?? true ? " rss='on'" : ''}${n.hashReport ? " rss_hash_report='on'" : ''}/>`,
       `    </interface>`,
     ].join('\n'),
   );

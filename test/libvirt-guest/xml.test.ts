@@ -45,9 +45,10 @@ test('one RSS NIC: TCG q35, direct kernel boot, as many vCPUs as queues, serial 
 });
 
 test('several NICs: each with its own queues and rss; vCPUs follow the largest queue count; MACs kept', () => {
-  const xml = guestDomainXml({ ...base, nics: [{ queues: 2 }, { queues: 8, rss: false, mac: '52:54:00:AA:00:01' }] });
-  assert.equal(xml.match(/<interface type='ethernet'>/g)?.length, 2);
+  const xml = guestDomainXml({ ...base, nics: [{ queues: 2 }, { queues: 8, rss: false, mac: '52:54:00:AA:00:01' }, { hashReport: true }] });
+  assert.equal(xml.match(/<interface type='ethernet'>/g)?.length, 3);
   assert.match(xml, /<driver queues='2' rss='on'\/>/);
+  assert.match(xml, /<driver queues='4' rss='on' rss_hash_report='on'\/>/);
   assert.match(xml, /<mac address='52:54:00:AA:00:01'\/>\n {6}<model type='virtio'\/>\n {6}<driver queues='8'\/>/);
   assert.match(xml, /<vcpu>8<\/vcpu>/);
   validate(xml);
