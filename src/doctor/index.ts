@@ -12,7 +12,7 @@ import { DEFAULT_PATHS } from '../install/plan';
 import { readManifest, staleWrappers } from '../install/apply';
 import { isVirtEbpfError } from '../errors';
 import { scanHotplugQemus } from './hotplug-shim';
-import { steeringLine, type SteeringKind } from '../steering';
+import { steeringLine, type Steering, type SteeringKind } from '../steering';
 
 export { type CheckResult } from './checks';
 
@@ -123,10 +123,13 @@ function hostChecks(opts: DoctorOptions): Check[] {
   ];
 }
 
-const STEERING_FIX: Partial<Record<SteeringKind, (domain: string) => string>> = {
+const STEERING_FIX: Partial<Record<SteeringKind, (domain: string, s: Steering) => string>> = {
   'software-hash-report': (d) => `remove rss_hash_report='on' from the NIC's <driver> (virsh edit ${d}) and restart the domain: QEMU runs eBPF only for guests without hash reporting`,
   'software-no-ebpf': (d) => `see \`virt-ebpf status ${d}\` and the domain log for why QEMU got no eBPF fds; start the domain again with the broker running`,
-  none: () => 'in the guest: `ethtool -X IFACE equal QUEUES` (Linux before 6.11 turns RSS on only then), and give it a vCPU per queue pair',
+  none: (_d, s) =>
+    s.reason.startsWith('only one tap queue')
+      ? 'in the guest: `ethtool -L IFACE combined QUEUES` (the guest uses one queue pair), then `ethtool -X IFACE equal QUEUES`'
+      : 'in the guest: `ethtool -X IFACE equal QUEUES` (Linux before 6.11 turns RSS on only then), and give it a vCPU per queue pair',
   unknown: (d) => `run \`virt-ebpf status ${d}\` while traffic flows to the guest`,
 };
 
@@ -139,7 +142,12 @@ export async function steeringChecks(cacheDir?: string, sampleMs?: number): Prom
     return [{ name: 'steering', verdict: 'warn', detail: "not checked: reading QEMU's taps and BPF programs needs root", fix: 'run `virt-ebpf doctor` as root', needed: false }];
   }
   const { observeStatus } = await import('../status');
-  const report = await observeStatus(undefined, { ...(cacheDir ? { cacheDir } : {}), ...(sampleMs !== undefined ? { sampleMs } : {}) });
+  let report: Awaited<ReturnType<typeof observeStatus>>;
+  try {
+    report = await observeStatus(undefined, { ...(cacheDir ? { cacheDir } : {}), ...(sampleMs !== undefined ? { sampleMs } : {}) });
+  } catch (e) {
+    return [{ name: 'steering', verdict: 'warn', detail: `not checked: ${(e as Error).message}`, fix: 'run `virt-ebpf status` to see the error in full', needed: false }];
+  }
   if (report.domains.length === 0) return [{ name: 'steering', verdict: 'ok', detail: 'no running QEMU has an RSS NIC', needed: false }];
   const out: CheckResult[] = [];
   for (const d of report.domains) {
@@ -152,7 +160,7 @@ export async function steeringChecks(cacheDir?: string, sampleMs?: number): Prom
       const nic = n.id ?? n.mac ?? (program ? `prog ${program.progId}` : '?');
       const fine = s.kind === 'ebpf' || (s.kind === 'none' && !rss);
       // An RSS NIC without a program needs its fds first, whatever else is in the way.
-      const fix = fine ? undefined : STEERING_FIX[rss && !program && s.kind !== 'software-hash-report' ? 'software-no-ebpf' : s.kind]?.(domain);
+      const fix = fine ? undefined : STEERING_FIX[rss && !program && s.kind !== 'software-hash-report' ? 'software-no-ebpf' : s.kind]?.(domain, s);
       out.push({ name: `steering ${domain} ${nic}`, verdict: fine ? 'ok' : 'warn', detail: steeringLine(s), ...(fix ? { fix } : {}), needed: false });
     }
   }

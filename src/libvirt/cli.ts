@@ -5,7 +5,8 @@
 import { parseArgs } from '../options';
 import { VirtEbpfError } from '../errors';
 import { POLICIES, type Policy } from '../xml';
-import { defineFile, disableDomain, enableDomain, warningLines, type DefineCommandOptions, type DomainOutcome } from './commands';
+import { defineFile, disableDomain, enableDomain, type DefineCommandOptions, type DomainOutcome } from './commands';
+import { warningLines } from '../xml/transform';
 import { openConnection } from './connection';
 
 import { DOMAIN_COMMAND_HELP as HELP, DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE, type DomainCommand } from './usage';

@@ -87,11 +87,6 @@ function detailLines(changes: Change[], nics?: RssNic[]): string[] {
   return [...changes.map((c) => `  changed: ${describeChange(c)}`), ...(nics && nics.length ? [`  eBPF RSS NICs: ${nics.map(nicLine).join(', ')}`] : [])];
 }
 
-/** The warnings of a command, one line each, for stderr. */
-export function warningLines(warnings: readonly string[]): string {
-  return warnings.map((w) => `virt-ebpf: warning: ${w}\n`).join('');
-}
-
 const nextStart = (name: string) => `${name} is running: the new definition applies at its next start (the running QEMU is untouched)`;
 
 /** The persistent definition of a domain; refuses transient ones (defining them would make them persistent). */

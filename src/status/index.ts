@@ -9,8 +9,9 @@ import { classify, decodeRssView, formatStatus, queueHistogram, statusJson, type
 import { readRssMaps } from './live';
 import type { NicArgs } from './nics';
 import { lookupUser } from '../sys/users';
-import { binaryIdentity, DEFAULT_CACHE_DIR, probeEmulator, readCache, versionString } from '../emulator';
-import { decideSteering, readTapHeader, sampleRuns, tapQueues, type MapsFact, type RunFact, type Steering } from '../steering';
+import { binaryIdentity, DEFAULT_CACHE_DIR, readCache, versionString } from '../emulator';
+import { decideSteering, readTapHeader, sampleRuns, STEERING_LABELS, tapQueues, type MapsFact, type RunFact, type Steering } from '../steering';
+import { libvirtQemuAccount } from '../broker/config';
 
 export { discoverQemus, discoverNics, discoverPlainNics, defaultNoEbpfReason, type DiscoverOptions, type QemuProcess, type QemuFacts, type DiscoveredNic, type NicEbpf, type NoEbpfExplainer } from './discover';
 export { parseQemuRssArgs, parseNetdevs, numericFds, looksLikeQemu, assignRssMapRoles, type NicArgs, type NetdevArgs, type QemuArgs, type MapShape } from './nics';
@@ -68,6 +69,8 @@ export interface StatusOptions extends DiscoverOptions {
   emulatorOf?: (exe: string) => EmulatorFacts;
   /** The probe cache (default the root's, which the broker fills). */
   cacheDir?: string;
+  /** Whose QEMUs' tap fds may be duplicated (default trustedQemuUids()). */
+  trustedUids?: ReadonlySet<number>;
 }
 
 /** How long observeStatus counts program runs by default. */
@@ -79,21 +82,10 @@ export function cachedEmulatorFacts(exe: string, cacheDir = DEFAULT_CACHE_DIR): 
   try {
     const hit = readCache(cacheDir, binaryIdentity(exe));
     if ('caps' in hit) return { version: versionString(hit.caps.version), hashProps: hit.caps.hashProps };
-    return { problem: `not probed yet (${hit.miss}: ${hit.why})` };
+    // Never probed from here: status runs as root, and the binary is whatever a process names.
+    return { problem: `not probed yet (${hit.miss}: ${hit.why}); the broker probes it when a domain starts with it` };
   } catch (e) {
     return { problem: (e as Error).message };
-  }
-}
-
-/** The probe's facts for a binary: from the cache, else by probing it once (the result is cached). */
-export async function emulatorFacts(exe: string, cacheDir = DEFAULT_CACHE_DIR): Promise<EmulatorFacts> {
-  const cached = cachedEmulatorFacts(exe, cacheDir);
-  if (cached.hashProps !== undefined || exe.endsWith(' (deleted)')) return cached;
-  try {
-    const { caps } = await probeEmulator(exe, { cacheDir });
-    return { version: versionString(caps.version), hashProps: caps.hashProps };
-  } catch (e) {
-    return { problem: `cannot probe ${exe}: ${(e as Error).message}` };
   }
 }
 
@@ -111,8 +103,18 @@ function mapsFact(state: NicState | undefined): MapsFact | undefined {
   return 'configured';
 }
 
-/** Which steering is in effect on a NIC of QEMU `pid` (a NIC QEMU runs hot-plugged has no known tap or hash setting). */
-export function steeringOf(pid: number, nic: DiscoveredNic, state: NicState | undefined, runs?: ReadonlyMap<number, RunFact>): Steering {
+/** Whether QEMU may hold an eBPF program for the NIC that could not be tied to it (undefined), holds one (true) or none (false). */
+function programFact(nic: DiscoveredNic): boolean | undefined {
+  if (nic.ebpf) return true;
+  return nic.noEbpf !== undefined && nic.problems.length === 0 ? false : undefined;
+}
+
+/**
+ * Which steering is in effect on a NIC of QEMU `q.pid` (a NIC QEMU runs hot-plugged has no
+ * known tap or hash setting). `q.dupOk`: its tap fds may be duplicated to read the header.
+ */
+export function steeringOf(q: { pid: number; dupOk: boolean }, nic: DiscoveredNic, state: NicState | undefined, runs?: ReadonlyMap<number, RunFact>): Steering {
+  if (!nic.rss) return decideSteering({ rss: false, hashReportOffered: nic.hashReport === true, vhost: nic.backend?.vhost ?? false, program: false });
   const known = nic.origin === 'command-line';
   const queues = tapQueues(nic.tap);
   const maps = mapsFact(state);
@@ -120,15 +122,31 @@ export function steeringOf(pid: number, nic: DiscoveredNic, state: NicState | un
     rss: nic.rss,
     hashReportOffered: known ? nic.hashReport === true : undefined,
     vhost: nic.backend?.vhost ?? false,
-    program: nic.ebpf !== undefined,
-    header: readTapHeader(pid, nic.tap),
+    program: programFact(nic),
+    header: q.dupOk ? readTapHeader(q.pid, nic.tap) : { error: "not read: this QEMU runs as neither root nor libvirt's QEMU account, so its owner could swap the fd under us" },
     ...(nic.ebpf && runs?.has(nic.ebpf.progId) ? { runs: runs.get(nic.ebpf.progId)! } : {}),
     ...(queues !== undefined ? { tapQueues: queues } : {}),
     ...(maps !== undefined ? { maps } : {}),
   });
 }
 
-export function nicStatus(nic: DiscoveredNic, ctx: { pid?: number; emulator?: EmulatorFacts; runs?: ReadonlyMap<number, RunFact> } = {}): NicStatus {
+interface NicContext {
+  pid?: number;
+  dupOk?: boolean;
+  emulator?: EmulatorFacts;
+  runs?: ReadonlyMap<number, RunFact>;
+}
+
+function steeringFor(ctx: NicContext, nic: DiscoveredNic, state: NicState | undefined): { steering?: Steering } {
+  if (ctx.pid === undefined) return {};
+  try {
+    return { steering: steeringOf({ pid: ctx.pid, dupOk: ctx.dupOk ?? false }, nic, state, ctx.runs) };
+  } catch (e) {
+    return { steering: { kind: 'unknown', label: STEERING_LABELS.unknown, confidence: 'unknown', reason: `could not be decided: ${(e as Error).message}`, evidence: [], guestHashReport: 'unknown' } };
+  }
+}
+
+export function nicStatus(nic: DiscoveredNic, ctx: NicContext = {}): NicStatus {
   const hashProperties = hashPropertiesOf(nic, ctx.emulator);
   const base = {
     origin: nic.origin,
@@ -141,19 +159,21 @@ export function nicStatus(nic: DiscoveredNic, ctx: { pid?: number; emulator?: Em
     ...(hashProperties ? { hashProperties } : {}),
     problems: [...nic.problems],
   };
-  const withSteering = (s: NicStatus): NicStatus => (ctx.pid === undefined ? s : { ...s, steering: steeringOf(ctx.pid, nic, s.state, ctx.runs) });
+  const withSteering = (s: NicStatus): NicStatus => ({ ...s, ...steeringFor(ctx, nic, s.state) });
   if (!nic.ebpf) {
     if (nic.noEbpf !== undefined) return withSteering({ ...base, state: 'no-ebpf', summary: `asked for RSS but runs without eBPF: ${nic.noEbpf}` });
     return withSteering({ ...base, state: 'unreadable', summary: 'eBPF fds named but unusable (see below)' });
   }
+  let read: NicStatus;
   try {
     const raw = readRssMaps(nic.ebpf.mapIds);
     const rss = decodeRssView(raw);
     const { state, summary } = classify(rss, raw.keyValue.every((b) => b === 0));
-    return withSteering({ ...base, ebpf: nic.ebpf, state, summary, rss, histogram: queueHistogram(rss.table, nic.backend?.queues) });
+    read = { ...base, ebpf: nic.ebpf, state, summary, rss, histogram: queueHistogram(rss.table, nic.backend?.queues) };
   } catch (e) {
-    return withSteering({ ...base, ebpf: nic.ebpf, state: 'unreadable', summary: `cannot read the maps: ${(e as Error).message}` });
+    read = { ...base, ebpf: nic.ebpf, state: 'unreadable', summary: `cannot read the maps: ${(e as Error).message}` };
   }
+  return withSteering(read);
 }
 
 export function plainNicStatus(pid: number, nic: DiscoveredNic, emulator?: EmulatorFacts): PlainNicStatus {
@@ -166,8 +186,23 @@ export function plainNicStatus(pid: number, nic: DiscoveredNic, emulator?: Emula
     ...(nic.backend ? { queues: nic.backend.queues, vhost: nic.backend.vhost } : {}),
     hashReport: nic.hashReport === true,
     ...(hashProperties ? { hashProperties } : {}),
-    steering: steeringOf(pid, nic, undefined),
+    steering: steeringOf({ pid, dupOk: false }, nic, undefined),
   };
+}
+
+/**
+ * Whose tap fds status duplicates (pidfd_getfd) to read the vnet header: root's and libvirt's
+ * QEMU account's processes. Any other user could swap what an fd number points to between our
+ * look at /proc and the copy (a FUSE file whose close never returns, say).
+ */
+export function trustedQemuUids(qemuConf?: string): ReadonlySet<number> {
+  const uids = new Set([0]);
+  try {
+    uids.add(lookupUser(libvirtQemuAccount(qemuConf).user).uid);
+  } catch {
+    /* no such account here: root's QEMUs only */
+  }
+  return uids;
 }
 
 function userName(uid: number): string | undefined {
@@ -181,6 +216,7 @@ function userName(uid: number): string | undefined {
 /** The report for these QEMUs; maps and taps are read now, program runs come from `opts.runs`. */
 export function buildReport(qemus: readonly QemuProcess[], opts: StatusOptions = {}): StatusReport {
   const emulatorOf = opts.emulatorOf ?? ((exe: string) => cachedEmulatorFacts(exe, opts.cacheDir));
+  const trusted = opts.trustedUids ?? trustedQemuUids();
   const domains: DomainStatus[] = qemus.map((q) => {
     const emulator = q.exe !== undefined ? emulatorOf(q.exe) : undefined;
     return {
@@ -190,7 +226,7 @@ export function buildReport(qemus: readonly QemuProcess[], opts: StatusOptions =
       ...(q.uid !== undefined ? { uid: q.uid } : {}),
       ...(q.uid !== undefined && userName(q.uid) !== undefined ? { user: userName(q.uid) } : {}),
       ...(q.exe !== undefined ? { emulator: { path: q.exe, ...(emulator?.version ? { version: emulator.version } : {}), ...(emulator?.problem ? { problem: emulator.problem } : {}) } } : {}),
-      nics: q.nics.map((n) => nicStatus(n, { pid: q.pid, emulator, runs: opts.runs })),
+      nics: q.nics.map((n) => nicStatus(n, { pid: q.pid, dupOk: q.uid !== undefined && trusted.has(q.uid), emulator, runs: opts.runs })),
       plainNics: q.plainNics.map((n) => plainNicStatus(q.pid, n, emulator)),
     };
   });
@@ -203,18 +239,16 @@ export function collectStatus(domain?: string, opts: StatusOptions = {}): Status
 }
 
 /**
- * Status with the program runs counted over `sampleMs` (0: not counted) and emulators the probe
- * cache does not know probed once, so that steering and hash-* properties are as sure as they
- * can be from the host.
+ * Status with the program runs counted over `sampleMs` (0: not counted), so that steering is as
+ * sure as it can be from the host. Emulators are never run from here: their hash-* properties
+ * come from the broker's probe cache.
  */
 export async function observeStatus(domain?: string, opts: StatusOptions & { sampleMs?: number } = {}): Promise<StatusReport> {
   const qemus = selectQemus(domain, opts);
-  const emulators = new Map<string, EmulatorFacts>();
-  for (const q of qemus) if (q.exe !== undefined && !emulators.has(q.exe)) emulators.set(q.exe, await emulatorFacts(q.exe, opts.cacheDir));
   const sampleMs = opts.sampleMs ?? DEFAULT_SAMPLE_MS;
   const targets = qemus.flatMap((q) => q.nics.flatMap((n) => (n.ebpf ? [{ progId: n.ebpf.progId, ...(n.tap ? { tap: n.tap } : {}) }] : [])));
   const runs = sampleMs > 0 ? await sampleRuns(targets, sampleMs) : undefined;
-  return buildReport(qemus, { ...opts, ...(runs ? { runs } : {}), emulatorOf: (exe) => emulators.get(exe) ?? {} });
+  return buildReport(qemus, { ...opts, ...(runs ? { runs } : {}) });
 }
 
 export function requireRootFor(what: string): void {

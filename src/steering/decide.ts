@@ -50,8 +50,12 @@ export interface SteeringFacts {
   /** `hash` on QEMU's command line: QEMU offers VIRTIO_NET_F_HASH_REPORT (undefined: not known, e.g. a hot-plugged NIC). */
   hashReportOffered: boolean | undefined;
   vhost: boolean;
-  /** An eBPF program QEMU holds is tied to this NIC. */
-  program: boolean;
+  /**
+   * An eBPF program QEMU holds is tied to this NIC (true), QEMU holds none for it (false), or
+   * it may hold one that could not be tied or used (undefined: fds named but unusable, several
+   * unnamed programs for several NICs).
+   */
+  program: boolean | undefined;
   header?: HeaderFact;
   runs?: RunFact;
   /** Tap queues attached right now (QEMU detaches those beyond the pairs the guest uses). */
@@ -115,7 +119,7 @@ const idleWithTraffic = (r: RunFact | undefined): boolean => r !== undefined && 
 export function decideSteering(f: SteeringFacts): Steering {
   const hr = guestHashReport(f);
   const evidence = [
-    `QEMU command line: rss=${f.rss ? 'on' : 'off'}, hash=${f.hashReportOffered === undefined ? 'unknown' : f.hashReportOffered ? 'on' : 'off'}, vhost=${f.vhost ? 'on' : 'off'}, ${f.program ? 'an eBPF program tied to the NIC' : 'no eBPF program'}`,
+    `QEMU command line: rss=${f.rss ? 'on' : 'off'}, hash=${f.hashReportOffered === undefined ? 'unknown' : f.hashReportOffered ? 'on' : 'off'}, vhost=${f.vhost ? 'on' : 'off'}, ${f.program === true ? 'an eBPF program tied to the NIC' : f.program === false ? 'no eBPF program' : 'an eBPF program that could not be tied to the NIC or used'}`,
     headerEvidence(f.header),
     runEvidence(f.runs),
     f.tapQueues !== undefined ? `tap queues attached: ${f.tapQueues}` : undefined,
@@ -128,6 +132,7 @@ export function decideSteering(f: SteeringFacts): Steering {
     const odd = hr === 'negotiated' ? ' (although the guest negotiated hash reporting, which QEMU 10.0-11.1 never run eBPF with)' : '';
     return answer('ebpf', 'certain', `the tap runs the NIC's program on the frames it passes to QEMU${odd}`);
   }
+  if (f.program === false && f.vhost) return answer('none', 'certain', 'QEMU holds no eBPF program and the NIC runs on vhost: QEMU then does not offer RSS to the guest');
   if (f.header && !('error' in f.header) && f.header.bytes === HEADER_INITIAL) {
     return answer('none', 'likely', "the guest's driver has not negotiated its features yet, so it cannot have turned RSS on; the tap picks queues itself");
   }
@@ -139,8 +144,10 @@ export function decideSteering(f: SteeringFacts): Steering {
       `the guest negotiated hash reporting, so QEMU never attaches the eBPF program and steers in software; ${seen}whether the guest has sent its RSS configuration yet (Linux 6.11+ at probe, older at \`ethtool -X\`) cannot be seen from the host`,
     );
   }
+  if (f.program === undefined) {
+    return answer('unknown', 'unknown', "QEMU's eBPF program for this NIC could not be tied to it or used (see the NIC's problems), so whether the tap runs it cannot be told");
+  }
   if (!f.program) {
-    if (f.vhost) return answer('none', 'certain', 'QEMU holds no eBPF program and the NIC runs on vhost: QEMU then does not offer RSS to the guest');
     return answer('software-no-ebpf', 'likely', "QEMU holds no eBPF program, so it steers in software once the guest turns RSS on (its log: \"Can't load eBPF RSS - fallback to software RSS\"); whether the guest has cannot be seen from the host");
   }
   if (f.tapQueues === 1) return answer('none', 'certain', 'only one tap queue is attached (the guest uses one queue pair): every frame goes to it, nothing is steered');

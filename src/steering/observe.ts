@@ -13,8 +13,15 @@ import { enableRunStats, openProgById, progInfo } from '../bpf/live';
 import { bpfFdInfo, OwnedFd } from '../fdpass';
 import { duplicateFdOf, tunVnetHeaderSize } from '../sys/libc';
 import type { HeaderFact, RunFact } from './decide';
+import { isVirtEbpfError } from '../errors';
 
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+/** The message and, for our typed errors, what to do (a duplicate needs ptrace access: root, and Yama's ptrace_scope below 3). */
+function remedied(e: unknown): string {
+  const remedy = isVirtEbpfError(e) ? e.remedy : undefined;
+  return remedy ? `${message(e)} (${remedy})` : message(e);
+}
 
 /** QEMU's fds on /dev/net/tun whose tap is `tap` (fdinfo `iff:`), in fd order. */
 export function tapFdsOf(pid: number, tap: string): number[] {
@@ -41,16 +48,26 @@ export function readTapHeader(pid: number, tap: string | undefined): HeaderFact 
     return { error: `cannot list QEMU's fds: ${message(e)}` };
   }
   if (fds.length === 0) return { error: `QEMU holds no queue of ${tap}` };
-  try {
-    const dup = new OwnedFd(duplicateFdOf(pid, fds[0]));
+  // Any queue answers (one header per tap); one closed or swapped meanwhile is skipped.
+  let last = '';
+  for (const fd of fds) {
     try {
-      return { bytes: tunVnetHeaderSize(dup.fd) };
-    } finally {
-      dup.close();
+      const dup = new OwnedFd(duplicateFdOf(pid, fd));
+      try {
+        // The copy itself must be this tap: the number may point elsewhere by now.
+        if (bpfFdInfo(dup.fd, process.pid).raw.iff !== tap) {
+          last = `fd ${fd} is no longer a queue of ${tap}`;
+          continue;
+        }
+        return { bytes: tunVnetHeaderSize(dup.fd) };
+      } finally {
+        dup.close();
+      }
+    } catch (e) {
+      last = remedied(e);
     }
-  } catch (e) {
-    return { error: message(e) };
   }
+  return { error: last };
 }
 
 function sysNet(tap: string, file: string): string {

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import { isVirtEbpfError, VirtEbpfError } from '../errors';
 import { POLICIES, type Policy } from './config';
-import { describeChange, disableDomain, enableDomain, isEnabled, readConfig, rssNics, type Change } from './transform';
+import { describeChange, disableDomain, enableDomain, isEnabled, readConfig, rssNics, warningLines, type Change } from './transform';
 
 export const DEFAULT_WRAPPER_DIR = '/usr/libexec/virt-ebpf';
 
@@ -120,7 +120,7 @@ function parse(argv: string[]): Parsed | 'help' {
 
 /** What a transform changed and warned about, one `virt-ebpf: …` line each (for stderr). */
 export function report(changes: Change[], warnings: string[]): string {
-  return [...changes.map((c) => `virt-ebpf: changed: ${describeChange(c)}\n`), ...warnings.map((w) => `virt-ebpf: warning: ${w}\n`)].join('');
+  return changes.map((c) => `virt-ebpf: changed: ${describeChange(c)}\n`).join('') + warningLines(warnings);
 }
 
 /**

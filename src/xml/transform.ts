@@ -599,3 +599,8 @@ export function domainFacts(xml: string): { enabled: boolean; config: XmlConfig 
   const view = readDomain(SourceDoc.parse(xml));
   return { enabled: enabledView(view), config: view.config ?? null, rssNics: rssNicsOf(view) };
 }
+
+/** The warnings of a command, one line each, for stderr (xml enable, enable, define). */
+export function warningLines(warnings: readonly string[]): string {
+  return warnings.map((w) => `virt-ebpf: warning: ${w}\n`).join('');
+}

@@ -80,6 +80,15 @@ test('no program: software RSS without vhost, none with vhost', () => {
   assert.deepEqual([sw.kind, sw.label, sw.confidence], ['software-no-ebpf', STEERING_LABELS['software-no-ebpf'], 'likely']);
   const vh = decideSteering({ ...base, program: false, vhost: true, maps: undefined });
   assert.deepEqual([vh.kind, vh.confidence], ['none', 'certain']);
+  const early = decideSteering({ ...base, program: false, vhost: true, header: { bytes: 10 }, maps: undefined });
+  assert.deepEqual([early.kind, early.confidence], ['none', 'certain'], 'vhost without a program: certain even before the driver negotiated');
+});
+
+test('a program QEMU may hold but that could not be tied to the NIC or used: unknown, never "QEMU holds no eBPF program"', () => {
+  const s = decideSteering({ ...base, program: undefined, maps: undefined, runs: traffic(0) });
+  assert.deepEqual([s.kind, s.confidence], ['unknown', 'unknown']);
+  assert.match(s.reason, /could not be tied to it or used/);
+  assert.ok(s.evidence[0].includes('an eBPF program that could not be tied to the NIC or used'), s.evidence[0]);
 });
 
 test('one tap queue attached or a driver not ready: nothing is steered', () => {

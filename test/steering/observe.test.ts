@@ -8,9 +8,12 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { lookupUser } from '../../src/sys/users';
 import { openProgById, progInfo, progTestRun } from '../../src/bpf';
-import { collectStatus } from '../../src/status';
+import { collectStatus, observeStatus, trustedQemuUids } from '../../src/status';
 import { HEADER_INITIAL, readTapHeader, sampleRuns, tapFdsOf, tapQueues } from '../../src/steering';
 import { needRoot, watchFds } from '../harness';
 import { startQemu, type TestQemu } from '../status/qemu';
@@ -78,4 +81,28 @@ test("status's steering for the paused QEMU: none (likely) — its driver has no
   assert.ok(s.evidence.some((e) => e === "tap vnet header 10 bytes (TUNGETVNETHDRSZ): the guest's driver has not set its features"), s.evidence.join('\n'));
   assert.ok(s.evidence.some((e) => e === 'tap queues attached: 4'));
   assert.equal(nic.hashReport, false);
+});
+
+test("a QEMU of an account other than root's or libvirt's QEMU account: its tap fds are never duplicated (its owner could swap them), and the answer says so", () => {
+  const nic = collectStatus(String(q.pid), { trustedUids: new Set([0]) }).domains[0].nics[0];
+  const s = nic.steering!;
+  assert.ok(
+    s.evidence.some((e) => e.startsWith("tap vnet header: unreadable (not read: this QEMU runs as neither root nor libvirt's QEMU account")),
+    s.evidence.join('\n'),
+  );
+  assert.notEqual(s.confidence, 'certain');
+  assert.equal(trustedQemuUids().has(lookupUser('libvirt-qemu').uid), true, "libvirt's QEMU account (qemu.conf) is trusted by default");
+});
+
+test('status and doctor never run an emulator: one the probe cache does not know is reported as not probed yet, and the cache stays empty', async () => {
+  const cacheDir = mkdtempSync(join(tmpdir(), 'vebpf-observe-cache-'));
+  try {
+    const report = await observeStatus(String(q.pid), { cacheDir, sampleMs: 0 });
+    const emulator = report.domains[0].emulator!;
+    assert.match(emulator.problem ?? '', /^not probed yet .*the broker probes it when a domain starts with it$/, JSON.stringify(emulator));
+    assert.equal(emulator.version, undefined);
+    assert.deepEqual(readdirSync(cacheDir), [], 'nothing was probed into the cache');
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
 });
