@@ -1,7 +1,8 @@
 /**
  * The host-side facts, read from a real QEMU 10 started by `virt-ebpf exec` as libvirt-qemu
- * with our eBPF fds and paused before any guest code (-S): its tap queues found by fd, the tap's
- * vnet header as QEMU set it at realize (no driver yet: 10 bytes), program runs counted exactly
+ * with our eBPF fds and paused before any guest code (-S): its tap queues found by fd (one of four
+ * attached: QEMU detaches the rest until a driver asks for them), the tap's vnet header as QEMU
+ * set it at realize (no driver yet: 10 bytes), program runs counted exactly
  * while the window is open (runs made with BPF_PROG_TEST_RUN, which the kernel counts the same
  * way), and status's steering answer for that NIC. The guest-backed checks are in
  * test/libvirt-guest/steering.test.ts.
@@ -39,7 +40,8 @@ test("QEMU's queues of the tap are found by fd, and the tap's vnet header reads 
   assert.equal(fds.length, 4, 'one fd per queue');
   for (const fd of fds) assert.match(readFileSync(`/proc/${q.pid}/fdinfo/${fd}`, 'utf8'), new RegExp(`^iff:\\s+${q.tap.name}$`, 'm'));
   assert.deepEqual(readTapHeader(q.pid, q.tap.name), { bytes: HEADER_INITIAL });
-  assert.equal(tapQueues(q.tap.name), 4, 'all four queues attached');
+  // QEMU detaches the tap's queues beyond the first at realize; a driver's `set queue pairs` attaches them.
+  assert.equal(tapQueues(q.tap.name), 1, 'one queue attached before a driver asks for more');
   assert.deepEqual(readTapHeader(q.pid, 'vebpf-nosuch'), { error: 'QEMU holds no queue of vebpf-nosuch' });
   assert.deepEqual(readTapHeader(q.pid, undefined), { error: 'the tap is unknown' });
   assert.equal(tapFdsOf(q.pid, q.tap.name).length, 4, 'the duplicate was closed again; QEMU still holds its own');
@@ -79,7 +81,7 @@ test("status's steering for the paused QEMU: none (likely) — its driver has no
   assert.deepEqual([s.kind, s.confidence, s.guestHashReport], ['none', 'likely', 'not-offered']);
   assert.match(s.reason, /not negotiated its features/);
   assert.ok(s.evidence.some((e) => e === "tap vnet header 10 bytes (TUNGETVNETHDRSZ): the guest's driver has not set its features"), s.evidence.join('\n'));
-  assert.ok(s.evidence.some((e) => e === 'tap queues attached: 4'));
+  assert.ok(s.evidence.some((e) => e === 'tap queues attached: 1'), s.evidence.join('\n'));
   assert.equal(nic.hashReport, false);
 });
 
@@ -90,7 +92,6 @@ test("a QEMU of an account other than root's or libvirt's QEMU account: its tap 
     s.evidence.some((e) => e.startsWith("tap vnet header: unreadable (not read: this QEMU runs as neither root nor libvirt's QEMU account")),
     s.evidence.join('\n'),
   );
-  assert.notEqual(s.confidence, 'certain');
   assert.equal(trustedQemuUids().has(lookupUser('libvirt-qemu').uid), true, "libvirt's QEMU account (qemu.conf) is trusted by default");
 });
 
