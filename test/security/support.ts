@@ -6,10 +6,10 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { lookupUser } from '../../src/sys/users';
 import { REPO, tempDir } from '../harness';
+import { ask, until } from '../broker/support';
 
 export const CLI = join(REPO, 'dist/src/cli/main.js');
 export const PEERS = join(REPO, 'test/security/peers.py');
@@ -24,42 +24,7 @@ export const QEMU_ACCOUNT: Account = { uid: qemuUser.uid, gid: qemuUser.gid };
 /** a local user the broker does not serve */
 export const STRANGER: Account = { uid: 65533, gid: 65533 };
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-export async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000, everyMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
-    await sleep(everyMs);
-  }
-}
-
-/** One request line from root over a fresh connection; resolves with the reply line (or rejects). */
-export function ask(socket: string, line: string | object, timeoutMs = 30_000): Promise<any> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(socket);
-    let buf = '';
-    const timer = setTimeout(() => {
-      s.destroy();
-      reject(new Error(`no reply within ${timeoutMs} ms`));
-    }, timeoutMs);
-    s.on('connect', () => s.write((typeof line === 'string' ? line : JSON.stringify(line)) + '\n'));
-    s.on('data', (c) => {
-      buf += c.toString('utf8');
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) {
-        clearTimeout(timer);
-        s.destroy();
-        resolve(JSON.parse(buf.slice(0, nl)));
-      }
-    });
-    s.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-  });
-}
+export { ask, sleep, until } from '../broker/support';
 
 /** Run peers.py as `who`; resolves with its JSON line. `extraArgv` lands in its /proc cmdline only. */
 export function hostile(who: Account, socket: string, action: string, args: string[] = [], opts: { extraArgv?: string[]; timeoutMs?: number } = {}): Promise<any> {
