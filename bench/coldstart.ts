@@ -14,14 +14,15 @@
  *  s. the boot storm: 32 domains × 2 RSS NICs (and 16 × 1) started at once on a broker that
  *     systemd-socket-activate starts on the first connection (empty pool), against the same
  *     domains without virt-ebpf (our hook out of qemu.d): all started with their fds, wall,
- *     per-start median and p95. BENCH_STORM_ROUNDS rounds (default 2), the order alternating.
+ *     per-start median and p95. BENCH_STORM_ROUNDS rounds (default 2), the order alternating;
+ *     BENCH_STORM picks the sizes.
  *
  * Uses an existing install and broker when there is one; otherwise installs (and uninstalls at
  * the end) and runs the installed broker as a child. BENCH_N=k multiplies the sample counts.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { cpus } from 'node:os';
-import { existsSync, renameSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
+import { chmodSync, existsSync, renameSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { brokerRequest, DEFAULT_SOCKET } from '../src/broker/client';
@@ -36,6 +37,8 @@ import { medianWithInterval, stats, table, Stats } from './stats';
 const N = Number(process.env.BENCH_N ?? 1);
 /** BENCH_COLDSTART=a,b,c picks sections (default all). */
 const ONLY = new Set((process.env.BENCH_COLDSTART ?? 'a,b,c,s').split(','));
+/** BENCH_STORM=32x2,16x1 (the default): the storms of section s, domains × RSS NICs each. */
+const STORMS = (process.env.BENCH_STORM ?? '32x2,16x1').split(',').map((s) => s.split('x').map(Number) as [number, number]);
 const PREFIX = `vebpf-bench-${process.pid}-`;
 const REAL_QEMU = '/usr/bin/qemu-system-x86_64';
 const WRAPPER = join(DEFAULT_PATHS.wrapperDir, 'qemu-system-x86_64');
@@ -304,6 +307,7 @@ async function coldBroker<T>(fn: () => Promise<T>): Promise<T> {
   const act = spawn('systemd-socket-activate', ['-l', DEFAULT_SOCKET, process.execPath, INSTALLED_CLI, 'broker'], { stdio: 'ignore' });
   try {
     for (let i = 0; i < 500 && !existsSync(DEFAULT_SOCKET); i++) await new Promise((r) => setTimeout(r, 10));
+    chmodSync(DEFAULT_SOCKET, 0o666); // what our socket unit's SocketMode=0666 does: QEMU's account must connect
     return await fn();
   } finally {
     act.kill('SIGTERM');
@@ -373,8 +377,7 @@ async function main(): Promise<void> {
     if (ONLY.has('c')) await benchParallel(scratch, out);
     if (ONLY.has('s')) {
       if (ownBroker) await broker.stop(); // the storm starts its own, cold
-      await benchStorm(scratch, out, 32, 2);
-      await benchStorm(scratch, out, 16, 1);
+      for (const [k, nics] of STORMS) await benchStorm(scratch, out, k, nics);
       if (ownBroker) await broker.start();
     }
     if (ownBroker && ONLY.has('a')) {
