@@ -221,7 +221,7 @@ export const COMMANDS: Record<string, Command> = {
   },
   status: {
     summary: 'show which running NICs steer with eBPF RSS and what the guest set (root)',
-    usage: 'virt-ebpf status [DOMAIN] [--json] [--sample MS]',
+    usage: 'virt-ebpf status [DOMAIN] [--json | --prometheus] [--sample MS]',
     async run(argv) {
       const { runStatus } = await import('../status');
       const r = await runStatus(argv);

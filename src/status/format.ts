@@ -100,6 +100,8 @@ export interface NicStatus {
   state: NicState;
   summary: string;
   rss?: RssView;
+  /** `sha256:…` of `rss` (fleet.ts tableDigest), present with it: equal on two NICs that steer the same. */
+  tableDigest?: string;
   histogram?: QueueShare[];
   problems: string[];
 }
@@ -213,7 +215,7 @@ export function formatStatus(r: StatusReport): string {
   return out.join('\n');
 }
 
-/** `--json`: the report as data (stable field names; the key as hex, the table as numbers). */
+/** `--json`: the report as data (docs/status-schema.md; the key as hex, the table as numbers). */
 export function statusJson(r: StatusReport): string {
   return JSON.stringify(r, null, 2);
 }

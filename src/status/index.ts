@@ -1,7 +1,9 @@
 /**
- * `virt-ebpf status [DOMAIN] [--json]`: which running QEMU NICs steer with eBPF RSS, and what the
- * guest configured — read live from the kernel maps QEMU writes.
+ * `virt-ebpf status [DOMAIN] [--json | --prometheus]`: which running QEMU NICs steer with eBPF
+ * RSS, and what the guest configured — read live from the kernel maps QEMU writes.
  */
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { VirtEbpfError } from '../errors';
 import { parseArgs } from '../options';
 import { discoverQemus, type DiscoverOptions, type QemuProcess, type DiscoveredNic } from './discover';
@@ -12,6 +14,8 @@ import { lookupUser } from '../sys/users';
 import { binaryIdentity, DEFAULT_CACHE_DIR, readCache, versionString } from '../emulator';
 import { decideSteering, readTapHeader, sampleRuns, STEERING_LABELS, tapQueues, type MapsFact, type RunFact, type Steering } from '../steering';
 import { libvirtQemuAccount } from '../broker/config';
+import { hostUuidFrom, statusDocument, tableDigest, type HostFacts } from './fleet';
+import { statusPrometheus } from './prometheus';
 
 export { discoverQemus, discoverNics, discoverPlainNics, defaultNoEbpfReason, type DiscoverOptions, type QemuProcess, type QemuFacts, type DiscoveredNic, type NicEbpf, type NoEbpfExplainer } from './discover';
 export { parseQemuRssArgs, parseNetdevs, numericFds, looksLikeQemu, assignRssMapRoles, type NicArgs, type NetdevArgs, type QemuArgs, type MapShape } from './nics';
@@ -33,8 +37,10 @@ export {
   type DomainStatus,
   type StatusReport,
 } from './format';
+export { STATUS_SCHEMA, statusDocument, tableDigest, tableDigestInput, hostUuidFrom, libvirtUuid, type HostFacts, type HostUuidSource, type StatusDocument } from './fleet';
+export { statusPrometheus, escapeLabelValue } from './prometheus';
 
-export const STATUS_USAGE = 'virt-ebpf status [DOMAIN] [--json] [--sample MS]';
+export const STATUS_USAGE = 'virt-ebpf status [DOMAIN] [--json | --prometheus] [--sample MS]';
 
 /** A domain given as name, UUID or QEMU pid. */
 export function matchesDomain(q: Pick<QemuProcess, 'pid' | 'domain'>, wanted: string): boolean {
@@ -169,7 +175,7 @@ export function nicStatus(nic: DiscoveredNic, ctx: NicContext = {}): NicStatus {
     const raw = readRssMaps(nic.ebpf.mapIds);
     const rss = decodeRssView(raw);
     const { state, summary } = classify(rss, raw.keyValue.every((b) => b === 0));
-    read = { ...base, ebpf: nic.ebpf, state, summary, rss, histogram: queueHistogram(rss.table, nic.backend?.queues) };
+    read = { ...base, ebpf: nic.ebpf, state, summary, rss, tableDigest: tableDigest(rss), histogram: queueHistogram(rss.table, nic.backend?.queues) };
   } catch (e) {
     read = { ...base, ebpf: nic.ebpf, state: 'unreadable', summary: `cannot read the maps: ${(e as Error).message}` };
   }
@@ -266,14 +272,37 @@ export function parseSampleMs(v: string | undefined): number {
   return Number(v);
 }
 
-/** The CLI entry: exit code 0, or 1 when a NIC's maps could not be read. */
+function readOptional(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined; // absent or unreadable: hostUuidFrom says what that means
+  }
+}
+
+/** This host's name and libvirt's host UUID as far as files tell it (libvirtd is not asked). */
+export function readHostFacts(libvirtdConf = '/etc/libvirt/libvirtd.conf'): HostFacts {
+  return {
+    name: hostname(),
+    ...hostUuidFrom({ libvirtdConf: readOptional(libvirtdConf), productUuid: readOptional('/sys/class/dmi/id/product_uuid'), machineId: readOptional('/etc/machine-id') }),
+  };
+}
+
+/**
+ * The CLI entry. Exit code 0, or 1 when a NIC's maps could not be read — except with
+ * --prometheus, where an unreadable NIC is a sample (its rss_state) and the exposition is
+ * complete, so a textfile collector's timer keeps publishing.
+ */
 export async function runStatus(argv: readonly string[]): Promise<{ stdout: string; code: number }> {
-  const a = parseArgs(argv, { flags: ['json'], values: ['sample'] }, 'status');
+  const a = parseArgs(argv, { flags: ['json', 'prometheus'], values: ['sample'] }, 'status');
   if (a.positional.length > 1) throw new VirtEbpfError('USAGE', `status takes at most one DOMAIN, got ${a.positional.length}`, { remedy: `usage: ${STATUS_USAGE}` });
+  if (a.flags.has('json') && a.flags.has('prometheus')) throw new VirtEbpfError('USAGE', 'status: --json and --prometheus are two output formats; choose one', { remedy: `usage: ${STATUS_USAGE}` });
   const sampleMs = parseSampleMs(a.values.get('sample'));
   requireRootFor('status');
   const report = await observeStatus(a.positional[0], { sampleMs });
-  const text = a.flags.has('json') ? statusJson(report) : formatStatus(report);
-  const unreadable = report.domains.some((d) => d.nics.some((n) => n.state === 'unreadable'));
-  return { stdout: text + '\n', code: unreadable ? 1 : 0 };
+  const code = report.domains.some((d) => d.nics.some((n) => n.state === 'unreadable')) ? 1 : 0;
+  if (!a.flags.has('json') && !a.flags.has('prometheus')) return { stdout: formatStatus(report) + '\n', code };
+  const doc = statusDocument(report, readHostFacts(), new Date());
+  if (a.flags.has('prometheus')) return { stdout: statusPrometheus(doc), code: 0 };
+  return { stdout: statusJson(doc) + '\n', code };
 }
