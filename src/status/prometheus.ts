@@ -89,7 +89,7 @@ export function statusPrometheus(doc: StatusDocument): string {
       const nic = n.nic;
       add(
         'virt_ebpf_nic_info',
-        'A virtio-net NIC of a listed QEMU: host, MAC, tap, netdev, whether it asked for RSS, vhost, and how its program was found.',
+        'A virtio-net NIC of a listed QEMU: host, MAC, tap, netdev, whether it asked for RSS, vhost, and whether it is on QEMU\'s command line (origin).',
         { ...key, host, mac: nic.mac ?? '', tap: nic.tap ?? '', netdev: nic.netdev ?? '', rss: n.rss ? 'on' : 'off', vhost: String(nic.vhost ?? false), origin: n.rss ? n.nic.origin : 'command-line' },
         1,
       );
