@@ -7,17 +7,23 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { mapUpdate, openMapById, loadRss } from '../../src/bpf';
 import { encodeRssConfig, HASH_TYPES_LINUX_DEFAULT, keyToMapValue, MS_RSS_KEY } from '../../src/rss';
-import { collectStatus, runStatus, type StatusReport } from '../../src/status';
+import { collectStatus, runStatus, type StatusDocument, type StatusReport } from '../../src/status';
 import { formatVerification, runVerify, verifyProgram } from '../../src/verify';
 import { isVirtEbpfError } from '../../src/errors';
 import { getfd, QmpClient } from '../../src/qmp';
 import { lookupUser } from '../../src/sys/users';
-import { needRoot, watchFds } from '../harness';
+import { needRoot, tempDir, watchFds } from '../harness';
 import { rssObject } from '../bpf/fixture';
-import { cli, fdinfoIds, QEMU_USER, startQemu, type TestQemu } from './qemu';
+import { CLI, cli, fdinfoIds, QEMU_USER, startQemu, type TestQemu } from './qemu';
+import { parseExposition, type PromFamily } from './prom';
+import { schemaViolations } from './schema';
 
 let execd: TestQemu;
 let checkFds: () => void;
@@ -230,4 +236,67 @@ test('unknown domain and unknown NIC are one-line errors with a remedy', async (
   // by MAC and by tap name too
   assert.equal((await runVerify([execd.name, '--nic', execd.mac.toUpperCase(), '--flows', '8'])).code, 0);
   assert.equal((await runVerify([execd.name, '--nic', execd.tap.name, '--flows', '8'])).code, 0);
+});
+
+/** docs/status-schema.md's digest, built here from what was written into the maps (not from status's reading of them). */
+function documentedDigest(table: readonly number[], defaultQueue: number): string {
+  const text = ['virt-ebpf.rss/v1', 'redirect=1', 'populate_hash=0', `hash_types=${HASH_TYPES_LINUX_DEFAULT}`, `indirections_len=${table.length}`, `default_queue=${defaultQueue}`, `key=${MS_RSS_KEY.toString('hex')}`, `table=${table.join(',')}`, ''].join('\n');
+  return `sha256:${createHash('sha256').update(text).digest('hex')}`;
+}
+
+/** The samples of `name` for the exec-started QEMU's NIC net0. */
+function net0(fams: Map<string, PromFamily>, name: string): Array<{ labels: Record<string, string>; value: number }> {
+  const f = fams.get(name);
+  assert.ok(f, `no family ${name}`);
+  return f.samples.filter((x) => x.labels.uuid === execd.uuid && x.labels.nic === 'net0');
+}
+
+test('fleet view: --json and --prometheus agree with each other and with the kernel on MAC, digest, program and map ids; the textfile recipe works', async () => {
+  const fds = deviceFds(execd);
+  const ids = fdinfoIds(execd.pid, fds);
+  writeRss(ids.slice(1), TABLE);
+
+  const json = await cli(['status', execd.name, '--json']);
+  assert.equal(json.code, 0, json.stderr);
+  const doc = JSON.parse(json.stdout) as StatusDocument;
+  assert.deepEqual(schemaViolations(doc), [], 'a real document conforms to the schema');
+  assert.equal(doc.host.name, hostname());
+  assert.ok(Math.abs(Date.parse(doc.collectedAt) - Date.now()) < 60_000, doc.collectedAt);
+  const nic = doc.domains[0].nics[0];
+  assert.deepEqual([doc.domains[0].uuid, nic.mac, nic.ebpf?.progId, nic.ebpf?.mapIds], [execd.uuid, execd.mac, ids[0], ids.slice(1)]);
+  assert.equal(nic.tableDigest, documentedDigest(TABLE, 0));
+
+  const prom = await cli(['status', execd.name, '--prometheus']);
+  assert.equal(prom.code, 0, prom.stderr);
+  const fams = parseExposition(prom.stdout);
+  assert.deepEqual(
+    net0(fams, 'virt_ebpf_nic_info').map((x) => [x.labels.domain, x.labels.mac, x.labels.tap, x.labels.host]),
+    [[execd.name, execd.mac, execd.tap.name, hostname()]],
+  );
+  assert.deepEqual(net0(fams, 'virt_ebpf_nic_program_id').map((x) => x.value), [ids[0]]);
+  assert.deepEqual(net0(fams, 'virt_ebpf_nic_map_id').map((x) => [x.labels.map, x.value]), [['config', ids[1]], ['key', ids[2]], ['table', ids[3]]]);
+  assert.deepEqual(net0(fams, 'virt_ebpf_nic_table_digest_info').map((x) => x.labels.digest), [nic.tableDigest]);
+  assert.deepEqual(net0(fams, 'virt_ebpf_nic_table_entries').map((x) => x.value), nic.histogram!.map((h) => h.entries));
+  assert.deepEqual(net0(fams, 'virt_ebpf_nic_steering').filter((x) => x.value === 1).map((x) => x.labels.kind), [nic.steering!.kind]);
+  assert.deepEqual(net0(fams, 'virt_ebpf_nic_rss_state').filter((x) => x.value === 1).map((x) => x.labels.state), ['active']);
+  const info = fams.get('virt_ebpf_status_info')!.samples[0].labels;
+  assert.deepEqual([info.schema, info.host, info.host_uuid, info.host_uuid_source], [doc.schema, doc.host.name, doc.host.uuid ?? '', doc.host.uuidSource ?? '']);
+
+  // The guest changes one entry: both outputs follow the kernel.
+  const changed = TABLE.map((q, i) => (i === 5 ? 3 : q));
+  writeRss(ids.slice(1), changed);
+  const after = JSON.parse((await cli(['status', execd.name, '--json', '--sample', '0'])).stdout) as StatusDocument;
+  assert.equal(after.domains[0].nics[0].tableDigest, documentedDigest(changed, 0));
+  assert.notEqual(after.domains[0].nics[0].tableDigest, nic.tableDigest);
+
+  // The textfile collector recipe from docs/status-schema.md, with this build's CLI.
+  const dir = tempDir('virt-ebpf-textfile-');
+  try {
+    const cmd = `"$0" "$1" status --prometheus --sample 0 > "$2/virt-ebpf.prom.$$" && mv "$2/virt-ebpf.prom.$$" "$2/virt-ebpf.prom"`;
+    execFileSync('sh', ['-c', cmd, process.execPath, CLI, dir.path]);
+    const published = parseExposition(readFileSync(join(dir.path, 'virt-ebpf.prom'), 'utf8'));
+    assert.deepEqual(net0(published, 'virt_ebpf_nic_table_digest_info').map((x) => x.labels.digest), [after.domains[0].nics[0].tableDigest]);
+  } finally {
+    dir.remove();
+  }
 });
