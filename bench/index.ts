@@ -5,9 +5,11 @@
  *  - load: one RSS context (libbpf + kernel verifier), against `bpftool prog load` of the same
  *    object (the kernel's limit, as a whole process) and parse + validate only (pure)
  *  - handoff: 4 fds sent and received over a unix socket, against the same message without fds
+ *  - cold broker: socket activation to the first reply, against bare Node answering one line
+ *  - broker memory: an idle broker's RSS, fresh and after a pool fill, against bare Node
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +19,7 @@ import { loadRss, parseRssObject } from '../src/bpf';
 import { recvFds, sendFds } from '../src/fdpass';
 import * as libc from '../src/sys/libc';
 import { QmpClient, QmpTransport } from '../src/qmp';
+import { brokerRequest } from '../src/broker/client';
 import { sample, stats, table } from './stats';
 
 const QEMU = process.env.VIRT_EBPF_TEST_QEMU ?? '/usr/bin/qemu-system-x86_64';
@@ -64,6 +67,70 @@ async function firstReply(dir: string, command: string[]): Promise<number> {
     act.kill('SIGTERM');
     await new Promise((r) => act.once('exit', r));
   }
+}
+
+interface Resident {
+  rss: number;
+  anon: number;
+  file: number;
+}
+
+/** VmRSS, RssAnon and RssFile of a process, in MiB. */
+function resident(pid: number): Resident {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { rss: kib('VmRSS') / 1024, anon: kib('RssAnon') / 1024, file: (kib('RssFile') + kib('RssShmem')) / 1024 };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * What an idle broker holds: started (no request yet), and after its pool filled with its loader
+ * threads ended (pool.loaderIdleMs 1 s here) — against bare Node listening on a socket.
+ */
+async function brokerMemory(dir: string): Promise<{ bare: Resident; fresh: Resident; filled: Resident }> {
+  const sock = join(dir, 'mem.sock');
+  const config = join(dir, 'mem-broker.json');
+  writeFileSync(config, JSON.stringify({ socket: sock, cacheDir: join(dir, 'mem-cache'), pool: { size: 2, loaderIdleMs: 1000 } }));
+  const bareNode = spawn(process.execPath, ['-e', `require('net').createServer(() => {}).listen(${JSON.stringify(join(dir, 'bare.sock'))})`], { stdio: 'ignore' });
+  const broker = spawn(process.execPath, [CLI, 'broker', '--config', config], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 500 && !existsSync(sock); i++) await sleep(10);
+    await sleep(1500);
+    const bare = resident(bareNode.pid!);
+    const fresh = resident(broker.pid!);
+    brokerRequest({ op: 'prewarm', emulator: QEMU, count: 2 }, { socket: sock, timeoutMs: 60_000 });
+    for (let i = 0; i < 600; i++) {
+      const { reply } = brokerRequest({ op: 'status' }, { socket: sock });
+      const pools = reply.op === 'status' ? reply.pools : [];
+      if (pools.some((p) => p.ready >= 2)) break;
+      await sleep(100);
+    }
+    await sleep(3000); // the loader threads' idle time, then their end
+    return { bare, fresh, filled: resident(broker.pid!) };
+  } finally {
+    bareNode.kill();
+    broker.kill();
+  }
+}
+
+function memoryTable(runs: Array<{ bare: Resident; fresh: Resident; filled: Resident }>): string {
+  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const row = (name: string, pick: (r: (typeof runs)[number]) => Resident, baseline?: boolean) => {
+    const rss = med(runs.map((r) => pick(r).rss));
+    const ratio = baseline ? '—' : `${(rss / med(runs.map((r) => r.bare.rss))).toFixed(2)}× bare Node`;
+    return `| ${name} | ${rss.toFixed(1)} MiB | ${med(runs.map((r) => pick(r).anon)).toFixed(1)} MiB | ${med(runs.map((r) => pick(r).file)).toFixed(1)} MiB | ${ratio} |`;
+  };
+  return [
+    `### broker resident memory, idle (median of ${runs.length} brokers; RSS = anonymous + file-backed, the node binary's pages included)`,
+    '',
+    '| process | RSS | anonymous | file | ratio (RSS) |',
+    '|---|---|---|---|---|',
+    row('Node listening on a socket (baseline)', (r) => r.bare, true),
+    row('virt-ebpf broker, started, no request yet', (r) => r.fresh),
+    row('virt-ebpf broker, pool of 2 filled, loader threads ended', (r) => r.filled),
+    '',
+  ].join('\n');
 }
 
 async function main(): Promise<void> {
@@ -143,6 +210,9 @@ async function main(): Promise<void> {
         { name: 'virt-ebpf broker: hello', stats: stats(coldBroker), baseline: 'Node answering one line on fd 3 (no module of ours)' },
       ]),
     );
+    const memory = [];
+    for (let i = 0; i < 3 * N; i++) memory.push(await brokerMemory(cache));
+    out.push(memoryTable(memory));
   } finally {
     rmSync(cache, { recursive: true, force: true });
   }

@@ -77,16 +77,14 @@ export function classify(view: RssView, rawKeyAllZero: boolean): { state: NicSta
   return { state: 'active', summary: `on: ${view.indirectionsLen} table entries, default queue ${view.defaultQueue}, ${types}` };
 }
 
-export interface NicStatus {
-  /** 'unnamed-program': a program QEMU holds that no command-line NIC names (a hot-plugged NIC). */
-  origin: 'command-line' | 'unnamed-program';
+/** What names a virtio-net NIC and its backend, for NICs with RSS and without alike. */
+export interface NicIdentity {
   id?: string;
   netdev?: string;
   mac?: string;
   tap?: string;
   queues?: number;
   vhost?: boolean;
-  ebpf?: NicEbpf;
   /** `hash` on QEMU's command line (libvirt's rss_hash_report): hash reporting offered to the guest. */
   hashReport: boolean;
   /**
@@ -95,6 +93,12 @@ export interface NicStatus {
    * could not be probed.
    */
   hashProperties?: Record<string, string>;
+}
+
+export interface NicStatus extends NicIdentity {
+  /** 'unnamed-program': a program QEMU holds that no command-line NIC names (a hot-plugged NIC). */
+  origin: 'command-line' | 'unnamed-program';
+  ebpf?: NicEbpf;
   /** Which steering is in effect, how sure, and on what evidence. */
   steering?: Steering;
   state: NicState;
@@ -107,15 +111,7 @@ export interface NicStatus {
 }
 
 /** A virtio-net NIC of the same QEMU without RSS: no eBPF, no maps, steering none. */
-export interface PlainNicStatus {
-  id?: string;
-  netdev?: string;
-  mac?: string;
-  tap?: string;
-  queues?: number;
-  vhost?: boolean;
-  hashReport: boolean;
-  hashProperties?: Record<string, string>;
+export interface PlainNicStatus extends NicIdentity {
   steering: Steering;
 }
 

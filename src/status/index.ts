@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { VirtEbpfError } from '../errors';
 import { parseArgs } from '../options';
 import { discoverQemus, type DiscoverOptions, type QemuProcess, type DiscoveredNic } from './discover';
-import { classify, decodeRssView, formatStatus, queueHistogram, statusJson, type DomainStatus, type NicState, type NicStatus, type PlainNicStatus, type StatusReport } from './format';
+import { classify, decodeRssView, formatStatus, queueHistogram, statusJson, type DomainStatus, type NicIdentity, type NicState, type NicStatus, type PlainNicStatus, type StatusReport } from './format';
 import { readRssMaps } from './live';
 import type { NicArgs } from './nics';
 import { lookupUser } from '../sys/users';
@@ -152,10 +152,9 @@ function steeringFor(ctx: NicContext, nic: DiscoveredNic, state: NicState | unde
   }
 }
 
-export function nicStatus(nic: DiscoveredNic, ctx: NicContext = {}): NicStatus {
-  const hashProperties = hashPropertiesOf(nic, ctx.emulator);
-  const base = {
-    origin: nic.origin,
+function nicIdentity(nic: DiscoveredNic, emulator: EmulatorFacts | undefined): NicIdentity {
+  const hashProperties = hashPropertiesOf(nic, emulator);
+  return {
     ...(nic.id !== undefined ? { id: nic.id } : {}),
     ...(nic.netdev !== undefined ? { netdev: nic.netdev } : {}),
     ...(nic.mac !== undefined ? { mac: nic.mac } : {}),
@@ -163,8 +162,11 @@ export function nicStatus(nic: DiscoveredNic, ctx: NicContext = {}): NicStatus {
     ...(nic.backend ? { queues: nic.backend.queues, vhost: nic.backend.vhost } : {}),
     hashReport: nic.hashReport === true,
     ...(hashProperties ? { hashProperties } : {}),
-    problems: [...nic.problems],
   };
+}
+
+export function nicStatus(nic: DiscoveredNic, ctx: NicContext = {}): NicStatus {
+  const base = { origin: nic.origin, ...nicIdentity(nic, ctx.emulator), problems: [...nic.problems] };
   const withSteering = (s: NicStatus): NicStatus => ({ ...s, ...steeringFor(ctx, nic, s.state) });
   if (!nic.ebpf) {
     if (nic.noEbpf !== undefined) return withSteering({ ...base, state: 'no-ebpf', summary: `asked for RSS but runs without eBPF: ${nic.noEbpf}` });
@@ -183,17 +185,7 @@ export function nicStatus(nic: DiscoveredNic, ctx: NicContext = {}): NicStatus {
 }
 
 export function plainNicStatus(pid: number, nic: DiscoveredNic, emulator?: EmulatorFacts): PlainNicStatus {
-  const hashProperties = hashPropertiesOf(nic, emulator);
-  return {
-    ...(nic.id !== undefined ? { id: nic.id } : {}),
-    ...(nic.netdev !== undefined ? { netdev: nic.netdev } : {}),
-    ...(nic.mac !== undefined ? { mac: nic.mac } : {}),
-    ...(nic.tap !== undefined ? { tap: nic.tap } : {}),
-    ...(nic.backend ? { queues: nic.backend.queues, vhost: nic.backend.vhost } : {}),
-    hashReport: nic.hashReport === true,
-    ...(hashProperties ? { hashProperties } : {}),
-    steering: steeringOf({ pid, dupOk: false }, nic, undefined),
-  };
+  return { ...nicIdentity(nic, emulator), steering: steeringOf({ pid, dupOk: false }, nic, undefined) };
 }
 
 /**
