@@ -53,6 +53,40 @@ function qemuRxUsed(domain: { name: string; device: string }, queues: number): n
   });
 }
 
+export interface RxCounter {
+  by: Counted['by'];
+  read: () => Promise<number[]>;
+  before: number[];
+}
+
+/** Every per-queue RX counter there is for this NIC (see the top of this file), read now. */
+export async function rxCounters(o: Pick<FlowCheck, 'console' | 'iface' | 'queues' | 'domain'>): Promise<RxCounter[]> {
+  const counters: RxCounter[] = [];
+  const guestBefore = await o.console.rxPacketsPerQueue(o.iface);
+  if (guestBefore.length > 0) counters.push({ by: 'guest', read: () => o.console.rxPacketsPerQueue(o.iface), before: guestBefore });
+  if (o.domain) {
+    const d = o.domain;
+    counters.push({ by: 'qemu', read: async () => qemuRxUsed(d, o.queues), before: qemuRxUsed(d, o.queues) });
+  }
+  assert.ok(counters.length > 0, 'no per-queue counter: the guest has none in ethtool -S and the caller named no libvirt domain');
+  return counters;
+}
+
+/** Each counter's per-queue delta once `total` packets are counted (or 20 s passed). */
+export async function countedPerQueue(counters: readonly RxCounter[], total: number): Promise<Counted[]> {
+  const counted: Counted[] = [];
+  for (const c of counters) {
+    let delta: number[] = [];
+    const deadline = Date.now() + 20_000;
+    do {
+      const now = await c.read();
+      delta = now.map((n, q) => (c.by === 'qemu' ? (n - c.before[q] + 0x10000) % 0x10000 : n - (c.before[q] ?? 0)));
+    } while (delta.reduce((a, b) => a + b, 0) < total && Date.now() < deadline);
+    counted.push({ by: c.by, delta });
+  }
+  return counted;
+}
+
 function bound(address: string): Promise<Socket> {
   const s = createSocket('udp4');
   return new Promise((resolve, reject) => s.bind({ address, port: 0 }, () => resolve(s)).once('error', reject));
@@ -77,32 +111,18 @@ export async function assertFlowsLandWherePredicted(o: FlowCheck): Promise<{ cou
     for (const c of v.checks) predicted[c.live % o.queues]++;
     assert.ok(predicted.every((n) => n > 0), `the flows spread over every queue: ${predicted}`);
 
-    const guestBefore = await o.console.rxPacketsPerQueue(o.iface);
-    const counters: Array<{ by: Counted['by']; read: () => Promise<number[]>; before: number[] }> = [];
-    if (guestBefore.length > 0) counters.push({ by: 'guest', read: () => o.console.rxPacketsPerQueue(o.iface), before: guestBefore });
-    if (o.domain) {
-      const d = o.domain;
-      counters.push({ by: 'qemu', read: async () => qemuRxUsed(d, o.queues), before: qemuRxUsed(d, o.queues) });
-    }
-    assert.ok(counters.length > 0, 'no per-queue counter: the guest has none in ethtool -S and the caller named no libvirt domain');
+    const counters = await rxCounters(o);
     for (const [i, f] of flows.entries()) {
       const s = sockets[Math.floor(i / 25)];
       await new Promise<void>((resolve, reject) => s.send(Buffer.from('flow'), f.dport!, o.guestIp, (e) => (e ? reject(e) : resolve())));
     }
-    const counted: Counted[] = [];
-    for (const c of counters) {
-      let delta: number[] = [];
-      const deadline = Date.now() + 20_000;
-      do {
-        const now = await c.read();
-        delta = now.map((n, q) => (c.by === 'qemu' ? (n - c.before[q] + 0x10000) % 0x10000 : n - (c.before[q] ?? 0)));
-      } while (delta.reduce((a, b) => a + b, 0) < flows.length && Date.now() < deadline);
-      assert.equal(delta.length, o.queues, `${c.by}: ${delta.length} RX queues counted`);
+    const counted = await countedPerQueue(counters, flows.length);
+    for (const { by, delta } of counted) {
+      assert.equal(delta.length, o.queues, `${by}: ${delta.length} RX queues counted`);
       // Exact everywhere except that the default queue (0) may also get the ARP reply the
       // guest's ICMP answers need (ARP is not IP: the program sends it to the default queue).
-      for (let q = 1; q < o.queues; q++) assert.equal(delta[q], predicted[q], `${c.by}, queue ${q}: ${delta} vs ${predicted}`);
-      assert.ok(delta[0] >= predicted[0] && delta[0] <= predicted[0] + 3, `${c.by}, queue 0: ${delta} vs ${predicted}`);
-      counted.push({ by: c.by, delta });
+      for (let q = 1; q < o.queues; q++) assert.equal(delta[q], predicted[q], `${by}, queue ${q}: ${delta} vs ${predicted}`);
+      assert.ok(delta[0] >= predicted[0] && delta[0] <= predicted[0] + 3, `${by}, queue 0: ${delta} vs ${predicted}`);
     }
     return { counted, predicted };
   } finally {

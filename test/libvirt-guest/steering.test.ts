@@ -16,7 +16,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSocket, type Socket } from 'node:dgram';
-import { ensureFixture, parseEthtoolRss, parseEthtoolStats, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../../src/guest';
+import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../../src/guest';
+import { countedPerQueue, rxCounters, type Counted } from './flows';
 import { ip } from '../../src/guest/tap';
 import { probeEmulator } from '../../src/emulator';
 import { HASH_TYPES_LINUX_DEFAULT, referenceQueue, type Flow } from '../../src/rss';
@@ -175,24 +176,18 @@ test("net1's flows land on the guest queues where QEMU's software RSS puts them 
   for (const f of flows) predicted[referenceQueue(f, state).queue]++;
   assert.ok(predicted.filter((n) => n > 0).length > 1, `the flows spread over several queues: ${predicted}`);
 
-  const stats = async (): Promise<number[]> => parseEthtoolStats((await guest.console.run('ethtool -S eth1')).output).rxPackets;
-  /** Sends every flow once; the guest's rx count per queue over that round. */
-  const round = async (): Promise<number[]> => {
-    const before = await stats();
+  /** Sends every flow once; each per-queue counter there is (the guest's, QEMU's) over that round. */
+  const round = async (): Promise<Counted[]> => {
+    const counters = await rxCounters({ console: guest.console, iface: 'eth1', queues: QUEUES, domain: { name: guest.name, device: 'net1' } });
     for (const f of flows) await new Promise<void>((resolve, reject) => sockets[1].send(Buffer.from('flow'), f.dport!, NET[1].guest, (e) => (e ? reject(e) : resolve())));
-    let delta: number[] = [];
-    const deadline = Date.now() + 20_000;
-    do {
-      const now = await stats();
-      delta = now.map((n, q) => n - (before[q] ?? 0));
-    } while (delta.reduce((a, b) => a + b, 0) < flows.length && Date.now() < deadline);
-    return delta;
+    return countedPerQueue(counters, flows.length);
   };
+  const show = (counted: Counted[]) => counted.map((c) => `${c.by} ${c.delta.join(' ')}`).join(', ');
   // A first round wakes every queue of a guest under TCG (its NAPI and ring refills); the second is measured.
-  console.log(`# ${tap}: warm-up round, rx per queue ${(await round()).join(' ')}`);
-  const delta = await round();
-  console.log(`# ${tap}: rx per queue ${delta.join(' ')}, software RSS reference ${predicted.join(' ')}`);
-  assert.deepEqual(delta, predicted, 'every flow on the queue the RSS table gives: QEMU steers net1 in software');
+  console.log(`# ${tap}: warm-up round, rx per queue ${show(await round())}`);
+  const counted = await round();
+  console.log(`# ${tap}: rx per queue ${show(counted)}, software RSS reference ${predicted.join(' ')}`);
+  for (const { by, delta } of counted) assert.deepEqual(delta, predicted, `${by}: every flow on the queue the RSS table gives: QEMU steers net1 in software`);
 });
 
 test('status (text) and doctor say it in one line per NIC; doctor suggests the fix for the hash-report NIC', async () => {
