@@ -7,9 +7,9 @@
  * the object's digest), and it is used only while the binary identity still matches. Anything
  * else is a miss, and the emulator is probed again. Writes are atomic (temp file + rename).
  */
-import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync, constants } from 'node:fs';
+import { chmodSync, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, constants } from 'node:fs';
 import { join } from 'node:path';
+import { replaceAtomically } from '../sys/atomic';
 import { BinaryIdentity, EmulatorCaps, capsShapeProblem, sha256 } from './caps';
 import { sameIdentity } from './identity';
 
@@ -100,23 +100,11 @@ export function writeCache(dir: string, caps: EmulatorCaps, env?: Record<string,
   const problem = prepareCacheDir(dir);
   if (problem) return problem;
   const file = cacheFile(dir, caps.realpath, env);
-  const tmp = `${file}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
   try {
-    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-    try {
-      // No fsync: after a crash a torn entry fails validation and is simply probed again.
-      writeSync(fd, JSON.stringify({ format: CACHE_FORMAT, caps }) + '\n');
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, file);
+    // No fsync: after a crash a torn entry fails validation and is simply probed again.
+    replaceAtomically(file, JSON.stringify({ format: CACHE_FORMAT, caps }) + '\n', { mode: 0o600 });
     return null;
   } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* never created */
-    }
     return `${file}: ${(e as Error).message}`;
   }
 }

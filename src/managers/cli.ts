@@ -8,15 +8,15 @@
  * templates/kubevirt/onDefineDomain and templates/vdsm/POINT/50_virt_ebpf are the executables
  * the managers find; they exec these.
  */
-import { closeSync, constants, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { closeSync, constants, fstatSync, openSync, readFileSync, type Stats } from 'node:fs';
+import { replaceAtomically } from '../sys/atomic';
 import { isVirtEbpfError, VirtEbpfError } from '../errors';
 import { parseArgs } from '../options';
 import { DEFAULT_WRAPPER_DIR, report, type CommandResult } from '../xml';
 import type { ManagerResult } from './common';
 import { HOOK_POINT, onDefineDomain, VIRT_LAUNCHER_EMULATOR } from './kubevirt';
 import { KUBEVIRT_USAGE, VDSM_USAGE } from './usage';
-import { runVdsmPoint, VDSM_EMULATOR, VDSM_HOOK_POINTS, type VdsmHookPoint } from './vdsm';
+import { readProperties, runVdsmPoint, VDSM_EMULATOR, VDSM_HOOK_POINTS, type VdsmHookPoint } from './vdsm';
 
 
 const OPTIONS = ['wrapper-dir', 'default-emulator'];
@@ -47,7 +47,8 @@ export function runKubevirtSidecar(argv: string[]): CommandResult {
   return guarded(
     () => {
       const [point, ...rest] = argv;
-      if (point === undefined || point === '--help' || point === '-h') return { stdout: `usage: ${KUBEVIRT_USAGE}\n`, stderr: '', code: point === undefined ? 2 : 0 };
+      if (point === '--help' || point === '-h') return { stdout: `usage: ${KUBEVIRT_USAGE}\n`, stderr: '', code: 0 };
+      if (point === undefined) throw usage('kubevirt-sidecar: no hook point given', asKubevirt);
       if (point !== HOOK_POINT) throw usage(`kubevirt-sidecar: unknown hook point "${point}" (only ${HOOK_POINT} is implemented)`, asKubevirt);
       const a = parseArgs(rest, { values: ['vmi', 'domain', ...OPTIONS] }, 'kubevirt-sidecar');
       if (a.positional.length || a.rest.length) throw usage(`kubevirt-sidecar: unexpected argument "${[...a.positional, ...a.rest][0]}"`, asKubevirt);
@@ -82,43 +83,45 @@ export function runVdsmHook(argv: string[], env: Record<string, string | undefin
       if (a.positional.length || a.rest.length) throw usage(`vdsm: unexpected argument "${[...a.positional, ...a.rest][0]}"`, asVdsm);
       const file = env._hook_domxml;
       if (!file) throw usage(`vdsm ${point}: $_hook_domxml is not set`, asVdsm);
-      let xml: string;
-      try {
-        xml = readFileSync(file, 'utf8');
-      } catch (e) {
-        throw usage(`vdsm ${point}: cannot read $_hook_domxml ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, asVdsm);
-      }
+      // A VM that did not ask is passed by before its file is even read.
+      const settings = readProperties(env);
+      if (settings.rss !== 'on') return { stdout: '', stderr: '', code: 0 };
+      const { xml, stat } = readHookFile(file, point);
       const r = runVdsmPoint(point as VdsmHookPoint, xml, env, {
         wrapperDir: a.values.get('wrapper-dir') ?? DEFAULT_WRAPPER_DIR,
         defaultEmulator: a.values.get('default-emulator') ?? VDSM_EMULATOR,
       });
-      if (r.changed) replaceFile(file, r.xml);
+      if (r.changed) replaceFile(file, r.xml, stat);
       return { stdout: '', stderr: lines(r), code: 0 };
     },
     (e) => (e.code === 'USAGE' ? 2 : 1),
   );
 }
 
-/** Replaces `file`'s content all at once (a temp file beside it, renamed over it), keeping its mode; on failure the file is as it was. */
-function replaceFile(file: string, content: string): void {
-  const tmp = join(dirname(file), `.${basename(file)}.virt-ebpf-${process.pid}`);
+/** $_hook_domxml, read through one fd opened without following a symlink: a regular file only. */
+function readHookFile(file: string, point: string): { xml: string; stat: Stats } {
+  let fd: number;
   try {
-    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, statSync(file).mode & 0o7777);
-    try {
-      writeSync(fd, content);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, file);
+    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* not created */
-    }
+    throw usage(`vdsm ${point}: cannot read $_hook_domxml ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, asVdsm);
+  }
+  try {
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw usage(`vdsm ${point}: $_hook_domxml ${file} is not a regular file`, asVdsm);
+    return { xml: readFileSync(fd, 'utf8'), stat };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Replaces `file`'s content all at once, keeping its mode and (as root) its owner; on failure the file is as it was. */
+function replaceFile(file: string, content: string, was: Stats): void {
+  try {
+    replaceAtomically(file, content, { mode: was.mode & 0o7777, ...(process.geteuid?.() === 0 ? { owner: { uid: was.uid, gid: was.gid } } : {}), fsync: true });
+  } catch (e) {
     throw new VirtEbpfError('MANAGER_INPUT', `cannot write the new XML over ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, {
-      remedy: 'give the hook write access to the directory of $_hook_domxml (VDSM creates it in its temporary directory)',
+      remedy: 'the hook needs to create a file beside $_hook_domxml (VDSM makes it in its temporary directory): check that directory\'s permissions and free space',
       cause: e,
     });
   }

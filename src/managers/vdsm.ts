@@ -43,7 +43,8 @@ export function readProperties(env: Record<string, string | undefined>): VdsmSet
   const read = <T extends string>(key: string, allowed: readonly T[]) =>
     choice(env[key], allowed, `the VM custom property ${key}`, `set ${key} (engine: Edit VM > Custom Properties) to`);
   const rss = read(VDSM_PROPERTIES.rss, ['on', 'off'] as const);
-  const policy = read(VDSM_PROPERTIES.policy, POLICIES);
+  // The policy matters only to a VM that asked: a bad one never fails a VM that did not.
+  const policy = rss === 'on' ? read(VDSM_PROPERTIES.policy, POLICIES) : undefined;
   return { ...(rss ? { rss } : {}), ...(policy ? { policy } : {}) };
 }
 

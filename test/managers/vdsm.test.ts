@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, copyFileSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO, tempDir } from '../harness';
@@ -42,7 +42,7 @@ test('a VM without virt_ebpf=on is passed through untouched and unparsed, at bot
         assert.equal(r.code, 0, r.stderr);
         assert.equal(readFileSync(file, 'utf8'), xml);
         assert.equal(statSync(file).ino, ino, 'not rewritten');
-        assert.match(r.stderr, /virt_ebpf is (not set|off); unchanged/);
+        assert.equal(r.stderr, '', 'nothing to say about a VM that did not ask');
       });
     }
   }
@@ -123,16 +123,57 @@ test('every refusal: exit 1, one line on stderr that says what to do, the file b
 });
 
 test('a failed write leaves the file as it was (exit 1), and nothing of ours behind', () => {
-  withFile(vdsmMultiqueue(4), (file, dir) => {
-    // The temporary name the hook would use is taken: the write fails before anything is renamed.
-    const blocker = join(dir, `.${file.slice(dir.length + 1)}.virt-ebpf-${process.pid}`);
-    mkdirSync(blocker);
+  // A name that fits while the temporary name beside it does not (ENAMETOOLONG): the write fails before anything is renamed.
+  const scratch = tempDir('vebpf-vdsm-long-');
+  try {
+    const file = join(scratch.path, 'x'.repeat(240));
+    writeFileSync(file, vdsmMultiqueue(4), { mode: 0o640 });
     const r = runVdsmHook(['before_vm_start'], { ...ON, _hook_domxml: file });
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /^virt-ebpf: cannot write the new XML over .*: EEXIST \(MANAGER_INPUT\); give the hook write access/);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^virt-ebpf: cannot write the new XML over .*: ENAMETOOLONG \(MANAGER_INPUT\); the hook needs to create a file beside \$_hook_domxml/);
+    assert.equal(r.stderr.trimEnd().split('\n').length, 1);
     assert.equal(readFileSync(file, 'utf8'), vdsmMultiqueue(4));
-    assert.ok(statSync(blocker).isDirectory(), 'what was there is not removed');
+    assert.deepEqual(readdirSync(scratch.path), ['x'.repeat(240)], 'nothing of ours behind');
+  } finally {
+    scratch.remove();
+  }
+});
+
+test("the rewritten file keeps its owner and mode (VDSM reads it back as its own user), whatever the umask", () => {
+  withFile(vdsmMultiqueue(4), (file) => {
+    chownSync(file, 65534, 65534);
+    chmodSync(file, 0o664);
+    const umask = process.umask(0o077);
+    try {
+      const r = runVdsmHook(['before_vm_start'], { ...ON, _hook_domxml: file });
+      assert.equal(r.code, 0, r.stderr);
+    } finally {
+      process.umask(umask);
+    }
+    const st = statSync(file);
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o7777], [65534, 65534, 0o664]);
+    assert.match(readFileSync(file, 'utf8'), /rss='on'/);
   });
+});
+
+test('$_hook_domxml that is a symlink or not a regular file is never read or replaced: exit 2', () => {
+  const scratch = tempDir('vebpf-vdsm-link-');
+  try {
+    const target = join(scratch.path, 'target');
+    writeFileSync(target, vdsmMultiqueue(4));
+    const link = join(scratch.path, 'link');
+    symlinkSync(target, link);
+    const r = runVdsmHook(['before_vm_start'], { ...ON, _hook_domxml: link });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /cannot read \$_hook_domxml .*: ELOOP/);
+    assert.ok(lstatSync(link).isSymbolicLink(), 'the link is not replaced');
+    assert.equal(readFileSync(target, 'utf8'), vdsmMultiqueue(4));
+    const dirAsFile = runVdsmHook(['before_vm_start'], { ...ON, _hook_domxml: scratch.path });
+    assert.equal(dirAsFile.code, 2, dirAsFile.stderr);
+    assert.match(dirAsFile.stderr, /is not a regular file/);
+  } finally {
+    scratch.remove();
+  }
 });
 
 test('not run as VDSM runs hooks: exit 2 (stop the later hooks) with the reason', () => {
@@ -186,7 +227,7 @@ test('the shipped hook files in a VDSM hook directory: later hooks see our XML; 
       copyFileSync(join(REPO, 'templates', 'vdsm', point, '50_virt_ebpf'), join(dir, '50_virt_ebpf'));
       chmodSync(join(dir, '50_virt_ebpf'), statSync(join(REPO, 'templates', 'vdsm', point, '50_virt_ebpf')).mode);
       // a later hook that reports the XML it was given
-      writeFileSync(join(dir, '60_later'), `#!/bin/sh\ncp "$_hook_domxml" ${JSON.stringify(join(d.path, `${point}.seen`))}\n`, { mode: 0o755 });
+      writeFileSync(join(dir, '60_later'), `#!/bin/sh\n/bin/cp "$_hook_domxml" ${JSON.stringify(join(d.path, `${point}.seen`))}\n`, { mode: 0o755 });
     }
     const seen = (point: string) => readFileSync(join(d.path, `${point}.seen`), 'utf8');
 
@@ -208,6 +249,9 @@ test('the shipped hook files in a VDSM hook directory: later hooks see our XML; 
     const untouched = runHooksDir(join(d.path, 'before_vm_start'), VDSM_DOMAIN, {}, path);
     assert.deepEqual(untouched.codes, [0, 0]);
     assert.equal(untouched.final, VDSM_DOMAIN);
+    // A VM without the property runs even where virt-ebpf is not on PATH (the hook file alone decides).
+    const noCli = runHooksDir(join(d.path, 'before_vm_start'), VDSM_DOMAIN, {}, '/nonexistent');
+    assert.deepEqual(noCli.codes, [0, 0], noCli.errors.join('\n'));
 
     // a hook file copied to the wrong directory names a point we do not serve: exit 2, and VDSM stops there
     const wrong = join(d.path, 'before_vm_start', '50_virt_ebpf');
