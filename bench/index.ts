@@ -92,7 +92,9 @@ async function brokerMemory(dir: string): Promise<{ bare: Resident; fresh: Resid
   const sock = join(dir, 'mem.sock');
   const config = join(dir, 'mem-broker.json');
   writeFileSync(config, JSON.stringify({ socket: sock, cacheDir: join(dir, 'mem-cache'), pool: { size: 2, loaderIdleMs: 1000 } }));
-  const bareNode = spawn(process.execPath, ['-e', `require('net').createServer(() => {}).listen(${JSON.stringify(join(dir, 'bare.sock'))})`], { stdio: 'ignore' });
+  const bareSock = join(dir, 'bare.sock');
+  for (const f of [sock, bareSock]) rmSync(f, { force: true });
+  const bareNode = spawn(process.execPath, ['-e', `require('net').createServer(() => {}).listen(${JSON.stringify(bareSock)})`], { stdio: 'ignore' });
   const broker = spawn(process.execPath, [CLI, 'broker', '--config', config], { stdio: 'ignore' });
   try {
     for (let i = 0; i < 500 && !existsSync(sock); i++) await sleep(10);
@@ -109,8 +111,7 @@ async function brokerMemory(dir: string): Promise<{ bare: Resident; fresh: Resid
     await sleep(3000); // the loader threads' idle time, then their end
     return { bare, fresh, filled: resident(broker.pid!) };
   } finally {
-    bareNode.kill();
-    broker.kill();
+    await Promise.all([bareNode, broker].map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : (p.once('exit', r), p.kill())))));
   }
 }
 
