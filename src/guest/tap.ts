@@ -38,6 +38,9 @@ export function ip(args: string[], timeoutMs = 10_000): Promise<string> {
   });
 }
 
+/** vebpfg0 … vebpfg999: enough for a hot-plug bench's hundred-odd NICs at once. */
+const TAP_NAMES = 1000;
+
 export async function createTap(opts: TapOptions = {}): Promise<Tap> {
   if (opts.hostIp) {
     // The same address on a second interface (a tap left by a killed run) would silently
@@ -49,7 +52,7 @@ export async function createTap(opts: TapOptions = {}): Promise<Tap> {
       });
     }
   }
-  const candidates = opts.name ? [opts.name] : Array.from({ length: 100 }, (_, i) => `vebpfg${i}`);
+  const candidates = opts.name ? [opts.name] : Array.from({ length: TAP_NAMES }, (_, i) => `vebpfg${i}`);
   let lastError: unknown;
   for (const name of candidates) {
     if (!opts.name && existsSync(`/sys/class/net/${name}`)) continue;
@@ -93,7 +96,9 @@ export async function createTap(opts: TapOptions = {}): Promise<Tap> {
     }
     return tap;
   }
-  throw lastError ?? new VirtEbpfError('GUEST_BOOT', 'no free vebpfgN tap name (0-99 all exist)', {
+  throw lastError ?? new VirtEbpfError('GUEST_BOOT', `no free vebpfgN tap name (0-${TAP_NAMES - 1} all exist)`, {
     remedy: 'delete leftover taps with `ip link del vebpfgN`',
   });
 }
+
+
