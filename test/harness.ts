@@ -9,6 +9,11 @@ import { join } from 'node:path';
 import assert from 'node:assert/strict';
 
 export const REPO = join(__dirname, '..', '..');
+/**
+ * Debian's Python (setup.sh installs python3), by path: a version manager's shim first on PATH
+ * is a shell script, and bash takes tens of seconds over a command line of 150 000 arguments.
+ */
+export const PYTHON = '/usr/bin/python3';
 export const QEMU = process.env.VIRT_EBPF_TEST_QEMU ?? '/usr/bin/qemu-system-x86_64';
 
 export function needRoot(what: string): void {

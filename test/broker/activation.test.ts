@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { chooseActivationFd, socketModeProblem, takeActivationSocket, BROKER_FD_NAME } from '../../src/broker/activation';
 import { isVirtEbpfError } from '../../src/errors';
 import { lookupUser } from '../../src/sys/users';
-import { QEMU, REPO, needRoot, tempDir } from '../harness';
+import { PYTHON, QEMU, REPO, needRoot, tempDir } from '../harness';
 import { peer, ROOT, served, type Account } from './support';
 
 const CLI = join(REPO, 'dist/src/cli/main.js');
@@ -248,7 +248,7 @@ test('refused with one line: an AF_INET socket, a datagram socket, a connection 
   const dgramPath = socketPath('run-dgram');
   const dgram = activate(['--datagram', '-l', dgramPath], {});
   await until('the datagram socket', () => existsSync(dgramPath));
-  const send = spawn('python3', ['-c', 'import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b"x", sys.argv[1])', dgramPath]);
+  const send = spawn(PYTHON, ['-c', 'import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b"x", sys.argv[1])', dgramPath]);
   await new Promise((r) => send.once('exit', r));
   assert.match(await refusal(dgram), /fd 3 is a datagram \(SOCK_DGRAM\) socket, not a stream/);
 

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { needRoot, tempDir } from '../harness';
+import { PYTHON, needRoot, tempDir } from '../harness';
 import { readManifest } from '../../src/install/apply';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { readCmdline } from '../../src/sys/proc';
@@ -149,7 +149,7 @@ test('kill -9 of the broker during an acquire (16 contexts loading) and during a
   const qemus = await startKeepers();
   const probe = join(scratch.path, 'acquire.py');
   writeFileSync(probe, 'import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b\'{"v":1,"id":1,"op":"acquire","emulator":"/usr/bin/qemu-system-x86_64","count":16}\\n\')\nprint(s.recv(100))\n');
-  const acquiring = runAsync('python3', [probe, broker.socket]);
+  const acquiring = runAsync(PYTHON, [probe, broker.socket]);
   await waitFor('the broker to be loading the 16 contexts', 30_000, () => brokerProgs() >= 2);
   await broker.crash();
   await acquiring;

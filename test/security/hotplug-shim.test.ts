@@ -19,7 +19,7 @@ import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
 import { lookupUser } from '../../src/sys/users';
 import type { Tap } from '../../src/guest/tap';
-import { QEMU, REPO, needRoot, tempDir } from '../harness';
+import { PYTHON, QEMU, REPO, needRoot, tempDir } from '../harness';
 import { startTestBroker, type TestBroker } from '../broker/support';
 import { addNetdev, alive, bpfFdsOf, sleep, startDomainQemu, until, type DomainQemu } from '../hotplug-shim/support';
 
@@ -84,7 +84,7 @@ function cpuSeconds(pid: number): number {
 
 test('a broker that never answers holds up that device_add boundedly, and nothing else of QEMU: its main loop answers meanwhile', async () => {
   const stub = join(dir.path, 'stub.sock');
-  const child = spawn('python3', [join(REPO, 'test/security/stub-broker.py'), stub, broker.socket, '1'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(PYTHON, [join(REPO, 'test/security/stub-broker.py'), stub, broker.socket, '1'], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   let stubOut = '';
   child.stdout!.on('data', (d) => (stubOut += d));
@@ -202,7 +202,7 @@ test('an RSS device_add that succeeds without using its fds (a backend that cann
 
 test('a broker that answers one byte a second never holds the device_add past the bound', async () => {
   const stub = join(dir.path, 'trickle.sock');
-  const child = spawn('python3', [join(REPO, 'test/security/stub-broker.py'), stub, broker.socket, '0', 'trickle'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(PYTHON, [join(REPO, 'test/security/stub-broker.py'), stub, broker.socket, '0', 'trickle'], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   let stubOut = '';
   child.stdout!.on('data', (d) => (stubOut += d));

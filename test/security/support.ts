@@ -8,7 +8,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { lookupUser } from '../../src/sys/users';
-import { REPO, tempDir } from '../harness';
+import { PYTHON, REPO, tempDir } from '../harness';
 import { ask, until } from '../broker/support';
 
 export const CLI = join(REPO, 'dist/src/cli/main.js');
@@ -30,7 +30,7 @@ export { ask, sleep, until } from '../broker/support';
 export function hostile(who: Account, socket: string, action: string, args: string[] = [], opts: { extraArgv?: string[]; timeoutMs?: number } = {}): Promise<any> {
   return new Promise((resolve, reject) => {
     const argv = [PEERS, String(who.uid), String(who.gid), socket, action, ...args, ...(opts.extraArgv ? ['--', ...opts.extraArgv] : [])];
-    const child = spawn('python3', argv, { stdio: ['ignore', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 120_000, killSignal: 'SIGKILL' });
+    const child = spawn(PYTHON, argv, { stdio: ['ignore', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 120_000, killSignal: 'SIGKILL' });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c) => (stdout += c));
