@@ -96,10 +96,10 @@ function activate(args: string[], config: object, command?: (cfg: string) => str
   return { child, output: () => out, exited };
 }
 
-async function until<T>(what: string, probe: () => T | undefined | false, timeoutMs = 15_000): Promise<T> {
+async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const v = probe();
+    const v = await probe();
     if (v !== undefined && v !== false) return v;
     if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
@@ -126,7 +126,8 @@ async function refusal(a: Activator, opts: { accept?: boolean } = {}): Promise<s
   if (opts.accept) {
     await until(`the refusal: ${a.output()}`, () => /^virt-ebpf:/m.test(a.output()) && /exited with status 1|died with code 1|status=1/i.test(a.output()));
   } else {
-    assert.equal(await a.exited, 1, `the broker exits 1: ${a.output()}`);
+    const code = await Promise.race([a.exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 30_000).unref())]);
+    assert.equal(code, 1, `the broker exits 1 (within 30 s): ${a.output()}`);
   }
   const lines = a.output().split('\n').filter((l) => l.startsWith('virt-ebpf:'));
   assert.equal(lines.length, 1, `exactly one line from the broker: ${a.output()}`);
@@ -227,7 +228,20 @@ test('two sockets, none named "broker": the broker refuses to start with one lin
 });
 
 /** Wake an activator by connecting over TCP (any error is the point of the test). */
-const poke = (port: number): void => void net.connect(port, '127.0.0.1').on('error', () => undefined);
+/**
+ * One connection to systemd-socket-activate's TCP socket, retried until it is taken: fd 3 shows
+ * in /proc as soon as the socket exists, a moment before it listens.
+ */
+async function poke(port: number): Promise<void> {
+  await until('a connection to the activated TCP socket', async () => {
+    const ok = await new Promise<boolean>((resolve) => {
+      const c = net.connect(port, '127.0.0.1');
+      c.unref(); // left open: systemd-socket-activate starts the broker on it
+      c.once('connect', () => resolve(true)).once('error', () => resolve(false));
+    });
+    return ok || undefined;
+  });
+}
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -242,7 +256,7 @@ test('refused with one line: an AF_INET socket, a datagram socket, a connection 
   const port = await freePort();
   const tcp = activate(['-l', `127.0.0.1:${port}`], {});
   await until('the TCP socket', () => existsSync(`/proc/${tcp.child.pid}/fd/3`));
-  poke(port);
+  await poke(port);
   assert.match(await refusal(tcp), /fd 3 is an AF_INET socket; the broker serves local peers on AF_UNIX only/);
 
   const dgramPath = socketPath('run-dgram');
