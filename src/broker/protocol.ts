@@ -53,6 +53,7 @@ export type Op = Request['op'];
 
 export type { ContextDescriptor } from '../context';
 import type { ContextDescriptor } from '../context';
+import { isJsonObject } from '../json';
 
 export type Reply =
   | { v: 1; id: number; ok: true; op: 'hello'; broker: string; version: string; uid: number }
@@ -73,13 +74,9 @@ function bad(message: string): VirtEbpfError {
   return new VirtEbpfError('BROKER_PROTOCOL', message, { remedy: 'use a virt-ebpf client of the same version as the broker' });
 }
 
-function isObj(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 function domainRef(v: unknown, required: boolean): DomainRef | undefined {
   if (v === undefined && !required) return undefined;
-  if (!isObj(v)) throw bad('"domain" must be an object with name and/or uuid');
+  if (!isJsonObject(v)) throw bad('"domain" must be an object with name and/or uuid');
   const out: DomainRef = {};
   for (const k of ['name', 'uuid'] as const) {
     if (v[k] === undefined) continue;
@@ -146,7 +143,7 @@ export function parseRequest(line: string): Request {
   } catch {
     throw bad('request is not JSON');
   }
-  if (!isObj(m)) throw bad('request is not a JSON object');
+  if (!isJsonObject(m)) throw bad('request is not a JSON object');
   if (m.v !== PROTOCOL_VERSION) throw bad(`unsupported protocol version ${JSON.stringify(m.v)} (broker speaks ${PROTOCOL_VERSION})`);
   if (!Number.isSafeInteger(m.id)) throw bad('"id" must be an integer');
   const id = m.id as number;
@@ -195,11 +192,11 @@ export function parseReply(line: string, expectId: number): Exclude<Reply, { ok:
     throw bad('broker reply is not JSON');
   }
   // id 0: a refusal the broker sends before reading any request (not allowed, too many connections).
-  if (!isObj(m) || m.v !== PROTOCOL_VERSION || !(m.id === expectId || (m.id === 0 && m.ok === false)) || typeof m.ok !== 'boolean') {
+  if (!isJsonObject(m) || m.v !== PROTOCOL_VERSION || !(m.id === expectId || (m.id === 0 && m.ok === false)) || typeof m.ok !== 'boolean') {
     throw bad('broker reply has the wrong shape or id');
   }
   if (m.ok === false) {
-    const err = isObj(m.error) ? m.error : {};
+    const err = isJsonObject(m.error) ? m.error : {};
     throw new VirtEbpfError((String(err.code ?? 'BROKER_REFUSED') as ErrorCode), `broker: ${String(err.message ?? 'request refused')}`, {
       remedy: String(err.remedy ?? 'see the broker log'),
     });

@@ -18,6 +18,7 @@ import {
   parseHelperPaths,
   parseVersion,
 } from '../qmp';
+import { isJsonObject } from '../json';
 
 export type { RssProperty } from '../argv';
 export type RssProtocol = 'request-ebpf' | 'helper';
@@ -269,7 +270,6 @@ export function rssObjectBytes(caps: EmulatorCaps): Buffer {
 
 // ---- strict shape check for caps read back from disk ----
 
-const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0;
 const isInt = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0;
 const isStr = (v: unknown): v is string => typeof v === 'string';
@@ -278,17 +278,17 @@ const CAPS_KEYS = new Set(['path', 'realpath', 'identity', 'version', 'supported
 
 /** Why `v` is not a well-formed EmulatorCaps, or null when it is. Unknown keys are refused too. */
 export function capsShapeProblem(v: unknown): string | null {
-  if (!isObj(v)) return 'not an object';
+  if (!isJsonObject(v)) return 'not an object';
   for (const k of Object.keys(v)) if (!CAPS_KEYS.has(k)) return `unknown key ${k}`;
   if (!isStr(v.path) || !isStr(v.realpath) || !v.realpath.startsWith('/')) return 'bad path/realpath';
   const id = v.identity;
-  if (!isObj(id) || Object.keys(id).length !== 6 || id.realpath !== v.realpath || ![id.dev, id.ino, id.size].every(isInt) || !isNum(id.mtimeMs) || !isNum(id.ctimeMs)) return 'bad identity';
+  if (!isJsonObject(id) || Object.keys(id).length !== 6 || id.realpath !== v.realpath || ![id.dev, id.ino, id.size].every(isInt) || !isNum(id.mtimeMs) || !isNum(id.ctimeMs)) return 'bad identity';
   const ver = v.version;
-  if (!isObj(ver) || Object.keys(ver).length !== 4 || ![ver.major, ver.minor, ver.micro].every(isInt) || !isStr(ver.package)) return 'bad version';
+  if (!isJsonObject(ver) || Object.keys(ver).length !== 4 || ![ver.major, ver.minor, ver.micro].every(isInt) || !isStr(ver.package)) return 'bad version';
   const dp = v.deviceProps;
-  if (!isObj(dp) || !Object.values(dp).every(isStr)) return 'bad deviceProps';
+  if (!isJsonObject(dp) || !Object.values(dp).every(isStr)) return 'bad deviceProps';
   const hp = v.hashProps;
-  if (!isObj(hp) || !Object.entries(hp).every(([k, x]) => /^hash-[a-z0-9]+$/.test(k) && isStr(x))) return 'bad hashProps';
+  if (!isJsonObject(hp) || !Object.entries(hp).every(([k, x]) => /^hash-[a-z0-9]+$/.test(k) && isStr(x))) return 'bad hashProps';
   if (typeof v.supported !== 'boolean') return 'bad supported';
   if (v.supported ? v.reason !== undefined : !isStr(v.reason)) return 'reason must be present exactly when unsupported';
   if (v.protocol !== null && v.protocol !== 'request-ebpf' && v.protocol !== 'helper') return 'bad protocol';

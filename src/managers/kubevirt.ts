@@ -17,6 +17,7 @@
 import { POLICIES, type Policy } from '../policy';
 import { domainFacts, enableDomain, NO_RSS_NIC_WARNING, wrapperInDir } from '../xml';
 import { choice, managerInput as bad, type ManagerResult } from './common';
+import { isJsonObject } from '../json';
 
 /** The VMI annotations we read. */
 export const KUBEVIRT_ANNOTATIONS = { rss: 'virt-ebpf.io/rss', policy: 'virt-ebpf.io/policy' } as const;
@@ -45,7 +46,6 @@ export interface SidecarOptions {
   defaultEmulator: string;
 }
 
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** Reads what we need from the VMI JSON the sidecar-shim passes (json.Marshal of the VMI object). */
 export function readVmi(json: string): VmiFacts {
@@ -55,21 +55,21 @@ export function readVmi(json: string): VmiFacts {
   } catch (e) {
     throw bad(`the --vmi value is not JSON: ${(e as Error).message}`, "pass the VirtualMachineInstance as JSON, as KubeVirt's sidecar-shim does");
   }
-  if (!isObject(vmi)) throw bad('the --vmi value is not a JSON object', "pass the VirtualMachineInstance as JSON, as KubeVirt's sidecar-shim does");
+  if (!isJsonObject(vmi)) throw bad('the --vmi value is not a JSON object', "pass the VirtualMachineInstance as JSON, as KubeVirt's sidecar-shim does");
   if (vmi.kind !== undefined && vmi.kind !== 'VirtualMachineInstance') {
     throw bad(`the --vmi value is a ${String(vmi.kind)}, not a VirtualMachineInstance`, 'pass the VMI, not its VirtualMachine or another object');
   }
   const meta = vmi.metadata ?? {};
-  if (!isObject(meta)) throw bad('the VMI\'s metadata is not an object', "pass the VirtualMachineInstance as JSON, as KubeVirt's sidecar-shim does");
+  if (!isJsonObject(meta)) throw bad('the VMI\'s metadata is not an object', "pass the VirtualMachineInstance as JSON, as KubeVirt's sidecar-shim does");
   const label = [meta.namespace, meta.name].filter((x) => typeof x === 'string' && x !== '').join('/') || 'the VMI';
   const annotations = meta.annotations ?? {};
-  if (!isObject(annotations)) throw bad(`${label}: metadata.annotations is not an object`, 'annotations are a map of strings');
+  if (!isJsonObject(annotations)) throw bad(`${label}: metadata.annotations is not an object`, 'annotations are a map of strings');
   const read = <T extends string>(key: string, allowed: readonly T[]) => choice(annotations[key], allowed, `${label}: annotation ${key}`, `set ${key} to`);
   const rss = read(KUBEVIRT_ANNOTATIONS.rss, ['on', 'off'] as const);
   const policy = read(KUBEVIRT_ANNOTATIONS.policy, POLICIES);
-  const spec = isObject(vmi.spec) ? vmi.spec : {};
-  const domain = isObject(spec.domain) ? spec.domain : {};
-  const devices = isObject(domain.devices) ? domain.devices : {};
+  const spec = isJsonObject(vmi.spec) ? vmi.spec : {};
+  const domain = isJsonObject(spec.domain) ? spec.domain : {};
+  const devices = isJsonObject(domain.devices) ? domain.devices : {};
   return { label, ...(rss ? { rss } : {}), ...(policy ? { policy } : {}), multiqueue: devices.networkInterfaceMultiqueue === true };
 }
 

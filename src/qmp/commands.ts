@@ -6,6 +6,7 @@
 import { VirtEbpfError } from '../errors';
 import { OwnedFd } from '../fdpass';
 import { QmpClient, ExecuteOptions } from './protocol';
+import { isJsonObject } from '../json';
 
 export interface QemuVersion {
   major: number;
@@ -31,10 +32,6 @@ export interface HelperPath {
 /** The helper name QEMU's (unmerged) helper protocol uses for RSS. */
 export const RSS_HELPER_NAME = 'qemu-ebpf-rss-helper';
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 function badReply(command: string, what: string, reply: unknown): VirtEbpfError {
   const text = JSON.stringify(reply) ?? String(reply);
   return new VirtEbpfError('QMP_PROTOCOL', `unexpected reply to QMP ${command}: ${what}`, {
@@ -45,23 +42,23 @@ function badReply(command: string, what: string, reply: unknown): VirtEbpfError 
 }
 
 export function parseVersion(ret: unknown): QemuVersion {
-  const q = isObject(ret) && isObject(ret.qemu) ? ret.qemu : undefined;
+  const q = isJsonObject(ret) && isJsonObject(ret.qemu) ? ret.qemu : undefined;
   if (!q || ![q.major, q.minor, q.micro].every((n) => Number.isInteger(n) && (n as number) >= 0)) {
     throw badReply('query-version', 'no qemu.{major,minor,micro}', ret);
   }
-  const pkg = isObject(ret) && typeof ret.package === 'string' ? ret.package : '';
+  const pkg = isJsonObject(ret) && typeof ret.package === 'string' ? ret.package : '';
   return { major: q.major as number, minor: q.minor as number, micro: q.micro as number, package: pkg };
 }
 
 export function parseCommandNames(ret: unknown): string[] {
-  if (!Array.isArray(ret) || !ret.every((c) => isObject(c) && typeof c.name === 'string')) {
+  if (!Array.isArray(ret) || !ret.every((c) => isJsonObject(c) && typeof c.name === 'string')) {
     throw badReply('query-commands', 'not a list of {name}', ret);
   }
   return ret.map((c) => (c as { name: string }).name);
 }
 
 export function parseDeviceProperties(ret: unknown): DeviceProperty[] {
-  if (!Array.isArray(ret) || !ret.every((p) => isObject(p) && typeof p.name === 'string' && typeof p.type === 'string')) {
+  if (!Array.isArray(ret) || !ret.every((p) => isJsonObject(p) && typeof p.name === 'string' && typeof p.type === 'string')) {
     throw badReply('device-list-properties', 'not a list of {name, type}', ret);
   }
   return ret.map((p: Record<string, unknown>) => {
@@ -95,7 +92,7 @@ export function decodeBase64Strict(text: string, what = 'eBPF object'): Buffer {
 }
 
 export function parseEbpfObject(ret: unknown): Buffer {
-  if (!isObject(ret) || typeof ret.object !== 'string') throw badReply('request-ebpf', 'no "object" string', ret);
+  if (!isJsonObject(ret) || typeof ret.object !== 'string') throw badReply('request-ebpf', 'no "object" string', ret);
   return decodeBase64Strict(ret.object);
 }
 
@@ -104,8 +101,8 @@ export function parseEbpfObject(ret: unknown): Buffer {
  * repost's `find-ebpf-rss-helper` is accepted as a list of the same, or as a single {path}.
  */
 export function parseHelperPaths(ret: unknown, command = 'query-helper-paths'): HelperPath[] {
-  if (isObject(ret) && typeof ret.path === 'string') return [{ name: typeof ret.name === 'string' ? ret.name : RSS_HELPER_NAME, path: ret.path }];
-  if (!Array.isArray(ret) || !ret.every((h) => isObject(h) && typeof h.name === 'string' && typeof h.path === 'string')) {
+  if (isJsonObject(ret) && typeof ret.path === 'string') return [{ name: typeof ret.name === 'string' ? ret.name : RSS_HELPER_NAME, path: ret.path }];
+  if (!Array.isArray(ret) || !ret.every((h) => isJsonObject(h) && typeof h.name === 'string' && typeof h.path === 'string')) {
     throw badReply(command, 'not a list of {name, path}', ret);
   }
   return ret.map((h) => ({ name: (h as HelperPath).name, path: (h as HelperPath).path }));

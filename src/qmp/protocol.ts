@@ -6,6 +6,7 @@
  */
 import { VirtEbpfError } from '../errors';
 import { ConnectOptions, QmpTransport, TransportOptions } from './connection';
+import { isJsonObject } from '../json';
 
 export const DEFAULT_GREETING_TIMEOUT_MS = 10_000;
 export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
@@ -63,10 +64,6 @@ function protocolError(message: string, line?: string): VirtEbpfError {
   });
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 function parseObject(line: string): Record<string, unknown> {
   let v: unknown;
   try {
@@ -74,19 +71,19 @@ function parseObject(line: string): Record<string, unknown> {
   } catch {
     throw protocolError('QMP peer sent a line that is not JSON', line);
   }
-  if (!isObject(v)) throw protocolError('QMP peer sent JSON that is not an object', line);
+  if (!isJsonObject(v)) throw protocolError('QMP peer sent JSON that is not an object', line);
   return v;
 }
 
 /** Pure: validate the greeting line's object. */
 export function parseGreeting(obj: Record<string, unknown>): QmpGreeting {
   const qmp = obj.QMP;
-  const ver = isObject(qmp) && isObject(qmp.version) ? qmp.version : undefined;
-  const q = ver && isObject(ver.qemu) ? ver.qemu : undefined;
+  const ver = isJsonObject(qmp) && isJsonObject(qmp.version) ? qmp.version : undefined;
+  const q = ver && isJsonObject(ver.qemu) ? ver.qemu : undefined;
   const ok =
     q !== undefined &&
     [q.major, q.minor, q.micro].every((n) => Number.isInteger(n) && (n as number) >= 0) &&
-    isObject(qmp) &&
+    isJsonObject(qmp) &&
     Array.isArray(qmp.capabilities) &&
     qmp.capabilities.every((c) => typeof c === 'string');
   if (!ok) throw protocolError('QMP peer did not start with a QMP greeting', JSON.stringify(obj));
@@ -270,7 +267,7 @@ export class QmpClient {
     }
     if (typeof obj.event === 'string') return this.#onEvent(obj);
     const hasReturn = 'return' in obj;
-    const err: QmpErrorBody | null = isObject(obj.error) && typeof obj.error.class === 'string' && typeof obj.error.desc === 'string' ? { class: obj.error.class, desc: obj.error.desc } : null;
+    const err: QmpErrorBody | null = isJsonObject(obj.error) && typeof obj.error.class === 'string' && typeof obj.error.desc === 'string' ? { class: obj.error.class, desc: obj.error.desc } : null;
     const errOk = err !== null;
     if (hasReturn === ('error' in obj) || ('error' in obj && !errOk)) {
       return this.#fatal(protocolError('QMP peer sent a line that is neither a reply nor an event', line));
@@ -290,9 +287,9 @@ export class QmpClient {
 
   #onEvent(obj: Record<string, unknown>): void {
     const ev: QmpEvent = { event: obj.event as string };
-    if (isObject(obj.data)) ev.data = obj.data;
+    if (isJsonObject(obj.data)) ev.data = obj.data;
     const ts = obj.timestamp;
-    if (isObject(ts) && typeof ts.seconds === 'number' && typeof ts.microseconds === 'number') ev.timestamp = { seconds: ts.seconds, microseconds: ts.microseconds };
+    if (isJsonObject(ts) && typeof ts.seconds === 'number' && typeof ts.microseconds === 'number') ev.timestamp = { seconds: ts.seconds, microseconds: ts.microseconds };
     this.#events.push(ev);
     const keep = this.#opts.keepEvents ?? 64;
     if (this.#events.length > keep) this.#events.splice(0, this.#events.length - keep);
