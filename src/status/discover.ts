@@ -10,7 +10,7 @@ import { readCmdline } from '../sys/proc';
 import { mapInfo, openMapById, openProgById, progInfo } from '../bpf/live';
 import { BPF_PROG_TYPE_SOCKET_FILTER } from '../bpf/rss';
 import { resolvePolicy } from '../policy';
-import { assignRssMapRoles, looksLikeQemu, numericFds, parseQemuRssArgs, type MapShape, type NicArgs } from './nics';
+import { assignRssMapRoles, looksLikeQemu, numericFds, parseQemuRssArgs, type MapShape, type NicArgs, type QemuArgs } from './nics';
 
 /** What we know about a QEMU process besides its command line. */
 export interface QemuFacts {
@@ -21,6 +21,8 @@ export interface QemuFacts {
   /** Its effective capabilities include CAP_BPF or CAP_SYS_ADMIN (it could load eBPF itself). */
   canLoadBpf: boolean;
   domain: { name?: string; uuid?: string };
+  /** its command line's NICs and domain, parsed once */
+  args: QemuArgs;
 }
 
 export interface NicEbpf {
@@ -98,7 +100,8 @@ function readFacts(pid: number, argv: string[]): QemuFacts {
   } catch {
     /* gone */
   }
-  return { pid, argv, ...(exe ? { exe } : {}), ...(uid !== undefined ? { uid } : {}), canLoadBpf, domain: parseQemuRssArgs(argv).domain };
+  const args = parseQemuRssArgs(argv);
+  return { pid, argv, ...(exe ? { exe } : {}), ...(uid !== undefined ? { uid } : {}), canLoadBpf, domain: args.domain, args };
 }
 
 function fdTarget(pid: number, fd: number): string | undefined {
@@ -229,7 +232,7 @@ export function defaultNoEbpfReason(qemu: QemuFacts, nic: NicArgs, opts: { domai
 
 /** Tie each NIC of one QEMU to its program and maps. */
 export function discoverNics(qemu: QemuFacts, opts: DiscoverOptions = {}): DiscoveredNic[] {
-  const { nics: args } = parseQemuRssArgs(qemu.argv);
+  const args = qemu.args.nics;
   const nics: DiscoveredNic[] = args.map((a) => {
     const tap = tapName(qemu.pid, a);
     return { ...a, origin: 'command-line', ...(tap ? { tap } : {}), problems: [] };
@@ -286,7 +289,7 @@ export function discoverNics(qemu: QemuFacts, opts: DiscoverOptions = {}): Disco
 
 /** A QEMU's virtio-net NICs that neither want RSS nor name eBPF fds. */
 export function discoverPlainNics(qemu: QemuFacts): DiscoveredNic[] {
-  return parseQemuRssArgs(qemu.argv).plainNics.map((a) => {
+  return qemu.args.plainNics.map((a) => {
     const tap = tapName(qemu.pid, a);
     return { ...a, origin: 'command-line', ...(tap ? { tap } : {}), problems: [] };
   });
