@@ -39,6 +39,7 @@ import {
   virtioNetDevices,
   waitFor,
 } from './libvirt';
+import { libvirtdReachable } from '../libvirt/fixture';
 
 const REAL_QEMU = '/usr/bin/qemu-system-x86_64';
 const WRAPPER = join(DEFAULT_PATHS.wrapperDir, 'qemu-system-x86_64');
@@ -53,8 +54,7 @@ const nameOf = (what: string) => PREFIX + what;
 
 before(async () => {
   needRoot('installs into system paths, runs the broker and starts domains in the system libvirtd');
-  const v = run('virsh', ['-c', 'qemu:///system', 'version'], { timeoutMs: 30_000 });
-  assert.equal(v.status, 0, `libvirtd is not reachable (${v.stderr.trim()}); start it (scripts/setup.sh does)`);
+  libvirtdReachable();
   checkFds = watchFds();
   scratch = tempDir('vebpf-coldstart-');
   qemuUid = lookupUser(libvirtQemuAccount().user).uid;

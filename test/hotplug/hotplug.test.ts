@@ -31,6 +31,7 @@ import { bpfFds, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt'
 import { cli } from '../status/qemu';
 import { alive, bpfFdsOf, shimMemoryKiB } from '../hotplug-shim/support';
 import { mapsShowShim } from '../../src/doctor/hotplug-shim';
+import { libvirtdReachable } from '../libvirt/fixture';
 
 const PREFIX = `vebpf-hp-${process.pid}-`;
 const URI = 'qemu:///system';
@@ -45,8 +46,7 @@ let macSerial = 0x10;
 
 before(async () => {
   needRoot('installs into system paths, runs the broker, starts domains in the system libvirtd, restarts libvirtd');
-  const v = run('virsh', ['-c', URI, 'version'], { timeoutMs: 30_000 });
-  assert.equal(v.status, 0, `libvirtd is not reachable (${v.stderr.trim()}); start it (scripts/setup.sh does)`);
+  libvirtdReachable();
   qemuUid = lookupUser(libvirtQemuAccount().user).uid;
   fixture = await ensureFixture();
   installedBefore = Boolean(readManifest(DEFAULT_PATHS.manifest));

@@ -28,6 +28,7 @@ import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fix
 import { bpfFds, cmdline, procStatus, run, virtioNetDevices, QEMU_LOG_DIR } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
 import { assertLibvirtFlows } from './flows';
+import { libvirtdReachable } from '../libvirt/fixture';
 
 const PREFIX = `vebpf-lg-${process.pid}-`;
 const HOST_IP = '10.199.79.1';
@@ -47,8 +48,7 @@ type NicJson = StatusReport['domains'][number]['nics'][number];
 
 before(async () => {
   needRoot('installs into system paths, runs the broker, starts domains in the system libvirtd, adds a host address');
-  const v = run('virsh', ['-c', 'qemu:///system', 'version'], { timeoutMs: 30_000 });
-  assert.equal(v.status, 0, `libvirtd is not reachable (${v.stderr.trim()}); start it (scripts/setup.sh does)`);
+  libvirtdReachable();
   checkFds = watchFds();
   const account = lookupUser(libvirtQemuAccount().user);
   qemuUser = { name: account.name, uid: account.uid };

@@ -27,8 +27,8 @@ import { readManifest } from '../../src/install/apply';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { needRoot, watchFds } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
-import { run } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
+import { libvirtdReachable } from '../libvirt/fixture';
 
 const PREFIX = `vebpf-st-${process.pid}-`;
 const NET = [
@@ -48,8 +48,7 @@ type Report = StatusReport;
 
 before(async () => {
   needRoot('installs into system paths, runs the broker, starts a domain in the system libvirtd, adds host addresses');
-  const v = run('virsh', ['-c', 'qemu:///system', 'version'], { timeoutMs: 30_000 });
-  assert.equal(v.status, 0, `libvirtd is not reachable (${v.stderr.trim()}); start it (scripts/setup.sh does)`);
+  libvirtdReachable();
   checkFds = watchFds();
   fixture = await ensureFixture();
   installedBefore = Boolean(readManifest(DEFAULT_PATHS.manifest));

@@ -25,6 +25,7 @@ import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fix
 import { bpfFds, cmdline, domainState, procStatus, run, virtioNetDevices, waitFor } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
 import { assertLibvirtFlows } from '../libvirt-guest/flows';
+import { libvirtdReachable } from '../libvirt/fixture';
 
 const PREFIX = `vebpf-sr-${process.pid}-`;
 const HOST_IP = '10.199.81.1';
@@ -67,8 +68,7 @@ function heldByDevice(pid: number): { fds: number[]; ids: number[] } {
 
 before(async () => {
   needRoot('installs into system paths, runs the broker, saves and restores domains in the system libvirtd');
-  const v = run('virsh', ['-c', 'qemu:///system', 'version'], { timeoutMs: 30_000 });
-  assert.equal(v.status, 0, `libvirtd is not reachable (${v.stderr.trim()}); start it (scripts/setup.sh does)`);
+  libvirtdReachable();
   checkFds = watchFds();
   qemuUid = lookupUser(libvirtQemuAccount().user).uid;
   const fixture = await ensureFixture();

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { needRoot, QEMU, tempDir } from '../harness';
 import { disableDomain, enableDomain, isEnabled, readConfig, wrapperInDir } from '../../src/xml';
 import { GOLDEN, read } from './cases';
+import { libvirtdReachable } from '../libvirt/fixture';
 
 const CONN = 'qemu:///system';
 const PREFIX = `vebpf-test-${process.pid}-`;
@@ -46,8 +47,7 @@ const anonymous = (xml: string) => xml.replace(/<name>[^<]*<\/name>/, '<name/>')
 
 before(() => {
   needRoot('defines domains in the system libvirtd');
-  const v = spawnSync('virsh', ['-c', CONN, 'version'], { encoding: 'utf8', timeout: 30_000 });
-  assert.equal(v.status, 0, `libvirtd is not reachable (${v.stderr?.trim()}); start it (scripts/setup.sh does)`);
+  libvirtdReachable();
   dir = tempDir('vebpf-test-wrap-');
   chmodSync(dir.path, 0o755); // libvirt probes the emulator as its qemu user
   symlinkSync(QEMU, join(dir.path, 'qemu-system-x86_64'));
