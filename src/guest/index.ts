@@ -10,6 +10,8 @@ export {
   parseDomiflist,
   GUEST_IMAGES_DIR,
   LIBVIRT_URI,
+  THIS_HOST,
+  type LibvirtHost,
   type LibvirtGuest,
   type LibvirtGuestOptions,
   type LibvirtNic,

@@ -191,11 +191,30 @@ export interface LibvirtGuest {
    * running from where it was: no READY to wait for.
    */
   reconnect(): Promise<void>;
+  /**
+   * After a migration: the domain now runs on `host` (another libvirtd), its console on
+   * `consoleSocket` (the path the migrated XML gave it). Reads pid, taps and log there from now
+   * on, and reconnects.
+   */
+  moveTo(host: LibvirtHost, consoleSocket: string): Promise<void>;
+  /** Where the domain runs now (this machine's libvirtd unless moved). */
+  readonly host: LibvirtHost;
+  /** The serial console's unix socket of the running QEMU. */
+  readonly consoleSocket: string;
   /** Destroy, undefine, remove the domain's files and log. Idempotent. */
   close(): Promise<void>;
   /** Leave the domain running after this process (closes only the console connection). */
   detach(): void;
 }
+
+/** A libvirtd the guest can run under: its URI and where it keeps pid files and QEMU logs. */
+export interface LibvirtHost {
+  uri: string;
+  runDir: string;
+  logDir: string;
+}
+
+export const THIS_HOST: LibvirtHost = { uri: LIBVIRT_URI, runDir: QEMU_RUN_DIR, logDir: QEMU_LOG_DIR };
 
 function run(cmd: string, args: readonly string[], timeoutMs = 120_000): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -258,9 +277,9 @@ function connectConsole(path: string, timeoutMs: number): Promise<Socket> {
 }
 
 /** QEMU's pid as libvirt's system driver records it (virsh has no command that prints it). */
-function readPid(name: string): number {
+function readPid(name: string, runDir = QEMU_RUN_DIR): number {
   try {
-    return Number(readFileSync(join(QEMU_RUN_DIR, `${name}.pid`), 'utf8').trim());
+    return Number(readFileSync(join(runDir, `${name}.pid`), 'utf8').trim());
   } catch {
     return -1;
   }
@@ -285,11 +304,12 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
   const dir = join(opts.imagesDir ?? GUEST_IMAGES_DIR, name);
   const kernel = join(dir, 'vmlinuz');
   const initrd = join(dir, 'initrd.img');
-  const consoleSocket = join(dir, 'console.sock');
+  let consoleSocket = join(dir, 'console.sock');
   const logFile = join(QEMU_LOG_DIR, `${name}.log`);
+  let host = THIS_HOST;
   const logTail = (lines = 20): string => {
     try {
-      return tail(readFileSync(logFile, 'utf8'), lines);
+      return tail(readFileSync(join(host.logDir, `${name}.log`), 'utf8'), lines);
     } catch {
       return '';
     }
@@ -321,8 +341,11 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
     (closing ??= (async () => {
       socket?.destroy();
       if (defined) {
-        await virsh('destroy', name).catch(() => undefined);
-        await virsh('undefine', name).catch(() => undefined);
+        // Where it runs now (after a migration, possibly another libvirtd), then its definitions.
+        for (const uri of new Set([host.uri, LIBVIRT_URI])) {
+          await run('virsh', ['-q', '-c', uri, 'destroy', name]).catch(() => undefined);
+          await run('virsh', ['-q', '-c', uri, 'undefine', name]).catch(() => undefined);
+        }
       }
       removeFiles();
       process.removeListener('exit', cleanupSync);
@@ -367,8 +390,8 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
     let interfaces: DomainInterface[] = [];
     let guestConsole: GuestConsole;
     const attach = async (): Promise<void> => {
-      pid = readPid(name);
-      interfaces = parseDomiflist(await virsh('domiflist', name));
+      pid = readPid(name, host.runDir);
+      interfaces = parseDomiflist(await run('virsh', ['-q', '-c', host.uri, 'domiflist', name]));
       for (const i of interfaces) {
         // No IPv6 on the host side: router solicitations and MLD reports would be guest RX
         // traffic on queues nobody predicted.
@@ -407,6 +430,17 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
       bootMs,
       logTail,
       reconnect: attach,
+      async moveTo(to: LibvirtHost, socketPath: string): Promise<void> {
+        host = to;
+        consoleSocket = socketPath;
+        await attach();
+      },
+      get host() {
+        return host;
+      },
+      get consoleSocket() {
+        return consoleSocket;
+      },
       async addHostAddress(cidr: string, nic = 0): Promise<void> {
         const tap = interfaces[nic]?.tap;
         if (!tap) throw usage(`the domain has no NIC #${nic}`);

@@ -63,10 +63,13 @@ export class BrokerChild {
   #exited?: Promise<void>;
   readonly socket: string;
   readonly #args: string[];
+  readonly #enter: string[];
 
-  constructor(opts: { socket?: string; args?: string[] } = {}) {
+  /** `enter`: a command prefix that runs it elsewhere (e.g. nsenter into another host's namespaces). */
+  constructor(opts: { socket?: string; args?: string[]; enter?: string[] } = {}) {
     this.socket = opts.socket ?? DEFAULT_SOCKET;
     this.#args = opts.args ?? [];
+    this.#enter = opts.enter ?? [];
   }
 
   /** Everything the broker printed (text log lines, src/log) since it started. */
@@ -81,7 +84,8 @@ export class BrokerChild {
   async start(): Promise<void> {
     assert.ok(!this.#child, 'the broker is already running');
     assert.ok(!brokerAnswers(this.socket), `another broker answers on ${this.socket}; stop it first (two brokers would fight over the socket)`);
-    const child = spawn(process.execPath, [INSTALLED_CLI, 'broker', ...this.#args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, ...args] = [...this.#enter, process.execPath, INSTALLED_CLI, 'broker', ...this.#args];
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
     child.stdout!.on('data', (d) => (this.#log += d));
     child.stderr!.on('data', (d) => (this.#log += d));

@@ -31,8 +31,8 @@ export interface FlowCheck {
   /** The NIC's live program and maps (from status). */
   progId: number;
   mapIds: readonly number[];
-  /** A libvirt domain and its NIC's device alias ("net0"): QEMU's counters are checked too. */
-  domain?: { name: string; device: string };
+  /** A libvirt domain, its NIC's device alias ("net0") and its libvirtd (default this host's): QEMU's counters are checked too. */
+  domain?: { name: string; device: string; uri?: string };
 }
 
 export interface Counted {
@@ -42,10 +42,10 @@ export interface Counted {
 }
 
 /** Packets QEMU has put on each RX virtqueue (queue q is virtqueue 2q), modulo 2^16. */
-function qemuRxUsed(domain: { name: string; device: string }, queues: number): number[] {
+function qemuRxUsed(domain: { name: string; device: string; uri?: string }, queues: number): number[] {
   return Array.from({ length: queues }, (_, q) => {
     const cmd = { execute: 'x-query-virtio-queue-status', arguments: { path: `/machine/peripheral/${domain.device}/virtio-backend`, queue: 2 * q } };
-    const r = spawnSync('virsh', ['-q', '-c', 'qemu:///system', 'qemu-monitor-command', domain.name, JSON.stringify(cmd)], { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync('virsh', ['-q', '-c', domain.uri ?? 'qemu:///system', 'qemu-monitor-command', domain.name, JSON.stringify(cmd)], { encoding: 'utf8', timeout: 30_000 });
     assert.equal(r.status, 0, `x-query-virtio-queue-status failed: ${r.stderr}`);
     const used = (JSON.parse(r.stdout) as { return: { 'used-idx': number } }).return['used-idx'];
     assert.ok(Number.isInteger(used), r.stdout);
@@ -150,7 +150,7 @@ export async function assertLibvirtFlows(
     queues: o.queues,
     progId: nic.ebpf!.progId,
     mapIds: nic.ebpf!.mapIds,
-    domain: { name: guest.name, device: nic.id! },
+    domain: { name: guest.name, device: nic.id!, uri: guest.host.uri },
   });
   for (const c of counted) console.log(`# ${o.label}: rx per queue for 200 flows through ${tap}, counted by ${c.by}: ${c.delta.join(' ')}; verify predicted ${predicted.join(' ')}`);
 }
