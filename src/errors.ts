@@ -76,6 +76,7 @@ export type ErrorCode =
   | 'DOMAIN_NOT_FOUND'
   | 'NIC_NOT_FOUND'
   | 'NIC_NO_EBPF'
+  | 'MIGRATION_REFUSED'
   // libvirt API
   | 'LIBVIRT_MISSING'
   | 'LIBVIRT_ERROR';

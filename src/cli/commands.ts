@@ -123,6 +123,17 @@ export const COMMANDS: Record<string, Command> = {
       } satisfies Command,
     ]),
   ),
+  migrate: {
+    summary: 'virsh migrate an enabled domain after checking the destination can run virt-ebpf (strict refuses, fallback runs it there plain)',
+    usage: 'virt-ebpf migrate [--connect URI] DOMAIN DESTURI [-- VIRSH-MIGRATE-OPTION…]',
+    async run(argv) {
+      const a = parseArgs(argv, { values: ['connect'] }, 'migrate');
+      const { migrateDomain, MIGRATE_USAGE } = await import('../migrate');
+      if (a.positional.length !== 2) throw new VirtEbpfError('USAGE', 'migrate: name the domain and the destination URI', { remedy: `usage: ${MIGRATE_USAGE}` });
+      const [name, destUri] = a.positional;
+      return migrateDomain({ uri: a.values.get('connect') ?? 'qemu:///system', name, destUri, options: a.rest }, (line) => process.stderr.write(line + '\n'));
+    },
+  },
   install: {
     summary: 'install the hook, emulator wrappers, broker units, default config and the virt-ebpf command (root)',
     usage: 'virt-ebpf install [--prefix DIR] [--no-rescan]',

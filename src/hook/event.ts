@@ -33,9 +33,12 @@ export function mayReplaceXml(e: HookEvent): boolean {
   return e.kind === 'migrate' || e.kind === 'restore';
 }
 
-/** Whether a non-zero exit aborts something: only prepare (start). reconnect must never fail. */
+/**
+ * Whether a non-zero exit aborts something: prepare (the start), migrate (the incoming
+ * migration, before the source pauses) and restore. reconnect must never fail.
+ */
 export function mayFail(e: HookEvent): boolean {
-  return e.kind === 'prepare';
+  return e.kind === 'prepare' || e.kind === 'migrate' || e.kind === 'restore';
 }
 
 /** A domain as libvirt names it to us: by name and/or uuid. */

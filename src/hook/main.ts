@@ -1,12 +1,13 @@
 /**
  * The libvirt hook (/etc/libvirt/hooks/qemu.d/virt-ebpf). Root, full domain XML on stdin.
- * Never calls back into libvirt (it would deadlock) and is bounded in time. Only `prepare`
- * may fail, and only under the strict policy; `reconnect` never fails (libvirt would kill the
- * running QEMU).
+ * Never calls back into libvirt (it would deadlock) and is bounded in time. Only prepare,
+ * migrate and restore may fail, and only under the strict policy (libvirt then refuses the
+ * start, cancels the incoming migration before the source pauses, or aborts the restore);
+ * `reconnect` never fails (libvirt would kill the running QEMU).
  */
 import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { isVirtEbpfError, VirtEbpfError } from '../errors';
-import { disableDomain, domainFacts } from '../xml';
+import { domainFacts, withoutWrapper } from '../xml';
 import { DOMAIN_STATE_DIR, domainStatePath } from '../policy';
 import { DEFAULT_PATHS } from '../install/plan';
 import { refreshIfStale } from '../install/apply';
@@ -58,7 +59,8 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
   try {
     facts = (env.facts ?? domainFacts)(xml);
   } catch (e) {
-    // Our metadata is unusable: say so, but only a start may be refused for it.
+    // Our metadata is unusable: say so, but only a start may be refused for it (a migration
+    // or restore of such a domain runs as the XML says, as it ran on the source).
     return event.kind === 'prepare' ? { code: 1, stdout: '', stderr: line(e) + '\n' } : ok('', line(e) + '\n');
   }
   if (!facts.enabled) return ok();
@@ -81,8 +83,14 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
     case 'restore': {
       const cfg = facts.config!;
       if (existsSync(cfg.emulator.wrapper)) return ok();
-      // This host has no wrapper for that emulator: run it plain rather than fail to start.
-      return ok(disableDomain(xml).xml, `virt-ebpf: ${cfg.emulator.wrapper} is not installed on this host: ${event.name} runs without eBPF RSS here (run \`virt-ebpf install\`)\n`);
+      // This host has no wrapper for that emulator. strict: refuse (libvirt cancels the incoming
+      // migration or the restore; a migrating guest has not paused yet). fallback: the real
+      // QEMU with the devices unchanged (the stream carries their state).
+      const what = event.kind === 'migrate' ? 'the incoming migration' : 'the restore';
+      if (cfg.policy === 'strict') {
+        return { code: 1, stdout: '', stderr: `virt-ebpf: ${cfg.emulator.wrapper} is not installed on this host and ${event.name}'s policy is strict: ${what} is refused (run \`virt-ebpf install\` here, or \`virt-ebpf enable ${event.name} --policy fallback\`)\n` };
+      }
+      return ok(withoutWrapper(xml).xml, `virt-ebpf: ${cfg.emulator.wrapper} is not installed on this host: ${event.name} runs without eBPF RSS here (policy fallback; run \`virt-ebpf install\`)\n`);
     }
     case 'prepare': {
       const cfg = facts.config!;

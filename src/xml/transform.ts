@@ -560,6 +560,31 @@ function disableNic(view: DomainView, w: Writer, rec: NicRecord): void {
   if (rec.driverCreated) w.warnings.push(`${iface.label}: kept the <driver> element enable created, it now holds other settings`);
 }
 
+/**
+ * The domain as it can run where the wrapper is not (a host without virt-ebpf): `<emulator>`
+ * back to the real QEMU, nothing else. The devices stay exactly as they are (rss, queues): a
+ * migration or restore carries the device state, and QEMU refuses a stream whose virtio
+ * features differ. Our metadata stays too, so `enable` can later tell what it changed; with the
+ * emulator no longer the wrapper, the domain counts as not enabled. Pure.
+ */
+export function withoutWrapper(xml: string): DisableResult {
+  const src = SourceDoc.parse(xml);
+  const view = readDomain(src);
+  const cfg = view.config;
+  if (!cfg || view.emulatorPath !== cfg.emulator.wrapper) return { xml, changes: [], warnings: [] };
+  const w = new Writer(src);
+  if (cfg.emulator.elementCreated) {
+    w.removeElement(view.emulator!);
+    w.changes.push({ kind: 'emulator', from: cfg.emulator.wrapper });
+  } else {
+    w.setText(view.emulator!, cfg.emulator.original);
+    w.changes.push({ kind: 'emulator', from: cfg.emulator.wrapper, to: cfg.emulator.original });
+  }
+  const out = w.edits.apply(xml);
+  readDomain(SourceDoc.parse(out));
+  return { xml: out, changes: w.changes, warnings: w.warnings };
+}
+
 /** The RSS NICs of a domain, for the hook and the wrapper. */
 export function rssNics(xml: string): RssNic[] {
   return rssNicsOf(readDomain(SourceDoc.parse(xml)));

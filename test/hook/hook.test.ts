@@ -50,7 +50,7 @@ after(async () => {
   dir.remove();
 });
 
-test('hook arguments: a closed set; only prepare may fail, only migrate/restore may replace the XML', async () => {
+test('hook arguments: a closed set; prepare, migrate and restore may fail, only migrate/restore may replace the XML', async () => {
   assert.deepEqual(parseHookArgs(['vm', 'prepare', 'begin', '-']), { kind: 'prepare', name: 'vm' });
   assert.deepEqual(parseHookArgs(['vm', 'release', 'end', 'destroyed']), { kind: 'release', name: 'vm', reason: 'destroyed' });
   assert.deepEqual(parseHookArgs(['vm', 'started', 'begin', '-']), { kind: 'ignored', name: 'vm', op: 'started', subop: 'begin' });
@@ -106,17 +106,33 @@ test('prepare with the broker up prewarms; release drops the state', async () =>
   }
 });
 
-test('migrate/restore: keep the XML when this host has the wrapper, run plain when it does not', async () => {
-  const elsewhere = enabled('strict', join(dir.path, 'not-installed-here'));
+test('migrate/restore: keep the XML when this host has the wrapper; without it strict refuses, fallback runs the real QEMU with the devices unchanged', async () => {
+  const elsewhere = (policy: 'strict' | 'fallback') => enabled(policy, join(dir.path, 'not-installed-here'));
   const wrapperDir = trustedDir('hook-wrappers');
   copyFileSync('/bin/true', join(wrapperDir, 'qemu-system-x86_64'));
   const present = enabled('strict', wrapperDir);
   assert.deepEqual(await runHook({ kind: 'migrate', name: 'vm' }, present, env), { code: 0, stdout: '', stderr: '' });
-  const absent = await runHook({ kind: 'restore', name: 'vm' }, elsewhere, env);
-  assert.equal(absent.code, 0);
-  assert.equal(isEnabled(absent.stdout), false);
-  assert.equal(absent.stdout, plain, 'exactly the original document');
-  assert.match(absent.stderr, /runs without eBPF RSS here/);
+
+  for (const kind of ['migrate', 'restore'] as const) {
+    const refused = await runHook({ kind, name: 'vm' }, elsewhere('strict'), env);
+    assert.equal(refused.code, 1, `${kind} under strict`);
+    assert.equal(refused.stdout, '');
+    assert.equal(refused.stderr.trim().split('\n').length, 1);
+    assert.match(refused.stderr, new RegExp(`^virt-ebpf: .*not-installed-here/qemu-system-x86_64 is not installed on this host and vm's policy is strict: the ${kind === 'migrate' ? 'incoming migration' : 'restore'} is refused \\(run \`virt-ebpf install\` here`));
+
+    const xml = elsewhere('fallback');
+    const plainHere = await runHook({ kind, name: 'vm' }, xml, env);
+    assert.equal(plainHere.code, 0);
+    assert.equal(isEnabled(plainHere.stdout), false, 'the wrapper is not used');
+    // Only <emulator> changed: rss and queues stay, or the device state in the stream would not load.
+    const emulatorLine = /<emulator>[^<]*<\/emulator>/;
+    assert.equal(plainHere.stdout.replace(emulatorLine, ''), xml.replace(emulatorLine, ''), `${kind}: nothing but <emulator> changed`);
+    assert.match(plainHere.stdout, /<emulator>\/usr\/bin\/qemu-system-x86_64<\/emulator>/);
+    assert.match(plainHere.stdout, /rss='on'/);
+    assert.match(plainHere.stderr, /runs without eBPF RSS here \(policy fallback/);
+  }
+  assert.equal(mayFail(parseHookArgs(['vm', 'migrate', 'begin', '-'])), true);
+  assert.equal(mayFail(parseHookArgs(['vm', 'restore', 'begin', '-'])), true);
 });
 
 test('prepare after the real QEMU changed: the wrapper is refreshed and the start is refused once (strict)', async () => {

@@ -28,7 +28,9 @@ import { ask } from '../broker/support';
 import type { StatusDocument } from '../../src/status';
 import { needRoot, tempDir, watchFds } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
-import { bpfFds, cmdline, procStatus, run, virtioNetDevices, waitFor } from '../coldstart/libvirt';
+import { bpfFds, CLI, cmdline, procStatus, run, virtioNetDevices, waitFor } from '../coldstart/libvirt';
+import { XML_NAMESPACE } from '../../src/xml';
+import { readlinkSync } from 'node:fs';
 import { cli } from '../status/qemu';
 import { assertLibvirtFlows } from '../libvirt-guest/flows';
 import { libvirtdReachable } from '../libvirt/fixture';
@@ -43,6 +45,8 @@ const MIGRATE_URI = 'tcp://127.0.0.1';
 const brokerA = new BrokerChild();
 const scratch = tempDir('virt-ebpf-migration-');
 const hostB = new SecondHost(join(scratch.path, 'host-b'), { hostname: `vebpf-b-${process.pid}` });
+/** A host where virt-ebpf was never installed. */
+const hostC = new SecondHost(join(scratch.path, 'host-c'), { hostname: `vebpf-c-${process.pid}`, bare: true });
 let guest: LibvirtGuest;
 let installedBefore = false;
 let qemuUid: number;
@@ -84,6 +88,20 @@ const B: Side = {
   hostname: () => hostB.hostname,
 };
 let brokerB: BrokerChild;
+const C: Side = {
+  label: 'C',
+  get host() {
+    return hostC.libvirtHost;
+  },
+  cli: async (args) => hostC.cli(...args),
+  get broker(): BrokerChild {
+    throw new Error('host C has no broker');
+  },
+  get stateDir() {
+    return join(hostC.dir, 'run-virt-ebpf', 'domains');
+  },
+  hostname: () => hostC.hostname,
+};
 
 function virshOn(side: Side, ...args: string[]): string {
   const r = run('virsh', ['-q', '-c', side.host.uri, ...args], { timeoutMs: 300_000 });
@@ -115,19 +133,54 @@ async function reserved(broker: BrokerChild): Promise<number> {
   return r.reserved!;
 }
 
-/**
- * `virsh migrate --live` from one side to the other, the destination's console on its own
- * path; afterwards the test follows the domain there.
- */
-async function migrate(from: Side, to: Side, extra: string[] = []): Promise<void> {
+/** The migratable XML with the destination's own console path, in a file. */
+function xmlFor(from: Side, to: Side): { file: string; console: string } {
   const consoleTo = join(dirname(guest.consoleSocket), `console-${to.label}.sock`);
   const xml = virshOn(from, 'dumpxml', '--migratable', guest.name).replace(guest.consoleSocket, consoleTo);
   assert.ok(xml.includes(consoleTo), 'the serial console path is in the migratable XML');
-  const xmlFile = join(scratch.path, `to-${to.label}.xml`);
-  writeFileSync(xmlFile, xml);
-  const persistent = extra.includes('--persistent') ? ['--persistent-xml', xmlFile] : [];
-  virshOn(from, 'migrate', '--live', ...extra, ...persistent, '--xml', xmlFile, guest.name, to.host.uri, MIGRATE_URI);
-  await guest.moveTo(to.host, consoleTo);
+  const file = join(scratch.path, `to-${to.label}.xml`);
+  writeFileSync(file, xml);
+  return { file, console: consoleTo };
+}
+
+/** `virsh migrate --live` (or `virt-ebpf migrate`) from one side to the other; the result, the domain not followed. */
+function tryMigrate(from: Side, to: Side, o: { extra?: string[]; via?: 'virsh' | 'virt-ebpf' } = {}): { status: number | null; stderr: string; console: string } {
+  const x = xmlFor(from, to);
+  const extra = o.extra ?? [];
+  const persistent = extra.includes('--persistent') ? ['--persistent-xml', x.file] : [];
+  const options = ['--live', ...extra, ...persistent, '--xml', x.file, '--migrateuri', MIGRATE_URI];
+  const r =
+    o.via === 'virt-ebpf'
+      ? run(process.execPath, [CLI, 'migrate', '--connect', from.host.uri, guest.name, to.host.uri, '--', ...options], { timeoutMs: 300_000 })
+      : run('virsh', ['-q', '-c', from.host.uri, 'migrate', ...options, guest.name, to.host.uri], { timeoutMs: 300_000 });
+  return { status: r.status, stderr: r.stderr, console: x.console };
+}
+
+/** Migrate and follow the domain to the destination. */
+async function migrate(from: Side, to: Side, extra: string[] = [], via: 'virsh' | 'virt-ebpf' = 'virsh'): Promise<string> {
+  const r = tryMigrate(from, to, { extra, via });
+  assert.equal(r.status, 0, `migrate ${from.label} → ${to.label} failed: ${r.stderr.trim()}\n${guest.logTail(10)}`);
+  await guest.moveTo(to.host, r.console);
+  return r.stderr;
+}
+
+/** The domain's policy in its live XML (what a migration carries), changed with virsh metadata --live. */
+function setPolicyLive(side: Side, policy: 'strict' | 'fallback'): void {
+  const cur = virshOn(side, 'metadata', guest.name, XML_NAMESPACE, '--live');
+  const next = cur.replace(/policy=(["'])(strict|fallback)\1/, `policy="${policy}"`);
+  assert.notEqual(next, cur.replace(/policy=(["'])(strict|fallback)\1/, 'policy="?"'), 'the metadata names a policy');
+  virshOn(side, 'metadata', guest.name, XML_NAMESPACE, '--live', '--key', 'virt-ebpf', '--set', next.trim());
+  assert.match(virshOn(side, 'metadata', guest.name, XML_NAMESPACE, '--live'), new RegExp(`policy=["']${policy}["']`));
+}
+
+/** How the domain runs on A now: refused migrations must leave exactly this. */
+function runningOnA(): { pid: number; reason: string } {
+  return { pid: guest.pid, reason: virshOn(A, 'domstate', '--reason', guest.name).trim() };
+}
+
+async function assertUntouchedOnA(before: { pid: number; reason: string }, how: string): Promise<void> {
+  assert.deepEqual(runningOnA(), before, `${how}: the domain runs on A as before, never paused (same QEMU, same state reason)`);
+  assert.equal((await guest.console.run('echo alive')).output.trim(), 'alive', `${how}: the guest answers`);
 }
 
 /** Everything that must hold after the domain arrived on `to` from `from`. */
@@ -199,6 +252,7 @@ before(async () => {
 });
 
 after(async () => {
+  await hostC.stop();
   await hostB.stop();
   await tearDownInstalled({ domains: [guest], broker: brokerA, installedBefore });
   scratch.remove();
@@ -241,4 +295,73 @@ test('virsh migrate --live --persistent --undefinesource A → B → A: the defi
   await checkArrived(B, A, old);
   assert.match(stateOn(B), /^\(none/, 'B no longer defines it');
   assert.match(virshOn(A, 'dominfo', guest.name), /Persistent:\s+yes/);
+});
+
+test('strict, B\'s broker down: virsh migrate is refused by B\'s hook before the guest pauses, with our line', async () => {
+  await hostB.stopBroker();
+  const before = runningOnA();
+  const r = tryMigrate(A, B);
+  assert.notEqual(r.status, 0, 'the migration was refused');
+  console.log(`# virsh migrate: ${r.stderr.trim().replace(/\n/g, ' | ')}`);
+  assert.match(r.stderr, /virt-ebpf: cannot reach the virt-ebpf broker/, 'libvirt passes on the reason our hook gave');
+  await assertUntouchedOnA(before, 'strict, broker down on B');
+  assert.match(stateOn(B), /^\(none/, 'nothing left on B');
+  assert.equal(await reserved(brokerA), 0);
+});
+
+test('fallback, B\'s broker down: the domain runs on B without eBPF and status there says so; back on A it has eBPF again', async () => {
+  setPolicyLive(A, 'fallback');
+  await migrate(A, B);
+  assert.equal(stateOn(B), 'running');
+  assert.equal(procStatus(guest.pid).uid, qemuUid);
+  assert.ok(!bpfFds(guest.pid).some((f) => f.kind === 'prog'), 'QEMU on B holds no program');
+  const doc = await statusOn(B);
+  const nic = doc.domains[0].nics[0];
+  console.log(`# status on B: ${nic.state}: ${nic.summary}`);
+  assert.equal(nic.state, 'no-ebpf', nic.summary);
+  assert.equal(nic.ebpf, undefined);
+  const inGuest = parseEthtoolRss((await guest.console.run('ethtool -x eth0')).output);
+  assert.deepEqual(inGuest.table, guestSet.table, 'the guest keeps its table');
+
+  await hostB.startBroker();
+  const old = snapshot(A);
+  await migrate(B, A);
+  await checkArrived(B, A, old);
+});
+
+test('strict, a host without virt-ebpf: virsh migrate fails before the guest pauses; virt-ebpf migrate refuses with one line and never starts it', async () => {
+  setPolicyLive(A, 'strict');
+  await hostC.start();
+  const before = runningOnA();
+  const plain = tryMigrate(A, C);
+  assert.notEqual(plain.status, 0);
+  console.log(`# virsh migrate to C: ${plain.stderr.trim().replace(/\n/g, ' | ')}`);
+  assert.match(plain.stderr, /\/usr\/libexec\/virt-ebpf\/qemu-system-x86_64/, 'libvirt on C cannot find the wrapper');
+  await assertUntouchedOnA(before, 'virsh migrate to C');
+
+  const ours = tryMigrate(A, C, { via: 'virt-ebpf' });
+  assert.equal(ours.status, 1);
+  const lines = ours.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, ours.stderr);
+  assert.match(lines[0], /^virt-ebpf: .* cannot run \/usr\/libexec\/virt-ebpf\/qemu-system-x86_64 \(virt-ebpf is not installed there\) and .*'s policy is strict: not migrated, .* keeps running here \(MIGRATION_REFUSED\); install virt-ebpf on the destination/);
+  await assertUntouchedOnA(before, 'virt-ebpf migrate to C');
+  assert.match(stateOn(C), /^\(none/, 'nothing was started on C');
+});
+
+test('fallback, a host without virt-ebpf: virt-ebpf migrate runs it there on the real QEMU with the same devices; status there says no eBPF', async () => {
+  setPolicyLive(A, 'fallback');
+  const stderr = await migrate(A, C, [], 'virt-ebpf');
+  assert.match(stderr, /runs there without eBPF RSS \(policy fallback\), with the same devices/);
+  assert.equal(stateOn(C), 'running');
+  assert.equal(readlinkSync(`/proc/${guest.pid}/exe`), '/usr/bin/qemu-system-x86_64', 'the real QEMU, not the wrapper');
+  assert.ok(cmdline(guest.pid).join(' ').includes('"rss":true'), 'the device keeps rss=on');
+  assert.ok(!bpfFds(guest.pid).some((f) => f.kind === 'prog'), 'QEMU on C holds no program');
+  const doc = await statusOn(C);
+  assert.equal(doc.host.name, hostC.hostname);
+  const nic = doc.domains[0].nics[0];
+  console.log(`# status on C: ${nic.state}: ${nic.summary}`);
+  assert.equal(nic.state, 'no-ebpf', nic.summary);
+  const inGuest = parseEthtoolRss((await guest.console.run('ethtool -x eth0')).output);
+  assert.deepEqual(inGuest.table, guestSet.table, 'the guest keeps its table');
+  assert.equal(await reserved(brokerA), 0, 'A keeps nothing');
 });

@@ -94,9 +94,10 @@ export class SecondHost {
     return r.stdout;
   }
 
-  /** The installed `virt-ebpf` CLI run on this host. */
+  /** The installed `virt-ebpf` CLI run on this host (on a bare host: the checkout's). */
   cli(...args: string[]): { code: number; stdout: string; stderr: string } {
-    const r = spawnSync(this.enter[0], [...this.enter.slice(1), process.execPath, INSTALLED_CLI, ...args], { encoding: 'utf8', timeout: 120_000 });
+    const main = this.bare ? join(REPO, 'dist', 'src', 'cli', 'main.js') : INSTALLED_CLI;
+    const r = spawnSync(this.enter[0], [...this.enter.slice(1), process.execPath, main, ...args], { encoding: 'utf8', timeout: 120_000 });
     return { code: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? String(r.error) };
   }
 
