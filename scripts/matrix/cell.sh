@@ -17,9 +17,9 @@ versions() {
 }
 
 # The suites that need libvirt, QEMU and a guest: cold start, hot-plug, status and verify
-# under libvirt, save/restore.
+# under libvirt, live migration between two libvirtd, save/restore.
 suites() {
-  find dist/test/coldstart dist/test/hotplug dist/test/libvirt-guest dist/test/saverestore -name '*.test.js' | sort
+  find dist/test/coldstart dist/test/hotplug dist/test/libvirt-guest dist/test/migration dist/test/saverestore -name '*.test.js' | sort
 }
 
 case "${1:-}" in
