@@ -3,6 +3,7 @@
  */
 import { DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE } from '../libvirt/usage';
 import { KUBEVIRT_USAGE, VDSM_USAGE } from '../managers/usage';
+import { MIGRATE_SUMMARY, MIGRATE_USAGE } from '../migrate/usage';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -124,11 +125,11 @@ export const COMMANDS: Record<string, Command> = {
     ]),
   ),
   migrate: {
-    summary: 'virsh migrate an enabled domain after checking the destination can run virt-ebpf (strict refuses, fallback runs it there plain)',
-    usage: 'virt-ebpf migrate [--connect URI] DOMAIN DESTURI [-- VIRSH-MIGRATE-OPTION…]',
+    summary: MIGRATE_SUMMARY,
+    usage: MIGRATE_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { values: ['connect'] }, 'migrate');
-      const { migrateDomain, MIGRATE_USAGE } = await import('../migrate');
+      const { migrateDomain } = await import('../migrate');
       if (a.positional.length !== 2) throw new VirtEbpfError('USAGE', 'migrate: name the domain and the destination URI', { remedy: `usage: ${MIGRATE_USAGE}` });
       const [name, destUri] = a.positional;
       return migrateDomain({ uri: a.values.get('connect') ?? 'qemu:///system', name, destUri, options: a.rest }, (line) => process.stderr.write(line + '\n'));

@@ -14,7 +14,7 @@ import { planMigration } from './plan';
 
 export { planMigration, takeOption, type MigrationFacts, type MigrationPlan } from './plan';
 
-export const MIGRATE_USAGE = 'virt-ebpf migrate [--connect URI] DOMAIN DESTURI [-- VIRSH-MIGRATE-OPTION…]';
+export { MIGRATE_USAGE, MIGRATE_SUMMARY } from './usage';
 
 function virsh(uri: string, args: readonly string[]): { code: number; stdout: string; stderr: string } {
   const r = spawnSync('virsh', ['-q', '-c', uri, ...args], { encoding: 'utf8', timeout: 120_000, maxBuffer: 64 << 20 });
