@@ -34,11 +34,13 @@ export function mayReplaceXml(e: HookEvent): boolean {
 }
 
 /**
- * Whether a non-zero exit aborts something: prepare (the start), migrate (the incoming
- * migration, before the source pauses) and restore. reconnect must never fail.
+ * Whether the hook fails closed when it breaks (times out, throws): only at prepare, where the
+ * domain's policy is known to be ours to enforce. A migrate or restore is refused only for the
+ * one reason runHook names (strict, and no wrapper on this host); a broken hook lets it go on
+ * as it ran on the source. reconnect must never fail.
  */
 export function mayFail(e: HookEvent): boolean {
-  return e.kind === 'prepare' || e.kind === 'migrate' || e.kind === 'restore';
+  return e.kind === 'prepare';
 }
 
 /** A domain as libvirt names it to us: by name and/or uuid. */

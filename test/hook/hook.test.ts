@@ -50,7 +50,7 @@ after(async () => {
   dir.remove();
 });
 
-test('hook arguments: a closed set; prepare, migrate and restore may fail, only migrate/restore may replace the XML', async () => {
+test('hook arguments: a closed set; only prepare fails closed, only migrate/restore may replace the XML', async () => {
   assert.deepEqual(parseHookArgs(['vm', 'prepare', 'begin', '-']), { kind: 'prepare', name: 'vm' });
   assert.deepEqual(parseHookArgs(['vm', 'release', 'end', 'destroyed']), { kind: 'release', name: 'vm', reason: 'destroyed' });
   assert.deepEqual(parseHookArgs(['vm', 'started', 'begin', '-']), { kind: 'ignored', name: 'vm', op: 'started', subop: 'begin' });
@@ -131,8 +131,7 @@ test('migrate/restore: keep the XML when this host has the wrapper; without it s
     assert.match(plainHere.stdout, /rss='on'/);
     assert.match(plainHere.stderr, /runs without eBPF RSS here \(policy fallback/);
   }
-  assert.equal(mayFail(parseHookArgs(['vm', 'migrate', 'begin', '-'])), true);
-  assert.equal(mayFail(parseHookArgs(['vm', 'restore', 'begin', '-'])), true);
+  assert.equal(mayFail(parseHookArgs(['vm', 'migrate', 'begin', '-'])), false, 'a broken hook does not stop a migration');
 });
 
 test('prepare after the real QEMU changed: the wrapper is refreshed and the start is refused once (strict)', async () => {
