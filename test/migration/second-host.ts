@@ -49,9 +49,9 @@ export class SecondHost {
     return this.#daemon.pid;
   }
 
-  /** A command prefix that runs a command on this host. */
+  /** A command prefix that runs a command on this host (its root and cwd too: this machine may itself be a chroot). */
   get enter(): string[] {
-    return ['nsenter', '-t', String(this.pid), '-m', '-u', '--'];
+    return ['nsenter', '-t', String(this.pid), '-m', '-u', '-r', '-w', '--'];
   }
 
   /** Prepare its directories from this host's (after `virt-ebpf install` here: the hook comes along) and start its libvirtd. */
