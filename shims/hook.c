@@ -78,7 +78,9 @@ static void forget(const char *xml)
     free(path);
 }
 
-/* migrate/restore of one of our domains: Node's hook (src/hook/main.ts), the XML on its stdin. */
+/* migrate/restore of one of our domains: Node's hook (src/hook/main.ts), the XML on its stdin.
+ * When Node cannot be run, the XML goes on unchanged (exit 0): a broken hook must not stop a
+ * migration or restore; the prepare that follows still applies the domain's policy. */
 static int to_node(const char *hookfile, char **args, const struct buf *xml)
 {
     char why[8192];
@@ -87,8 +89,8 @@ static int to_node(const char *hookfile, char **args, const struct buf *xml)
     char *hook = node ? script_field(text, hookfile, "hook", why, sizeof why) : NULL;
     free(text);
     if (!hook) {
-        fprintf(stderr, "virt-ebpf: %s\n", why);
-        return 1;
+        fprintf(stderr, "virt-ebpf: %s; the domain XML goes on unchanged\n", why);
+        return 0;
     }
     int fd = memfd_create("virt-ebpf-domain-xml", 0);  /* no size limit, unlike a pipe nobody drains */
     for (size_t off = 0; fd >= 0 && off < xml->len;) {
@@ -101,15 +103,15 @@ static int to_node(const char *hookfile, char **args, const struct buf *xml)
         off += w;
     }
     if (fd < 0 || lseek(fd, 0, SEEK_SET) < 0 || dup2(fd, 0) < 0) {
-        fprintf(stderr, "virt-ebpf: cannot pass the domain XML to %s: %m\n", hook);
-        return 1;
+        fprintf(stderr, "virt-ebpf: cannot pass the domain XML to %s: %m; it goes on unchanged\n", hook);
+        return 0;
     }
     if (fd != 0)
         close(fd);
     char *argv[] = {node, hook, args[0], args[1], args[2], args[3], NULL};
     execv(node, argv);
-    fprintf(stderr, "virt-ebpf: cannot run %s: %m; run `virt-ebpf install` again\n", node);
-    return 1;
+    fprintf(stderr, "virt-ebpf: cannot run %s: %m; the domain XML goes on unchanged (run `virt-ebpf install` again)\n", node);
+    return 0;
 }
 
 int main(int argc, char **argv)

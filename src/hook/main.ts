@@ -1,9 +1,10 @@
 /**
  * The libvirt hook (/etc/libvirt/hooks/qemu.d/virt-ebpf). Root, full domain XML on stdin.
- * Never calls back into libvirt (it would deadlock) and is bounded in time. Only prepare,
- * migrate and restore may fail, and only under the strict policy (libvirt then refuses the
- * start, cancels the incoming migration before the source pauses, or aborts the restore);
- * `reconnect` never fails (libvirt would kill the running QEMU).
+ * Never calls back into libvirt (it would deadlock) and is bounded in time. prepare fails on
+ * unusable metadata or, under the strict policy, when no fds can be had; migrate and restore
+ * fail only under strict when this host has no wrapper (libvirt then cancels the incoming
+ * migration before the source pauses, or the restore); `reconnect` never fails (libvirt would
+ * kill the running QEMU).
  */
 import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { isVirtEbpfError, VirtEbpfError } from '../errors';

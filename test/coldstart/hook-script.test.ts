@@ -56,6 +56,14 @@ test('the hook file runs the C hook shim without a shell: it ends at once for ot
       assert.equal(readFileSync(`${record}.argv`, 'utf8'), `${fakeNode} ${join(prefix, 'dist/src/hook/main.js')} vm ${ev.join(' ')} -\n`);
       assert.equal(readFileSync(`${record}.stdin`, 'utf8'), enabled, 'Node reads the XML exactly as libvirt sent it');
     }
+    // Node gone (a half-removed install): migrate/restore go on with the XML unchanged, saying why.
+    rmSync(fakeNode);
+    for (const ev of [['migrate', 'begin'], ['restore', 'begin']]) {
+      const r = spawnSync(script, ['vm', ...ev, '-'], { input: enabled, encoding: 'utf8', timeout: 10_000, env });
+      assert.equal(r.status, 0, `${ev.join(' ')} without Node: a broken hook does not stop it`);
+      assert.equal(r.stdout, '', 'no replacement XML: libvirt keeps its own');
+      assert.match(r.stderr, /^virt-ebpf: cannot run .*: No such file or directory; the domain XML goes on unchanged/);
+    }
     // prepare/release: the shim itself (broker down: a plain domain is done, ours follows its policy).
     for (const ev of [['prepare', 'begin'], ['release', 'end']]) {
       assert.deepEqual(call(plain, 'vm', ...ev, '-'), { status: 0, node: false, stderr: '' }, `${ev.join(' ')} of a domain without our metadata`);

@@ -29,7 +29,7 @@ import type { StatusDocument } from '../../src/status';
 import { needRoot, tempDir, watchFds } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
 import { bpfFds, CLI, cmdline, procStatus, run, virtioNetDevices, waitFor } from '../coldstart/libvirt';
-import { XML_NAMESPACE } from '../../src/xml';
+import { domainFacts, XML_NAMESPACE } from '../../src/xml';
 import { cli } from '../status/qemu';
 import { assertLibvirtFlows } from '../libvirt-guest/flows';
 import { libvirtdReachable } from '../libvirt/fixture';
@@ -287,7 +287,9 @@ test('virsh migrate --live --persistent --undefinesource A → B → A: the defi
   assert.match(stateOn(A), /^\(none/, 'A no longer defines it');
   assert.match(virshOn(B, 'dominfo', guest.name), /Persistent:\s+yes/);
   const defined = virshOn(B, 'dumpxml', '--inactive', guest.name);
-  assert.match(defined, /virt-ebpf/, 'B\'s definition keeps the virt-ebpf metadata');
+  const kept = domainFacts(defined);
+  assert.ok(kept.enabled, 'B\'s definition is enabled: our metadata and the wrapper as emulator');
+  assert.equal(kept.config?.policy, 'strict', 'with its policy');
 
   old = snapshot(A);
   await migrate(B, A, ['--persistent', '--undefinesource']);
@@ -342,7 +344,7 @@ test('strict, a host without virt-ebpf: virsh migrate fails before the guest pau
   assert.equal(ours.status, 1);
   const lines = ours.stderr.trim().split('\n');
   assert.equal(lines.length, 1, ours.stderr);
-  assert.match(lines[0], /^virt-ebpf: .* cannot run \/usr\/libexec\/virt-ebpf\/qemu-system-x86_64 \(virt-ebpf is not installed there\) and .*'s policy is strict: not migrated, .* keeps running here \(MIGRATION_REFUSED\); install virt-ebpf on the destination/);
+  assert.match(lines[0], /^virt-ebpf: .* cannot run \/usr\/libexec\/virt-ebpf\/qemu-system-x86_64 \(virt-ebpf is not installed there\) and its policy is strict: .* not migrated, it keeps running here \(MIGRATION_REFUSED\); install virt-ebpf on the destination/);
   await assertUntouchedOnA(before, 'virt-ebpf migrate to C');
   assert.match(stateOn(C), /^\(none/, 'nothing was started on C');
 });

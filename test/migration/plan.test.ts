@@ -24,11 +24,26 @@ test('strict to a destination without virt-ebpf: refused with one line that name
       assert.ok(isVirtEbpfError(e));
       assert.equal(e.code, 'MIGRATION_REFUSED');
       assert.equal(e.oneLine().split('\n').length, 1);
-      assert.match(e.oneLine(), /qemu\+ssh:\/\/b\/system cannot run .* and vm's policy is strict: not migrated, vm keeps running here/);
-      assert.match(e.remedy, /install virt-ebpf on the destination, or `virt-ebpf enable vm --policy fallback`/);
+      assert.match(e.oneLine(), /qemu\+ssh:\/\/b\/system cannot run .* and its policy is strict: vm not migrated, it keeps running here/);
+      assert.match(e.remedy, /install virt-ebpf on the destination, or make vm's policy fallback \(`virt-ebpf enable vm --policy fallback` changes its definition; a running domain keeps its policy until it starts again\)/);
       return true;
     },
   );
+});
+
+test('running fallback, defined strict: --persistent would carry the strict definition there, so it is refused; without --persistent it goes', () => {
+  const enabled = { policy: 'fallback' as const, wrapper: WRAPPER };
+  assert.throws(
+    () => planMigration({ ...base, enabled, definitionPolicy: 'strict', destHasWrapper: false, options: ['--live', '--persistent'] }),
+    (e) => isVirtEbpfError(e) && e.code === 'MIGRATION_REFUSED' && /the policy of its definition \(which --persistent would take there\) is strict/.test(e.message),
+  );
+  assert.equal(planMigration({ ...base, enabled, definitionPolicy: 'strict', destHasWrapper: false }).kind, 'plain');
+});
+
+test('bad option lists: one line each', () => {
+  const enabled = { policy: 'fallback' as const, wrapper: WRAPPER };
+  assert.throws(() => planMigration({ ...base, enabled, destHasWrapper: false, options: ['--live', '--xml'] }), /migrate: --xml needs a file/);
+  assert.throws(() => planMigration({ ...base, enabled, destHasWrapper: false, options: ['--persistent-xml', 'p.xml'] }), /migrate: --persistent-xml needs --persistent/);
 });
 
 test('fallback to a destination without virt-ebpf: the XML goes plain — the live one, or the one the user named', () => {
@@ -36,18 +51,21 @@ test('fallback to a destination without virt-ebpf: the XML goes plain — the li
   assert.deepEqual(planMigration({ ...base, enabled, destHasWrapper: false }), {
     kind: 'plain',
     options: base.options,
-    xmlFrom: 'live',
+    xml: { libvirt: 'live' },
     warning: `virt-ebpf: qemu+ssh://b/system cannot run ${WRAPPER} (virt-ebpf is not installed there): vm runs there without eBPF RSS (policy fallback), with the same devices`,
   });
   const mine = planMigration({ ...base, enabled, destHasWrapper: false, options: ['--live', '--xml', '/tmp/x.xml', '--persistent', '--persistent-xml=/tmp/p.xml'] });
   assert.equal(mine.kind, 'plain');
-  assert.deepEqual(mine.kind === 'plain' && { options: mine.options, xmlFrom: mine.xmlFrom, persistentXmlFrom: mine.persistentXmlFrom }, {
+  assert.deepEqual(mine.kind === 'plain' && { options: mine.options, xml: mine.xml, persistentXml: mine.persistentXml }, {
     options: ['--live', '--persistent'],
-    xmlFrom: '/tmp/x.xml',
-    persistentXmlFrom: '/tmp/p.xml',
+    xml: { file: '/tmp/x.xml' },
+    persistentXml: { file: '/tmp/p.xml' },
   });
   const persistent = planMigration({ ...base, enabled, destHasWrapper: false, options: ['--live', '--persistent'] });
-  assert.equal(persistent.kind === 'plain' && persistent.persistentXmlFrom, 'inactive', 'the persistent definition goes plain too, or it would not start there');
+  assert.deepEqual(persistent.kind === 'plain' && persistent.persistentXml, { libvirt: 'inactive' }, 'the persistent definition goes plain too, or it would not start there');
+  // A file named like libvirt's sources is still a file.
+  const named = planMigration({ ...base, enabled, destHasWrapper: false, options: ['--xml', 'live'] });
+  assert.deepEqual(named.kind === 'plain' && named.xml, { file: 'live' });
 });
 
 test('takeOption: both spellings, the rest in order', () => {

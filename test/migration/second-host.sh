@@ -13,6 +13,9 @@
 set -euo pipefail
 dir=$1 host=$2 uuid=$3 bare=${4:-}
 
+# Everything below would change this machine itself unless unshare gave us namespaces our caller does not share.
+[ "$(readlink /proc/self/ns/mnt)" != "$(readlink /proc/$PPID/ns/mnt)" ] && [ "$(readlink /proc/self/ns/uts)" != "$(readlink /proc/$PPID/ns/uts)" ] \
+  || { echo "second-host: run me under unshare --mount --uts (I mount over /run, /etc/libvirt and /var/lib/libvirt)" >&2; exit 1; }
 [ -d "$dir/etc-libvirt" ] || { echo "second-host: $dir/etc-libvirt is missing (the fixture prepares it)" >&2; exit 1; }
 mount --make-rprivate /
 hostname "$host"
