@@ -4,7 +4,8 @@
  * src/wrapper/script.ts) is a text file whose first line is `#!` and this binary, so the kernel
  * runs us with its path first — no shell; its real= line names the real QEMU. A command line
  * without an rss device or libvirt's monitor (capability probing, -version) goes to the real QEMU
- * as it is.
+ * as it is. A host-wide wrapper (`host-wide=on`: install --host-wide put it at the packaged
+ * emulator's own path) asks the broker for every domain start.
  *
  * It only moves bytes and fds. The broker plans the command line (src/broker/server.ts,
  * `exec-plan`) and hands over the fds; the shim puts the fd numbers it received where the
@@ -145,6 +146,10 @@ int main(int argc, char **argv)
     char why[8192];
     char *text = read_script(argv[1], why, sizeof why);
     const char *real = text ? script_field(text, argv[1], "real", why, sizeof why) : NULL;
+    char ignored[8];
+    char *hw = text ? script_field(text, argv[1], "host-wide", ignored, sizeof ignored) : NULL;
+    int host_wide = hw && !strcmp(hw, "on");
+    free(hw);
     free(text);
     if (!real || real[0] != '/') {
         fprintf(stderr, "virt-ebpf: %s\n", real ? "the wrapper's real= is not an absolute path; run `virt-ebpf install` again" : why);
@@ -155,16 +160,20 @@ int main(int argc, char **argv)
     /* What the hook recorded at prepare: the policy and hot-plug setting when the broker is not
      * asked (no rss device on the command line) or cannot be. */
     char *state = domain_state(n, args);
-    const char *policy = resolve_policy(state);
+    /* A domain the hook recorded nothing for, run by the host-wide wrapper, never asked for eBPF:
+     * it starts without it rather than not at all. */
+    const char *policy = host_wide && !state ? "fallback" : resolve_policy(state);
     int hotplug = hotplug_wanted(state);
     free(state);
     int fds[VEBPF_MAX_FDS], nfds = 0;
     char **plan = NULL;
-    for (int i = 0; i < n; i++)
-        if (strstr(args[i], "rss")) {
-            plan = exec_plan(real, n, args, &policy, &hotplug, fds, &nfds);
-            break;
-        }
+    /* The host-wide wrapper asks for every domain start (-uuid: libvirt's, not a probe); the
+     * broker applies the host's policy. */
+    int ask = host_wide && option(n, args, "-uuid");
+    for (int i = 0; i < n && !ask; i++)
+        ask = strstr(args[i], "rss") != NULL;
+    if (ask)
+        plan = exec_plan(real, n, args, &policy, &hotplug, fds, &nfds);
     if (hotplug)
         hotplug_env(real, n, args, policy);
     char **out = calloc(n + 2, sizeof *out);

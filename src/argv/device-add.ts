@@ -1,11 +1,13 @@
 /**
  * A QMP `device_add` line as the hot-plug shim sees it inside QEMU (bytes, one line): does it
  * add a virtio-net device that wants eBPF RSS fds, and where do the fds go? The same rules as
- * for `-device` on the command line (qemu-argv.ts). The answer is a byte offset in the line —
+ * for `-device` on the command line (qemu-argv.ts, and host-policy.ts under the host-wide mode). The
+ * answer is a byte offset in the line —
  * just inside the `arguments` object — where the shim splices the property in; the shim itself
  * knows no rule. Pure.
  */
 import { DeviceArg, isRssDevice } from './qemu-argv';
+import { hostTurnsRssOn, type HostRss } from './host-policy';
 
 export interface DeviceAddPlan {
   /** byte offset just after the `{` that opens `arguments` */
@@ -13,6 +15,8 @@ export interface DeviceAddPlan {
   /** the device's id, for messages */
   id?: string;
   device: DeviceArg;
+  /** the host policy turns rss on: `"rss":true,` goes in at `at` with the fds */
+  addRss: boolean;
 }
 
 const WS = new Set([0x20, 0x09, 0x0a, 0x0d]);
@@ -91,7 +95,7 @@ function str(v: unknown): string | undefined {
 }
 
 /** Where an RSS virtio-net `device_add` takes its fds; null for any other line. */
-export function planDeviceAdd(line: Buffer): DeviceAddPlan | null {
+export function planDeviceAdd(line: Buffer, hostRss: HostRss = 'off'): DeviceAddPlan | null {
   let msg: unknown;
   try {
     msg = JSON.parse(line.toString('utf8'));
@@ -106,9 +110,10 @@ export function planDeviceAdd(line: Buffer): DeviceAddPlan | null {
   if (typeof a.driver !== 'string') return null;
   const device: DeviceArg = { index: -1, form: 'json', driver: a.driver, id: str(a.id), netdev: str(a.netdev), json: a };
   const rss = isRssDevice(device);
-  if (!rss.wants || rss.hasFds) return null;
+  const addRss = hostTurnsRssOn(device, hostRss);
+  if (!(rss.wants || addRss) || rss.hasFds) return null;
   const top = members(line, skipWs(line, 0));
   const argsAt = top?.get('arguments');
   if (argsAt === undefined || members(line, argsAt) === undefined) return null;
-  return { at: argsAt + 1, id: device.id, device };
+  return { at: argsAt + 1, id: device.id, device, addRss };
 }

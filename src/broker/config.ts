@@ -44,6 +44,12 @@ const schema = yup
       })
       .default({}),
     policy: yup.string().oneOf([...POLICIES]).default(DEFAULT_POLICY),
+    hostWide: yup
+      .object({
+        // Under `install --host-wide`: which virtio-net devices the host turns rss on for.
+        rss: yup.string().oneOf(['multiqueue', 'off']).default('multiqueue'),
+      })
+      .default({}),
     log: yup
       .object({
         level: yup.string().oneOf(['error', 'warn', 'info', 'debug']).default('info'),

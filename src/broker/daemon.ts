@@ -11,7 +11,7 @@ import { assertTrustedExecutable } from '../sys/trust';
 import { setNoNewPrivs } from '../sys/libc';
 import { DPKG_INFO_DIR, EmulatorAllowlist } from '../emulator/allowlist';
 import { DEFAULT_PATHS } from '../install/plan';
-import { wrapperTargets } from '../install/apply';
+import { isHostWide, wrapperTargets } from '../install/apply';
 import { lookupUser } from '../sys/users';
 import { createLogger, Logger } from '../log';
 import { BrokerConfig, libvirtQemuAccount } from './config';
@@ -19,6 +19,7 @@ import { Allowlist, Broker } from './server';
 import type { PoolSource, RefillTiming } from './pool';
 import { Loader } from './loader';
 import type { Policy } from '../policy';
+import type { HostRss } from '../argv';
 import { ActivationSocket, socketModeProblem, takeActivationSocket } from './activation';
 
 function groupId(name: string): number | undefined {
@@ -177,6 +178,26 @@ function reportActivation(a: ActivationSocket, config: BrokerConfig, allow: Allo
   if (problem) logger.warn(`activated socket ${a.path}: ${problem}`);
 }
 
+/** The host-wide policy in force: the configured one while the install is host-wide (checked when the manifest changes). */
+function hostRssOf(manifest: string, configured: HostRss): () => HostRss {
+  let stamp = '';
+  let now: HostRss = 'off';
+  return () => {
+    let st = 'none';
+    try {
+      const s = statSync(manifest);
+      st = `${s.ino}:${s.mtimeMs}`;
+    } catch {
+      /* no install */
+    }
+    if (st !== stamp) {
+      stamp = st;
+      now = isHostWide(manifest) ? configured : 'off';
+    }
+    return now;
+  };
+}
+
 export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string; refillTiming?: RefillTiming; manifest?: string } = {}): Promise<Broker> {
   const logger = opts.logger ?? createLogger(config.log.level, config.log.format as 'text' | 'json');
   // Before anything else can start a child: the activation variables leave the environment here.
@@ -202,6 +223,7 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     maxReservedPerDomain: config.pool.maxReservedPerDomain,
     limits: config.limits,
     policy: config.policy as Policy,
+    hostRss: hostRssOf(manifest, config.hostWide.rss as HostRss),
     reservations: { ttlMs: config.pool.reservationTtlMs, maxTotal: config.pool.maxReserved },
     resolve,
     logger,

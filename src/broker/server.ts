@@ -19,7 +19,7 @@ import { closeAll } from '../fdpass';
 import type { Logger } from '../log';
 import { ContextPool, LoadedContext, PoolSource, type RefillTiming, type ReservationLimits } from './pool';
 import { errorReply, fdPlaceholder, MAX_CONTEXTS_PER_REQUEST, MAX_LINE, MAX_PEER_LINE, parseRequest, Reply, Request, DomainRef } from './protocol';
-import { domainIdentity } from '../argv';
+import { applyHostRss, domainIdentity, type HostRss } from '../argv';
 import { finalArgv, planDevices } from '../exec/plan';
 import type { FactsMemo } from '../hook/facts';
 import { Connection, ConnectionLimits, LINGER_MS } from './connection';
@@ -82,6 +82,12 @@ export interface BrokerOptions {
   hookEnv?: { stateDir?: string; manifest?: string };
   /** the host's policy for a domain that recorded none (config.json `policy`; default strict) */
   policy?: Policy;
+  /**
+   * The host-wide policy on devices (`install --host-wide`): 'multiqueue' turns rss on for
+   * multiqueue virtio-net devices that say nothing of rss, at start and at hot-plug. Asked at
+   * each plan (an install can change it while the broker runs); default 'off'.
+   */
+  hostRss?: () => HostRss;
 }
 
 /** The pool key of a domain: its uuid (lower case), else its name. */
@@ -294,9 +300,12 @@ export class Broker {
   }
 
   /** A running domain's policy and hot-plug setting, as the hook recorded them at prepare. */
-  #domainSettings(uuid: string | undefined): { policy: Policy; hotplug: boolean } {
+  #domainSettings(uuid: string | undefined, hostRss: HostRss = 'off'): { policy: Policy; hotplug: boolean } {
     const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
-    return { policy: st.policy ?? this.opts.policy ?? DEFAULT_POLICY, hotplug: st.hotplug ?? true };
+    // A domain the hook recorded nothing for never asked for eBPF itself: under the host-wide
+    // policy it starts without eBPF rather than not at all.
+    const unasked: Policy | undefined = hostRss !== 'off' ? 'fallback' : undefined;
+    return { policy: st.policy ?? unasked ?? this.opts.policy ?? DEFAULT_POLICY, hotplug: st.hotplug ?? true };
   }
 
   /**
@@ -387,9 +396,12 @@ export class Broker {
       await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'hook', ...r });
     },
     'exec-plan': async (ctx, req) => {
-      const plan = planDevices(req.argv);
+      const hostRss = this.opts.hostRss?.() ?? 'off';
+      const host = applyHostRss(req.argv, hostRss);
+      if (host.added.length) ctx.log.info('host policy: rss on', { devices: host.added });
+      const plan = planDevices(host.argv);
       const domain = domainIdentity(req.argv);
-      const settings = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain);
+      const settings = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain, hostRss);
       if (plan.devices.length === 0) {
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'exec-plan', argv: null, fds: 0, ...settings });
         return;
@@ -406,7 +418,7 @@ export class Broker {
       const perDevice = contexts.map((c) => Array.from({ length: c.descriptor.fds }, () => fdPlaceholder(k++)));
       let argv: string[];
       try {
-        argv = finalArgv(req.argv, plan, perDevice, contexts[0].descriptor.property, source.propTypes).argv;
+        argv = finalArgv(host.argv, plan, perDevice, contexts[0].descriptor.property, source.propTypes).argv;
       } catch (e) {
         contexts.forEach((c) => closeAll(c.fds));
         throw e;
@@ -414,7 +426,8 @@ export class Broker {
       await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: k, ...settings }, contexts, { emulator: req.emulator, domain });
     },
     'device-plan': async (ctx, req) => {
-      const plan = planDeviceAdd(Buffer.from(req.line64, 'base64'));
+      const hostRss = this.opts.hostRss?.() ?? 'off';
+      const plan = planDeviceAdd(Buffer.from(req.line64, 'base64'), hostRss);
       if (!plan) {
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'device-plan', at: null, insert: null, fds: 0, say: null });
         return;
@@ -428,8 +441,11 @@ export class Broker {
       } catch (e) {
         const why = isVirtEbpfError(e) ? e.oneLine() : `virt-ebpf: ${(e as Error).message}`;
         ctx.log.warn('hot-plug without fds', { device: dev, error: why });
-        const { policy } = this.#domainSettings(ctx.peer.domain);
-        const reply = policy === 'fallback'
+        const { policy } = this.#domainSettings(ctx.peer.domain, hostRss);
+        // A device only the host policy would have given rss goes in as it was asked for.
+        const reply = plan.addRss
+          ? { at: null, insert: null, say: `${why}: ${dev} is added as asked, without the host policy's rss` }
+          : policy === 'fallback'
           ? { at: null, insert: null, say: `${why}; policy is fallback: ${dev} is added without eBPF RSS steering` }
           : { at: plan.at, insert: refusal(why), say: `device_add ${dev} refused: ${why}` };
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'device-plan', fds: 0, ...reply });
@@ -437,7 +453,7 @@ export class Broker {
       }
       const c = contexts[0];
       const names = Array.from({ length: c.descriptor.fds }, (_, k) => fdPlaceholder(k));
-      const insert = `${JSON.stringify(c.descriptor.property.name)}:${JSON.stringify(propertyValue(c.descriptor.property, names))},`;
+      const insert = `${plan.addRss ? '"rss":true,' : ''}${JSON.stringify(c.descriptor.property.name)}:${JSON.stringify(propertyValue(c.descriptor.property, names))},`;
       const say = `device_add ${dev}: eBPF RSS fds ${names.join(',')} (broker ${(this.#us(ctx) / 1000).toFixed(1)} ms)`;
       await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'device-plan', at: plan.at, insert, fds: names.length, say }, contexts, { emulator: req.emulator, device: dev });
     },

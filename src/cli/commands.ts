@@ -137,9 +137,9 @@ export const COMMANDS: Record<string, Command> = {
   },
   install: {
     summary: 'install the hook, emulator wrappers, broker units, default config and the virt-ebpf command (root)',
-    usage: 'virt-ebpf install [--prefix DIR] [--no-rescan]',
+    usage: 'virt-ebpf install [--prefix DIR] [--host-wide] [--no-rescan]',
     async run(argv) {
-      const a = parseArgs(argv, { flags: ['no-rescan'], values: ['prefix'] }, 'install');
+      const a = parseArgs(argv, { flags: ['no-rescan', 'host-wide'], values: ['prefix'] }, 'install');
       requireRoot('install');
       const { assertPrefixWritable, copyRuntime, readMarker, sourceRoot, DEFAULT_PREFIX } = await import('../install/runtime');
       const { chooseEmulators, hostFacts } = await import('../install/host');
@@ -167,10 +167,17 @@ export const COMMANDS: Record<string, Command> = {
         });
       }
       if (!inPlace) copyRuntime(source, prefix, previous?.prefix);
-      const r = install(hostFacts({ prefix, emulators: wrapped }), { rescan: !a.flags.has('no-rescan') });
+      const hostWide = a.flags.has('host-wide');
+      if (hostWide && !wrapped.every((p) => p.startsWith('/usr/bin/'))) {
+        throw new VirtEbpfError('USAGE', `--host-wide diverts packaged emulators in /usr/bin; ${wrapped.find((p) => !p.startsWith('/usr/bin/'))} is not one`, {
+          remedy: 'remove the other qemu-system-* from PATH for the install, or install without --host-wide',
+        });
+      }
+      const r = install({ ...hostFacts({ prefix, emulators: wrapped }), hostWide }, { rescan: !a.flags.has('no-rescan') });
       for (const c of choices) process.stdout.write(`${c.wrapped ? 'wrapped' : 'skipped'}  ${c.path}${c.why ? `: ${c.why}` : ''}\n`);
       for (const p of r.written) process.stdout.write(`wrote    ${p}\n`);
       for (const p of r.kept) process.stdout.write(`kept     ${p} (yours)\n`);
+      for (const p of r.diverted) process.stdout.write(`diverted ${p} (the packaged binary is at ${p}.distrib; its path runs the wrapper)\n`);
       process.stdout.write(`runtime  ${prefix}\n${r.hookRescan}\n`);
       return 0;
     },

@@ -13,6 +13,7 @@ import { parseWrapper, renderWrapper } from './wrapper-script';
 import { Artifact, HostFacts, installPlan, resolvePaths } from './plan';
 import { assertTrustedExecutable } from '../sys/trust';
 import { readMarker } from './runtime';
+import { divert, trueName, undivert } from './divert';
 
 export interface ManifestEntry {
   kind: Artifact['kind'];
@@ -133,7 +134,18 @@ export function readManifest(path: string): Manifest | null {
 export interface InstallReport {
   written: string[];
   kept: string[];
+  /** emulator paths now diverted (host-wide) */
+  diverted: string[];
   hookRescan: string;
+}
+
+/** Whether the install at `manifestPath` is host-wide (it diverted emulators). */
+export function isHostWide(manifestPath: string): boolean {
+  try {
+    return readManifest(manifestPath)?.entries.some((e) => e.kind === 'diversion') ?? false;
+  } catch {
+    return false;
+  }
 }
 
 /** Tell libvirt about a new/removed hook: hooks are discovered at daemon start; SIGHUP rescans. */
@@ -161,14 +173,19 @@ export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: Ins
   }
   assertTrustedRuntime(facts);
   const paths = resolvePaths(facts);
-  const plan = installPlan(facts);
   const previous = readManifest(paths.manifest);
+  facts = withDiversions(facts, previous);
+  const plan = installPlan(facts);
   removeStaged([...plan.map((a) => a.path), ...(previous?.entries.map((e) => e.path) ?? []), paths.manifest]);
   const written: string[] = [];
   const kept: string[] = [];
   const entries: ManifestEntry[] = [];
   for (const a of plan) {
-    const ours = previous?.entries.find((e) => e.path === a.path);
+    if (a.kind === 'diversion') {
+      entries.push({ kind: a.kind, path: a.path, sha256: sha(a.content) }); // made by withDiversions
+      continue;
+    }
+    const ours = previous?.entries.find((e) => e.path === a.path && e.kind === a.kind);
     if (a.keepForeign && !ours && existsSync(a.path) && !sameFile(a.path, a.content, a.mode)) {
       kept.push(a.path); // not written by an install of ours (nor what we would write): the user's
       continue;
@@ -196,11 +213,29 @@ export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: Ins
   // units and command of a checkout's install once the package ships its own): ours, removed.
   // A config stays: the user may have edited it.
   for (const e of previous?.entries ?? []) {
-    if (!entries.some((x) => x.path === e.path) && e.kind !== 'config' && existsSync(e.path)) unlinkSync(e.path);
+    if (!entries.some((x) => x.path === e.path) && e.kind !== 'config' && e.kind !== 'diversion' && existsSync(e.path)) unlinkSync(e.path);
   }
   const manifest: Manifest = { version: 1, prefix: facts.prefix, installedAt: new Date().toISOString(), entries };
   writeAtomic(paths.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o644, opts.faults);
-  return { written, kept, hookRescan: opts.rescan === false ? 'skipped' : rescanHooks() };
+  return { written, kept, diverted: entries.filter((e) => e.kind === 'diversion').map((e) => e.path), hookRescan: opts.rescan === false ? 'skipped' : rescanHooks() };
+}
+
+/**
+ * The emulators' real binaries as this install leaves them. Host-wide: each packaged emulator
+ * diverted (dpkg moves it to its .distrib name). Otherwise the diversions an earlier host-wide
+ * install made are undone (our wrapper at the emulator's path removed first). Side effects.
+ */
+function withDiversions(facts: HostFacts, previous: Manifest | null): HostFacts {
+  if (facts.hostWide) {
+    for (const e of facts.emulators) divert(e.path);
+  } else {
+    for (const d of previous?.entries ?? []) {
+      if (d.kind !== 'diversion') continue;
+      if (existsSync(d.path) && parseWrapper(readFileSync(d.path, 'utf8'))) unlinkSync(d.path);
+      undivert(d.path);
+    }
+  }
+  return { ...facts, emulators: facts.emulators.map((e) => ({ path: e.path, real: trueName(e.path), identity: identityOf(trueName(e.path)) })) };
 }
 
 export interface UninstallReport {
@@ -215,7 +250,7 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   if (!m) return { removed, kept };
   removed.push(...removeStaged([...m.entries.map((e) => e.path), manifestPath]));
   for (const e of m.entries) {
-    if (!existsSync(e.path)) continue;
+    if (e.kind === 'diversion' || !existsSync(e.path)) continue;
     if (sha(readFileSync(e.path, 'utf8')) !== e.sha256 && e.kind === 'config') {
       kept.push({ path: e.path, why: 'edited since install' });
       continue;
@@ -223,6 +258,13 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
     unlinkSync(e.path);
     removed.push(e.path);
     pruneEmptyDirs(dirname(e.path));
+  }
+  // With our wrappers gone from the emulators' paths, dpkg moves the packaged files back.
+  for (const e of m.entries) {
+    if (e.kind !== 'diversion') continue;
+    if (existsSync(e.path) && parseWrapper(readFileSync(e.path, 'utf8'))) unlinkSync(e.path);
+    undivert(e.path);
+    removed.push(`diversion of ${e.path}`);
   }
   unlinkSync(manifestPath);
   pruneEmptyDirs(dirname(manifestPath));

@@ -14,8 +14,13 @@ export interface HostFacts {
   node: string;
   /** the project's installed root (holds dist/ and templates/) */
   prefix: string;
-  /** real emulators to wrap, with their identity strings */
-  emulators: Array<{ path: string; identity: string }>;
+  /**
+   * emulators to wrap: the path domains name, the real binary (its dpkg diversion under the
+   * host-wide mode, else the same path) and the real binary's identity
+   */
+  emulators: Array<{ path: string; real?: string; identity: string }>;
+  /** install --host-wide: divert the packaged emulators and put host-wide wrappers at their paths */
+  hostWide?: boolean;
   /** template texts by file name (templates/…) */
   templates: Record<string, string>;
   apparmor: boolean;
@@ -53,7 +58,8 @@ export const DEFAULT_PATHS: InstallPaths = {
   manifest: '/var/lib/virt-ebpf/installed.json',
 };
 
-export type ArtifactKind = 'wrapper' | 'hook' | 'unit' | 'config' | 'apparmor' | 'apt' | 'launcher';
+/** `diversion`: the dpkg diversion of `path` to `content` (apply makes it, uninstall removes it). */
+export type ArtifactKind = 'wrapper' | 'hook' | 'unit' | 'config' | 'apparmor' | 'apt' | 'launcher' | 'diversion';
 
 export interface Artifact {
   kind: ArtifactKind;
@@ -119,12 +125,21 @@ export function installPlan(facts: HostFacts): Artifact[] {
   const vars = templateVars(facts.node, facts.prefix, p);
   assertShebangPath(vars.HOOK_SHIM);
   assertShebangPath(join(facts.prefix, SHIM_FILES.wrapper));
+  const shim = join(facts.prefix, SHIM_FILES.wrapper);
   const out: Artifact[] = facts.emulators.map((e) => ({
     kind: 'wrapper' as const,
     path: wrapperPath(p, e.path),
     mode: 0o755,
-    content: renderWrapper({ real: e.path, shim: join(facts.prefix, SHIM_FILES.wrapper), identity: e.identity }),
+    content: renderWrapper({ real: e.real ?? e.path, shim, identity: e.identity }),
   }));
+  if (facts.hostWide) {
+    for (const e of facts.emulators) {
+      const real = e.real ?? e.path;
+      if (real === e.path) throw new VirtEbpfError('USAGE', `${e.path} is not diverted: the host-wide wrapper cannot take its place`, { remedy: 'run `virt-ebpf install --host-wide` (it diverts the packaged emulators first)' });
+      out.push({ kind: 'diversion', path: e.path, mode: 0, content: real });
+      out.push({ kind: 'wrapper', path: e.path, mode: 0o755, content: renderWrapper({ real, shim, identity: e.identity, hostWide: true }) });
+    }
+  }
   out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates.hook, vars) });
   out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });
   if (facts.systemd && !facts.packaged) {

@@ -3,7 +3,7 @@
  * and the wrapper shim (shims/wrapper.c, PREFIX/dist/shims/vebpf-wrapper): the kernel runs the
  * shim with the wrapper's path first, so a start costs no shell (libvirt's capability probing
  * runs it too: the shim hands any command line without an rss device or libvirt's monitor to
- * the real QEMU as it is). The shim reads `real=`; `identity=` records which build of the real
+ * the real QEMU as it is). The shim reads `real=` and `host-wide=`; `identity=` records which build of the real
  * QEMU the wrapper was written for, so a changed QEMU is noticed (install/apply.ts refresh:
  * libvirt keys its capability cache on the wrapper's ctime). Pure: render and parse.
  */
@@ -14,6 +14,11 @@ export interface WrapperSpec {
   shim: string;
   /** identity of `real` when the wrapper was written: "dev:ino:size:mtimeMs:ctimeMs" */
   identity: string;
+  /**
+   * at the packaged emulator's own path (install --host-wide): it runs every domain's QEMU,
+   * so the shim asks the broker for every domain start, not only those with an rss device
+   */
+  hostWide?: boolean;
 }
 
 export const WRAPPER_MARK = '# virt-ebpf emulator wrapper';
@@ -25,6 +30,7 @@ export function renderWrapper(w: WrapperSpec): string {
     '# No shell: the kernel runs the shim above with this file\'s path first; it reads real=.',
     `real=${w.real}`,
     `identity=${w.identity}`,
+    ...(w.hostWide ? ['host-wide=on'] : []),
     '',
   ].join('\n');
 }
@@ -37,5 +43,5 @@ export function parseWrapper(text: string): WrapperSpec | null {
   const identity = field('identity');
   const shim = first.slice(2);
   if (!real || !identity) return null;
-  return { real, identity, shim };
+  return { real, identity, shim, ...(field('host-wide') === 'on' ? { hostWide: true } : {}) };
 }

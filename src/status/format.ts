@@ -104,6 +104,12 @@ export interface NicStatus extends NicIdentity {
   state: NicState;
   summary: string;
   rss?: RssView;
+  /**
+   * Who turned rss on for this NIC: the domain's XML (`<driver rss='on'>`) or the host-wide
+   * policy (install --host-wide; the XML says nothing of rss). Absent when libvirt's live XML
+   * of the domain cannot be read (not a libvirt domain, not root).
+   */
+  rssFrom?: 'domain' | 'host-policy';
   /** `sha256:…` of `rss` (fleet.ts tableDigest), present with it: equal on two NICs that steer the same. */
   tableDigest?: string;
   histogram?: QueueShare[];
@@ -192,7 +198,7 @@ export function formatStatus(r: StatusReport): string {
       };
       if (n.ebpf) row('eBPF', ebpfLine(n.ebpf));
       if (n.steering) row('steer', steeringLine(n.steering));
-      row('RSS', n.summary);
+      row('RSS', n.rssFrom === 'host-policy' ? `${n.summary} (rss by the host-wide policy: the domain's XML does not ask)` : n.summary);
       if (n.rss && n.state !== 'unconfigured') {
         row('key', n.rss.key);
         if (n.histogram?.length) {

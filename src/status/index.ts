@@ -37,6 +37,8 @@ export {
   type DomainStatus,
   type StatusReport,
 } from './format';
+export { rssOnAliases, liveRssAliases } from './domain-xml';
+import { liveRssAliases } from './domain-xml';
 export { STATUS_SCHEMA, statusDocument, tableDigest, tableDigestInput, hostUuidFrom, libvirtUuid, type HostFacts, type HostUuidSource, type StatusDocument } from './fleet';
 export { statusPrometheus, escapeLabelValue } from './prometheus';
 
@@ -77,6 +79,8 @@ export interface StatusOptions extends DiscoverOptions {
   cacheDir?: string;
   /** Whose QEMUs' tap fds may be duplicated (default trustedQemuUids()). */
   trustedUids?: ReadonlySet<number>;
+  /** A domain's rss='on' aliases from libvirt's live XML (default: /run/libvirt/qemu/NAME.xml). */
+  liveRssAliases?: (name: string | undefined) => Set<string> | undefined;
 }
 
 /** How long observeStatus counts program runs by default. */
@@ -217,6 +221,8 @@ export function buildReport(qemus: readonly QemuProcess[], opts: StatusOptions =
   const trusted = opts.trustedUids ?? trustedQemuUids();
   const domains: DomainStatus[] = qemus.map((q) => {
     const emulator = q.exe !== undefined ? emulatorOf(q.exe) : undefined;
+    const asked = (opts.liveRssAliases ?? liveRssAliases)(q.domain.name);
+    const rssFrom = (n: DiscoveredNic): Pick<NicStatus, 'rssFrom'> => (asked && n.id !== undefined && n.origin === 'command-line' ? { rssFrom: asked.has(n.id) ? 'domain' : 'host-policy' } : {});
     return {
       pid: q.pid,
       ...(q.domain.name !== undefined ? { name: q.domain.name } : {}),
@@ -224,7 +230,7 @@ export function buildReport(qemus: readonly QemuProcess[], opts: StatusOptions =
       ...(q.uid !== undefined ? { uid: q.uid } : {}),
       ...(q.uid !== undefined && userName(q.uid) !== undefined ? { user: userName(q.uid) } : {}),
       ...(q.exe !== undefined ? { emulator: { path: q.exe, ...(emulator?.version ? { version: emulator.version } : {}), ...(emulator?.problem ? { problem: emulator.problem } : {}) } } : {}),
-      nics: q.nics.map((n) => nicStatus(n, { pid: q.pid, dupOk: q.uid !== undefined && trusted.has(q.uid), emulator, runs: opts.runs })),
+      nics: q.nics.map((n) => ({ ...nicStatus(n, { pid: q.pid, dupOk: q.uid !== undefined && trusted.has(q.uid), emulator, runs: opts.runs }), ...rssFrom(n) })),
       plainNics: q.plainNics.map((n) => plainNicStatus(q.pid, n, emulator)),
     };
   });

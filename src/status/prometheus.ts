@@ -89,8 +89,8 @@ export function statusPrometheus(doc: StatusDocument): string {
       const nic = n.nic;
       add(
         'virt_ebpf_nic_info',
-        'A virtio-net NIC of a listed QEMU: host, MAC, tap, netdev, whether it asked for RSS, vhost, and whether it is on QEMU\'s command line (origin).',
-        { ...key, host, mac: nic.mac ?? '', tap: nic.tap ?? '', netdev: nic.netdev ?? '', rss: n.rss ? 'on' : 'off', vhost: String(nic.vhost ?? false), origin: n.rss ? n.nic.origin : 'command-line' },
+        'A virtio-net NIC of a listed QEMU: host, MAC, tap, netdev, whether it asked for RSS, vhost, whether it is on QEMU\'s command line (origin), and who turned rss on (rss_from: domain, host-policy, or empty).',
+        { ...key, host, mac: nic.mac ?? '', tap: nic.tap ?? '', netdev: nic.netdev ?? '', rss: n.rss ? 'on' : 'off', vhost: String(nic.vhost ?? false), origin: n.rss ? n.nic.origin : 'command-line', rss_from: n.rss ? (n.nic.rssFrom ?? '') : '' },
         1,
       );
       if (nic.queues !== undefined) add('virt_ebpf_nic_queues', 'Queue pairs of the NIC\'s tap backend (QEMU\'s command line).', key, nic.queues);

@@ -199,3 +199,26 @@ test("the package's runtime: install writes no units and no command (the package
     d.remove();
   }
 });
+
+test('the host-wide plan: a diversion and a host-wide wrapper at the emulator\'s own path, every wrapper naming the diverted binary', () => {
+  const d = tempDir();
+  try {
+    const paths = scratchPaths(d.path);
+    const prefix = trustedPrefix();
+    const base = hostFacts({ prefix, emulators: [QEMU], paths });
+    const real = `${QEMU}.distrib`;
+    const facts = { ...base, hostWide: true, emulators: [{ path: QEMU, real, identity: '1:2:3:4:5' }] };
+    const plan = installPlan(facts);
+    const at = plan.filter((a) => a.path === QEMU);
+    assert.deepEqual(at.map((a) => a.kind), ['diversion', 'wrapper'], 'the diversion is made before the wrapper takes the path');
+    assert.equal(at[0].content, real);
+    assert.deepEqual(parseWrapper(at[1].content), { real, identity: '1:2:3:4:5', shim: join(prefix, 'dist/shims/vebpf-wrapper'), hostWide: true });
+    assert.match(at[1].content, /^host-wide=on$/m);
+    const libexec = plan.find((a) => a.kind === 'wrapper' && a.path === join(paths.wrapperDir, 'qemu-system-x86_64'))!;
+    assert.deepEqual(parseWrapper(libexec.content), { real, identity: '1:2:3:4:5', shim: join(prefix, 'dist/shims/vebpf-wrapper') }, 'an enabled domain\'s wrapper runs the real binary, not the host-wide wrapper');
+    assert.throws(() => installPlan({ ...facts, emulators: [{ path: QEMU, real: QEMU, identity: 'x' }] }), /is not diverted: the host-wide wrapper cannot take its place/);
+    assert.equal(installPlan(base).some((a) => a.kind === 'diversion' || a.path === QEMU), false, 'without --host-wide: nothing at the emulator\'s path');
+  } finally {
+    d.remove();
+  }
+});

@@ -159,9 +159,9 @@ test('--prometheus: parses strictly, one family per fact, the same facts as --js
   assert.equal(sample(fams, 'virt_ebpf_domain_info', { ...dom, pid: '4242', user: 'libvirt-qemu', emulator_version: '10.0.2' }), 1);
   const net0 = { ...dom, nic: 'net0' };
   assert.deepEqual(family(fams, 'virt_ebpf_nic_info').samples.map((s) => s.labels), [
-    { ...net0, host: 'hv1', mac: '52:54:00:8d:c8:3b', tap: 'vnet0', netdev: 'hostnet0', rss: 'on', vhost: 'false', origin: 'command-line' },
-    { ...dom, nic: 'net1', host: 'hv1', mac: '52:54:00:8d:c8:3c', tap: '', netdev: '', rss: 'on', vhost: 'true', origin: 'command-line' },
-    { ...dom, nic: 'net2', host: 'hv1', mac: '52:54:00:8d:c8:3d', tap: 'vnet2', netdev: '', rss: 'off', vhost: 'false', origin: 'command-line' },
+    { ...net0, host: 'hv1', mac: '52:54:00:8d:c8:3b', tap: 'vnet0', netdev: 'hostnet0', rss: 'on', vhost: 'false', origin: 'command-line', rss_from: '' },
+    { ...dom, nic: 'net1', host: 'hv1', mac: '52:54:00:8d:c8:3c', tap: '', netdev: '', rss: 'on', vhost: 'true', origin: 'command-line', rss_from: '' },
+    { ...dom, nic: 'net2', host: 'hv1', mac: '52:54:00:8d:c8:3d', tap: 'vnet2', netdev: '', rss: 'off', vhost: 'false', origin: 'command-line', rss_from: '' },
   ]);
   const n0 = REPORT.domains[0].nics[0];
   assert.equal(sample(fams, 'virt_ebpf_nic_queues', net0), 2);

@@ -106,3 +106,16 @@ test('--json: the report as data, table as numbers, key as hex', () => {
   assert.equal(nic.rss!.table.length, 128);
   assert.deepEqual(nic.histogram![1], { queue: 1, entries: 64, share: 0.5 });
 });
+
+test("rssOnAliases: the interfaces of libvirt's live XML whose driver says rss='on', by alias", async () => {
+  const { rssOnAliases } = await import('../../src/status');
+  const xml = `<domain type='qemu' id='3'><devices>
+    <interface type='ethernet'><mac address='52:54:00:00:00:01'/><target dev='vnet0' managed='no'/><model type='virtio'/><driver queues='4' rss='on'/><alias name='net0'/></interface>
+    <interface type='ethernet'><model type='virtio'/><driver queues='4'/><alias name='net1'/></interface>
+    <interface type="ethernet"><model type="virtio"/><driver rss="on" queues="2"/><alias name="ua-extra"/></interface>
+  </devices></domain>`;
+  const r = rssOnAliases(xml);
+  assert.deepEqual([...r.aliases].sort(), ['net0', 'ua-extra']);
+  assert.equal(r.interfaces, 3);
+  assert.deepEqual(rssOnAliases('<domain/>'), { aliases: new Set(), interfaces: 0 });
+});

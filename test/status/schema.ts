@@ -35,6 +35,7 @@ const nicCommon = {
 
 const nic = closed({
   origin: str().oneOf(['command-line', 'unnamed-program']).required(),
+  rssFrom: str().oneOf(['domain', 'host-policy']),
   ...nicCommon,
   ebpf: closed({
     source: str().oneOf(['fd-numbers', 'fd-names', 'self-loaded', 'unnamed']).required(),
