@@ -160,7 +160,9 @@ int main(int argc, char **argv)
             forget(xml.p);
             return 0;  /* the broker drops unclaimed contexts itself when it restarts */
         }
-        const char *policy = config_attr(xml.p, "policy", POLICIES, "strict");
+        /* Our metadata without our config (a host-wide opt-out): the domain never asked for
+         * eBPF, so it is never refused for want of it. */
+        const char *policy = has_config(xml.p) ? config_attr(xml.p, "policy", POLICIES, "strict") : "fallback";
         remember(name, xml.p, policy);
         if (!strcmp(policy, "fallback")) {
             fprintf(stderr, "virt-ebpf: %s\nvirt-ebpf: policy is fallback: %s starts without eBPF RSS if the wrapper cannot get fds\n", why, name);

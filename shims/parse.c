@@ -149,6 +149,11 @@ static const char *config_tag(const char *xml)
     return NULL;
 }
 
+int has_config(const char *xml)
+{
+    return config_tag(xml) != NULL;
+}
+
 const char *config_attr(const char *xml, const char *name, const char *const *allowed, const char *dflt)
 {
     static const char BLANKS[] = " \t\r\n";

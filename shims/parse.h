@@ -29,6 +29,8 @@ char *between(const char *text, const char *start, const char *stop);
  * tag outside comments and CDATA; attributes read as XML writes them, either quote, blanks around
  * `=`), if its value is one of `allowed` (no entities), else dflt. */
 const char *config_attr(const char *xml, const char *name, const char *const *allowed, const char *dflt);
+/* Whether the domain XML has our <virt-ebpf:config> element. */
+int has_config(const char *xml);
 /* The text of the domain's <uuid>, blanks trimmed, malloc'd, or NULL. */
 char *domain_uuid(const char *xml);
 #endif

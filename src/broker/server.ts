@@ -300,6 +300,12 @@ export class Broker {
   }
 
   /** A running domain's policy and hot-plug setting, as the hook recorded them at prepare. */
+  /** The host-wide policy for this domain: the host's, unless the domain opted out (its hook state). */
+  #hostRss(uuid: string | undefined): HostRss {
+    const host = this.opts.hostRss?.() ?? 'off';
+    return host !== 'off' && readDomainState(uuid, this.opts.hookEnv?.stateDir).hostWideOff ? 'off' : host;
+  }
+
   #domainSettings(uuid: string | undefined, hostRss: HostRss = 'off'): { policy: Policy; hotplug: boolean } {
     const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
     // A domain the hook recorded nothing for never asked for eBPF itself: under the host-wide
@@ -396,12 +402,13 @@ export class Broker {
       await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'hook', ...r });
     },
     'exec-plan': async (ctx, req) => {
-      const hostRss = this.opts.hostRss?.() ?? 'off';
+      const domain = domainIdentity(req.argv);
+      const uuid = ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain;
+      const hostRss = this.#hostRss(uuid);
       const host = applyHostRss(req.argv, hostRss);
       if (host.added.length) ctx.log.info('host policy: rss on', { devices: host.added });
       const plan = planDevices(host.argv);
-      const domain = domainIdentity(req.argv);
-      const settings = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain, hostRss);
+      const settings = this.#domainSettings(uuid, hostRss);
       if (plan.devices.length === 0) {
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'exec-plan', argv: null, fds: 0, ...settings });
         return;
@@ -426,7 +433,7 @@ export class Broker {
       await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: k, ...settings }, contexts, { emulator: req.emulator, domain });
     },
     'device-plan': async (ctx, req) => {
-      const hostRss = this.opts.hostRss?.() ?? 'off';
+      const hostRss = this.#hostRss(ctx.peer.domain);
       const plan = planDeviceAdd(Buffer.from(req.line64, 'base64'), hostRss);
       if (!plan) {
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'device-plan', at: null, insert: null, fds: 0, say: null });

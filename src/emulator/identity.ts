@@ -90,7 +90,9 @@ export function listEmulatorsOnPath(searchPath: string = process.env.PATH ?? '')
       // The real file's own name before its aliases (qemu-system-amd64 -> qemu-system-x86_64).
       const isLink = (n: string) => lstatSync(join(dir, n)).isSymbolicLink();
       names = readdirSync(dir)
-        .filter((n) => EMULATOR_NAME.test(n))
+        // *.distrib is where dpkg keeps a diverted file (install --host-wide): the binary behind
+        // the name without it, never an emulator of its own.
+        .filter((n) => EMULATOR_NAME.test(n) && !n.endsWith('.distrib'))
         .sort((x, y) => Number(isLink(x)) - Number(isLink(y)) || (x < y ? -1 : x > y ? 1 : 0));
     } catch {
       continue;

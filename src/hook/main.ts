@@ -64,11 +64,20 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
     // or restore of such a domain runs as the XML says, as it ran on the source).
     return event.kind === 'prepare' ? { code: 1, stdout: '', stderr: line(e) + '\n' } : ok('', line(e) + '\n');
   }
-  if (!facts.enabled) return ok();
   const uuid = domainUuid(xml);
   const domain = { name: event.name, uuid };
   const stateDir = env.stateDir ?? DOMAIN_STATE_DIR;
   const statePath = uuid ? domainStatePath(uuid, stateDir) : undefined;
+  if (!facts.enabled) {
+    // Opted out of the host-wide mode: the broker reads it from the state at exec-plan and
+    // device-plan. Such a domain never asked for eBPF, so it never waits for it (fallback).
+    if (facts.hostWideOff && statePath && event.kind === 'prepare') {
+      mkdirSync(stateDir, { recursive: true, mode: 0o755 });
+      writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy: 'fallback', hotplug: false, hostWide: 'off' }) + '\n', { mode: 0o644 });
+    }
+    if (facts.hostWideOff && statePath && event.kind === 'release' && existsSync(statePath)) unlinkSync(statePath);
+    return ok();
+  }
 
   switch (event.kind) {
     case 'release': {

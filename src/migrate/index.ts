@@ -9,8 +9,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VirtEbpfError } from '../errors';
-import { domainFacts, withoutWrapper } from '../xml';
-import { planMigration, type XmlSource } from './plan';
+import { domainFacts, interfacesOf, withoutWrapper, withRssOn } from '../xml';
+import { planMigration, takeOption, type XmlSource } from './plan';
 
 export { planMigration, takeOption, type MigrationFacts, type MigrationPlan, type XmlSource } from './plan';
 
@@ -39,6 +39,27 @@ export function canRunEmulator(uri: string, emulator: string, virtType: string):
   throw new VirtEbpfError('LIBVIRT_ERROR', `cannot ask ${uri} whether it can run ${emulator}: ${r.stderr}`, {
     remedy: 'check that the destination URI is right and its libvirtd answers (`virsh -c DESTURI version`)',
   });
+}
+
+/**
+ * The MACs of the domain's virtio NICs that run with rss although its XML does not ask (the
+ * host-wide policy's, cold-plugged or hot-plugged): QEMU's own `rss` property of each, asked
+ * through libvirt's monitor.
+ */
+export function hostPolicyMacs(uri: string, name: string): Set<string> {
+  const out = new Set<string>();
+  const live = virsh(uri, ['dumpxml', name]);
+  if (live.code !== 0) return out;
+  for (const i of interfacesOf(live.stdout)) {
+    if (i.rss !== undefined || !i.alias || !i.mac || i.model !== 'virtio') continue;
+    const q = virsh(uri, ['qemu-monitor-command', name, JSON.stringify({ execute: 'qom-get', arguments: { path: `/machine/peripheral/${i.alias}`, property: 'rss' } })]);
+    try {
+      if (q.code === 0 && (JSON.parse(q.stdout) as { return?: unknown }).return === true) out.add(i.mac.toLowerCase());
+    } catch {
+      /* not JSON: QEMU could not say */
+    }
+  }
+  return out;
 }
 
 export interface MigrateRequest {
@@ -70,19 +91,37 @@ export function migrateDomain(req: MigrateRequest, err: (line: string) => void):
     destHasWrapper: enabled ? canRunEmulator(req.destUri, enabled.wrapper, virtType) : undefined,
     options: req.options,
   });
+  // NICs the host-wide policy gave rss: the XML that travels says so, or the destination's QEMU
+  // (under another policy) would have other virtio features and fail to load the stream.
+  const hostRss = hostPolicyMacs(req.uri, req.name);
+  let options = plan.options;
+  let xmlSource = plan.kind === 'plain' ? plan.xml : undefined;
+  if (hostRss.size && !xmlSource) {
+    const t = takeOption(options, '--xml');
+    options = t.rest;
+    xmlSource = t.value !== undefined ? { file: t.value } : { libvirt: 'live' };
+  }
   const dir = mkdtempSync(join(tmpdir(), 'virt-ebpf-migrate-'));
   try {
     const extra: string[] = [];
-    if (plan.kind === 'plain') {
-      const text = (src: XmlSource): string => ('file' in src ? readFileSync(src.file, 'utf8') : src.libvirt === 'live' ? live : (inactive ?? live));
-      writeFileSync(join(dir, 'live.xml'), withoutWrapper(text(plan.xml)).xml, { mode: 0o600 });
+    const text = (src: XmlSource): string => ('file' in src ? readFileSync(src.file, 'utf8') : src.libvirt === 'live' ? live : (inactive ?? live));
+    if (xmlSource) {
+      let xml = text(xmlSource);
+      if (hostRss.size) {
+        xml = withRssOn(xml, hostRss).xml;
+        err(`virt-ebpf: the NICs ${[...hostRss].join(', ')} of ${req.name} run with rss from this host's host-wide policy: the migration XML says rss='on' for them, so the destination's QEMU has the same devices`);
+      }
+      if (plan.kind === 'plain') xml = withoutWrapper(xml).xml;
+      writeFileSync(join(dir, 'live.xml'), xml, { mode: 0o600 });
       extra.push('--xml', join(dir, 'live.xml'));
+    }
+    if (plan.kind === 'plain') {
       if (plan.persistentXml) {
         writeFileSync(join(dir, 'persistent.xml'), withoutWrapper(text(plan.persistentXml)).xml, { mode: 0o600 });
         extra.push('--persistent-xml', join(dir, 'persistent.xml'));
       }
     }
-    const r = spawnSync('virsh', ['-c', req.uri, 'migrate', req.name, req.destUri, ...plan.options, ...extra], { stdio: 'inherit' });
+    const r = spawnSync('virsh', ['-c', req.uri, 'migrate', req.name, req.destUri, ...options, ...extra], { stdio: 'inherit' });
     if (r.error) throw new VirtEbpfError('LIBVIRT_MISSING', `cannot run virsh: ${r.error.message}`, { remedy: 'install libvirt-clients (virsh)', cause: r.error });
     if (r.status === 0 && plan.kind === 'plain') err(plan.warning);
     return r.status ?? 1;

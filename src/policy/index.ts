@@ -36,10 +36,14 @@ export function domainStatePath(uuid: string, dir = DOMAIN_STATE_DIR): string | 
 }
 
 /** What the hook recorded for a running domain at prepare: its policy and hot-plug setting. */
-export function readDomainState(uuid: string | undefined, dir = DOMAIN_STATE_DIR): { policy?: Policy; hotplug?: boolean } {
+export function readDomainState(uuid: string | undefined, dir = DOMAIN_STATE_DIR): { policy?: Policy; hotplug?: boolean; hostWideOff?: boolean } {
   const path = uuid ? domainStatePath(uuid, dir) : undefined;
   const st = path ? readJson(path) : undefined;
-  return { policy: isPolicy(st?.policy) ? st.policy : undefined, hotplug: typeof st?.hotplug === 'boolean' ? st.hotplug : undefined };
+  return {
+    policy: isPolicy(st?.policy) ? st.policy : undefined,
+    hotplug: typeof st?.hotplug === 'boolean' ? st.hotplug : undefined,
+    ...(st?.hostWide === 'off' ? { hostWideOff: true } : {}),
+  };
 }
 
 export function resolvePolicy(uuid: string | undefined, opts: { stateDir?: string; configPath?: string } = {}): Policy {

@@ -21,6 +21,7 @@ import {
   type XmlConfig,
 } from './config';
 import { interfaceView, isVirtioModel, queueCount, readDomain, type DomainView, type InterfaceView } from './domain';
+import { XML_NAMESPACE } from './config';
 import { childElements, Edits, escapeAttr, escapeText, firstChild, SourceDoc, type AttrSpan } from './source';
 
 export interface EnableOptions {
@@ -560,6 +561,41 @@ function disableNic(view: DomainView, w: Writer, rec: NicRecord): void {
   if (rec.driverCreated) w.warnings.push(`${iface.label}: kept the <driver> element enable created, it now holds other settings`);
 }
 
+/** The MACs (lowercase) of the interfaces whose `<driver>` says rss='on'. Pure. */
+export function rssOnMacs(xml: string): Set<string> {
+  return new Set(interfacesOf(xml).filter((i) => i.rss === 'on' && i.mac).map((i) => i.mac!.toLowerCase()));
+}
+
+/** Each `<interface>`: its alias, MAC, model and rss setting. Pure. */
+export function interfacesOf(xml: string): Array<Pick<InterfaceView, 'alias' | 'mac' | 'model' | 'rss'>> {
+  return readDomain(SourceDoc.parse(xml)).interfaces.map(({ alias, mac, model, rss }) => ({ alias, mac, model, rss }));
+}
+
+/**
+ * The XML with `rss='on'` on the interfaces with these MACs (lowercase) that say nothing of rss:
+ * what a migration must carry for NICs the host-wide policy gave rss, so the QEMU on the
+ * destination has the same virtio features whatever that host's policy. Minimal edit. Pure.
+ */
+export function withRssOn(xml: string, macs: ReadonlySet<string>): DisableResult {
+  const src = SourceDoc.parse(xml);
+  const view = readDomain(src);
+  const w = new Writer(src);
+  for (const iface of view.interfaces) {
+    if (!iface.mac || !macs.has(iface.mac.toLowerCase()) || iface.rss !== undefined) continue;
+    if (iface.driver) {
+      w.setAttr(iface.driver, 'rss', 'on');
+    } else {
+      const model = firstChild(iface.el, 'model');
+      if (!model) continue;
+      w.edits.insert(w.src.span(model).end, w.lead(model, '') + `<driver rss=${w.quote}on${w.quote}/>`);
+    }
+    w.changes.push({ kind: 'nic-attr', nic: iface.label, attr: 'rss', to: 'on' });
+  }
+  const out = w.edits.apply(xml);
+  readDomain(SourceDoc.parse(out));
+  return { xml: out, changes: w.changes, warnings: w.warnings };
+}
+
 /**
  * The domain as it can run where the wrapper is not (a host without virt-ebpf): `<emulator>`
  * back to the real QEMU, nothing else. The devices stay exactly as they are (rss, queues): a
@@ -620,9 +656,18 @@ function enabledView(view: DomainView): boolean {
 }
 
 /** isEnabled, readConfig and rssNics from one parse (the hook's prepare runs inside `virsh start`). */
-export function domainFacts(xml: string): { enabled: boolean; config: XmlConfig | null; rssNics: RssNic[] } {
+export function domainFacts(xml: string): { enabled: boolean; config: XmlConfig | null; rssNics: RssNic[]; hostWideOff: boolean } {
   const view = readDomain(SourceDoc.parse(xml));
-  return { enabled: enabledView(view), config: view.config ?? null, rssNics: rssNicsOf(view) };
+  return { enabled: enabledView(view), config: view.config ?? null, rssNics: rssNicsOf(view), hostWideOff: hostWideOff(view) };
+}
+
+/**
+ * The domain's opt-out of the host-wide mode: `<virt-ebpf:host-wide mode="off"/>` in its
+ * `<metadata>` (in our namespace, beside or without our config).
+ */
+function hostWideOff(view: DomainView): boolean {
+  if (!view.metadata) return false;
+  return childElements(view.metadata, 'host-wide', XML_NAMESPACE).some((el) => el.getAttribute('mode') === 'off');
 }
 
 /** The warnings of a command, one line each, for stderr (xml enable, enable, define). */

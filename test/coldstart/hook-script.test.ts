@@ -14,7 +14,7 @@ import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, r
 import { join } from 'node:path';
 import { installPlan } from '../../src/install/plan';
 import { hostFacts, SHIM_FILES } from '../../src/install/host';
-import { enableDomain, wrapperInDir } from '../../src/xml';
+import { enableDomain, wrapperInDir, XML_NAMESPACE } from '../../src/xml';
 import { QEMU, REPO, tempDir } from '../harness';
 import { domainXml } from './libvirt';
 
@@ -68,6 +68,9 @@ test('the hook file runs the C hook shim without a shell: it ends at once for ot
     for (const ev of [['prepare', 'begin'], ['release', 'end']]) {
       assert.deepEqual(call(plain, 'vm', ...ev, '-'), { status: 0, node: false, stderr: '' }, `${ev.join(' ')} of a domain without our metadata`);
     }
+    // Only a host-wide opt-out of ours (no config): the domain never asked for eBPF, never refused.
+    const optOut = plain.replace('<devices>', `<metadata><virt-ebpf:host-wide xmlns:virt-ebpf="${XML_NAMESPACE}" mode="off"/></metadata>\n  <devices>`);
+    assert.equal(call(optOut, 'vm', 'prepare', 'begin', '-').status, 0, 'an opted-out domain starts with the broker down');
     const prepare = call(enabled, 'vm', 'prepare', 'begin', '-');
     assert.equal(prepare.status, 1, 'strict, broker down: the start is refused');
     assert.match(prepare.stderr, /^virt-ebpf: cannot reach the virt-ebpf broker at .*\n$/);

@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { parseHookArgs, mayFail, mayReplaceXml, domainUuid } from '../../src/hook/event';
 import { runHook, HookEnv } from '../../src/hook/main';
 import { clientBroker } from '../../src/broker/hook-client';
-import { enableDomain, wrapperInDir, isEnabled } from '../../src/xml';
+import { enableDomain, wrapperInDir, isEnabled, XML_NAMESPACE } from '../../src/xml';
+import { readDomainState } from '../../src/policy';
 import { install } from '../../src/install/apply';
 import { hostFacts } from '../../src/install/host';
 import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
@@ -132,6 +133,19 @@ test('migrate/restore: keep the XML when this host has the wrapper; without it s
     assert.match(plainHere.stderr, /runs without eBPF RSS here \(policy fallback/);
   }
   assert.equal(mayFail(parseHookArgs(['vm', 'migrate', 'begin', '-'])), false, 'a broken hook does not stop a migration');
+});
+
+test('a host-wide opt-out (our metadata, no config): prepare records it for the broker, fallback, no hot-plug shim; release removes it', async () => {
+  const optOut = plain.replace('<devices>', `<metadata><virt-ebpf:host-wide xmlns:virt-ebpf="${XML_NAMESPACE}" mode="off"/></metadata>\n  <devices>`);
+  assert.notEqual(optOut, plain);
+  assert.deepEqual(await runHook({ kind: 'prepare', name: 'vm' }, optOut, env), { code: 0, stdout: '', stderr: '' });
+  assert.deepEqual(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')), { name: 'vm', uuid, policy: 'fallback', hotplug: false, hostWide: 'off' });
+  assert.deepEqual(readDomainState(uuid, env.stateDir), { policy: 'fallback', hotplug: false, hostWideOff: true });
+  assert.equal((await runHook({ kind: 'release', name: 'vm', reason: 'destroyed' }, optOut, env)).code, 0);
+  assert.ok(!existsSync(join(env.stateDir!, `${uuid}.json`)));
+  const other = optOut.replace('mode="off"', 'mode="on"');
+  await runHook({ kind: 'prepare', name: 'vm' }, other, env);
+  assert.ok(!existsSync(join(env.stateDir!, `${uuid}.json`)), 'only mode="off" opts out');
 });
 
 test('prepare after the real QEMU changed: the wrapper is refreshed and the start is refused once (strict)', async () => {

@@ -73,3 +73,34 @@ test('takeOption: both spellings, the rest in order', () => {
   assert.deepEqual(takeOption(['--xml=g'], '--xml'), { value: 'g', rest: [] });
   assert.deepEqual(takeOption(['--persistent-xml', 'p'], '--xml'), { value: undefined, rest: ['--persistent-xml', 'p'] });
 });
+
+test("withRssOn: rss='on' for the NICs the host policy gave rss (by MAC), a minimal edit; a NIC that says rss either way is left", async () => {
+  const { withRssOn, rssOnMacs } = await import('../../src/xml');
+  const xml = `<domain type='qemu'>
+  <name>vm</name>
+  <devices>
+    <interface type='ethernet'>
+      <mac address='52:54:00:00:00:01'/>
+      <model type='virtio'/>
+      <driver queues='4'/>
+    </interface>
+    <interface type='ethernet'>
+      <mac address='52:54:00:00:00:02'/>
+      <model type='virtio'/>
+    </interface>
+    <interface type='ethernet'>
+      <mac address='52:54:00:00:00:03'/>
+      <model type='virtio'/>
+      <driver queues='4' rss='off'/>
+    </interface>
+  </devices>
+</domain>
+`;
+  const r = withRssOn(xml, new Set(['52:54:00:00:00:01', '52:54:00:00:00:02', '52:54:00:00:00:03']));
+  assert.equal(
+    r.xml,
+    xml.replace("<driver queues='4'/>", "<driver queues='4' rss='on'/>").replace("<model type='virtio'/>\n    </interface>", "<model type='virtio'/>\n      <driver rss='on'/>\n    </interface>"),
+  );
+  assert.deepEqual([...rssOnMacs(r.xml)].sort(), ['52:54:00:00:00:01', '52:54:00:00:00:02']);
+  assert.equal(withRssOn(xml, new Set()).xml, xml, 'no MAC: byte for byte');
+});

@@ -9,9 +9,11 @@
 # of this one without domains, networks or autostart), /var/lib/libvirt, /var/cache/libvirt,
 # /var/log/libvirt and virt-ebpf's probe cache. Everything else (/usr, /tmp, the network) is
 # shared. `bare` hides virt-ebpf from it: no hook, no wrapper directory, no runtime — a host
-# where virt-ebpf was never installed.
+# where virt-ebpf was never installed. `plain-qemu` gives it the packaged QEMU at
+# /usr/bin/qemu-system-x86_64 where this host diverted it (install --host-wide): a host without
+# the host-wide mode.
 set -euo pipefail
-dir=$1 host=$2 uuid=$3 bare=${4:-}
+dir=$1 host=$2 uuid=$3 mode=${4:-}
 
 # Everything below would change this machine itself unless unshare gave us namespaces our caller does not share.
 [ "$(readlink /proc/self/ns/mnt)" != "$(readlink /proc/$PPID/ns/mnt)" ] && [ "$(readlink /proc/self/ns/uts)" != "$(readlink /proc/$PPID/ns/uts)" ] \
@@ -33,7 +35,10 @@ mount --bind "$dir/var-cache-libvirt" /var/cache/libvirt
 mount --bind "$dir/var-log-libvirt" /var/log/libvirt
 mkdir -p /var/cache/virt-ebpf
 mount --bind "$dir/var-cache-virt-ebpf" /var/cache/virt-ebpf
-if [ "$bare" = bare ]; then
+if [ "$mode" = plain-qemu ] && [ -f /usr/bin/qemu-system-x86_64.distrib ]; then
+  mount --bind /usr/bin/qemu-system-x86_64.distrib /usr/bin/qemu-system-x86_64
+fi
+if [ "$mode" = bare ]; then
   for d in /usr/libexec/virt-ebpf /usr/lib/virt-ebpf /var/lib/virt-ebpf; do
     [ -d "$d" ] && mount -t tmpfs -o mode=0755 tmpfs "$d"
   done

@@ -20,6 +20,8 @@ export interface SecondHostOptions {
   hostname: string;
   /** `bare`: virt-ebpf is not installed there (no hook, no wrapper, no runtime). */
   bare?: boolean;
+  /** the packaged QEMU at its own path, where this host diverted it: no host-wide mode there */
+  plainQemu?: boolean;
 }
 
 export class SecondHost {
@@ -27,6 +29,7 @@ export class SecondHost {
   readonly hostname: string;
   readonly uuid = randomUUID();
   readonly bare: boolean;
+  readonly plainQemu: boolean;
   readonly uri: string;
   readonly libvirtHost: LibvirtHost;
   readonly brokerSocket: string;
@@ -38,6 +41,7 @@ export class SecondHost {
     this.dir = dir;
     this.hostname = o.hostname;
     this.bare = o.bare ?? false;
+    this.plainQemu = o.plainQemu ?? false;
     this.uri = `qemu+unix:///system?socket=${join(dir, 'run-libvirt', 'libvirt-sock')}`;
     this.libvirtHost = { uri: this.uri, runDir: join(dir, 'run-libvirt', 'qemu'), logDir: join(dir, 'var-log-libvirt', 'qemu') };
     this.brokerSocket = join(dir, 'run-virt-ebpf', 'broker.sock');
@@ -73,7 +77,7 @@ export class SecondHost {
     appendLine(join(etc, 'qemu.conf'), 'stdio_handler = "file"');
     // /var/lib/libvirt's directories with their owners and modes; images are shared (bound below).
     copyDirs('/var/lib/libvirt', join(this.dir, 'var-lib-libvirt'));
-    const child = spawn('unshare', ['--mount', '--uts', '--propagation', 'private', 'bash', SCRIPT, this.dir, this.hostname, this.uuid, this.bare ? 'bare' : ''], {
+    const child = spawn('unshare', ['--mount', '--uts', '--propagation', 'private', 'bash', SCRIPT, this.dir, this.hostname, this.uuid, this.bare ? 'bare' : this.plainQemu ? 'plain-qemu' : ''], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.#daemon = child;
