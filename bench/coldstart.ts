@@ -17,6 +17,12 @@
  *     per-start median and p95. BENCH_STORM_ROUNDS rounds (default 2), the order alternating;
  *     BENCH_STORM picks the sizes.
  *
+ *  h. what the host-wide mode costs a domain without an RSS NIC (one single-queue virtio NIC):
+ *     `virsh start` of domains naming /usr/bin/qemu-system-x86_64 — under `install --host-wide`
+ *     the host-wide wrapper, which asks the broker and preloads the hot-plug shim — against the
+ *     same domains naming the packaged binary at its diverted name (no wrapper), paired and
+ *     alternating; then 16 of each started at once. The install is put back as it was after.
+ *
  * Uses an existing install and broker when there is one; otherwise installs (and uninstalls at
  * the end) and runs the installed broker as a child. BENCH_N=k multiplies the sample counts.
  */
@@ -36,7 +42,7 @@ import { medianWithInterval, stats, table, Stats } from './stats';
 
 const N = Number(process.env.BENCH_N ?? 1);
 /** BENCH_COLDSTART=a,b,c picks sections (default all). */
-const ONLY = new Set((process.env.BENCH_COLDSTART ?? 'a,b,c,s').split(','));
+const ONLY = new Set((process.env.BENCH_COLDSTART ?? 'a,b,c,s,h').split(','));
 /** BENCH_STORM=32x2,16x1 (the default): the storms of section s, domains × RSS NICs each. */
 const STORMS = (process.env.BENCH_STORM ?? '32x2,16x1').split(',').map((s) => s.split('x').map(Number) as [number, number]);
 const PREFIX = `vebpf-bench-${process.pid}-`;
@@ -355,6 +361,66 @@ async function benchStorm(scratch: string, out: string[], k: number, nics: numbe
   for (const n of [...enabled, ...plain]) removeDomain(n);
 }
 
+async function benchHostWide(scratch: string, out: string[]): Promise<void> {
+  const r = spawnSync(process.execPath, [INSTALLED_CLI, 'install', '--host-wide'], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    out.push(`h. host-wide mode: not measured: install --host-wide failed: ${r.stderr.trim()}`, '');
+    return;
+  }
+  try {
+    const DIVERTED = `${REAL_QEMU}.distrib`;
+    const k = 16;
+    const wrapped = Array.from({ length: k }, (_, i) => `${PREFIX}hw-w${i}`);
+    const direct = Array.from({ length: k }, (_, i) => `${PREFIX}hw-d${i}`);
+    for (const name of wrapped) define(domainXml({ name, emulator: REAL_QEMU, nics: [{ rss: false, queues: 1 }] }), scratch);
+    for (const name of direct) define(domainXml({ name, emulator: DIVERTED, nics: [{ rss: false, queues: 1 }] }), scratch);
+    const once = async (name: string): Promise<number> => {
+      const t0 = process.hrtime.bigint();
+      const s = await runAsync('virsh', ['-q', '-c', 'qemu:///system', 'start', name], { timeoutMs: 120_000 });
+      const t = ms(t0);
+      virshTry('destroy', name);
+      if (s.status !== 0) throw new Error(`virsh start ${name}: ${s.stderr.trim()}`);
+      return t;
+    };
+    await once(wrapped[0]);
+    await once(direct[0]);
+    const n = 20 * N;
+    const a: number[] = [];
+    const b: number[] = [];
+    for (let i = 0; i < n; i++) {
+      if (i % 2) {
+        b.push(await once(direct[0]));
+        a.push(await once(wrapped[0]));
+      } else {
+        a.push(await once(wrapped[0]));
+        b.push(await once(direct[0]));
+      }
+    }
+    const paired = medianWithInterval(a.map((x, i) => x / b[i]));
+    const wave = async (names: string[]) => {
+      const t0 = process.hrtime.bigint();
+      const rs = await Promise.all(names.map((x) => runAsync('virsh', ['-q', '-c', 'qemu:///system', 'start', x], { timeoutMs: 300_000 })));
+      const wall = ms(t0);
+      for (const x of names) virshTry('destroy', x);
+      return { wall, ok: rs.filter((x) => x.status === 0).length, perStart: rs.map((x) => x.ms) };
+    };
+    const wd = await wave(direct);
+    const ww = await wave(wrapped);
+    out.push(
+      table(`h. host-wide mode, a domain without an RSS NIC (1 single-queue virtio NIC, 128 MiB, TCG): virsh start, n = ${n} paired`, [
+        { name: 'packaged QEMU, no wrapper', stats: stats(b) },
+        { name: 'host-wide wrapper', stats: stats(a), baseline: 'packaged QEMU, no wrapper' },
+      ]),
+      `paired ratio ${fmtRatio(paired.median)} (95 % ${fmtRatio(paired.low)}–${fmtRatio(paired.high)}); ${k} at once: without ${wd.ok}/${k} in ${wd.wall.toFixed(0)} ms (per-start median ${stats(wd.perStart).median.toFixed(0)} ms), ` +
+        `host-wide ${ww.ok}/${k} in ${ww.wall.toFixed(0)} ms (per-start median ${stats(ww.perStart).median.toFixed(0)} ms, wall ${fmtRatio(ww.wall / wd.wall)})`,
+      '',
+    );
+    for (const x of [...wrapped, ...direct]) removeDomain(x);
+  } finally {
+    spawnSync(process.execPath, [INSTALLED_CLI, 'install'], { stdio: 'ignore' }); // back to the install without the diversion
+  }
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the cold-start bench needs root (system libvirtd, install, broker)');
   const out: string[] = [`virt-ebpf cold-start benchmarks — ${new Date().toISOString()} — ${cpus().length}× ${cpus()[0]?.model ?? '?'} — node ${process.version}`, ''];
@@ -386,6 +452,7 @@ async function main(): Promise<void> {
       if (us.length) out.push(table("broker's own `us` over every start above (prepare reserved the contexts)", [{ name: 'handed out', stats: stats(us) }]));
     }
     if (ONLY.has('b')) await benchHandoff(out);
+    if (ONLY.has('h')) await benchHostWide(scratch, out);
   } finally {
     for (const n of testDomains(PREFIX)) removeDomain(n);
     if (existsSync(HOOK_ASIDE)) renameSync(HOOK_ASIDE, HOOK);

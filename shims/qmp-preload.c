@@ -1,12 +1,12 @@
 /*
  * virt-ebpf QMP hot-plug shim, loaded into the emulator with LD_PRELOAD by the wrapper
- * (shims/wrapper.c) for an enabled domain. It reads along libvirt's monitor connection from
+ * (shims/wrapper.c) for an enabled domain, and for every domain under the host-wide mode. It reads along libvirt's monitor connection from
  * inside QEMU, so the thousands of QMP bytes libvirt exchanges while a domain starts take no
  * extra process hop: QEMU reads its monitor one byte per recvmsg(), and a byte that is not the
  * start of a line costs one compare here.
  *
  * It carries bytes and fds and decides nothing. At the start of each line it peeks at the whole
- * line; a line that mentions both `device_add` and `rss` goes to the broker (`device-plan`,
+ * line; a line that mentions `device_add` and `rss` or `virtio-net` goes to the broker (`device-plan`,
  * src/broker/server.ts), which answers with the bytes to splice into the line, where, and the
  * fds those bytes name (`@virt-ebpf-fd:K@`, replaced here by the numbers the fds got in QEMU).
  * QEMU then reads the line with the splice in it; the original bytes stay in the socket while
@@ -426,8 +426,8 @@ static void decide(struct conn *c, const char *line, size_t len)
 {
     const char *end = line + len;
     c->line_left = len;
-    if (!memmem(line, len, "device_add", 10) || !memmem(line, len, "rss", 3))
-        return;  /* nothing the broker would plan: not asked */
+    if (!memmem(line, len, "device_add", 10) || !(memmem(line, len, "rss", 3) || memmem(line, len, "virtio-net", 10)))
+        return;  /* nothing the broker would plan (an rss device, or a virtio NIC the host policy may give rss): not asked */
     struct device_plan p;
     int fds[MAX_FDS], nfds = 0;
     char why[4096];

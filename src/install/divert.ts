@@ -20,7 +20,7 @@ function dpkgDivert(args: string[]): string {
     const err = e as { stderr?: string; message: string; code?: string };
     const missing = err.code === 'ENOENT';
     throw new VirtEbpfError('SYSCALL', `dpkg-divert ${args.join(' ')}: ${missing ? 'dpkg-divert is not installed' : (err.stderr ?? err.message).trim()}`, {
-      remedy: missing ? 'the host-wide mode needs dpkg (a Debian system)' : 'see `dpkg-divert --list qemu-system*`; fix the diversion by hand, then run the command again',
+      remedy: missing ? 'the host-wide mode needs dpkg (a Debian system)' : 'see `dpkg-divert --list "*qemu-system*"`; fix the diversion by hand, then run the command again',
       cause: e,
     });
   }

@@ -44,7 +44,7 @@ let packaged: { sha: string; size: number };
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 function diversions(): string {
-  return execFileSync('dpkg-divert', ['--list', 'qemu-system*'], { encoding: 'utf8' }).trim();
+  return execFileSync('dpkg-divert', ['--list', '*qemu-system*'], { encoding: 'utf8' }).trim();
 }
 
 /** Whatever failed: no wrapper at the emulator's path, no diversion, dpkg's file back. */
@@ -87,7 +87,10 @@ test('install --host-wide: dpkg diverts the packaged QEMU, its path runs the hos
   const r = cliSync('install', '--host-wide');
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`^diverted ${QEMU_PATH} \\(the packaged binary is at ${DIVERTED}; its path runs the wrapper\\)$`, 'm'));
-  assert.match(diversions(), new RegExp(`^local diversion of ${QEMU_PATH} to ${DIVERTED}$`));
+  assert.match(diversions(), new RegExp(`^local diversion of ${QEMU_PATH} to ${DIVERTED}$`, 'm'));
+  const wrapped = r.stdout.match(/^wrapped {2}\/usr\/bin\/\S+$/gm) ?? [];
+  assert.ok(wrapped.length >= 2, r.stdout);
+  assert.equal(diversions().split('\n').length, wrapped.length, 'every emulator install wraps is diverted (qemu-system-i386 too)');
   assert.equal(sha256(DIVERTED), packaged.sha, 'the packaged binary moved, unchanged');
   const atPath = parseWrapper(readFileSync(QEMU_PATH, 'utf8'));
   assert.equal(atPath?.real, DIVERTED);
@@ -106,7 +109,7 @@ test("a domain as virt-install writes it (queues='4', no rss, no metadata, the d
     fixture: await ensureFixture(),
     nics: [{ queues: 4, rss: false }, { queues: 1, rss: false }],
     vcpus: 4,
-    hotplugSlots: 2,
+    hotplugSlots: 4,
     enable: false,
     emulator: QEMU_PATH,
   });
@@ -193,7 +196,7 @@ test('migration to a host without the host-wide policy: virsh migrate fails when
     await guest.moveTo(hostB.libvirtHost, consoleB);
     assert.equal(hostB.virsh('domstate', guest.name).trim(), 'running');
     const onB = hostB.virsh('dumpxml', guest.name);
-    assert.equal((onB.match(/rss='on'/g) ?? []).length, 2, "on B the two NICs the policy gave rss have rss='on' in their XML");
+    assert.equal((onB.match(/rss='on'/g) ?? []).length, 2, "on B the two NICs the policy gave rss (net0 and the hot-plugged one) have rss='on' in their XML, the single-queue one not");
     assert.equal(virtioNetDevices(cmdline(guest.pid))[0].rss, true);
     assert.equal((await guest.console.run('echo alive')).output.trim(), 'alive', 'the guest runs on B');
   } finally {
