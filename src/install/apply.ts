@@ -212,12 +212,23 @@ export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: Ins
   // What an earlier install wrote and this one does not (a wrapper whose emulator is gone, the
   // units and command of a checkout's install once the package ships its own): ours, removed.
   // A config stays: the user may have edited it.
+  // Only a file whose content is still what we wrote: at a path a diversion was removed from,
+  // dpkg's own file is back.
   for (const e of previous?.entries ?? []) {
-    if (!entries.some((x) => x.path === e.path) && e.kind !== 'config' && e.kind !== 'diversion' && existsSync(e.path)) unlinkSync(e.path);
+    if (!entries.some((x) => x.path === e.path) && e.kind !== 'config' && e.kind !== 'diversion' && isOurs(e)) unlinkSync(e.path);
   }
   const manifest: Manifest = { version: 1, prefix: facts.prefix, installedAt: new Date().toISOString(), entries };
   writeAtomic(paths.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o644, opts.faults);
   return { written, kept, diverted: entries.filter((e) => e.kind === 'diversion').map((e) => e.path), hookRescan: opts.rescan === false ? 'skipped' : rescanHooks() };
+}
+
+/** The file at the entry's path is still exactly what we wrote. */
+function isOurs(e: ManifestEntry): boolean {
+  try {
+    return statSync(e.path).isFile() && sha(readFileSync(e.path, 'utf8')) === e.sha256;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -251,8 +262,8 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   removed.push(...removeStaged([...m.entries.map((e) => e.path), manifestPath]));
   for (const e of m.entries) {
     if (e.kind === 'diversion' || !existsSync(e.path)) continue;
-    if (sha(readFileSync(e.path, 'utf8')) !== e.sha256 && e.kind === 'config') {
-      kept.push({ path: e.path, why: 'edited since install' });
+    if (!isOurs(e) && (e.kind === 'config' || m.entries.some((d) => d.kind === 'diversion' && d.path === e.path))) {
+      kept.push({ path: e.path, why: e.kind === 'config' ? 'edited since install' : 'not the wrapper we wrote (the packaged file is back)' });
       continue;
     }
     unlinkSync(e.path);

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { ensureFixture, startLibvirtGuest, type LibvirtGuest } from '../../src/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
-import { readManifest } from '../../src/install/apply';
+import { identityOf, readManifest } from '../../src/install/apply';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { parseWrapper } from '../../src/install/wrapper-script';
 import { domainFacts, XML_NAMESPACE } from '../../src/xml';
@@ -100,6 +100,22 @@ test('install --host-wide: dpkg diverts the packaged QEMU, its path runs the hos
   const caps = run('virsh', ['-c', 'qemu:///system', 'domcapabilities', '--emulatorbin', QEMU_PATH, '--virttype', 'qemu']);
   assert.equal(caps.status, 0, caps.stderr);
   assert.match(caps.stdout, /<path>\/usr\/bin\/qemu-system-x86_64<\/path>/);
+});
+
+test('apt reinstalls QEMU under the diversion: the package writes the .distrib binary, our wrapper keeps the path, the apt hook refreshes it, libvirt reads the new capabilities', () => {
+  const before = parseWrapper(readFileSync(QEMU_PATH, 'utf8'))!;
+  const version = execFileSync('dpkg-query', ['-W', '-f=${Version}', 'qemu-system-x86'], { encoding: 'utf8' }).trim();
+  // The installed version again, through apt (so apt's Post-Invoke hooks run, ours among them).
+  const r = run('apt-get', ['install', '--reinstall', '-y', '-q', '--no-install-recommends', '-o', 'Dpkg::Options::=--force-confold', `qemu-system-x86=${version}`], { timeoutMs: 600_000 });
+  assert.equal(r.status, 0, `apt-get install --reinstall qemu-system-x86=${version} failed (it needs the package in apt's cache or the archive): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+  assert.match(diversions(), new RegExp(`^local diversion of ${QEMU_PATH} to ${DIVERTED}$`, 'm'), 'the diversion survives');
+  const after = parseWrapper(readFileSync(QEMU_PATH, 'utf8'));
+  assert.ok(after?.hostWide, 'our wrapper still has the path: dpkg wrote the package file at the diverted name');
+  assert.equal(sha256(DIVERTED), packaged.sha, 'the same version: the same binary, at .distrib');
+  assert.notEqual(after.identity, before.identity, 'the apt hook (virt-ebpf refresh) rewrote the wrapper for the new file');
+  assert.equal(after.identity, identityOf(DIVERTED));
+  const caps = run('virsh', ['-c', 'qemu:///system', 'domcapabilities', '--emulatorbin', QEMU_PATH, '--virttype', 'qemu']);
+  assert.equal(caps.status, 0, caps.stderr);
 });
 
 test("a domain as virt-install writes it (queues='4', no rss, no metadata, the default emulator) starts with fds from the broker; its XML is not edited", async () => {
@@ -202,6 +218,18 @@ test('migration to a host without the host-wide policy: virsh migrate fails when
   } finally {
     await hostB.stop();
   }
+});
+
+test('install without --host-wide after it: the diversion goes and dpkg\'s file is back byte for byte (our wrapper at that path is removed, never the file dpkg moved back)', () => {
+  const r = cliSync('install');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(diversions(), '');
+  assert.ok(!existsSync(DIVERTED));
+  assert.equal(sha256(QEMU_PATH), packaged.sha);
+  assert.equal(parseWrapper(readFileSync(join(DEFAULT_PATHS.wrapperDir, 'qemu-system-x86_64'), 'utf8'))?.real, QEMU_PATH, "an enabled domain's wrapper names the packaged path again");
+  const again = cliSync('install', '--host-wide');
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal(sha256(DIVERTED), packaged.sha, 'and diverted again, unchanged');
 });
 
 test('uninstall: our wrapper leaves the path, dpkg gets its file back byte for byte, no diversion left', async () => {
