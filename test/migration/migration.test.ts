@@ -18,7 +18,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { ensureFixture, parseEthtoolRss, startLibvirtGuest, THIS_HOST, type LibvirtGuest, type LibvirtHost, type RssConfig } from '../../src/guest';
+import { parseEthtoolRss, THIS_HOST, type LibvirtGuest, type LibvirtHost, type RssConfig } from '../../src/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
 import { readManifest } from '../../src/install/apply';
@@ -28,11 +28,12 @@ import { ask } from '../broker/support';
 import type { StatusDocument } from '../../src/status';
 import { needRoot, tempDir, watchFds } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
-import { bpfFds, CLI, cmdline, procStatus, run, virtioNetDevices, waitFor } from '../coldstart/libvirt';
+import { bpfFds, CLI, cmdline, procStatus, run, waitFor } from '../coldstart/libvirt';
 import { domainFacts, XML_NAMESPACE } from '../../src/xml';
 import { cli } from '../status/qemu';
 import { assertLibvirtFlows } from '../libvirt-guest/flows';
 import { libvirtdReachable } from '../libvirt/fixture';
+import { heldByDevice, setOwnTable, startTableGuest } from '../libvirt-guest/own-table';
 import { SecondHost } from './second-host';
 
 const PREFIX = `vebpf-mig-${process.pid}-`;
@@ -119,12 +120,6 @@ async function statusOn(side: Side): Promise<StatusDocument> {
   return JSON.parse(r.stdout) as StatusDocument;
 }
 
-function heldByDevice(pid: number): { fds: number[]; ids: number[] } {
-  const dev = virtioNetDevices(cmdline(pid))[0];
-  const fds = (dev['ebpf-rss-fds'] as string[] | undefined)?.map(Number) ?? [];
-  const held = bpfFds(pid);
-  return { fds, ids: fds.map((fd) => held.find((h) => h.fd === fd)?.id ?? -1) };
-}
 
 async function reserved(broker: BrokerChild): Promise<number> {
   const r = (await ask(broker.socket, { v: 1, id: 1, op: 'status' })) as { ok: boolean; reserved?: number };
@@ -234,19 +229,12 @@ before(async () => {
   libvirtdReachable();
   checkFds = watchFds();
   qemuUid = lookupUser(libvirtQemuAccount().user).uid;
-  const fixture = await ensureFixture();
   installedBefore = Boolean(readManifest(DEFAULT_PATHS.manifest));
   installForReal();
   await brokerA.start();
   await hostB.start();
   brokerB = await hostB.startBroker();
-  guest = await startLibvirtGuest({
-    name: PREFIX + 'guest',
-    fixture,
-    // Channels first: an `ethtool -L` after `ethtool -X` would turn RSS off in QEMU.
-    script: ['@channels vebpf_maxq eth0'],
-    ip: `${GUEST_IP}/30`,
-  });
+  guest = await startTableGuest(PREFIX + 'guest', `${GUEST_IP}/30`);
   await guest.addHostAddress(`${HOST_IP}/30`);
 });
 
@@ -259,8 +247,7 @@ after(async () => {
 });
 
 test('on A the guest sets its own table (weight 1 2 3 4 and a key of its own); status shows it', async () => {
-  await guest.console.run('ethtool -X eth0 weight 1 2 3 4 hkey ' + Array.from({ length: 40 }, (_, i) => ((i * 53 + 7) & 0xff).toString(16).padStart(2, '0')).join(':'));
-  guestSet = parseEthtoolRss((await guest.console.run('ethtool -x eth0')).output);
+  guestSet = await setOwnTable(guest, 7);
   const nic = (await statusOn(A)).domains[0].nics[0];
   assert.equal(nic.state, 'active', nic.summary);
   assert.deepEqual(nic.rss!.table, guestSet.table);

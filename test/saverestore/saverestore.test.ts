@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type LibvirtGuest, type RssConfig } from '../../src/guest';
+import { parseEthtoolRss, type LibvirtGuest, type RssConfig } from '../../src/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
 import { readManifest } from '../../src/install/apply';
@@ -22,10 +22,11 @@ import { DEFAULT_PATHS } from '../../src/install/plan';
 import type { StatusReport } from '../../src/status';
 import { needRoot, tempDir, watchFds } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';
-import { bpfFds, cmdline, domainState, procStatus, run, virtioNetDevices, waitFor } from '../coldstart/libvirt';
+import { cmdline, domainState, procStatus, run, waitFor } from '../coldstart/libvirt';
 import { cli } from '../status/qemu';
 import { assertLibvirtFlows } from '../libvirt-guest/flows';
 import { libvirtdReachable } from '../libvirt/fixture';
+import { heldByDevice, setOwnTable, startTableGuest } from '../libvirt-guest/own-table';
 
 const PREFIX = `vebpf-sr-${process.pid}-`;
 const HOST_IP = '10.199.81.1';
@@ -58,30 +59,15 @@ async function nicOf(name: string): Promise<NicJson> {
   return report.domains[0].nics[0];
 }
 
-/** The program and maps the running QEMU's device names, with their kernel ids. */
-function heldByDevice(pid: number): { fds: number[]; ids: number[] } {
-  const dev = virtioNetDevices(cmdline(pid))[0];
-  const fds = (dev['ebpf-rss-fds'] as string[] | undefined)?.map(Number) ?? [];
-  const held = bpfFds(pid);
-  return { fds, ids: fds.map((fd) => held.find((h) => h.fd === fd)?.id ?? -1) };
-}
-
 before(async () => {
   needRoot('installs into system paths, runs the broker, saves and restores domains in the system libvirtd');
   libvirtdReachable();
   checkFds = watchFds();
   qemuUid = lookupUser(libvirtQemuAccount().user).uid;
-  const fixture = await ensureFixture();
   installedBefore = Boolean(readManifest(DEFAULT_PATHS.manifest));
   installForReal();
   await broker.start();
-  guest = await startLibvirtGuest({
-    name: PREFIX + 'guest',
-    fixture,
-    // Channels first: an `ethtool -L` after `ethtool -X` would turn RSS off in QEMU.
-    script: ['@channels vebpf_maxq eth0'],
-    ip: `${GUEST_IP}/30`,
-  });
+  guest = await startTableGuest(PREFIX + 'guest', `${GUEST_IP}/30`);
   await guest.addHostAddress(`${HOST_IP}/30`);
 });
 
@@ -92,8 +78,7 @@ after(async () => {
 });
 
 test('the guest sets its own table (weight 1 2 3 4 and a key of its own); status shows exactly that', async () => {
-  await guest.console.run('ethtool -X eth0 weight 1 2 3 4 hkey ' + Array.from({ length: 40 }, (_, i) => ((i * 37 + 11) & 0xff).toString(16).padStart(2, '0')).join(':'));
-  guestSet = parseEthtoolRss((await guest.console.run('ethtool -x eth0')).output);
+  guestSet = await setOwnTable(guest, 11);
   const nic = await nicOf(guest.name);
   assert.equal(nic.state, 'active', nic.summary);
   assert.deepEqual(nic.rss!.table, guestSet.table);
