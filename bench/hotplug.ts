@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../src/qmp';
 import { lookupUser } from '../src/sys/users';
-import type { Tap } from '../src/guest/tap';
+import type { Tap } from '../test/support/guest/tap';
 import { ask, startTestBroker } from '../test/broker/support';
 import { tempDir, QEMU } from '../test/harness';
 import { addNetdev, shimMemoryKiB, startDomainQemu, until, type DomainQemu } from '../test/hotplug-shim/support';

@@ -12,7 +12,7 @@ import { mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } f
 import { join } from 'node:path';
 import { brokerRequest, DEFAULT_SOCKET } from '../src/broker/client';
 import { DEFAULT_PREFIX } from '../src/install/runtime';
-import { ensureFixture, startLibvirtGuest, LIBVIRT_URI, type LibvirtGuest } from '../src/guest';
+import { ensureFixture, startLibvirtGuest, LIBVIRT_URI, type LibvirtGuest } from '../test/support/guest';
 import { isVirtEbpfError } from '../src/errors';
 
 const ROOT = join(__dirname, '..', '..');

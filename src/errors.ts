@@ -53,12 +53,6 @@ export type ErrorCode =
   | 'USAGE'
   | 'CACHE_CORRUPT'
   // guest fixture (tests)
-  | 'GUEST_BUILD'
-  | 'GUEST_BOOT'
-  | 'GUEST_TIMEOUT'
-  | 'GUEST_EXITED'
-  | 'GUEST_COMMAND'
-  | 'GUEST_OUTPUT'
   // broker
   | 'BROKER_PROTOCOL'
   | 'BROKER_UNREACHABLE'
@@ -88,13 +82,14 @@ export interface ErrorInit {
   fields?: Record<string, unknown>;
 }
 
-export class VirtEbpfError extends Error {
-  readonly code: ErrorCode;
+/** `C`: the product's codes; a test fixture may name its own (test/support/guest GuestError). */
+export class VirtEbpfError<C extends string = ErrorCode> extends Error {
+  readonly code: C;
   readonly remedy: string;
   readonly detail?: string;
   readonly fields: Record<string, unknown>;
 
-  constructor(code: ErrorCode, message: string, init: ErrorInit) {
+  constructor(code: C, message: string, init: ErrorInit) {
     super(message, init.cause === undefined ? undefined : { cause: init.cause });
     this.name = 'VirtEbpfError';
     this.code = code;
@@ -109,7 +104,7 @@ export class VirtEbpfError extends Error {
   }
 }
 
-export function isVirtEbpfError(e: unknown, code?: ErrorCode): e is VirtEbpfError {
+export function isVirtEbpfError(e: unknown, code?: ErrorCode | string): e is VirtEbpfError {
   return e instanceof VirtEbpfError && (code === undefined || e.code === code);
 }
 

@@ -9,7 +9,7 @@ import { spawn, ChildProcess } from 'node:child_process';
 import { chownSync, readFileSync, readdirSync, readlinkSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient, qomGet } from '../../src/qmp';
-import { createTap, Tap } from '../../src/guest/tap';
+import { createTap, Tap } from '../support/guest/tap';
 import { lookupUser } from '../../src/sys/users';
 import { QEMU, REPO, needRoot, tempDir } from '../harness';
 

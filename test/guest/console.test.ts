@@ -17,7 +17,7 @@ import {
   parseEthtoolRss,
   parseEthtoolStats,
   type ConsoleEvent,
-} from '../../src/guest';
+} from '../support/guest';
 import { isVirtEbpfError } from '../../src/errors';
 import { REPO } from '../harness';
 import { HASH_TYPES_ALL, rssHashInput, toeplitz } from '../../src/rss';

@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ensureFixture, startLibvirtGuest, type LibvirtGuest } from '../../src/guest';
+import { ensureFixture, startLibvirtGuest, type LibvirtGuest } from '../support/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
 import { identityOf, readManifest } from '../../src/install/apply';

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
 import { lookupUser } from '../../src/sys/users';
-import { createTap, type Tap } from '../../src/guest/tap';
+import { createTap, type Tap } from '../support/guest/tap';
 import { hotplugShimCheck } from '../../src/doctor';
 import { mapsShowShim } from '../../src/doctor/hotplug-shim';
 import { needRoot, tempDir } from '../harness';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { REPO, QEMU } from '../harness';
 import type { QmpClient } from '../../src/qmp';
 import * as libc from '../../src/sys/libc';
-import { createTap, type Tap } from '../../src/guest/tap';
+import { createTap, type Tap } from '../support/guest/tap';
 import { sleep, until } from '../broker/support';
 import { isShimMapping } from '../../src/doctor/hotplug-shim';
 import { renderWrapper } from '../../src/install/wrapper-script';

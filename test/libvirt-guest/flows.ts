@@ -12,9 +12,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
-import type { GuestConsole, LibvirtGuest } from '../../src/guest';
+import type { GuestConsole, LibvirtGuest } from '../support/guest';
 import type { StatusReport } from '../../src/status';
-import { ip } from '../../src/guest/tap';
+import { ip } from '../support/guest/tap';
 import type { Flow } from '../../src/rss';
 import { verifyProgram } from '../../src/verify';
 

@@ -17,7 +17,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../../src/guest';
+import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../support/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
 import { readManifest } from '../../src/install/apply';

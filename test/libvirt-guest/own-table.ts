@@ -3,7 +3,7 @@
  * (save/restore, migration) and check the table travelled: the guest started ready for
  * `ethtool -X`, the table and key it then sets, and the program and maps a QEMU's device holds.
  */
-import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type LibvirtGuest, type RssConfig } from '../../src/guest';
+import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type LibvirtGuest, type RssConfig } from '../support/guest';
 import { bpfFds, cmdline, virtioNetDevices } from '../coldstart/libvirt';
 
 /** The guest fixture under libvirt, enabled, its channels at the maximum (before any `ethtool -X`). */

@@ -16,9 +16,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSocket, type Socket } from 'node:dgram';
-import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../../src/guest';
+import { ensureFixture, parseEthtoolRss, startLibvirtGuest, type GuestFixture, type LibvirtGuest } from '../support/guest';
 import { countedPerQueue, rxCounters, type Counted } from './flows';
-import { ip } from '../../src/guest/tap';
+import { ip } from '../support/guest/tap';
 import { probeEmulator } from '../../src/emulator';
 import { HASH_TYPES_LINUX_DEFAULT, referenceQueue, type Flow } from '../../src/rss';
 import { MIN_FRAMES, STEERING_LABELS } from '../../src/steering';

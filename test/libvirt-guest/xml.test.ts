@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { guestDomainXml, parseDomiflist, guestCmdline } from '../../src/guest';
+import { guestDomainXml, parseDomiflist, guestCmdline } from '../support/guest';
 import { tempDir } from '../harness';
 
 const base = {

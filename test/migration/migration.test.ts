@@ -18,7 +18,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { parseEthtoolRss, THIS_HOST, type LibvirtGuest, type LibvirtHost, type RssConfig } from '../../src/guest';
+import { parseEthtoolRss, THIS_HOST, type LibvirtGuest, type LibvirtHost, type RssConfig } from '../support/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
 import { readManifest } from '../../src/install/apply';

@@ -9,7 +9,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import type { LibvirtHost } from '../../src/guest';
+import type { LibvirtHost } from '../support/guest';
 import { BrokerChild, INSTALLED_CLI } from '../coldstart/fixture';
 import { waitFor } from '../coldstart/libvirt';
 import { REPO } from '../harness';

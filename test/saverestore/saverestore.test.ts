@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseEthtoolRss, type LibvirtGuest, type RssConfig } from '../../src/guest';
+import { parseEthtoolRss, type LibvirtGuest, type RssConfig } from '../support/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
 import { readManifest } from '../../src/install/apply';

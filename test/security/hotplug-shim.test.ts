@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
 import { lookupUser } from '../../src/sys/users';
-import type { Tap } from '../../src/guest/tap';
+import type { Tap } from '../support/guest/tap';
 import { PYTHON, QEMU, REPO, needRoot, tempDir } from '../harness';
 import { startTestBroker, type TestBroker } from '../broker/support';
 import { addNetdev, alive, bpfFdsOf, sleep, startDomainQemu, until, type DomainQemu } from '../hotplug-shim/support';

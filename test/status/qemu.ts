@@ -9,7 +9,7 @@ import { chownSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
-import { createTap, type Tap } from '../../src/guest/tap';
+import { createTap, type Tap } from '../support/guest/tap';
 import { lookupUser } from '../../src/sys/users';
 import { QEMU, REPO, tempDir } from '../harness';
 

@@ -10,7 +10,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadRss, type RssContext } from '../../src/bpf';
-import { bootGuest, ensureFixture, parseEthtoolRss, type BootedGuest } from '../../src/guest';
+import { bootGuest, ensureFixture, parseEthtoolRss, type BootedGuest } from '../support/guest';
 import { collectStatus, runStatus, type StatusReport } from '../../src/status';
 import { runVerify } from '../../src/verify';
 import { needRoot, QEMU, watchFds } from '../harness';

@@ -5,7 +5,8 @@
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { VirtEbpfError, tail } from '../errors';
+import { GuestError } from './error';
+import { tail } from '../../../src/errors';
 
 export interface GuestManifest {
   key: string;
@@ -24,12 +25,12 @@ export interface GuestFixture {
   manifest: GuestManifest;
 }
 
-/** The repository holding scripts/guest/build.sh, found upwards from this file (src/ or dist/src/). */
+/** The repository holding scripts/guest/build.sh, found upwards from this file (test/ or dist/test/). */
 export function repoRoot(from = __dirname): string {
   for (let d = resolve(from); ; d = dirname(d)) {
     if (existsSync(join(d, 'scripts', 'guest', 'build.sh'))) return d;
     if (dirname(d) === d) {
-      throw new VirtEbpfError('GUEST_BUILD', 'cannot find scripts/guest/build.sh above ' + from, {
+      throw new GuestError('GUEST_BUILD', 'cannot find scripts/guest/build.sh above ' + from, {
         remedy: 'run from a checkout of the virt-ebpf repository',
       });
     }
@@ -47,7 +48,7 @@ export function ensureFixture(opts: { outDir?: string; timeoutMs?: number } = {}
       (err, _stdout, stderr) => {
         if (err) {
           reject(
-            new VirtEbpfError('GUEST_BUILD', `building the guest fixture failed: ${tail(stderr, 1)}`, {
+            new GuestError('GUEST_BUILD', `building the guest fixture failed: ${tail(stderr, 1)}`, {
               remedy: 'run scripts/guest/build.sh by hand to see why (it needs apt package lists and cpio)',
               detail: stderr,
               cause: err,
@@ -60,7 +61,7 @@ export function ensureFixture(opts: { outDir?: string; timeoutMs?: number } = {}
           resolvePromise({ kernel: join(outDir, 'vmlinuz'), initrd: join(outDir, 'initrd.img'), manifest });
         } catch (e) {
           reject(
-            new VirtEbpfError('GUEST_BUILD', `guest fixture manifest unreadable in ${outDir}`, {
+            new GuestError('GUEST_BUILD', `guest fixture manifest unreadable in ${outDir}`, {
               remedy: `delete ${outDir}/manifest.json and build again`,
               cause: e,
             }),

@@ -3,7 +3,8 @@
  * socket or pty when libvirt runs the guest. It only waits and sends; it owns no process.
  */
 import type { Readable, Writable } from 'node:stream';
-import { VirtEbpfError, tail } from '../errors';
+import { GuestError } from './error';
+import { tail } from '../../../src/errors';
 import { checkProtocolLine } from './cmdline';
 import { ConsoleParser, parseEthtoolStats, type ConsoleBlock, type ConsoleEvent } from './console';
 
@@ -73,7 +74,7 @@ export class GuestConsole {
       const timer = setTimeout(() => {
         this.#waiters.delete(w);
         reject(
-          new VirtEbpfError('GUEST_TIMEOUT', `guest fixture: no ${what} within ${timeoutMs} ms`, {
+          new GuestError('GUEST_TIMEOUT', `guest fixture: no ${what} within ${timeoutMs} ms`, {
             remedy: 'look at the console transcript in the detail; raise the timeout if the machine is just slow',
             detail: tail(this.#transcript, 40),
           }),
@@ -102,7 +103,7 @@ export class GuestConsole {
   send(line: string): void {
     checkProtocolLine(line);
     if (!this.#output || this.#ended) {
-      throw new VirtEbpfError('GUEST_BOOT', 'guest fixture: console is not writable', {
+      throw new GuestError('GUEST_BOOT', 'guest fixture: console is not writable', {
         remedy: 'open the console with an output stream and send only while the guest runs',
         detail: this.#opts.describeEnd?.(),
       });
@@ -119,7 +120,7 @@ export class GuestConsole {
     this.send(`@${label} ${command}`);
     const block = await this.block(label, opts.timeoutMs ?? 30_000);
     if (block.rc !== 0 && !opts.allowFailure) {
-      throw new VirtEbpfError('GUEST_COMMAND', `guest command "${command}" exited with ${block.rc}`, {
+      throw new GuestError('GUEST_COMMAND', `guest command "${command}" exited with ${block.rc}`, {
         remedy: 'see the command output in the detail',
         detail: block.output,
         fields: { rc: block.rc },
@@ -148,7 +149,7 @@ export class GuestConsole {
       const hit = out.split('\n').map((l) => l.trim().split(' ')).find((p) => p[1] === mac.toLowerCase());
       if (hit) return hit[0];
       if (Date.now() > deadline) {
-        throw new VirtEbpfError('GUEST_COMMAND', `the guest has no interface with MAC ${mac} after ${timeoutMs} ms`, {
+        throw new GuestError('GUEST_COMMAND', `the guest has no interface with MAC ${mac} after ${timeoutMs} ms`, {
           remedy: 'check that the NIC was attached (virsh domiflist) and that the guest kernel handles PCI hot-plug',
           detail: out,
         });
@@ -175,9 +176,9 @@ export class GuestConsole {
     }
   }
 
-  #endError(what?: string): VirtEbpfError {
+  #endError(what?: string): GuestError {
     const extra = this.#opts.describeEnd?.();
-    return new VirtEbpfError('GUEST_EXITED', `guest fixture: console closed${what ? ` before ${what}` : ''}`, {
+    return new GuestError('GUEST_EXITED', `guest fixture: console closed${what ? ` before ${what}` : ''}`, {
       remedy: 'the guest or its emulator stopped; see the transcript and emulator output in the detail',
       detail: [tail(this.#transcript, 40), extra].filter(Boolean).join('\n--- emulator ---\n'),
     });

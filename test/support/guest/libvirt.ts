@@ -20,7 +20,8 @@ import { execFile, execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { connect, type Socket } from 'node:net';
-import { VirtEbpfError, tail } from '../errors';
+import { GuestError } from './error';
+import { VirtEbpfError, tail } from '../../../src/errors';
 import { guestCmdline, type GuestCmdlineOptions } from './cmdline';
 import { repoRoot, type GuestFixture } from './fixture';
 import { GuestConsole } from './session';
@@ -221,7 +222,7 @@ function run(cmd: string, args: readonly string[], timeoutMs = 120_000): Promise
     execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 16 << 20, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
       if (err) {
         reject(
-          new VirtEbpfError('GUEST_BOOT', `${cmd} ${args.join(' ')} failed: ${tail(stderr.trim() || err.message, 3).replace(/\n/g, ' | ')}`, {
+          new GuestError('GUEST_BOOT', `${cmd} ${args.join(' ')} failed: ${tail(stderr.trim() || err.message, 3).replace(/\n/g, ' | ')}`, {
             remedy: 'see the message; libvirtd must run (scripts/setup.sh starts it) and the domain log may say more',
             detail: stderr,
             cause: err,
@@ -264,7 +265,7 @@ function connectConsole(path: string, timeoutMs: number): Promise<Socket> {
         s.destroy();
         if (Date.now() > deadline) {
           reject(
-            new VirtEbpfError('GUEST_BOOT', `cannot connect to the guest console ${path}: ${e.message}`, {
+            new GuestError('GUEST_BOOT', `cannot connect to the guest console ${path}: ${e.message}`, {
               remedy: 'check that the domain runs (`virsh list`) and see its log in /var/log/libvirt/qemu/',
               cause: e,
             }),
@@ -297,7 +298,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
   const { name } = opts;
   if (!NAME.test(name)) throw usage(`domain name "${name}" must match ${NAME}`);
   if (await domainExists(name)) {
-    throw new VirtEbpfError('GUEST_BOOT', `a libvirt domain named ${name} already exists`, {
+    throw new GuestError('GUEST_BOOT', `a libvirt domain named ${name} already exists`, {
       remedy: `remove it (\`virsh destroy ${name}; virsh undefine ${name}\`) or choose another name`,
     });
   }
@@ -446,7 +447,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions): Promise<Libv
         if (!tap) throw usage(`the domain has no NIC #${nic}`);
         const holder = (await ip(['-o', '-4', 'addr', 'show', 'to', cidr.split('/')[0]])).trim().split(/\s+/)[1];
         if (holder) {
-          throw new VirtEbpfError('GUEST_BOOT', `host address ${cidr} is already on ${holder}`, {
+          throw new GuestError('GUEST_BOOT', `host address ${cidr} is already on ${holder}`, {
             remedy: `remove it (\`ip addr del ${cidr} dev ${holder}\`) or choose another address`,
           });
         }

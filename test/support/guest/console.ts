@@ -2,7 +2,7 @@
  * Pure parsers for the guest fixture's serial console (protocol: scripts/guest/README.md) and
  * for the ethtool output the guest prints. No I/O here: the driver feeds text in.
  */
-import { VirtEbpfError } from '../errors';
+import { GuestError } from './error';
 
 export interface ConsoleBlock {
   /** Label chosen by whoever issued the command (`@label`), or assigned by the guest. */
@@ -86,8 +86,8 @@ export function parseConsoleBlocks(transcript: string): ConsoleBlock[] {
   return [...p.feed(transcript), ...p.end()].flatMap((e) => (e.kind === 'block' ? [e.block] : []));
 }
 
-function outputError(what: string, text: string, why: string): VirtEbpfError {
-  return new VirtEbpfError('GUEST_OUTPUT', `cannot parse ${what}: ${why}`, {
+function outputError(what: string, text: string, why: string): GuestError {
+  return new GuestError('GUEST_OUTPUT', `cannot parse ${what}: ${why}`, {
     remedy: 'check that the guest runs the ethtool this fixture was built with; the raw output is in the error detail',
     detail: text,
   });

@@ -4,7 +4,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
-import { VirtEbpfError } from '../errors';
+import { GuestError } from './error';
 
 export interface Tap {
   name: string;
@@ -27,7 +27,7 @@ export function ip(args: string[], timeoutMs = 10_000): Promise<string> {
     execFile('ip', args, { timeout: timeoutMs }, (err, stdout, stderr) => {
       if (err) {
         reject(
-          new VirtEbpfError('GUEST_BOOT', `ip ${args.join(' ')} failed: ${stderr.trim() || err.message}`, {
+          new GuestError('GUEST_BOOT', `ip ${args.join(' ')} failed: ${stderr.trim() || err.message}`, {
             remedy: 'run as root on a host with /dev/net/tun and iproute2 (scripts/setup.sh installs it)',
             detail: stderr,
             cause: err,
@@ -47,7 +47,7 @@ export async function createTap(opts: TapOptions = {}): Promise<Tap> {
     // route our traffic there.
     const holder = (await ip(['-o', '-4', 'addr', 'show', 'to', opts.hostIp.split('/')[0]])).trim().split(/\s+/)[1];
     if (holder) {
-      throw new VirtEbpfError('GUEST_BOOT', `host address ${opts.hostIp} is already on ${holder}`, {
+      throw new GuestError('GUEST_BOOT', `host address ${opts.hostIp} is already on ${holder}`, {
         remedy: `delete the leftover interface (\`ip link del ${holder}\`) or choose another address`,
       });
     }
@@ -96,7 +96,7 @@ export async function createTap(opts: TapOptions = {}): Promise<Tap> {
     }
     return tap;
   }
-  throw lastError ?? new VirtEbpfError('GUEST_BOOT', `no free vebpfgN tap name (0-${TAP_NAMES - 1} all exist)`, {
+  throw lastError ?? new GuestError('GUEST_BOOT', `no free vebpfgN tap name (0-${TAP_NAMES - 1} all exist)`, {
     remedy: 'delete leftover taps with `ip link del vebpfgN`',
   });
 }

@@ -1,7 +1,7 @@
 /**
  * The guest fixture's kernel command line (protocol: scripts/guest/README.md). Pure.
  */
-import { VirtEbpfError } from '../errors';
+import { VirtEbpfError } from '../../../src/errors';
 
 /** What scripts/guest/init runs when no vebpf.script is given (a unit test keeps them equal). */
 export const DEFAULT_SCRIPT: readonly string[] = [

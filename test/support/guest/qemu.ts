@@ -4,7 +4,8 @@
  * guestCmdline with their own transport. Always `close()` (it kills, reaps and deletes the tap).
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { VirtEbpfError, tail } from '../errors';
+import { GuestError } from './error';
+import { tail } from '../../../src/errors';
 import { guestCmdline, type GuestCmdlineOptions } from './cmdline';
 import type { GuestFixture } from './fixture';
 import { GuestConsole } from './session';
@@ -218,7 +219,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string, evidence: () =>
   let timer: NodeJS.Timeout | undefined;
   const t = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new VirtEbpfError('GUEST_TIMEOUT', `guest fixture: no ${what} within ${ms} ms`, { remedy: 'see the emulator output in the detail', detail: evidence() })),
+      () => reject(new GuestError('GUEST_TIMEOUT', `guest fixture: no ${what} within ${ms} ms`, { remedy: 'see the emulator output in the detail', detail: evidence() })),
       ms,
     );
   });
