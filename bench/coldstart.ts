@@ -417,7 +417,7 @@ async function benchHostWide(scratch: string, out: string[]): Promise<void> {
     );
     for (const x of [...wrapped, ...direct]) removeDomain(x);
   } finally {
-    spawnSync(process.execPath, [INSTALLED_CLI, 'install'], { stdio: 'ignore' }); // back to the install without the diversion
+    spawnSync(process.execPath, [INSTALLED_CLI, 'install', '--no-host-wide'], { stdio: 'ignore' }); // back to the install without the diversion
   }
 }
 

@@ -160,9 +160,9 @@ int main(int argc, char **argv)
             forget(xml.p);
             return 0;  /* the broker drops unclaimed contexts itself when it restarts */
         }
-        /* Our metadata without our config (a host-wide opt-out): the domain never asked for
-         * eBPF, so it is never refused for want of it. */
-        const char *policy = has_config(xml.p) ? config_attr(xml.p, "policy", POLICIES, "strict") : "fallback";
+        /* A host-wide opt-out without our config: the domain never asked for eBPF, so it is
+         * never refused for want of it. Anything else of ours: its policy, strict by default. */
+        const char *policy = !has_config(xml.p) && strstr(xml.p, ":host-wide") ? "fallback" : config_attr(xml.p, "policy", POLICIES, "strict");
         remember(name, xml.p, policy);
         if (!strcmp(policy, "fallback")) {
             fprintf(stderr, "virt-ebpf: %s\nvirt-ebpf: policy is fallback: %s starts without eBPF RSS if the wrapper cannot get fds\n", why, name);

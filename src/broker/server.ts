@@ -300,10 +300,16 @@ export class Broker {
   }
 
   /** A running domain's policy and hot-plug setting, as the hook recorded them at prepare. */
-  /** The host-wide policy for this domain: the host's, unless the domain opted out (its hook state). */
+  /**
+   * The host-wide policy for this domain: the host's for a domain the hook recorded nothing for.
+   * A domain with a state of ours chose for itself: enabled (its NICs are the ones enable set
+   * rss on; the policy adding others could cost it its start) or opted out.
+   */
   #hostRss(uuid: string | undefined): HostRss {
     const host = this.opts.hostRss?.() ?? 'off';
-    return host !== 'off' && readDomainState(uuid, this.opts.hookEnv?.stateDir).hostWideOff ? 'off' : host;
+    if (host === 'off') return host;
+    const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
+    return st.policy !== undefined || st.hostWideOff ? 'off' : host;
   }
 
   #domainSettings(uuid: string | undefined, hostRss: HostRss = 'off'): { policy: Policy; hotplug: boolean } {

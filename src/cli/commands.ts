@@ -137,9 +137,10 @@ export const COMMANDS: Record<string, Command> = {
   },
   install: {
     summary: 'install the hook, emulator wrappers, broker units, default config and the virt-ebpf command (root)',
-    usage: 'virt-ebpf install [--prefix DIR] [--host-wide] [--no-rescan]',
+    usage: 'virt-ebpf install [--prefix DIR] [--host-wide | --no-host-wide] [--no-rescan]',
     async run(argv) {
-      const a = parseArgs(argv, { flags: ['no-rescan', 'host-wide'], values: ['prefix'] }, 'install');
+      const a = parseArgs(argv, { flags: ['no-rescan', 'host-wide', 'no-host-wide'], values: ['prefix'] }, 'install');
+      if (a.flags.has('host-wide') && a.flags.has('no-host-wide')) throw new VirtEbpfError('USAGE', 'install: --host-wide and --no-host-wide together', { remedy: 'give one of them' });
       requireRoot('install');
       const { assertPrefixWritable, copyRuntime, readMarker, sourceRoot, DEFAULT_PREFIX } = await import('../install/runtime');
       const { chooseEmulators, hostFacts } = await import('../install/host');
@@ -167,7 +168,9 @@ export const COMMANDS: Record<string, Command> = {
         });
       }
       if (!inPlace) copyRuntime(source, prefix, previous?.prefix);
-      const hostWide = a.flags.has('host-wide');
+      // An install keeps the mode it finds (the package's postinst and every "install again"
+      // remedy run plain `install`); --no-host-wide leaves it.
+      const hostWide = a.flags.has('host-wide') || (!a.flags.has('no-host-wide') && (previous?.entries.some((e) => e.kind === 'diversion') ?? false));
       if (hostWide && !wrapped.every((p) => p.startsWith('/usr/bin/'))) {
         throw new VirtEbpfError('USAGE', `--host-wide diverts packaged emulators in /usr/bin; ${wrapped.find((p) => !p.startsWith('/usr/bin/'))} is not one`, {
           remedy: 'remove the other qemu-system-* from PATH for the install, or install without --host-wide',

@@ -108,7 +108,7 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
       const fail = (msg: string): HookResult => (strict ? { code: 1, stdout: '', stderr: msg + '\n' } : ok('', `${msg}\nvirt-ebpf: policy is fallback: ${event.name} starts without eBPF RSS if the wrapper cannot get fds\n`));
       if (statePath) {
         mkdirSync(stateDir, { recursive: true, mode: 0o755 });
-        writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy: cfg.policy, hotplug: cfg.hotplug === 'on' }) + '\n', { mode: 0o644 });
+        writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy: cfg.policy, hotplug: cfg.hotplug === 'on', ...(facts.hostWideOff ? { hostWide: 'off' } : {}) }) + '\n', { mode: 0o644 });
       }
       if (refreshIfStale(env.manifest ?? DEFAULT_PATHS.manifest, cfg.emulator.wrapper)) {
         return fail(`virt-ebpf: ${cfg.emulator.original} changed since libvirt read its capabilities; the wrapper is refreshed so libvirt re-reads them: start ${event.name} again`);

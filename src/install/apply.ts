@@ -10,10 +10,11 @@ import { basename, dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
 import { parseWrapper, renderWrapper } from './wrapper-script';
-import { Artifact, HostFacts, installPlan, resolvePaths } from './plan';
+import { Artifact, DEFAULT_PATHS, HostFacts, installPlan, resolvePaths } from './plan';
 import { assertTrustedExecutable } from '../sys/trust';
 import { readMarker } from './runtime';
-import { divert, trueName, undivert } from './divert';
+import { divert, localDiversions, trueName, undivert } from './divert';
+import { SHIM_FILES } from '../shims/constants';
 
 export interface ManifestEntry {
   kind: Artifact['kind'];
@@ -233,17 +234,32 @@ function isOurs(e: ManifestEntry): boolean {
 
 /**
  * The emulators' real binaries as this install leaves them. Host-wide: each packaged emulator
- * diverted (dpkg moves it to its .distrib name). Otherwise the diversions an earlier host-wide
- * install made are undone (our wrapper at the emulator's path removed first). Side effects.
+ * diverted (dpkg moves it to its .distrib name) and at once our wrapper at its path, emulator by
+ * emulator, so that no moment leaves a path without a program longer than a rename; a failure
+ * puts that emulator back before it is thrown. Diversions of ours no longer wanted (not
+ * host-wide now, or an emulator install no longer wraps, or one an interrupted install left
+ * without a manifest) are undone: our wrapper at the path removed first. Side effects.
  */
 function withDiversions(facts: HostFacts, previous: Manifest | null): HostFacts {
-  if (facts.hostWide) {
-    for (const e of facts.emulators) divert(e.path);
-  } else {
-    for (const d of previous?.entries ?? []) {
-      if (d.kind !== 'diversion') continue;
-      if (existsSync(d.path) && parseWrapper(readFileSync(d.path, 'utf8'))) unlinkSync(d.path);
-      undivert(d.path);
+  const wanted = new Set(facts.hostWide ? facts.emulators.map((e) => e.path) : []);
+  // dpkg's list is the system's: only an install into the system's paths may act on it.
+  const system = resolvePaths(facts).manifest === DEFAULT_PATHS.manifest;
+  const ours = new Set([...(previous?.entries ?? []).filter((d) => d.kind === 'diversion').map((d) => d.path), ...(system ? localDiversions() : [])]);
+  for (const path of ours) {
+    if (wanted.has(path)) continue;
+    if (existsSync(path) && parseWrapper(readFileSync(path, 'utf8'))) unlinkSync(path);
+    undivert(path);
+  }
+  const shim = join(facts.prefix, SHIM_FILES.wrapper);
+  for (const path of wanted) {
+    divert(path);
+    try {
+      const real = trueName(path);
+      if (!existsSync(path)) writeAtomic(path, renderWrapper({ real, shim, identity: identityOf(real), hostWide: true }), 0o755);
+    } catch (e) {
+      if (existsSync(path) && parseWrapper(readFileSync(path, 'utf8'))) unlinkSync(path);
+      undivert(path);
+      throw e;
     }
   }
   return { ...facts, emulators: facts.emulators.map((e) => ({ path: e.path, real: trueName(e.path), identity: identityOf(trueName(e.path)) })) };

@@ -46,3 +46,21 @@ export function undivert(path: string): void {
   if (trueName(path) !== divertedName(path)) return;
   dpkgDivert(['--local', '--rename', '--divert', divertedName(path), '--remove', path]);
 }
+
+/**
+ * The emulator paths dpkg has a local diversion of to their .distrib name: what an install of
+ * ours makes (found even when its manifest is gone). Empty without dpkg.
+ */
+export function localDiversions(): string[] {
+  let text: string;
+  try {
+    text = execFileSync('dpkg-divert', ['--list', '*/qemu-system-*'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const m of text.matchAll(/^local diversion of (\S+) to (\S+)$/gm)) {
+    if (m[2] === divertedName(m[1]) && /\/qemu-system-[A-Za-z0-9_.+-]+$/.test(m[1])) out.push(m[1]);
+  }
+  return out;
+}

@@ -9,7 +9,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VirtEbpfError } from '../errors';
-import { domainFacts, interfacesOf, withoutWrapper, withRssOn } from '../xml';
+import { domainFacts, interfacesOf, isVirtioModel, withoutWrapper, withRssOn } from '../xml';
+import { isHostWide } from '../install/apply';
+import { DEFAULT_PATHS } from '../install/plan';
 import { planMigration, takeOption, type XmlSource } from './plan';
 
 export { planMigration, takeOption, type MigrationFacts, type MigrationPlan, type XmlSource } from './plan';
@@ -51,7 +53,7 @@ export function hostPolicyMacs(uri: string, name: string): Set<string> {
   const live = virsh(uri, ['dumpxml', name]);
   if (live.code !== 0) return out;
   for (const i of interfacesOf(live.stdout)) {
-    if (i.rss !== undefined || !i.alias || !i.mac || i.model !== 'virtio') continue;
+    if (i.rss !== undefined || !i.alias || !i.mac || !isVirtioModel(i.model)) continue;
     const q = virsh(uri, ['qemu-monitor-command', name, JSON.stringify({ execute: 'qom-get', arguments: { path: `/machine/peripheral/${i.alias}`, property: 'rss' } })]);
     try {
       if (q.code === 0 && (JSON.parse(q.stdout) as { return?: unknown }).return === true) out.add(i.mac.toLowerCase());
@@ -93,7 +95,8 @@ export function migrateDomain(req: MigrateRequest, err: (line: string) => void):
   });
   // NICs the host-wide policy gave rss: the XML that travels says so, or the destination's QEMU
   // (under another policy) would have other virtio features and fail to load the stream.
-  const hostRss = hostPolicyMacs(req.uri, req.name);
+  // Asked only on a host-wide host (a monitor command marks the domain custom-monitor in libvirt).
+  const hostRss = isHostWide(DEFAULT_PATHS.manifest) ? hostPolicyMacs(req.uri, req.name) : new Set<string>();
   let options = plan.options;
   let xmlSource = plan.kind === 'plain' ? plan.xml : undefined;
   if (hostRss.size && !xmlSource) {

@@ -106,8 +106,8 @@ export interface NicStatus extends NicIdentity {
   rss?: RssView;
   /**
    * Who turned rss on for this NIC: the domain's XML (`<driver rss='on'>`) or the host-wide
-   * policy (install --host-wide; the XML says nothing of rss). Absent when libvirt's live XML
-   * of the domain cannot be read (not a libvirt domain, not root).
+   * policy (install --host-wide; the XML says nothing of rss). Absent when the install is not
+   * host-wide, or libvirt's live XML of the domain cannot be read (not a libvirt domain, not root).
    */
   rssFrom?: 'domain' | 'host-policy';
   /** `sha256:…` of `rss` (fleet.ts tableDigest), present with it: equal on two NICs that steer the same. */

@@ -38,6 +38,8 @@ export {
   type StatusReport,
 } from './format';
 export { rssOnAliases, liveRssAliases } from './domain-xml';
+import { isHostWide } from '../install/apply';
+import { DEFAULT_PATHS } from '../install/plan';
 import { liveRssAliases } from './domain-xml';
 export { STATUS_SCHEMA, statusDocument, tableDigest, tableDigestInput, hostUuidFrom, libvirtUuid, type HostFacts, type HostUuidSource, type StatusDocument } from './fleet';
 export { statusPrometheus, escapeLabelValue } from './prometheus';
@@ -81,6 +83,8 @@ export interface StatusOptions extends DiscoverOptions {
   trustedUids?: ReadonlySet<number>;
   /** A domain's rss='on' aliases from libvirt's live XML (default: /run/libvirt/qemu/NAME.xml). */
   liveRssAliases?: (name: string | undefined) => Set<string> | undefined;
+  /** The install is host-wide (default: its manifest says so); rssFrom is told only then. */
+  hostWide?: boolean;
 }
 
 /** How long observeStatus counts program runs by default. */
@@ -219,9 +223,12 @@ function userName(uid: number): string | undefined {
 export function buildReport(qemus: readonly QemuProcess[], opts: StatusOptions = {}): StatusReport {
   const emulatorOf = opts.emulatorOf ?? ((exe: string) => cachedEmulatorFacts(exe, opts.cacheDir));
   const trusted = opts.trustedUids ?? trustedQemuUids();
+  const hostWide = opts.hostWide ?? isHostWide(DEFAULT_PATHS.manifest);
   const domains: DomainStatus[] = qemus.map((q) => {
     const emulator = q.exe !== undefined ? emulatorOf(q.exe) : undefined;
-    const asked = (opts.liveRssAliases ?? liveRssAliases)(q.domain.name);
+    // Only a host-wide host has a policy that turns rss on (elsewhere rss the XML does not ask
+    // for comes from somewhere we cannot name, e.g. <qemu:commandline>).
+    const asked = hostWide ? (opts.liveRssAliases ?? liveRssAliases)(q.domain.name) : undefined;
     const rssFrom = (n: DiscoveredNic): Pick<NicStatus, 'rssFrom'> => (asked && n.id !== undefined && n.origin === 'command-line' ? { rssFrom: asked.has(n.id) ? 'domain' : 'host-policy' } : {});
     return {
       pid: q.pid,

@@ -4,3 +4,4 @@ export { XML_NAMESPACE, DEFAULT_POLICY, POLICIES } from './config';
 export type { XmlConfig, Policy, NicRecord, AttrRecord, MetadataOrigin } from './config';
 export { runXmlCommand, DEFAULT_WRAPPER_DIR, wrapperInDir, report } from './cli';
 export type { CommandResult } from './cli';
+export { isVirtioModel } from './domain';

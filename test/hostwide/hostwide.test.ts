@@ -47,11 +47,13 @@ function diversions(): string {
   return execFileSync('dpkg-divert', ['--list', '*qemu-system*'], { encoding: 'utf8' }).trim();
 }
 
-/** Whatever failed: no wrapper at the emulator's path, no diversion, dpkg's file back. */
+/** Whatever failed: for every emulator diverted, no wrapper at its path, no diversion, dpkg's file back. */
 function undoDiversion(): void {
-  if (!existsSync(DIVERTED)) return;
-  if (existsSync(QEMU_PATH) && parseWrapper(readFileSync(QEMU_PATH, 'utf8'))) unlinkSync(QEMU_PATH);
-  execFileSync('dpkg-divert', ['--local', '--rename', '--divert', DIVERTED, '--remove', QEMU_PATH], { stdio: 'ignore' });
+  for (const m of diversions().matchAll(/^local diversion of (\S+) to (\S+)$/gm)) {
+    const [, path, to] = m;
+    if (existsSync(path) && parseWrapper(readFileSync(path, 'utf8'))) unlinkSync(path);
+    execFileSync('dpkg-divert', ['--local', '--rename', '--divert', to, '--remove', path], { stdio: 'ignore' });
+  }
 }
 
 async function statusOf(name: string): Promise<StatusDocument['domains'][number]> {
@@ -220,8 +222,12 @@ test('migration to a host without the host-wide policy: virsh migrate fails when
   }
 });
 
-test('install without --host-wide after it: the diversion goes and dpkg\'s file is back byte for byte (our wrapper at that path is removed, never the file dpkg moved back)', () => {
-  const r = cliSync('install');
+test('a plain install keeps the mode it finds; install --no-host-wide removes the diversion and dpkg\'s file is back byte for byte (our wrapper at that path is removed, never the file dpkg moved back)', () => {
+  const kept = cliSync('install');
+  assert.equal(kept.status, 0, kept.stderr);
+  assert.match(diversions(), new RegExp(`^local diversion of ${QEMU_PATH} to ${DIVERTED}$`, 'm'), 'a plain install (the package postinst, an "install again" remedy) keeps the host-wide mode');
+  assert.equal(parseWrapper(readFileSync(QEMU_PATH, 'utf8'))?.hostWide, true);
+  const r = cliSync('install', '--no-host-wide');
   assert.equal(r.status, 0, r.stderr);
   assert.equal(diversions(), '');
   assert.ok(!existsSync(DIVERTED));
