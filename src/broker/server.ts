@@ -299,25 +299,20 @@ export class Broker {
     }
   }
 
-  /** A running domain's policy and hot-plug setting, as the hook recorded them at prepare. */
   /**
-   * The host-wide policy for this domain: the host's for a domain the hook recorded nothing for.
-   * A domain with a state of ours chose for itself: enabled (its NICs are the ones enable set
-   * rss on; the policy adding others could cost it its start) or opted out.
+   * What a plan of this domain goes by, from the state the hook recorded at prepare (read once
+   * per request): the host-wide policy on its devices, its policy and its hot-plug setting.
+   * The host-wide policy serves a domain the hook recorded nothing for; one with a state of ours
+   * chose for itself: enabled (its NICs are the ones enable set rss on; the policy adding others
+   * could cost it its start) or opted out. A domain that never asked for eBPF starts without it
+   * under the host-wide policy rather than not at all.
    */
-  #hostRss(uuid: string | undefined): HostRss {
+  #domainSettings(uuid: string | undefined): { hostRss: HostRss; policy: Policy; hotplug: boolean } {
+    const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
     const host = this.opts.hostRss?.() ?? 'off';
-    if (host === 'off') return host;
-    const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
-    return st.policy !== undefined || st.hostWideOff ? 'off' : host;
-  }
-
-  #domainSettings(uuid: string | undefined, hostRss: HostRss = 'off'): { policy: Policy; hotplug: boolean } {
-    const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
-    // A domain the hook recorded nothing for never asked for eBPF itself: under the host-wide
-    // policy it starts without eBPF rather than not at all.
+    const hostRss = st.policy !== undefined || st.hostWideOff ? 'off' : host;
     const unasked: Policy | undefined = hostRss !== 'off' ? 'fallback' : undefined;
-    return { policy: st.policy ?? unasked ?? this.opts.policy ?? DEFAULT_POLICY, hotplug: st.hotplug ?? true };
+    return { hostRss, policy: st.policy ?? unasked ?? this.opts.policy ?? DEFAULT_POLICY, hotplug: st.hotplug ?? true };
   }
 
   /**
@@ -409,12 +404,10 @@ export class Broker {
     },
     'exec-plan': async (ctx, req) => {
       const domain = domainIdentity(req.argv);
-      const uuid = ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain;
-      const hostRss = this.#hostRss(uuid);
+      const { hostRss, ...settings } = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain);
       const host = applyHostRss(req.argv, hostRss);
       if (host.added.length) ctx.log.info('host policy: rss on', { devices: host.added });
       const plan = planDevices(host.argv);
-      const settings = this.#domainSettings(uuid, hostRss);
       if (plan.devices.length === 0) {
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'exec-plan', argv: null, fds: 0, ...settings });
         return;
@@ -439,7 +432,7 @@ export class Broker {
       await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: k, ...settings }, contexts, { emulator: req.emulator, domain });
     },
     'device-plan': async (ctx, req) => {
-      const hostRss = this.#hostRss(ctx.peer.domain);
+      const { hostRss, policy } = this.#domainSettings(ctx.peer.domain);
       const plan = planDeviceAdd(Buffer.from(req.line64, 'base64'), hostRss);
       if (!plan) {
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'device-plan', at: null, insert: null, fds: 0, say: null });
@@ -454,7 +447,6 @@ export class Broker {
       } catch (e) {
         const why = isVirtEbpfError(e) ? e.oneLine() : `virt-ebpf: ${(e as Error).message}`;
         ctx.log.warn('hot-plug without fds', { device: dev, error: why });
-        const { policy } = this.#domainSettings(ctx.peer.domain, hostRss);
         // A device only the host policy would have given rss goes in as it was asked for.
         const reply = plan.addRss
           ? { at: null, insert: null, say: `${why}: ${dev} is added as asked, without the host policy's rss` }

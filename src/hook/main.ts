@@ -68,13 +68,16 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
   const domain = { name: event.name, uuid };
   const stateDir = env.stateDir ?? DOMAIN_STATE_DIR;
   const statePath = uuid ? domainStatePath(uuid, stateDir) : undefined;
+  /** What the wrapper and the broker read of this domain at exec-plan and device-plan. */
+  const remember = (policy: string, hotplug: boolean): void => {
+    if (!statePath) return;
+    mkdirSync(stateDir, { recursive: true, mode: 0o755 });
+    writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy, hotplug, ...(facts.hostWideOff ? { hostWide: 'off' } : {}) }) + '\n', { mode: 0o644 });
+  };
   if (!facts.enabled) {
-    // Opted out of the host-wide mode: the broker reads it from the state at exec-plan and
-    // device-plan. Such a domain never asked for eBPF, so it never waits for it (fallback).
-    if (facts.hostWideOff && statePath && event.kind === 'prepare') {
-      mkdirSync(stateDir, { recursive: true, mode: 0o755 });
-      writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy: 'fallback', hotplug: false, hostWide: 'off' }) + '\n', { mode: 0o644 });
-    }
+    // Opted out of the host-wide mode: the broker reads it from the state. Such a domain never
+    // asked for eBPF, so it never waits for it (fallback).
+    if (facts.hostWideOff && event.kind === 'prepare') remember('fallback', false);
     if (facts.hostWideOff && statePath && event.kind === 'release' && existsSync(statePath)) unlinkSync(statePath);
     return ok();
   }
@@ -106,10 +109,7 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
       const cfg = facts.config!;
       const strict = cfg.policy === 'strict';
       const fail = (msg: string): HookResult => (strict ? { code: 1, stdout: '', stderr: msg + '\n' } : ok('', `${msg}\nvirt-ebpf: policy is fallback: ${event.name} starts without eBPF RSS if the wrapper cannot get fds\n`));
-      if (statePath) {
-        mkdirSync(stateDir, { recursive: true, mode: 0o755 });
-        writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy: cfg.policy, hotplug: cfg.hotplug === 'on', ...(facts.hostWideOff ? { hostWide: 'off' } : {}) }) + '\n', { mode: 0o644 });
-      }
+      remember(cfg.policy, cfg.hotplug === 'on');
       if (refreshIfStale(env.manifest ?? DEFAULT_PATHS.manifest, cfg.emulator.wrapper)) {
         return fail(`virt-ebpf: ${cfg.emulator.original} changed since libvirt read its capabilities; the wrapper is refreshed so libvirt re-reads them: start ${event.name} again`);
       }

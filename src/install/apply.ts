@@ -13,7 +13,7 @@ import { parseWrapper, renderWrapper } from './wrapper-script';
 import { Artifact, DEFAULT_PATHS, HostFacts, installPlan, resolvePaths } from './plan';
 import { assertTrustedExecutable } from '../sys/trust';
 import { readMarker } from './runtime';
-import { divert, localDiversions, trueName, undivert } from './divert';
+import { divert, localDiversions, restorePackaged, trueName } from './divert';
 import { SHIM_FILES } from '../shims/constants';
 
 export interface ManifestEntry {
@@ -245,11 +245,7 @@ function withDiversions(facts: HostFacts, previous: Manifest | null): HostFacts 
   // dpkg's list is the system's: only an install into the system's paths may act on it.
   const system = resolvePaths(facts).manifest === DEFAULT_PATHS.manifest;
   const ours = new Set([...(previous?.entries ?? []).filter((d) => d.kind === 'diversion').map((d) => d.path), ...(system ? localDiversions() : [])]);
-  for (const path of ours) {
-    if (wanted.has(path)) continue;
-    if (existsSync(path) && parseWrapper(readFileSync(path, 'utf8'))) unlinkSync(path);
-    undivert(path);
-  }
+  for (const path of ours) if (!wanted.has(path)) restorePackaged(path);
   const shim = join(facts.prefix, SHIM_FILES.wrapper);
   for (const path of wanted) {
     divert(path);
@@ -257,12 +253,17 @@ function withDiversions(facts: HostFacts, previous: Manifest | null): HostFacts 
       const real = trueName(path);
       if (!existsSync(path)) writeAtomic(path, renderWrapper({ real, shim, identity: identityOf(real), hostWide: true }), 0o755);
     } catch (e) {
-      if (existsSync(path) && parseWrapper(readFileSync(path, 'utf8'))) unlinkSync(path);
-      undivert(path);
+      restorePackaged(path);
       throw e;
     }
   }
-  return { ...facts, emulators: facts.emulators.map((e) => ({ path: e.path, real: trueName(e.path), identity: identityOf(trueName(e.path)) })) };
+  return {
+    ...facts,
+    emulators: facts.emulators.map((e) => {
+      const real = trueName(e.path);
+      return { path: e.path, real, identity: identityOf(real) };
+    }),
+  };
 }
 
 export interface UninstallReport {
@@ -289,8 +290,7 @@ export function uninstall(manifestPath: string, opts: { rescan?: boolean; remove
   // With our wrappers gone from the emulators' paths, dpkg moves the packaged files back.
   for (const e of m.entries) {
     if (e.kind !== 'diversion') continue;
-    if (existsSync(e.path) && parseWrapper(readFileSync(e.path, 'utf8'))) unlinkSync(e.path);
-    undivert(e.path);
+    restorePackaged(e.path);
     removed.push(`diversion of ${e.path}`);
   }
   unlinkSync(manifestPath);

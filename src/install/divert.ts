@@ -6,7 +6,9 @@
  * diversion moves it back. Side effects: dpkg-divert.
  */
 import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, unlinkSync } from 'node:fs';
 import { VirtEbpfError } from '../errors';
+import { parseWrapper } from './wrapper-script';
 
 /** Where dpkg puts the package's file when `path` is diverted. */
 export function divertedName(path: string): string {
@@ -39,6 +41,12 @@ export function trueName(path: string): string {
 export function divert(path: string): void {
   if (trueName(path) === divertedName(path)) return;
   dpkgDivert(['--local', '--rename', '--divert', divertedName(path), '--add', path]);
+}
+
+/** Give dpkg its file back at `path`: our wrapper there removed (never anything else), then the diversion. */
+export function restorePackaged(path: string): void {
+  if (existsSync(path) && parseWrapper(readFileSync(path, 'utf8'))) unlinkSync(path);
+  undivert(path);
 }
 
 /** Remove the diversion of `path`, moving the package's file back; `path` must not exist. */

@@ -118,11 +118,9 @@ export function migrateDomain(req: MigrateRequest, err: (line: string) => void):
       writeFileSync(join(dir, 'live.xml'), xml, { mode: 0o600 });
       extra.push('--xml', join(dir, 'live.xml'));
     }
-    if (plan.kind === 'plain') {
-      if (plan.persistentXml) {
-        writeFileSync(join(dir, 'persistent.xml'), withoutWrapper(text(plan.persistentXml)).xml, { mode: 0o600 });
-        extra.push('--persistent-xml', join(dir, 'persistent.xml'));
-      }
+    if (plan.kind === 'plain' && plan.persistentXml) {
+      writeFileSync(join(dir, 'persistent.xml'), withoutWrapper(text(plan.persistentXml)).xml, { mode: 0o600 });
+      extra.push('--persistent-xml', join(dir, 'persistent.xml'));
     }
     const r = spawnSync('virsh', ['-c', req.uri, 'migrate', req.name, req.destUri, ...options, ...extra], { stdio: 'inherit' });
     if (r.error) throw new VirtEbpfError('LIBVIRT_MISSING', `cannot run virsh: ${r.error.message}`, { remedy: 'install libvirt-clients (virsh)', cause: r.error });

@@ -561,11 +561,6 @@ function disableNic(view: DomainView, w: Writer, rec: NicRecord): void {
   if (rec.driverCreated) w.warnings.push(`${iface.label}: kept the <driver> element enable created, it now holds other settings`);
 }
 
-/** The MACs (lowercase) of the interfaces whose `<driver>` says rss='on'. Pure. */
-export function rssOnMacs(xml: string): Set<string> {
-  return new Set(interfacesOf(xml).filter((i) => i.rss === 'on' && i.mac).map((i) => i.mac!.toLowerCase()));
-}
-
 /** Each `<interface>`: its alias, MAC, model and rss setting. Pure. */
 export function interfacesOf(xml: string): Array<Pick<InterfaceView, 'alias' | 'mac' | 'model' | 'rss'>> {
   return readDomain(SourceDoc.parse(xml)).interfaces.map(({ alias, mac, model, rss }) => ({ alias, mac, model, rss }));
