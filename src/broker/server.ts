@@ -25,7 +25,9 @@ import type { FactsMemo } from '../hook/facts';
 import { Connection, ConnectionLimits, LINGER_MS } from './connection';
 import { Admissions } from './admission';
 import { identifyPeer, normalUuid, Peer } from './peer';
-import { DEFAULT_POLICY, Policy, readDomainState } from '../policy';
+import { DEFAULT_POLICY, Policy, readDomainState, removeDomainState, writeDomainState } from '../policy';
+import { liveDomainXml } from '../policy/live';
+import { XML_NAMESPACE } from '../shims/constants';
 import { planDeviceAdd, propertyValue, RSS_HANDOFF } from '../argv';
 import { isVirtEbpfError } from '../errors';
 import { MAX_SPLICE } from './protocol';
@@ -78,8 +80,11 @@ export interface BrokerOptions {
   logger: Logger;
   /** listen on an inherited fd (systemd socket activation) instead of binding `socket` */
   listenFd?: number;
-  /** where the `hook` op keeps domain state and finds the install manifest (tests: scratch dirs) */
-  hookEnv?: { stateDir?: string; manifest?: string };
+  /**
+   * where the `hook` op (and exec-plan) keep domain state, the `hook` op finds the install
+   * manifest, and exec-plan finds libvirt's status XMLs (tests: scratch dirs)
+   */
+  hookEnv?: { stateDir?: string; manifest?: string; libvirtRunDir?: string };
   /** the host's policy for a domain that recorded none (config.json `policy`; default strict) */
   policy?: Policy;
   /**
@@ -307,12 +312,40 @@ export class Broker {
    * could cost it its start) or opted out. A domain that never asked for eBPF starts without it
    * under the host-wide policy rather than not at all.
    */
-  #domainSettings(uuid: string | undefined): { hostRss: HostRss; policy: Policy; hotplug: boolean } {
-    const st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
+  #domainSettings(uuid: string | undefined, pid?: number): { hostRss: HostRss; policy: Policy; hotplug: boolean } {
+    let st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
+    // What exec-plan recorded is for the QEMU it was recorded for only.
+    if (st.writer?.by === 'exec' && pid !== undefined && st.writer.pid !== pid) st = {};
     const host = this.opts.hostRss?.() ?? 'off';
     const hostRss = st.policy !== undefined || st.hostWideOff ? 'off' : host;
     const unasked: Policy | undefined = hostRss !== 'off' ? 'fallback' : undefined;
     return { hostRss, policy: st.policy ?? unasked ?? this.opts.policy ?? DEFAULT_POLICY, hotplug: st.hotplug ?? true };
+  }
+
+  /**
+   * At exec-plan, for a domain the hook recorded nothing for (a host installed with --no-hook):
+   * what libvirt's live XML of the starting domain says (src/policy/live.ts) is recorded for this
+   * QEMU, and a record an earlier QEMU of the domain left is dropped. A hook's record stands.
+   */
+  async #recordFromLiveXml(peer: Peer, name: string | undefined, log: Logger): Promise<void> {
+    const uuid = peer.domain;
+    if (peer.root || !uuid) return;
+    const dir = this.opts.hookEnv?.stateDir;
+    const st = readDomainState(uuid, dir);
+    if (st.writer?.by === 'hook') return;
+    const xml = liveDomainXml(name, peer.pid, this.opts.hookEnv?.libvirtRunDir);
+    let settings;
+    if (xml?.includes(XML_NAMESPACE)) {
+      // Loaded for the first domain of ours: the XML parser is not needed to answer anything else.
+      const { FactsMemo, settingsOf } = await import('../hook/facts');
+      settings = settingsOf((this.#facts ??= new FactsMemo()).get(xml));
+    }
+    if (settings) {
+      writeDomainState({ name: name!, uuid }, settings, { by: 'exec', pid: peer.pid }, dir);
+      log.info('settings from libvirt\'s live XML', { name, policy: settings.policy, hotplug: settings.hotplug, ...(settings.hostWideOff ? { hostWide: 'off' } : {}) });
+    } else if (st.writer) {
+      removeDomainState(uuid, dir);
+    }
   }
 
   /**
@@ -404,7 +437,8 @@ export class Broker {
     },
     'exec-plan': async (ctx, req) => {
       const domain = domainIdentity(req.argv);
-      const { hostRss, ...settings } = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain);
+      await this.#recordFromLiveXml(ctx.peer, domain.name, ctx.log);
+      const { hostRss, ...settings } = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain, ctx.peer.root ? undefined : ctx.peer.pid);
       const host = applyHostRss(req.argv, hostRss);
       if (host.added.length) ctx.log.info('host policy: rss on', { devices: host.added });
       const plan = planDevices(host.argv);
@@ -432,7 +466,7 @@ export class Broker {
       await this.#handOut(ctx, { v: 1, id: req.id, ok: true, op: 'exec-plan', argv, fds: k, ...settings }, contexts, { emulator: req.emulator, domain });
     },
     'device-plan': async (ctx, req) => {
-      const { hostRss, policy } = this.#domainSettings(ctx.peer.domain);
+      const { hostRss, policy } = this.#domainSettings(ctx.peer.domain, ctx.peer.pid);
       const plan = planDeviceAdd(Buffer.from(req.line64, 'base64'), hostRss);
       if (!plan) {
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'device-plan', at: null, insert: null, fds: 0, say: null });

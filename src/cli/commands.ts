@@ -137,10 +137,11 @@ export const COMMANDS: Record<string, Command> = {
   },
   install: {
     summary: 'install the hook, emulator wrappers, broker units, default config and the virt-ebpf command (root)',
-    usage: 'virt-ebpf install [--prefix DIR] [--host-wide | --no-host-wide] [--no-rescan]',
+    usage: 'virt-ebpf install [--prefix DIR] [--host-wide | --no-host-wide] [--no-hook | --hook] [--no-rescan]',
     async run(argv) {
-      const a = parseArgs(argv, { flags: ['no-rescan', 'host-wide', 'no-host-wide'], values: ['prefix'] }, 'install');
+      const a = parseArgs(argv, { flags: ['no-rescan', 'host-wide', 'no-host-wide', 'hook', 'no-hook'], values: ['prefix'] }, 'install');
       if (a.flags.has('host-wide') && a.flags.has('no-host-wide')) throw new VirtEbpfError('USAGE', 'install: --host-wide and --no-host-wide together', { remedy: 'give one of them' });
+      if (a.flags.has('hook') && a.flags.has('no-hook')) throw new VirtEbpfError('USAGE', 'install: --hook and --no-hook together', { remedy: 'give one of them' });
       requireRoot('install');
       const { assertPrefixWritable, copyRuntime, readMarker, sourceRoot, DEFAULT_PREFIX } = await import('../install/runtime');
       const { chooseEmulators, hostFacts } = await import('../install/host');
@@ -171,16 +172,18 @@ export const COMMANDS: Record<string, Command> = {
       // An install keeps the mode it finds (the package's postinst and every "install again"
       // remedy run plain `install`); --no-host-wide leaves it.
       const hostWide = a.flags.has('host-wide') || (!a.flags.has('no-host-wide') && (previous?.entries.some((e) => e.kind === 'diversion') ?? false));
+      const hook = a.flags.has('hook') || (!a.flags.has('no-hook') && previous?.hook !== 'off');
       if (hostWide && !wrapped.every((p) => p.startsWith('/usr/bin/'))) {
         throw new VirtEbpfError('USAGE', `--host-wide diverts packaged emulators in /usr/bin; ${wrapped.find((p) => !p.startsWith('/usr/bin/'))} is not one`, {
           remedy: 'remove the other qemu-system-* from PATH for the install, or install without --host-wide',
         });
       }
-      const r = install({ ...hostFacts({ prefix, emulators: wrapped }), hostWide }, { rescan: !a.flags.has('no-rescan') });
+      const r = install({ ...hostFacts({ prefix, emulators: wrapped }), hostWide, hook }, { rescan: !a.flags.has('no-rescan') });
       for (const c of choices) process.stdout.write(`${c.wrapped ? 'wrapped' : 'skipped'}  ${c.path}${c.why ? `: ${c.why}` : ''}\n`);
       for (const p of r.written) process.stdout.write(`wrote    ${p}\n`);
       for (const p of r.kept) process.stdout.write(`kept     ${p} (yours)\n`);
       for (const p of r.diverted) process.stdout.write(`diverted ${p} (the packaged binary is at ${p}.distrib; its path runs the wrapper)\n`);
+      if (!hook) process.stdout.write('no hook  libvirt runs no hook of ours; the broker reads each enabled domain\'s settings from libvirt when its QEMU starts\n');
       process.stdout.write(`runtime  ${prefix}\n${r.hookRescan}\n`);
       return 0;
     },

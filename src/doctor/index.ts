@@ -93,6 +93,9 @@ function hostChecks(opts: DoctorOptions): Check[] {
         const bad = state === 'missing' || state === 'modified';
         out.push({ name: `${e.kind} ${e.path}`, verdict: bad ? 'fail' : 'ok', detail: state, fix: bad ? 'virt-ebpf install (rewrites it)' : undefined, needed: bad && e.kind !== 'apparmor' && e.kind !== 'apt' });
       }
+      if (m.hook === 'off') {
+        out.push({ name: 'libvirt hook', verdict: 'ok', detail: 'none (install --no-hook): the broker reads an enabled domain\'s settings from libvirt when its QEMU starts; no strict refusal before the start, no migrate/restore rewrite', needed: false });
+      }
       const stale = staleWrappers(manifestPath);
       out.push({
         name: 'wrapper capability freshness',

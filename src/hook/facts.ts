@@ -6,6 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { domainFacts } from '../xml';
+import type { DomainSettings } from '../policy';
 
 export type DomainFacts = ReturnType<typeof domainFacts>;
 
@@ -39,4 +40,14 @@ export class FactsMemo {
     if (this.#memo.size > this.max) this.#memo.delete(this.#memo.keys().next().value!);
     return facts;
   }
+}
+
+/**
+ * What a domain's facts make its plans go by, or undefined when the domain is not ours. Enabled:
+ * its policy and hot-plug setting. Opted out of the host-wide mode only: it never asked for eBPF,
+ * so it never waits for it (fallback) and gets no hot-plug shim. Pure.
+ */
+export function settingsOf(facts: DomainFacts): DomainSettings | undefined {
+  if (facts.enabled && facts.config) return { policy: facts.config.policy, hotplug: facts.config.hotplug === 'on', ...(facts.hostWideOff ? { hostWideOff: true } : {}) };
+  return facts.hostWideOff ? { policy: 'fallback', hotplug: false, hostWideOff: true } : undefined;
 }

@@ -6,14 +6,14 @@
  * migration before the source pauses, or the restore); `reconnect` never fails (libvirt would
  * kill the running QEMU).
  */
-import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { isVirtEbpfError, VirtEbpfError } from '../errors';
 import { domainFacts, withoutWrapper } from '../xml';
-import { DOMAIN_STATE_DIR, domainStatePath } from '../policy';
+import { DOMAIN_STATE_DIR, removeDomainState, writeDomainState } from '../policy';
 import { DEFAULT_PATHS } from '../install/plan';
 import { refreshIfStale } from '../install/apply';
 import { DomainRef, domainUuid, HookEvent, mayFail, parseHookArgs } from './event';
-import type { DomainFacts } from './facts';
+import { settingsOf, type DomainFacts } from './facts';
 
 export interface HookResult {
   code: number;
@@ -67,18 +67,15 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
   const uuid = domainUuid(xml);
   const domain = { name: event.name, uuid };
   const stateDir = env.stateDir ?? DOMAIN_STATE_DIR;
-  const statePath = uuid ? domainStatePath(uuid, stateDir) : undefined;
+  const settings = settingsOf(facts);
   /** What the wrapper and the broker read of this domain at exec-plan and device-plan. */
-  const remember = (policy: string, hotplug: boolean): void => {
-    if (!statePath) return;
-    mkdirSync(stateDir, { recursive: true, mode: 0o755 });
-    writeFileSync(statePath, JSON.stringify({ name: event.name, uuid, policy, hotplug, ...(facts.hostWideOff ? { hostWide: 'off' } : {}) }) + '\n', { mode: 0o644 });
+  const remember = (): void => {
+    if (uuid && settings) writeDomainState({ name: event.name, uuid }, settings, { by: 'hook' }, stateDir);
   };
   if (!facts.enabled) {
-    // Opted out of the host-wide mode: the broker reads it from the state. Such a domain never
-    // asked for eBPF, so it never waits for it (fallback).
-    if (facts.hostWideOff && event.kind === 'prepare') remember('fallback', false);
-    if (facts.hostWideOff && statePath && event.kind === 'release' && existsSync(statePath)) unlinkSync(statePath);
+    // Opted out of the host-wide mode: the broker reads it from the state.
+    if (settings && event.kind === 'prepare') remember();
+    if (settings && event.kind === 'release') removeDomainState(uuid, stateDir);
     return ok();
   }
 
@@ -89,7 +86,7 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
       } catch {
         /* the broker drops unclaimed contexts itself when it restarts */
       }
-      if (statePath && existsSync(statePath)) unlinkSync(statePath);
+      removeDomainState(uuid, stateDir);
       return ok();
     }
     case 'migrate':
@@ -109,7 +106,7 @@ export async function runHook(event: HookEvent, xml: string, env: HookEnv = {}):
       const cfg = facts.config!;
       const strict = cfg.policy === 'strict';
       const fail = (msg: string): HookResult => (strict ? { code: 1, stdout: '', stderr: msg + '\n' } : ok('', `${msg}\nvirt-ebpf: policy is fallback: ${event.name} starts without eBPF RSS if the wrapper cannot get fds\n`));
-      remember(cfg.policy, cfg.hotplug === 'on');
+      remember();
       if (refreshIfStale(env.manifest ?? DEFAULT_PATHS.manifest, cfg.emulator.wrapper)) {
         return fail(`virt-ebpf: ${cfg.emulator.original} changed since libvirt read its capabilities; the wrapper is refreshed so libvirt re-reads them: start ${event.name} again`);
       }

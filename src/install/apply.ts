@@ -27,6 +27,8 @@ export interface Manifest {
   prefix: string;
   installedAt: string;
   entries: ManifestEntry[];
+  /** installed with --no-hook: no libvirt hook (a later plain install keeps it so) */
+  hook?: 'off';
 }
 
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -218,7 +220,7 @@ export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: Ins
   for (const e of previous?.entries ?? []) {
     if (!entries.some((x) => x.path === e.path) && e.kind !== 'config' && e.kind !== 'diversion' && isOurs(e)) unlinkSync(e.path);
   }
-  const manifest: Manifest = { version: 1, prefix: facts.prefix, installedAt: new Date().toISOString(), entries };
+  const manifest: Manifest = { version: 1, prefix: facts.prefix, installedAt: new Date().toISOString(), entries, ...(facts.hook === false ? { hook: 'off' as const } : {}) };
   writeAtomic(paths.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o644, opts.faults);
   return { written, kept, diverted: entries.filter((e) => e.kind === 'diversion').map((e) => e.path), hookRescan: opts.rescan === false ? 'skipped' : rescanHooks() };
 }

@@ -21,6 +21,11 @@ export interface HostFacts {
   emulators: Array<{ path: string; real?: string; identity: string }>;
   /** install --host-wide: divert the packaged emulators and put host-wide wrappers at their paths */
   hostWide?: boolean;
+  /**
+   * install --no-hook (false): no libvirt hook, so libvirt forks nothing for any domain's
+   * events; the broker reads an enabled domain's settings from libvirt at exec-plan instead
+   */
+  hook?: boolean;
   /** template texts by file name (templates/…) */
   templates: Record<string, string>;
   apparmor: boolean;
@@ -140,7 +145,7 @@ export function installPlan(facts: HostFacts): Artifact[] {
       out.push({ kind: 'wrapper', path: e.path, mode: 0o755, content: renderWrapper({ real, shim, identity: e.identity, hostWide: true }) });
     }
   }
-  out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates.hook, vars) });
+  if (facts.hook !== false) out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates.hook, vars) });
   out.push({ kind: 'config', path: p.configFile, mode: 0o644, content: JSON.stringify(DEFAULT_CONFIG, null, 2) + '\n', userEditable: true });
   if (facts.systemd && !facts.packaged) {
     for (const unit of UNIT_FILES) {

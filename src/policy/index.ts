@@ -1,10 +1,11 @@
 /**
  * What the wrapper does when it cannot get fds: `strict` refuses to start QEMU (the one-line
  * reason reaches `virsh start`), `fallback` starts QEMU without eBPF and says so in the domain
- * log. Per domain: the hook writes /run/virt-ebpf/domains/<uuid>.json from our metadata at
- * `prepare`; otherwise the global default from the config file; otherwise strict.
+ * log. Per domain: /run/virt-ebpf/domains/<uuid>.json, written from our metadata by the hook at
+ * `prepare` or, on a host without our hook, by the broker at `exec-plan` (src/policy/live.ts);
+ * otherwise the global default from the config file; otherwise strict.
  */
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CONFIG_FILE, DOMAIN_STATE_DIR } from '../shims/constants';
 
@@ -35,15 +36,46 @@ export function domainStatePath(uuid: string, dir = DOMAIN_STATE_DIR): string | 
   return /^[0-9a-fA-F-]{36}$/.test(uuid) ? join(dir, `${uuid.toLowerCase()}.json`) : undefined;
 }
 
-/** What the hook recorded for a running domain at prepare: its policy and hot-plug setting. */
-export function readDomainState(uuid: string | undefined, dir = DOMAIN_STATE_DIR): { policy?: Policy; hotplug?: boolean; hostWideOff?: boolean } {
+/** What a domain of ours goes by: the state file's fields. */
+export interface DomainSettings {
+  policy: Policy;
+  hotplug: boolean;
+  /** opted out of the host-wide mode (`<virt-ebpf:host-wide mode="off"/>`) */
+  hostWideOff?: boolean;
+}
+
+/**
+ * Who wrote a state: the hook at prepare (removed again at release), or the broker at exec-plan
+ * from libvirt's live XML (`exec`, with the pid of the QEMU it was written for; nothing removes
+ * it, so it is trusted only for that process).
+ */
+export type StateWriter = { by: 'hook' } | { by: 'exec'; pid: number };
+
+/** What was recorded for a running domain: its policy and hot-plug setting, and who wrote it. */
+export function readDomainState(uuid: string | undefined, dir = DOMAIN_STATE_DIR): Partial<DomainSettings> & { writer?: StateWriter } {
   const path = uuid ? domainStatePath(uuid, dir) : undefined;
   const st = path ? readJson(path) : undefined;
+  if (!st) return {};
   return {
-    policy: isPolicy(st?.policy) ? st.policy : undefined,
-    hotplug: typeof st?.hotplug === 'boolean' ? st.hotplug : undefined,
-    ...(st?.hostWide === 'off' ? { hostWideOff: true } : {}),
+    policy: isPolicy(st.policy) ? st.policy : undefined,
+    hotplug: typeof st.hotplug === 'boolean' ? st.hotplug : undefined,
+    ...(st.hostWide === 'off' ? { hostWideOff: true } : {}),
+    writer: st.by === 'exec' && Number.isSafeInteger(st.pid) ? { by: 'exec', pid: st.pid as number } : { by: 'hook' },
   };
+}
+
+/** Record a domain's settings (the wrapper and the hot-plug shim's plans read them). Side effect. */
+export function writeDomainState(d: { name: string; uuid: string }, s: DomainSettings, writer: StateWriter, dir = DOMAIN_STATE_DIR): void {
+  const path = domainStatePath(d.uuid, dir);
+  if (!path) return;
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const by = writer.by === 'exec' ? { by: 'exec', pid: writer.pid } : {};
+  writeFileSync(path, JSON.stringify({ name: d.name, uuid: d.uuid, policy: s.policy, hotplug: s.hotplug, ...(s.hostWideOff ? { hostWide: 'off' } : {}), ...by }) + '\n', { mode: 0o644 });
+}
+
+export function removeDomainState(uuid: string | undefined, dir = DOMAIN_STATE_DIR): void {
+  const path = uuid ? domainStatePath(uuid, dir) : undefined;
+  if (path) rmSync(path, { force: true });
 }
 
 export function resolvePolicy(uuid: string | undefined, opts: { stateDir?: string; configPath?: string } = {}): Policy {

@@ -4,9 +4,7 @@
  * QEMU's devices to tell a NIC the domain asked rss for from one the host-wide policy gave it.
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-
-export const LIBVIRT_QEMU_RUN_DIR = '/run/libvirt/qemu';
+import { LIBVIRT_QEMU_RUN_DIR, statusPath } from '../policy/live';
 
 /** The device aliases (`net0`, `ua-…`) of the interfaces whose `<driver>` says rss='on'. Pure. */
 export function rssOnAliases(xml: string): { aliases: Set<string>; interfaces: number } {
@@ -23,9 +21,10 @@ export function rssOnAliases(xml: string): { aliases: Set<string>; interfaces: n
 
 /** The live XML's rss aliases of domain `name`, or undefined when it cannot be read. */
 export function liveRssAliases(name: string | undefined, runDir = LIBVIRT_QEMU_RUN_DIR): Set<string> | undefined {
-  if (!name || name.includes('/')) return undefined;
+  const path = name ? statusPath(name, runDir) : undefined;
+  if (!path) return undefined;
   try {
-    const r = rssOnAliases(readFileSync(join(runDir, `${name}.xml`), 'utf8'));
+    const r = rssOnAliases(readFileSync(path, 'utf8'));
     return r.interfaces > 0 ? r.aliases : undefined;
   } catch {
     return undefined;

@@ -140,7 +140,7 @@ test('a host-wide opt-out (our metadata, no config): prepare records it for the 
   assert.notEqual(optOut, plain);
   assert.deepEqual(await runHook({ kind: 'prepare', name: 'vm' }, optOut, env), { code: 0, stdout: '', stderr: '' });
   assert.deepEqual(JSON.parse(readFileSync(join(env.stateDir!, `${uuid}.json`), 'utf8')), { name: 'vm', uuid, policy: 'fallback', hotplug: false, hostWide: 'off' });
-  assert.deepEqual(readDomainState(uuid, env.stateDir), { policy: 'fallback', hotplug: false, hostWideOff: true });
+  assert.deepEqual(readDomainState(uuid, env.stateDir), { policy: 'fallback', hotplug: false, hostWideOff: true, writer: { by: 'hook' } });
   assert.equal((await runHook({ kind: 'release', name: 'vm', reason: 'destroyed' }, optOut, env)).code, 0);
   assert.ok(!existsSync(join(env.stateDir!, `${uuid}.json`)));
   const other = optOut.replace('mode="off"', 'mode="on"');
