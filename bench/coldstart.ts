@@ -22,6 +22,8 @@
  *     the host-wide wrapper, which asks the broker and preloads the hot-plug shim — against the
  *     same domains naming the packaged binary at its diverted name (no wrapper), paired and
  *     alternating; then 16 of each started at once. The install is put back as it was after.
+ *  n. what our hook costs a domain that is not ours, and the hook-less mode (`install --no-hook`)
+ *     that takes it away: see benchHookless.
  *
  * Uses an existing install and broker when there is one; otherwise installs (and uninstalls at
  * the end) and runs the installed broker as a child. BENCH_N=k multiplies the sample counts.
@@ -42,7 +44,7 @@ import { medianWithInterval, stats, table, Stats } from './stats';
 
 const N = Number(process.env.BENCH_N ?? 1);
 /** BENCH_COLDSTART=a,b,c picks sections (default all). */
-const ONLY = new Set((process.env.BENCH_COLDSTART ?? 'a,b,c,s,h').split(','));
+const ONLY = new Set((process.env.BENCH_COLDSTART ?? 'a,b,c,s,h,n').split(','));
 /** BENCH_STORM=32x2,16x1 (the default): the storms of section s, domains × RSS NICs each. */
 const STORMS = (process.env.BENCH_STORM ?? '32x2,16x1').split(',').map((s) => s.split('x').map(Number) as [number, number]);
 const PREFIX = `vebpf-bench-${process.pid}-`;
@@ -421,6 +423,62 @@ async function benchHostWide(scratch: string, out: string[]): Promise<void> {
   }
 }
 
+/**
+ * n. What our hook costs the host's domains, and the hook-less mode (`install --no-hook`) that
+ * avoids it: every start is preceded by putting the hook file in place or aside and a SIGHUP
+ * (libvirtd looks for hooks at start and on SIGHUP only), then a settle pause, whatever the
+ * kind, so each kind pays the same. C: a domain not ours, no hook (as on a host without
+ * virt-ebpf, and as every domain not ours runs on a hook-less host: no file of ours on its
+ * path). B: the same domain with our hook installed. AH / AN: an enabled domain (1 RSS NIC)
+ * with the hook, and hook-less (the broker reads its settings at exec-plan). Williams square.
+ */
+async function benchHookless(scratch: string, out: string[]): Promise<void> {
+  const D = PREFIX + 'n-plain';
+  const E = PREFIX + 'n-enabled';
+  define(domainXml({ name: D, nics: [{ rss: true }] }), scratch);
+  defineEnabled(E, domainXml({ name: E, nics: [{ rss: true }] }), scratch);
+  const hook = async (on: boolean) => {
+    if (on !== existsSync(HOOK)) renameSync(on ? HOOK_ASIDE : HOOK, on ? HOOK : HOOK_ASIDE);
+    rescanHooks();
+    await new Promise((r) => setTimeout(r, 300));
+  };
+  const assertFds = (want: number) => (pid: number) => {
+    if (bpfFds(pid).length !== want) throw new Error(`QEMU holds ${bpfFds(pid).length} BPF fds, not ${want}`);
+  };
+  const xs: number[][] = [[], [], [], []];
+  const kinds = [
+    async () => (await hook(false), xs[0].push(await timedStart(D, assertFds(0)))),
+    async () => (await hook(true), xs[1].push(await timedStart(D, assertFds(0)))),
+    async () => (await hook(true), xs[2].push(await timedStart(E, assertFds(4)))),
+    async () => (await hook(false), xs[3].push(await timedStart(E, assertFds(4)))),
+  ];
+  try {
+    for (const k of kinds) await k(); // warm-up: capabilities, the broker's probe
+    xs.forEach((x) => (x.length = 0));
+    for (let i = 0; i < 12 * N; i++) for (const k of WILLIAMS_4[i % WILLIAMS_4.length]) await kinds[k]();
+  } finally {
+    await hook(true);
+  }
+  const [c, b, ah, an] = xs;
+  const base = 'C: not ours, no hook (no virt-ebpf; every domain not ours on a hook-less host)';
+  const interval = (x: number[], y: number[]) => {
+    const m = medianWithInterval(x.map((v, i) => v / y[i]));
+    return `${fmtRatio(m.median)} (95 % ${m.low.toFixed(3)}–${m.high.toFixed(3)})`;
+  };
+  out.push(
+    table(`n. the hook's cost and the hook-less mode: virsh start, 1 RSS NIC (4 queues), TCG, ${c.length} rounds in a Williams square`, [
+      { name: base, stats: stats(c) },
+      { name: 'B: not ours, our hook installed', stats: stats(b), baseline: base },
+      { name: 'AH: enabled, with the hook', stats: stats(ah), baseline: base },
+      { name: 'AN: enabled, hook-less (install --no-hook)', stats: stats(an), baseline: base },
+    ]),
+    `median of per-pair ratios: B/C ${interval(b, c)}; AH/C ${interval(ah, c)}; AN/C ${interval(an, c)}; AN/AH ${interval(an, ah)} (target: a domain not ours ≤ 1.01×)`,
+    '',
+  );
+  removeDomain(D);
+  removeDomain(E);
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the cold-start bench needs root (system libvirtd, install, broker)');
   const out: string[] = [`virt-ebpf cold-start benchmarks — ${new Date().toISOString()} — ${cpus().length}× ${cpus()[0]?.model ?? '?'} — node ${process.version}`, ''];
@@ -453,6 +511,7 @@ async function main(): Promise<void> {
     }
     if (ONLY.has('b')) await benchHandoff(out);
     if (ONLY.has('h')) await benchHostWide(scratch, out);
+    if (ONLY.has('n')) await benchHookless(scratch, out);
   } finally {
     for (const n of testDomains(PREFIX)) removeDomain(n);
     if (existsSync(HOOK_ASIDE)) renameSync(HOOK_ASIDE, HOOK);
