@@ -12,8 +12,9 @@
  * broker wrote placeholders (@virt-ebpf-fd:K@) and execs the real QEMU in this same pid (libvirt
  * watches it). For an enabled domain with hot-plug on it also preloads the hot-plug shim
  * (vebpf-qmp.so, beside this binary) into QEMU. Only when the broker cannot be asked does it
- * decide something itself: the policy (the domain's, from the state the hook left, else the
- * global one, else strict).
+ * decide something itself: the policy (the domain's, from the state the hook left at prepare or
+ * the broker at the domain's last exec-plan on a host without the hook, else the global one,
+ * else strict).
  */
 #define _GNU_SOURCE
 #include "parse.h"
@@ -25,7 +26,8 @@
 #include <string.h>
 #include <unistd.h>
 
-/* What the hook recorded for this domain at prepare (policy, hotplug), or NULL. */
+/* What was recorded for this domain (policy, hotplug): by the hook at prepare, or by the broker
+ * at an exec-plan of the domain (a host without the hook), or NULL. */
 static char *domain_state(int argc, char **argv)
 {
     char *path = domain_state_path(option(argc, argv, "-uuid"));
@@ -157,7 +159,7 @@ int main(int argc, char **argv)
     }
     int n = argc - 2;
     char **args = argv + 2;
-    /* What the hook recorded at prepare: the policy and hot-plug setting when the broker is not
+    /* What was recorded for the domain: the policy and hot-plug setting when the broker is not
      * asked (no rss device on the command line) or cannot be. */
     char *state = domain_state(n, args);
     /* A domain the hook recorded nothing for, run by the host-wide wrapper, never asked for eBPF:
