@@ -83,8 +83,9 @@ static void hotplug_env(const char *real, int argc, char **argv, const char *pol
 }
 
 /* exec-plan: the argv to run (NULL: run as asked) and its fds; exits under strict when refused.
- * The broker's reply also says the domain's policy and hot-plug setting (*policy, *hotplug). */
-static char **exec_plan(const char *real, int argc, char **argv, const char **policy, int *hotplug, int *fds, int *nfds)
+ * The broker's reply also says the domain's policy and hot-plug setting (*policy, *hotplug).
+ * A start that needs no fds (!needed) goes on as asked when the broker cannot be reached. */
+static char **exec_plan(const char *real, int argc, char **argv, int needed, const char **policy, int *hotplug, int *fds, int *nfds)
 {
     struct buf req = {0};
     buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"" VEBPF_OP_EXEC_PLAN "\",\"emulator\":");
@@ -99,6 +100,8 @@ static char **exec_plan(const char *real, int argc, char **argv, const char **po
     char *reply, why[8192];
     enum broker_result r = broker_call(req.p, req.len, VEBPF_EXEC_PLAN_TIMEOUT_S, &reply, fds, nfds, why, sizeof why);
     free(req.p);
+    if (r == BROKER_UNREACHABLE && !needed)
+        return NULL;
     if (r != BROKER_OK) {
         fprintf(stderr, "virt-ebpf: %s\n", why);
         if (!strcmp(*policy, "strict"))
@@ -169,13 +172,15 @@ int main(int argc, char **argv)
     free(state);
     int fds[VEBPF_MAX_FDS], nfds = 0;
     char **plan = NULL;
-    /* The host-wide wrapper asks for every domain start (-uuid: libvirt's, not a probe); the
-     * broker applies the host's policy. */
-    int ask = host_wide && option(n, args, "-uuid");
-    for (int i = 0; i < n && !ask; i++)
-        ask = strstr(args[i], "rss") != NULL;
-    if (ask)
-        plan = exec_plan(real, n, args, &policy, &hotplug, fds, &nfds);
+    /* Fds are needed for a command line with rss on it, and maybe under the host-wide wrapper
+     * (the broker applies the host's policy). Every domain start asks (-uuid: libvirt's, not a
+     * probe): the reply carries the domain's policy and hot-plug setting, which on a host
+     * without our hook only the broker can read. */
+    int needed = host_wide;
+    for (int i = 0; i < n && !needed; i++)
+        needed = strstr(args[i], "rss") != NULL;
+    if (needed || option(n, args, "-uuid"))
+        plan = exec_plan(real, n, args, needed, &policy, &hotplug, fds, &nfds);
     if (hotplug)
         hotplug_env(real, n, args, policy);
     char **out = calloc(n + 2, sizeof *out);

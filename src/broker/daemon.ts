@@ -11,11 +11,11 @@ import { assertTrustedExecutable } from '../sys/trust';
 import { setNoNewPrivs } from '../sys/libc';
 import { DPKG_INFO_DIR, EmulatorAllowlist } from '../emulator/allowlist';
 import { DEFAULT_PATHS } from '../install/plan';
-import { isHostWide, wrapperTargets } from '../install/apply';
+import { isHookless, isHostWide, wrapperTargets } from '../install/apply';
 import { lookupUser } from '../sys/users';
 import { createLogger, Logger } from '../log';
 import { BrokerConfig, libvirtQemuAccount } from './config';
-import { Allowlist, Broker } from './server';
+import { Allowlist, Broker, type BrokerOptions } from './server';
 import type { PoolSource, RefillTiming } from './pool';
 import { Loader } from './loader';
 import type { Policy } from '../policy';
@@ -178,10 +178,10 @@ function reportActivation(a: ActivationSocket, config: BrokerConfig, allow: Allo
   if (problem) logger.warn(`activated socket ${a.path}: ${problem}`);
 }
 
-/** The host-wide policy in force: the configured one while the install is host-wide (checked when the manifest changes). */
-function hostRssOf(manifest: string, configured: HostRss): () => HostRss {
-  let stamp = '';
-  let now: HostRss = 'off';
+/** `read(manifest)`, read again only when the install manifest changed (an install can run while the broker does). */
+function fromManifest<T>(manifest: string, read: (path: string) => T): () => T {
+  let stamp: string | undefined;
+  let now: T;
   return () => {
     let st = 'none';
     try {
@@ -192,13 +192,13 @@ function hostRssOf(manifest: string, configured: HostRss): () => HostRss {
     }
     if (st !== stamp) {
       stamp = st;
-      now = isHostWide(manifest) ? configured : 'off';
+      now = read(manifest);
     }
     return now;
   };
 }
 
-export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string; refillTiming?: RefillTiming; manifest?: string } = {}): Promise<Broker> {
+export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string; refillTiming?: RefillTiming; manifest?: string; hookEnv?: BrokerOptions['hookEnv'] } = {}): Promise<Broker> {
   const logger = opts.logger ?? createLogger(config.log.level, config.log.format as 'text' | 'json');
   // Before anything else can start a child: the activation variables leave the environment here.
   const activation = takeActivationSocket();
@@ -223,11 +223,14 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     maxReservedPerDomain: config.pool.maxReservedPerDomain,
     limits: config.limits,
     policy: config.policy as Policy,
-    hostRss: hostRssOf(manifest, config.hostWide.rss as HostRss),
+    // The host-wide policy: the configured one while the install is host-wide.
+    hostRss: fromManifest(manifest, (m) => (isHostWide(m) ? (config.hostWide.rss as HostRss) : 'off')),
+    hookless: fromManifest(manifest, isHookless),
     reservations: { ttlMs: config.pool.reservationTtlMs, maxTotal: config.pool.maxReserved },
     resolve,
     logger,
     listenFd: activation?.fd,
+    hookEnv: opts.hookEnv,
   });
   await broker.start();
   if (activation) reportActivation(activation, config, allow, logger, opts.qemuConf);

@@ -25,7 +25,7 @@ import type { FactsMemo } from '../hook/facts';
 import { Connection, ConnectionLimits, LINGER_MS } from './connection';
 import { Admissions } from './admission';
 import { identifyPeer, normalUuid, Peer } from './peer';
-import { DEFAULT_POLICY, Policy, readDomainState, removeDomainState, writeDomainState } from '../policy';
+import { DEFAULT_POLICY, type DomainSettings, Policy, readDomainState, removeDomainState, type StateWriter, writeDomainState } from '../policy';
 import { liveDomainXml } from '../policy/live';
 import { XML_NAMESPACE } from '../shims/constants';
 import { planDeviceAdd, propertyValue, RSS_HANDOFF } from '../argv';
@@ -93,6 +93,11 @@ export interface BrokerOptions {
    * each plan (an install can change it while the broker runs); default 'off'.
    */
   hostRss?: () => HostRss;
+  /**
+   * The install has no libvirt hook (`install --no-hook`): exec-plan reads a starting domain's
+   * settings from libvirt's status XML. Asked at each plan; default false.
+   */
+  hookless?: () => boolean;
 }
 
 /** The pool key of a domain: its uuid (lower case), else its name. */
@@ -312,8 +317,8 @@ export class Broker {
    * could cost it its start) or opted out. A domain that never asked for eBPF starts without it
    * under the host-wide policy rather than not at all.
    */
-  #domainSettings(uuid: string | undefined, pid?: number): { hostRss: HostRss; policy: Policy; hotplug: boolean } {
-    let st = readDomainState(uuid, this.opts.hookEnv?.stateDir);
+  #domainSettings(uuid: string | undefined, pid?: number, live?: { settings?: DomainSettings }): { hostRss: HostRss; policy: Policy; hotplug: boolean } {
+    let st: Partial<DomainSettings> & { writer?: StateWriter } = live ? (live.settings ?? {}) : readDomainState(uuid, this.opts.hookEnv?.stateDir);
     // What exec-plan recorded is for the QEMU it was recorded for only.
     if (st.writer?.by === 'exec' && pid !== undefined && st.writer.pid !== pid) st = {};
     const host = this.opts.hostRss?.() ?? 'off';
@@ -323,29 +328,35 @@ export class Broker {
   }
 
   /**
-   * At exec-plan, for a domain the hook recorded nothing for (a host installed with --no-hook):
-   * what libvirt's live XML of the starting domain says (src/policy/live.ts) is recorded for this
-   * QEMU, and a record an earlier QEMU of the domain left is dropped. A hook's record stands.
+   * At exec-plan on a host without our hook: the settings of the domain libvirt is starting in
+   * the peer's process, from libvirt's status XML (src/policy/live.ts: it must name the peer's
+   * pid, the `-name` and the peer's `-uuid`), recorded for this QEMU (the hot-plug shim's plans
+   * and a start while the broker is down read the record). Undefined when no status matches:
+   * the plan then goes by the record as it is.
    */
-  async #recordFromLiveXml(peer: Peer, name: string | undefined, log: Logger): Promise<void> {
+  async #liveSettings(peer: Peer, name: string | undefined, log: Logger): Promise<{ settings?: DomainSettings } | undefined> {
     const uuid = peer.domain;
-    if (peer.root || !uuid) return;
-    const dir = this.opts.hookEnv?.stateDir;
-    const st = readDomainState(uuid, dir);
-    if (st.writer?.by === 'hook') return;
-    const xml = liveDomainXml(name, peer.pid, this.opts.hookEnv?.libvirtRunDir);
-    let settings;
-    if (xml?.includes(XML_NAMESPACE)) {
+    if (peer.root || !uuid || !this.opts.hookless?.()) return undefined;
+    const live = liveDomainXml(name, uuid, peer.pid, this.opts.hookEnv?.libvirtRunDir);
+    if (!('domain' in live)) {
+      log.info('no status of libvirt names this QEMU', { name, why: live.why });
+      return undefined;
+    }
+    let settings: DomainSettings | undefined;
+    if (live.domain.includes(XML_NAMESPACE)) {
       // Loaded for the first domain of ours: the XML parser is not needed to answer anything else.
       const { FactsMemo, settingsOf } = await import('../hook/facts');
-      settings = settingsOf((this.#facts ??= new FactsMemo()).get(xml));
+      settings = settingsOf((this.#facts ??= new FactsMemo()).get(live.domain));
     }
-    if (settings) {
-      writeDomainState({ name: name!, uuid }, settings, { by: 'exec', pid: peer.pid }, dir);
-      log.info('settings from libvirt\'s live XML', { name, policy: settings.policy, hotplug: settings.hotplug, ...(settings.hostWideOff ? { hostWide: 'off' } : {}) });
-    } else if (st.writer) {
-      removeDomainState(uuid, dir);
+    const dir = this.opts.hookEnv?.stateDir;
+    try {
+      if (settings) writeDomainState({ name: name!, uuid }, settings, { by: 'exec', pid: peer.pid }, dir);
+      else removeDomainState(uuid, dir);
+    } catch (e) {
+      log.warn('cannot record the domain\'s settings: a start while the broker is down goes by the config\'s policy', { name, error: (e as Error).message });
     }
+    if (settings) log.info('settings from libvirt\'s live XML', { name, policy: settings.policy, hotplug: settings.hotplug, ...(settings.hostWideOff ? { hostWide: 'off' } : {}) });
+    return { settings };
   }
 
   /**
@@ -437,8 +448,8 @@ export class Broker {
     },
     'exec-plan': async (ctx, req) => {
       const domain = domainIdentity(req.argv);
-      await this.#recordFromLiveXml(ctx.peer, domain.name, ctx.log);
-      const { hostRss, ...settings } = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain, ctx.peer.root ? undefined : ctx.peer.pid);
+      const live = await this.#liveSettings(ctx.peer, domain.name, ctx.log);
+      const { hostRss, ...settings } = this.#domainSettings(ctx.peer.root ? normalUuid(domain.uuid) : ctx.peer.domain, ctx.peer.root ? undefined : ctx.peer.pid, live);
       const host = applyHostRss(req.argv, hostRss);
       if (host.added.length) ctx.log.info('host policy: rss on', { devices: host.added });
       const plan = planDevices(host.argv);

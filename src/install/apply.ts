@@ -151,6 +151,15 @@ export function isHostWide(manifestPath: string): boolean {
   }
 }
 
+/** Whether the install at `manifestPath` has no libvirt hook (install --no-hook). */
+export function isHookless(manifestPath: string): boolean {
+  try {
+    return readManifest(manifestPath)?.hook === 'off';
+  } catch {
+    return false;
+  }
+}
+
 /** Tell libvirt about a new/removed hook: hooks are discovered at daemon start; SIGHUP rescans. */
 export function rescanHooks(): string {
   for (const daemon of ['virtqemud', 'libvirtd']) {

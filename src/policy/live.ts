@@ -4,7 +4,8 @@
  * domain's status to /run/libvirt/qemu/NAME.xml (root only): a `<domstatus>` whose `pid` is that
  * process (the wrapper, then QEMU: exec keeps the pid) around the full `<domain>`, our metadata
  * included. So at `exec-plan` the broker reads there what the hook would have read at prepare.
- * The file is tied to the peer by that pid: a process libvirt did not start is named in no status.
+ * The file is tied to the peer by that pid, its name and its uuid: a process libvirt did not
+ * start is named in no status, and a process libvirt started only in its own domain's.
  */
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -31,21 +32,37 @@ export function statusPath(name: string, runDir = LIBVIRT_QEMU_RUN_DIR): string 
   return name && !name.includes('/') && name !== '.' && name !== '..' && name.length <= 255 ? join(runDir, `${name}.xml`) : undefined;
 }
 
-/** The `<domain>` libvirt is starting in process `pid` under `name`, or undefined. Reads one file. */
-export function liveDomainXml(name: string | undefined, pid: number, runDir = LIBVIRT_QEMU_RUN_DIR): string | undefined {
+/** The first `<name>` and `<uuid>` of a `<domain>` (libvirt writes them first). Pure. */
+export function domainIds(domain: string): { name?: string; uuid?: string } {
+  const entities: Record<string, string> = { amp: '&', lt: '<', gt: '>', apos: "'", quot: '"' };
+  const name = /<name>([^<]*)<\/name>/.exec(domain)?.[1]?.replace(/&(amp|lt|gt|apos|quot);/g, (_, e: string) => entities[e]);
+  return { name, uuid: /<uuid>([^<]*)<\/uuid>/.exec(domain)?.[1]?.trim().toLowerCase() };
+}
+
+/**
+ * The `<domain>` libvirt is starting as `name` with `uuid` in process `pid`, or why there is
+ * none: the status must name that pid, that name and that uuid (a peer chooses its `-name`
+ * and `-uuid`, not the status libvirt wrote for its pid). Reads one file.
+ */
+export function liveDomainXml(name: string | undefined, uuid: string, pid: number, runDir = LIBVIRT_QEMU_RUN_DIR): { domain: string } | { why: string } {
   const path = name ? statusPath(name, runDir) : undefined;
-  if (!path) return undefined;
+  if (!path) return { why: 'no usable -name on the command line' };
   let text: string;
   try {
     const fd = openSync(path, 'r');
     try {
-      if (fstatSync(fd).size > MAX_STATUS) return undefined;
+      const size = fstatSync(fd).size;
+      if (size > MAX_STATUS) return { why: `${path} has ${size} bytes (at most ${MAX_STATUS} are read)` };
       text = readFileSync(fd, 'utf8');
     } finally {
       closeSync(fd);
     }
-  } catch {
-    return undefined;
+  } catch (e) {
+    return { why: `${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` };
   }
-  return domainOfStatus(text, pid);
+  const domain = domainOfStatus(text, pid);
+  if (!domain) return { why: `${path} is not the status of pid ${pid}` };
+  const ids = domainIds(domain);
+  if (ids.name !== name || ids.uuid !== uuid) return { why: `${path} names ${ids.name} ${ids.uuid}, not ${name} ${uuid}` };
+  return { domain };
 }

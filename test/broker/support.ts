@@ -10,7 +10,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { startBroker } from '../../src/broker/daemon';
 import { validateConfig } from '../../src/broker/config';
-import type { Broker } from '../../src/broker/server';
+import type { Broker, BrokerOptions } from '../../src/broker/server';
 import type { RefillTiming } from '../../src/broker/pool';
 import type { RequestBody } from '../../src/broker/client';
 import { bpfFdInfo } from '../../src/fdpass';
@@ -103,7 +103,7 @@ export interface TestBroker {
  * must reach the socket). `qemuConf` defaults to a file that does not exist (libvirt's
  * defaults), so the host's qemu.conf does not decide the test.
  */
-export async function startTestBroker(config: Record<string, unknown>, opts: { cacheDir: string; qemuConf?: string; refillTiming?: RefillTiming }): Promise<TestBroker> {
+export async function startTestBroker(config: Record<string, unknown>, opts: { cacheDir: string; qemuConf?: string; refillTiming?: RefillTiming; manifest?: string; hookEnv?: BrokerOptions['hookEnv'] }): Promise<TestBroker> {
   const dir = tempDir('virt-ebpf-broker-');
   chmodSync(dir.path, 0o755);
   const socket = join(dir.path, 'broker.sock');
@@ -111,6 +111,8 @@ export async function startTestBroker(config: Record<string, unknown>, opts: { c
     logger: silentLogger(),
     qemuConf: opts.qemuConf ?? join(dir.path, 'no-qemu.conf'),
     refillTiming: opts.refillTiming,
+    manifest: opts.manifest,
+    hookEnv: opts.hookEnv,
   });
   return {
     broker,

@@ -21,6 +21,8 @@ const PREFIX = `vebpf-nh-${process.pid}-`;
 const S = PREFIX + 'strict';
 const F = PREFIX + 'fallback';
 const P = PREFIX + 'plain';
+/** enabled for hot-plug only: no RSS NIC at start */
+const H = PREFIX + 'hotplug-only';
 const REAL_QEMU = '/usr/bin/qemu-system-x86_64';
 const broker = new BrokerChild();
 const scratch = tempDir('vebpf-hookless-');
@@ -53,7 +55,7 @@ before(() => {
 
 after(async () => {
   try {
-    for (const d of [S, F, P]) removeDomain(d);
+    for (const d of [S, F, P, H]) removeDomain(d);
     await tearDownInstalled({ domains: [], broker, installedBefore });
     if (installedBefore) cli('install', '--hook');
   } finally {
@@ -106,7 +108,16 @@ test("an enabled domain with fallback and --hotplug off: its settings reach the 
   assert.ok(!mapsOf(pid).includes(SHIM_SO), 'hot-plug off: no shim in QEMU');
 });
 
-test('a domain that is not ours runs the packaged QEMU, and nothing of ours hears of it', () => {
+test('an enabled domain without an RSS NIC at start (hot-plug only, --hotplug off) still gets its settings: the wrapper asks at every start', () => {
+  defineEnabled(H, domainXml({ name: H, nics: [{ rss: false }] }), scratch.path, { policy: 'fallback', hotplug: 'off' });
+  const pid = start(H);
+  assert.equal(bpfFds(pid).length, 0);
+  assert.deepEqual(stateOf(H), { policy: 'fallback', hotplug: false, writer: { by: 'exec', pid } });
+  assert.ok(!mapsOf(pid).includes(SHIM_SO), 'hot-plug off: no shim in QEMU');
+  virsh('destroy', H);
+});
+
+test('a domain that is not ours runs the packaged QEMU with no hook file of ours on the host; the broker hears nothing of it', () => {
   const before = broker.log.length;
   const pid = start(P);
   assert.equal(readlinkSync(`/proc/${pid}/exe`), REAL_QEMU);
@@ -151,4 +162,20 @@ test('install --hook puts the hook back; prepare records the settings again', as
   await logged(/"event":"prepare"/);
   virsh('destroy', S);
   assert.ok(!existsSync(`${DOMAIN_STATE_DIR}/${uuidOf(S)}.json`), 'release removed it');
+});
+
+test("install --no-hook while a domain runs: the hook's record outlives it (no release runs), and the next start reads the definition again", async () => {
+  const pid = start(S);
+  assert.deepEqual(stateOf(S), { policy: 'strict', hotplug: true, writer: { by: 'hook' } });
+  const r = cli('install', '--no-hook');
+  assert.equal(r.status, 0, r.stderr);
+  virsh('destroy', S);
+  assert.deepEqual(stateOf(S).writer, { by: 'hook' }, "no hook ran at release: the hook's record is left");
+  const e = cli('enable', S, '--policy', 'fallback', '--hotplug', 'off');
+  assert.equal(e.status, 0, e.stderr);
+  const next = start(S);
+  assert.notEqual(next, pid);
+  assert.deepEqual(stateOf(S), { policy: 'fallback', hotplug: false, writer: { by: 'exec', pid: next } }, 'the status libvirt wrote wins over the old record');
+  assert.ok(!mapsOf(next).includes(SHIM_SO));
+  virsh('destroy', S);
 });

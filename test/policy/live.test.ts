@@ -53,15 +53,18 @@ test("statusPath: a name a peer put on its command line never leaves libvirt's d
   for (const bad of ['', '.', '..', '../etc/shadow', 'a/b', 'x'.repeat(256)]) assert.equal(statusPath(bad, '/r'), undefined, bad);
 });
 
-test('liveDomainXml: reads the status file of the name, bound to the pid', () => {
+test('liveDomainXml: the status file of the name, bound to the pid, the name and the uuid', () => {
   const dir = tempDir('vebpf-live-');
   try {
     const dom = domain(ours("policy='fallback'"));
     writeFileSync(join(dir.path, 'vm1.xml'), status(99, dom));
-    assert.equal(liveDomainXml('vm1', 99, dir.path), dom);
-    assert.equal(liveDomainXml('vm1', 98, dir.path), undefined);
-    assert.equal(liveDomainXml('vm2', 99, dir.path), undefined, 'no such file');
-    assert.equal(liveDomainXml(undefined, 99, dir.path), undefined);
+    assert.deepEqual(liveDomainXml('vm1', UUID, 99, dir.path), { domain: dom });
+    assert.match((liveDomainXml('vm1', UUID, 98, dir.path) as { why: string }).why, /is not the status of pid 98/);
+    assert.match((liveDomainXml('vm1', '00000000-0000-4000-8000-000000000000', 99, dir.path) as { why: string }).why, /names vm1 c0034b07/, 'another uuid');
+    assert.match((liveDomainXml('vm2', UUID, 99, dir.path) as { why: string }).why, /ENOENT/, 'no such file');
+    assert.ok('why' in liveDomainXml(undefined, UUID, 99, dir.path));
+    writeFileSync(join(dir.path, 'a&b.xml'), status(99, dom.replace('<name>vm1</name>', '<name>a&amp;b</name>')));
+    assert.ok('domain' in liveDomainXml('a&b', UUID, 99, dir.path), 'a name libvirt escapes in XML');
   } finally {
     dir.remove();
   }
