@@ -1,6 +1,11 @@
 /**
  * The subcommands: each parses its options and calls into its concept's folder.
  */
+import { BROKER_SUMMARY, BROKER_USAGE } from '../broker/usage';
+import { DOCTOR_SUMMARY, DOCTOR_USAGE } from '../doctor/usage';
+import { PROBE_SUMMARY, PROBE_USAGE } from '../emulator/usage';
+import { EXEC_SUMMARY, EXEC_USAGE } from '../exec/usage';
+import { INSTALL_SUMMARY, INSTALL_USAGE, REFRESH_SUMMARY, REFRESH_USAGE, UNINSTALL_SUMMARY, UNINSTALL_USAGE } from '../install/usage';
 import { DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE } from '../libvirt/usage';
 import { KUBEVIRT_USAGE, VDSM_USAGE } from '../managers/usage';
 import { MIGRATE_SUMMARY, MIGRATE_USAGE } from '../migrate/usage';
@@ -23,8 +28,8 @@ function defaultCacheDir(): string {
 
 export const COMMANDS: Record<string, Command> = {
   probe: {
-    summary: 'show which emulators can take eBPF RSS fds, and how',
-    usage: 'virt-ebpf probe [EMULATOR…] [--json] [--no-cache] [--cache-dir DIR]',
+    summary: PROBE_SUMMARY,
+    usage: PROBE_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['json', 'no-cache'], values: ['cache-dir'] }, 'probe');
       const { probeEmulator, listEmulatorsOnPath, formatProbeTable } = await import('../emulator');
@@ -54,8 +59,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   exec: {
-    summary: 'run QEMU with eBPF RSS fds for its rss=on virtio-net devices, as another user',
-    usage: 'virt-ebpf exec [--user USER] [--verbose] [--cache-dir DIR] -- EMULATOR ARGS…',
+    summary: EXEC_SUMMARY,
+    usage: EXEC_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['verbose'], values: ['user', 'cache-dir'] }, 'exec');
       const command = [...a.positional, ...a.rest];
@@ -89,8 +94,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   broker: {
-    summary: 'run the privileged broker in the foreground (what virt-ebpfd runs)',
-    usage: 'virt-ebpf broker [--config FILE]',
+    summary: BROKER_SUMMARY,
+    usage: BROKER_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { values: ['config'] }, 'broker');
       if (process.getuid?.() !== 0) {
@@ -136,8 +141,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   install: {
-    summary: 'install the hook, emulator wrappers, broker units, default config and the virt-ebpf command (root)',
-    usage: 'virt-ebpf install [--prefix DIR] [--host-wide | --no-host-wide] [--no-hook | --hook] [--no-rescan]',
+    summary: INSTALL_SUMMARY,
+    usage: INSTALL_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['no-rescan', 'host-wide', 'no-host-wide', 'hook', 'no-hook'], values: ['prefix'] }, 'install');
       if (a.flags.has('host-wide') && a.flags.has('no-host-wide')) throw new VirtEbpfError('USAGE', 'install: --host-wide and --no-host-wide together', { remedy: 'give one of them' });
@@ -189,8 +194,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   uninstall: {
-    summary: 'remove exactly what install added (refuses while domains are enabled, unless --force)',
-    usage: 'virt-ebpf uninstall [--force] [--no-rescan]',
+    summary: UNINSTALL_SUMMARY,
+    usage: UNINSTALL_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['force', 'no-rescan'] }, 'uninstall');
       requireRoot('uninstall');
@@ -217,8 +222,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   refresh: {
-    summary: 'rewrite wrappers whose real QEMU changed, so libvirt re-reads its capabilities',
-    usage: 'virt-ebpf refresh [--quiet]',
+    summary: REFRESH_SUMMARY,
+    usage: REFRESH_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['quiet'] }, 'refresh');
       requireRoot('refresh');
@@ -234,8 +239,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   doctor: {
-    summary: 'check everything eBPF RSS under libvirt needs, with the fix for each failure',
-    usage: 'virt-ebpf doctor [--json] [--cache-dir DIR]',
+    summary: DOCTOR_SUMMARY,
+    usage: DOCTOR_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['json'], values: ['cache-dir'] }, 'doctor');
       const { runChecks, formatChecks, doctorExitCode } = await import('../doctor');
