@@ -9,6 +9,7 @@ import { INSTALL_SUMMARY, INSTALL_USAGE, REFRESH_SUMMARY, REFRESH_USAGE, UNINSTA
 import { DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE } from '../libvirt/usage';
 import { KUBEVIRT_USAGE, VDSM_USAGE } from '../managers/usage';
 import { MIGRATE_SUMMARY, MIGRATE_USAGE } from '../migrate/usage';
+import { XML_SUMMARY, XML_USAGE } from '../xml/usage';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -70,8 +71,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   xml: {
-    summary: 'transform domain XML: enable|disable eBPF RSS, or show our settings (stdin/stdout or FILE)',
-    usage: 'virt-ebpf xml enable|disable|show [--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off] [--wrapper-dir DIR] [--default-emulator PATH] [FILE|-]',
+    summary: XML_SUMMARY,
+    usage: XML_USAGE,
     async run(argv) {
       const { runXmlCommand } = await import('../xml');
       return writeResult(runXmlCommand(argv, () => readFileSync(0, 'utf8')));
