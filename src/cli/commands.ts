@@ -7,7 +7,7 @@ import { PROBE_SUMMARY, PROBE_USAGE } from '../emulator/usage';
 import { EXEC_SUMMARY, EXEC_USAGE } from '../exec/usage';
 import { INSTALL_SUMMARY, INSTALL_USAGE, REFRESH_SUMMARY, REFRESH_USAGE, UNINSTALL_SUMMARY, UNINSTALL_USAGE } from '../install/usage';
 import { DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE } from '../libvirt/usage';
-import { KUBEVIRT_USAGE, VDSM_USAGE } from '../managers/usage';
+import { KUBEVIRT_SUMMARY, KUBEVIRT_USAGE, VDSM_SUMMARY, VDSM_USAGE } from '../managers/usage';
 import { MIGRATE_SUMMARY, MIGRATE_USAGE } from '../migrate/usage';
 import { XML_SUMMARY, XML_USAGE } from '../xml/usage';
 import { homedir } from 'node:os';
@@ -79,7 +79,7 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   'kubevirt-sidecar': {
-    summary: "KubeVirt hook sidecar: print the VMI's domain XML with eBPF RSS when it asks (annotation virt-ebpf.io/rss)",
+    summary: KUBEVIRT_SUMMARY,
     usage: KUBEVIRT_USAGE,
     async run(argv) {
       const { runKubevirtSidecar } = await import('../managers');
@@ -87,7 +87,7 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   vdsm: {
-    summary: 'oVirt VDSM hook: edit $_hook_domxml in place for a VM with the custom property virt_ebpf=on',
+    summary: VDSM_SUMMARY,
     usage: VDSM_USAGE,
     async run(argv) {
       const { runVdsmHook } = await import('../managers');
