@@ -9,6 +9,8 @@ import { INSTALL_SUMMARY, INSTALL_USAGE, REFRESH_SUMMARY, REFRESH_USAGE, UNINSTA
 import { DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE } from '../libvirt/usage';
 import { KUBEVIRT_SUMMARY, KUBEVIRT_USAGE, VDSM_SUMMARY, VDSM_USAGE } from '../managers/usage';
 import { MIGRATE_SUMMARY, MIGRATE_USAGE } from '../migrate/usage';
+import { STATUS_SUMMARY, STATUS_USAGE } from '../status/usage';
+import { VERIFY_SUMMARY, VERIFY_USAGE } from '../verify/usage';
 import { XML_SUMMARY, XML_USAGE } from '../xml/usage';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -251,8 +253,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   status: {
-    summary: 'show which running NICs steer with eBPF RSS and what the guest set (root)',
-    usage: 'virt-ebpf status [DOMAIN] [--json | --prometheus] [--sample MS]',
+    summary: STATUS_SUMMARY,
+    usage: STATUS_USAGE,
     async run(argv) {
       const { runStatus } = await import('../status');
       const r = await runStatus(argv);
@@ -261,8 +263,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   verify: {
-    summary: "check a domain's live steering program against a reference RSS on crafted flows (root)",
-    usage: 'virt-ebpf verify DOMAIN [--nic ID|MAC|TAP|prog:ID] [--flows N] [--seed S] [--json]',
+    summary: VERIFY_SUMMARY,
+    usage: VERIFY_USAGE,
     async run(argv) {
       const { runVerify } = await import('../verify');
       const r = await runVerify(argv);
