@@ -1,9 +1,17 @@
 /**
  * The subcommands: each parses its options and calls into its concept's folder.
  */
+import { BROKER_SUMMARY, BROKER_USAGE } from '../broker/usage';
+import { DOCTOR_SUMMARY, DOCTOR_USAGE } from '../doctor/usage';
+import { PROBE_SUMMARY, PROBE_USAGE } from '../emulator/usage';
+import { EXEC_SUMMARY, EXEC_USAGE } from '../exec/usage';
+import { INSTALL_SUMMARY, INSTALL_USAGE, REFRESH_SUMMARY, REFRESH_USAGE, UNINSTALL_SUMMARY, UNINSTALL_USAGE } from '../install/usage';
 import { DOMAIN_COMMAND_SUMMARY, DOMAIN_COMMAND_USAGE } from '../libvirt/usage';
-import { KUBEVIRT_USAGE, VDSM_USAGE } from '../managers/usage';
+import { KUBEVIRT_SUMMARY, KUBEVIRT_USAGE, VDSM_SUMMARY, VDSM_USAGE } from '../managers/usage';
 import { MIGRATE_SUMMARY, MIGRATE_USAGE } from '../migrate/usage';
+import { STATUS_SUMMARY, STATUS_USAGE } from '../status/usage';
+import { VERIFY_SUMMARY, VERIFY_USAGE } from '../verify/usage';
+import { XML_SUMMARY, XML_USAGE } from '../xml/usage';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -23,8 +31,8 @@ function defaultCacheDir(): string {
 
 export const COMMANDS: Record<string, Command> = {
   probe: {
-    summary: 'show which emulators can take eBPF RSS fds, and how',
-    usage: 'virt-ebpf probe [EMULATOR…] [--json] [--no-cache] [--cache-dir DIR]',
+    summary: PROBE_SUMMARY,
+    usage: PROBE_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['json', 'no-cache'], values: ['cache-dir'] }, 'probe');
       const { probeEmulator, listEmulatorsOnPath, formatProbeTable } = await import('../emulator');
@@ -54,8 +62,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   exec: {
-    summary: 'run QEMU with eBPF RSS fds for its rss=on virtio-net devices, as another user',
-    usage: 'virt-ebpf exec [--user USER] [--verbose] [--cache-dir DIR] -- EMULATOR ARGS…',
+    summary: EXEC_SUMMARY,
+    usage: EXEC_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['verbose'], values: ['user', 'cache-dir'] }, 'exec');
       const command = [...a.positional, ...a.rest];
@@ -65,15 +73,15 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   xml: {
-    summary: 'transform domain XML: enable|disable eBPF RSS, or show our settings (stdin/stdout or FILE)',
-    usage: 'virt-ebpf xml enable|disable|show [--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off] [--wrapper-dir DIR] [--default-emulator PATH] [FILE|-]',
+    summary: XML_SUMMARY,
+    usage: XML_USAGE,
     async run(argv) {
       const { runXmlCommand } = await import('../xml');
       return writeResult(runXmlCommand(argv, () => readFileSync(0, 'utf8')));
     },
   },
   'kubevirt-sidecar': {
-    summary: "KubeVirt hook sidecar: print the VMI's domain XML with eBPF RSS when it asks (annotation virt-ebpf.io/rss)",
+    summary: KUBEVIRT_SUMMARY,
     usage: KUBEVIRT_USAGE,
     async run(argv) {
       const { runKubevirtSidecar } = await import('../managers');
@@ -81,7 +89,7 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   vdsm: {
-    summary: 'oVirt VDSM hook: edit $_hook_domxml in place for a VM with the custom property virt_ebpf=on',
+    summary: VDSM_SUMMARY,
     usage: VDSM_USAGE,
     async run(argv) {
       const { runVdsmHook } = await import('../managers');
@@ -89,8 +97,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   broker: {
-    summary: 'run the privileged broker in the foreground (what virt-ebpfd runs)',
-    usage: 'virt-ebpf broker [--config FILE]',
+    summary: BROKER_SUMMARY,
+    usage: BROKER_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { values: ['config'] }, 'broker');
       if (process.getuid?.() !== 0) {
@@ -136,8 +144,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   install: {
-    summary: 'install the hook, emulator wrappers, broker units, default config and the virt-ebpf command (root)',
-    usage: 'virt-ebpf install [--prefix DIR] [--host-wide | --no-host-wide] [--no-hook | --hook] [--no-rescan]',
+    summary: INSTALL_SUMMARY,
+    usage: INSTALL_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['no-rescan', 'host-wide', 'no-host-wide', 'hook', 'no-hook'], values: ['prefix'] }, 'install');
       if (a.flags.has('host-wide') && a.flags.has('no-host-wide')) throw new VirtEbpfError('USAGE', 'install: --host-wide and --no-host-wide together', { remedy: 'give one of them' });
@@ -189,8 +197,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   uninstall: {
-    summary: 'remove exactly what install added (refuses while domains are enabled, unless --force)',
-    usage: 'virt-ebpf uninstall [--force] [--no-rescan]',
+    summary: UNINSTALL_SUMMARY,
+    usage: UNINSTALL_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['force', 'no-rescan'] }, 'uninstall');
       requireRoot('uninstall');
@@ -217,8 +225,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   refresh: {
-    summary: 'rewrite wrappers whose real QEMU changed, so libvirt re-reads its capabilities',
-    usage: 'virt-ebpf refresh [--quiet]',
+    summary: REFRESH_SUMMARY,
+    usage: REFRESH_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['quiet'] }, 'refresh');
       requireRoot('refresh');
@@ -234,8 +242,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   doctor: {
-    summary: 'check everything eBPF RSS under libvirt needs, with the fix for each failure',
-    usage: 'virt-ebpf doctor [--json] [--cache-dir DIR]',
+    summary: DOCTOR_SUMMARY,
+    usage: DOCTOR_USAGE,
     async run(argv) {
       const a = parseArgs(argv, { flags: ['json'], values: ['cache-dir'] }, 'doctor');
       const { runChecks, formatChecks, doctorExitCode } = await import('../doctor');
@@ -245,8 +253,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   status: {
-    summary: 'show which running NICs steer with eBPF RSS and what the guest set (root)',
-    usage: 'virt-ebpf status [DOMAIN] [--json | --prometheus] [--sample MS]',
+    summary: STATUS_SUMMARY,
+    usage: STATUS_USAGE,
     async run(argv) {
       const { runStatus } = await import('../status');
       const r = await runStatus(argv);
@@ -255,8 +263,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   verify: {
-    summary: "check a domain's live steering program against a reference RSS on crafted flows (root)",
-    usage: 'virt-ebpf verify DOMAIN [--nic ID|MAC|TAP|prog:ID] [--flows N] [--seed S] [--json]',
+    summary: VERIFY_SUMMARY,
+    usage: VERIFY_USAGE,
     async run(argv) {
       const { runVerify } = await import('../verify');
       const r = await runVerify(argv);

@@ -1,6 +1,7 @@
 /**
  * The man page virt-ebpf(8) and the bash completion, made from the commands' own usage text
- * (src/cli/commands.ts) when the package is built: they cannot drift from the CLI. Pure.
+ * (src/cli/commands.ts, which takes it from each concept's usage.ts) when the package is built:
+ * they cannot drift from the CLI. Pure.
  */
 import type { Command } from './commands';
 

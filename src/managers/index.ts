@@ -4,4 +4,4 @@ export { beforeVmStart, beforeNicHotplug, readProperties, runVdsmPoint, VDSM_HOO
 export type { VdsmHookPoint, VdsmOptions, VdsmSettings } from './vdsm';
 export type { ManagerResult } from './common';
 export { runKubevirtSidecar, runVdsmHook } from './cli';
-export { KUBEVIRT_USAGE, VDSM_USAGE } from './usage';
+export { KUBEVIRT_USAGE, KUBEVIRT_SUMMARY, VDSM_USAGE, VDSM_SUMMARY } from './usage';

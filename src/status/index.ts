@@ -16,6 +16,7 @@ import { decideSteering, readTapHeader, sampleRuns, STEERING_LABELS, tapQueues, 
 import { libvirtQemuAccount } from '../broker/config';
 import { hostUuidFrom, statusDocument, tableDigest, type HostFacts } from './fleet';
 import { statusPrometheus } from './prometheus';
+import { STATUS_USAGE } from './usage';
 
 export { discoverQemus, discoverNics, discoverPlainNics, defaultNoEbpfReason, type DiscoverOptions, type QemuProcess, type QemuFacts, type DiscoveredNic, type NicEbpf, type NoEbpfExplainer } from './discover';
 export { parseQemuRssArgs, parseNetdevs, numericFds, looksLikeQemu, assignRssMapRoles, type NicArgs, type NetdevArgs, type QemuArgs, type MapShape } from './nics';
@@ -43,8 +44,7 @@ import { DEFAULT_PATHS } from '../install/plan';
 import { liveRssAliases } from './domain-xml';
 export { STATUS_SCHEMA, statusDocument, tableDigest, tableDigestInput, hostUuidFrom, libvirtUuid, type HostFacts, type HostUuidSource, type StatusDocument } from './fleet';
 export { statusPrometheus, escapeLabelValue } from './prometheus';
-
-export const STATUS_USAGE = 'virt-ebpf status [DOMAIN] [--json | --prometheus] [--sample MS]';
+export { STATUS_USAGE, STATUS_SUMMARY } from './usage';
 
 /** A domain given as name, UUID or QEMU pid. */
 export function matchesDomain(q: Pick<QemuProcess, 'pid' | 'domain'>, wanted: string): boolean {

@@ -12,11 +12,12 @@ import { describeFlow, referenceQueue, type Flow, type Steering } from '../rss';
 import { bar, classify, decodeRssView, readRssMaps, rssStateFromRaw, requireRootFor, selectQemus, type NicState, type RawRssMaps, type RssView, type DiscoveredNic, type QemuProcess } from '../status';
 import { buildFrame, type FrameOptions } from './frame';
 import { DEFAULT_SEED, generateFlows } from './flows';
+import { VERIFY_USAGE } from './usage';
 
 export { buildFrame, ETH_P_IP, ETH_P_IPV6, type FrameOptions } from './frame';
 export { generateFlows, prng, DEFAULT_SEED } from './flows';
+export { VERIFY_USAGE, VERIFY_SUMMARY } from './usage';
 
-export const VERIFY_USAGE = 'virt-ebpf verify DOMAIN [--nic ID|MAC|TAP|prog:ID] [--flows N] [--seed S] [--json]';
 export const DEFAULT_FLOWS = 256;
 const MAX_FLOWS = 1 << 16;
 

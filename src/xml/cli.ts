@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import { isVirtEbpfError, VirtEbpfError } from '../errors';
 import { POLICIES, type Policy } from './config';
+import { xmlHelp } from './usage';
 import { describeChange, disableDomain, enableDomain, isEnabled, readConfig, rssNics, warningLines, type Change } from './transform';
 
 export const DEFAULT_WRAPPER_DIR = '/usr/libexec/virt-ebpf';
@@ -18,23 +19,6 @@ export interface CommandResult {
   /** 0 done, 1 refused or failed, 2 bad usage. */
   code: number;
 }
-
-const USAGE = `usage: virt-ebpf xml enable [--all-virtio] [--queues N] [--policy strict|fallback] [--hotplug on|off]
-                          [--wrapper-dir DIR] [--default-emulator PATH] [FILE]
-       virt-ebpf xml disable [FILE]
-       virt-ebpf xml show [FILE]
-Reads domain XML from FILE (or stdin when FILE is absent or -), writes the result to stdout
-and what changed to stderr. show prints our metadata and the RSS NICs as JSON.
-  --all-virtio          turn rss on for every virtio NIC on a tap backend that has no rss setting
-  --queues N            queues (>= 2) for the NICs --all-virtio turns on; without it, NICs
-                        with fewer than 2 queues are skipped with a warning
-  --policy P            what the wrapper does when eBPF fds are unavailable (default strict)
-  --hotplug on|off      give NICs hot-plugged with rss on their eBPF fds (the hot-plug
-                        shim in QEMU; default on)
-  --wrapper-dir DIR     where the wrappers are (default ${DEFAULT_WRAPPER_DIR}); the wrapper
-                        of /x/y/qemu-system-x86_64 is DIR/qemu-system-x86_64
-  --default-emulator P  the emulator libvirt picks for a domain without <emulator>
-`;
 
 /** The wrapper for an emulator: same file name, in the wrapper directory. */
 export function wrapperInDir(dir: string): (emulator: string) => string {
@@ -130,7 +114,7 @@ export function report(changes: Change[], warnings: string[]): string {
 export function runXmlCommand(argv: string[], stdin: string | (() => string)): CommandResult {
   try {
     const p = parse(argv);
-    if (p === 'help') return { stdout: USAGE, stderr: '', code: 0 };
+    if (p === 'help') return { stdout: xmlHelp(DEFAULT_WRAPPER_DIR), stderr: '', code: 0 };
     let xml: string;
     if (p.file === undefined) {
       xml = typeof stdin === 'function' ? stdin() : stdin;

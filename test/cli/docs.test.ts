@@ -33,7 +33,8 @@ test('the man page names every command with its usage, and man renders it withou
     assert.equal(r.error, undefined, 'man must be installed');
     assert.equal(r.stderr, '', 'no warning');
     assert.match(r.stdout, /VIRT-EBPF\(8\)/);
-    assert.match(r.stdout, /virt-ebpf install \[--prefix DIR\]|install \[--prefix DIR\]/);
+    // man justifies the text: a long usage line comes back with its spaces widened
+    assert.match(r.stdout, /install\s+\[--prefix\s+DIR\]/);
   } finally {
     d.remove();
   }
