@@ -30,7 +30,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { cpus } from 'node:os';
-import { chmodSync, existsSync, renameSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { brokerRequest, DEFAULT_SOCKET } from '../src/broker/client';
@@ -437,8 +437,13 @@ async function benchHookless(scratch: string, out: string[]): Promise<void> {
   const E = PREFIX + 'n-enabled';
   define(domainXml({ name: D, nics: [{ rss: true }] }), scratch);
   defineEnabled(E, domainXml({ name: E, nics: [{ rss: true }] }), scratch);
+  // The mode as `install --hook` / `--no-hook` leave it: the hook file, and the manifest's
+  // `hook` field the broker goes by (it reads the manifest again when it changes).
+  const installed = readFileSync(DEFAULT_PATHS.manifest, 'utf8');
   const hook = async (on: boolean) => {
     if (on !== existsSync(HOOK)) renameSync(on ? HOOK_ASIDE : HOOK, on ? HOOK : HOOK_ASIDE);
+    const { hook: _, ...m } = JSON.parse(installed) as { hook?: string };
+    writeFileSync(DEFAULT_PATHS.manifest, JSON.stringify(on ? m : { ...m, hook: 'off' }, null, 2) + '\n');
     rescanHooks();
     await new Promise((r) => setTimeout(r, 300));
   };
@@ -458,6 +463,7 @@ async function benchHookless(scratch: string, out: string[]): Promise<void> {
     for (let i = 0; i < 12 * N; i++) for (const k of WILLIAMS_4[i % WILLIAMS_4.length]) await kinds[k]();
   } finally {
     await hook(true);
+    writeFileSync(DEFAULT_PATHS.manifest, installed);
   }
   const [c, b, ah, an] = xs;
   const base = 'C: not ours, no hook (no virt-ebpf; every domain not ours on a hook-less host)';

@@ -20,11 +20,14 @@ export interface DoctorOptions {
   cacheDir: string;
   socket?: string;
   manifest?: string;
+  /** the libvirt hook's path (default the install's) */
+  hookFile?: string;
   emulators?: string[];
 }
 
 function hostChecks(opts: DoctorOptions): Check[] {
   const manifestPath = opts.manifest ?? DEFAULT_PATHS.manifest;
+  const hookFile = opts.hookFile ?? DEFAULT_PATHS.hookFile;
   return [
     async () => {
       try {
@@ -94,7 +97,16 @@ function hostChecks(opts: DoctorOptions): Check[] {
         out.push({ name: `${e.kind} ${e.path}`, verdict: bad ? 'fail' : 'ok', detail: state, fix: bad ? 'virt-ebpf install (rewrites it)' : undefined, needed: bad && e.kind !== 'apparmor' && e.kind !== 'apt' });
       }
       if (m.hook === 'off') {
-        out.push({ name: 'libvirt hook', verdict: 'ok', detail: 'none (install --no-hook): the broker reads an enabled domain\'s settings from libvirt when its QEMU starts; no strict refusal before the start, no migrate/restore rewrite', needed: false });
+        const left = existsSync(hookFile);
+        out.push({
+          name: 'libvirt hook',
+          verdict: left ? 'warn' : 'ok',
+          detail: left
+            ? `install --no-hook, but ${hookFile} is there (edited, so install kept it) and libvirt runs it for every domain`
+            : "none (install --no-hook): the broker reads an enabled domain's settings from libvirt when its QEMU starts; no strict refusal before the start, no migrate/restore rewrite",
+          fix: left ? `remove ${hookFile} if it is not yours, then: virt-ebpf install` : undefined,
+          needed: false,
+        });
       }
       const stale = staleWrappers(manifestPath);
       out.push({
