@@ -29,7 +29,7 @@ async function main(): Promise<void> {
   const stateDir = join(dir.path, 'domains');
   mkdirSync(stateDir, { recursive: true });
   const user = lookupUser('libvirt-qemu');
-  const broker = await startTestBroker({ pool: { size: 4 } }, { cacheDir: join(dir.path, 'cache') });
+  const broker = await startTestBroker({ pool: { size: 4 } }, { cacheDir: join(dir.path, 'cache'), hookEnv: { stateDir } });
   const taps: Tap[] = [];
   const qemus: DomainQemu[] = [];
   const clients: QmpClient[] = [];

@@ -36,6 +36,21 @@ static char *domain_state(int argc, char **argv)
     return state;
 }
 
+/* The record is this start's own: the hook's (made at this start's prepare), not one the
+ * broker made at an earlier exec-plan of the domain (`"by":"exec"` with another QEMU's pid). */
+static int state_current(const char *state)
+{
+    if (!state)
+        return 0;
+    const char *end = state + strlen(state);
+    const char *obj = json_skip_ws(state, end);
+    char *by = json_string(json_member(obj, end, "by"), end);
+    int exec = by && !strcmp(by, "exec");
+    free(by);
+    long pid = 0;
+    return !exec || (json_int(json_member(obj, end, "pid"), end, 1, 1L << 30, &pid) && pid == (long)getpid());
+}
+
 static int hotplug_wanted(const char *state)
 {
     if (!state)
@@ -169,17 +184,18 @@ int main(int argc, char **argv)
      * it starts without it rather than not at all. */
     const char *policy = host_wide && !state ? "fallback" : resolve_policy(state);
     int hotplug = hotplug_wanted(state);
+    int current = state_current(state);
     free(state);
     int fds[VEBPF_MAX_FDS], nfds = 0;
     char **plan = NULL;
     /* Fds are needed for a command line with rss on it, and maybe under the host-wide wrapper
-     * (the broker applies the host's policy). Every domain start asks (-uuid: libvirt's, not a
-     * probe): the reply carries the domain's policy and hot-plug setting, which on a host
-     * without our hook only the broker can read. */
+     * (the broker applies the host's policy). A domain start (-uuid: libvirt's, not a probe)
+     * without a record of its own asks too: the reply carries the domain's policy and hot-plug
+     * setting, which on a host without our hook only the broker can read. */
     int needed = host_wide;
     for (int i = 0; i < n && !needed; i++)
         needed = strstr(args[i], "rss") != NULL;
-    if (needed || option(n, args, "-uuid"))
+    if (needed || (!current && option(n, args, "-uuid")))
         plan = exec_plan(real, n, args, needed, &policy, &hotplug, fds, &nfds);
     if (hotplug)
         hotplug_env(real, n, args, policy);

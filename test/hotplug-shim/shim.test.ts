@@ -32,7 +32,7 @@ const clients: QmpClient[] = [];
 before(async () => {
   needRoot('the broker loads BPF, taps are created, QEMU runs as libvirt-qemu');
   mkdirSync(stateDir, { recursive: true });
-  broker = await startTestBroker({ pool: { size: 1 } }, { cacheDir: join(dir.path, 'cache') });
+  broker = await startTestBroker({ pool: { size: 1 } }, { cacheDir: join(dir.path, 'cache'), hookEnv: { stateDir } });
 });
 
 after(async () => {

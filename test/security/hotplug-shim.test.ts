@@ -12,7 +12,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { chownSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -35,7 +35,7 @@ const children: ChildProcess[] = [];
 before(async () => {
   needRoot('the broker loads BPF, taps are created, QEMU runs as libvirt-qemu');
   mkdirSync(stateDir, { recursive: true });
-  broker = await startTestBroker({ pool: { size: 1 } }, { cacheDir: join(dir.path, 'cache') });
+  broker = await startTestBroker({ pool: { size: 1 } }, { cacheDir: join(dir.path, 'cache'), hookEnv: { stateDir } });
 });
 
 after(async () => {
@@ -49,7 +49,11 @@ after(async () => {
 
 async function domain(opts: { broker?: string; extra?: string[]; real?: string } = {}): Promise<DomainQemu> {
   const uuid = randomUUID();
-  const q = await startDomainQemu({ dir: dir.path, uid: qemuUser.uid, gid: qemuUser.gid, uuid, name: `sec-${uuid.slice(0, 8)}`, broker: opts.broker ?? broker.socket, stateDir, extra: opts.extra, real: opts.real });
+  const name = `sec-${uuid.slice(0, 8)}`;
+  // What the hook records at prepare for an enabled domain (the wrapper then asks the broker
+  // only for what the command line needs, here nothing).
+  writeFileSync(join(stateDir, `${uuid}.json`), JSON.stringify({ name, uuid, policy: 'strict', hotplug: true }));
+  const q = await startDomainQemu({ dir: dir.path, uid: qemuUser.uid, gid: qemuUser.gid, uuid, name, broker: opts.broker ?? broker.socket, stateDir, extra: opts.extra, real: opts.real });
   qemus.push(q);
   return q;
 }
