@@ -30,6 +30,8 @@
  *                          again after a libvirtd restart)
  *   VIRT_EBPF_EMULATOR     the real emulator (the broker's allowlist and pool key)
  *   VIRT_EBPF_POLICY       strict | fallback: what applies when the broker cannot be asked
+ *   VIRT_EBPF_HOST_WIDE    1 under the host-wide wrapper: a virtio-net device_add that says
+ *                          nothing of rss goes to the broker too (the host policy may give it rss)
  * and, read by shims/brokercall.c at each broker call and left as it is:
  *   VIRT_EBPF_BROKER_SOCKET (the wrapper sets it from the broker's config)
  */
@@ -92,7 +94,7 @@ static void *(*real_mmap)(void *, size_t, int, int, int, off_t);
 static void *(*real_mmap64)(void *, size_t, int, int, int, off_t);
 
 static int listen_fd = -1;
-static char emulator[4096], policy[16];
+static char emulator[4096], policy[16], host_wide[4];
 static struct conn conns[MAX_CONNS];
 static struct pending pendings[MAX_PENDING];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -137,6 +139,7 @@ __attribute__((constructor)) static void init(void)
     take_env("VIRT_EBPF_QMP_LISTEN", lfd, sizeof lfd);
     take_env("VIRT_EBPF_EMULATOR", emulator, sizeof emulator);
     take_env("VIRT_EBPF_POLICY", policy, sizeof policy);
+    take_env("VIRT_EBPF_HOST_WIDE", host_wide, sizeof host_wide);
     unsetenv("LD_PRELOAD");
     for (int i = 0; i < MAX_CONNS; i++)
         conns[i].fd = -1;
@@ -426,8 +429,8 @@ static void decide(struct conn *c, const char *line, size_t len)
 {
     const char *end = line + len;
     c->line_left = len;
-    if (!memmem(line, len, "device_add", 10) || !(memmem(line, len, "rss", 3) || memmem(line, len, "virtio-net", 10)))
-        return;  /* nothing the broker would plan (an rss device, or a virtio NIC the host policy may give rss): not asked */
+    if (!memmem(line, len, "device_add", 10) || !(memmem(line, len, "rss", 3) || (host_wide[0] == '1' && memmem(line, len, "virtio-net", 10))))
+        return;  /* nothing the broker would plan (an rss device, or under the host-wide wrapper a virtio NIC the host policy may give rss): not asked */
     struct device_plan p;
     int fds[MAX_FDS], nfds = 0;
     char why[4096];

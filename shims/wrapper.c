@@ -75,7 +75,7 @@ static char *beside_me(const char *name)
     return b.p;
 }
 
-static void hotplug_env(const char *real, int argc, char **argv, const char *policy)
+static void hotplug_env(const char *real, int argc, char **argv, const char *policy, int host_wide)
 {
     int lfd = monitor_fd(argc, argv);
     if (lfd < 0)
@@ -93,6 +93,8 @@ static void hotplug_env(const char *real, int argc, char **argv, const char *pol
     setenv("VIRT_EBPF_EMULATOR", real, 1);
     /* Only for when the broker cannot be asked at hot-plug time; the broker knows it otherwise. */
     setenv("VIRT_EBPF_POLICY", policy, 1);
+    if (host_wide)
+        setenv("VIRT_EBPF_HOST_WIDE", "1", 1);
     setenv("VIRT_EBPF_BROKER_SOCKET", broker_socket(), 1);
     free(so);
 }
@@ -198,7 +200,7 @@ int main(int argc, char **argv)
     if (needed || (!current && option(n, args, "-uuid")))
         plan = exec_plan(real, n, args, needed, &policy, &hotplug, fds, &nfds);
     if (hotplug)
-        hotplug_env(real, n, args, policy);
+        hotplug_env(real, n, args, policy, host_wide);
     char **out = calloc(n + 2, sizeof *out);
     out[0] = (char *)real;
     for (int i = 0; i < n; i++)

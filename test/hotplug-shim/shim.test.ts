@@ -146,6 +146,12 @@ test('broker down, fallback: device_add goes through unchanged (QEMU\'s own RSS)
   assert.deepEqual(await devices(c), ['net1']);
   assert.deepEqual(bpfFdsOf(q.pid), { progs: 0, maps: 0 });
   assert.match(q.log(), /policy is fallback: net1 is added without eBPF RSS/);
+  // A virtio-net device_add that says nothing of rss is not the broker's to plan outside the
+  // host-wide mode: it is not even sent (nothing about it in the log, no wait for a broker).
+  await addNetdev(c, 'hostnet2', 2);
+  await c.execute('device_add', { driver: 'virtio-net-pci', mq: true, netdev: 'hostnet2', id: 'net2', bus: 'pci.2', addr: '0x0' });
+  assert.deepEqual((await devices(c)).sort(), ['net1', 'net2']);
+  assert.doesNotMatch(q.log(), /net2/);
 });
 
 test('doctor sees the shim in every running domain with hot-plug on, and names one without it', async () => {
