@@ -26,7 +26,7 @@ const CMDLINE_MAX = 256 * 1024;
 
 /** The value after the last `-uuid` (or `--uuid`) in /proc/PID/cmdline, read up to CMDLINE_MAX bytes. */
 export function cmdlineUuid(pid: number): string | undefined {
-  const buf = Buffer.alloc(CMDLINE_MAX);
+  const buf = Buffer.allocUnsafe(CMDLINE_MAX); // only the n bytes read are looked at
   let n = 0;
   try {
     const fd = openSync(`/proc/${pid}/cmdline`, 'r');
@@ -38,12 +38,14 @@ export function cmdlineUuid(pid: number): string | undefined {
   } catch {
     return undefined; // gone
   }
+  // Searched within the bytes read only: the rest of the buffer is not the peer's.
+  const args = buf.subarray(0, n);
   let found: string | undefined;
   for (const opt of [Buffer.from('\0-uuid\0'), Buffer.from('\0--uuid\0')]) {
-    for (let at = buf.indexOf(opt, 0); at >= 0 && at < n; at = buf.indexOf(opt, at + 1)) {
+    for (let at = args.indexOf(opt, 0); at >= 0; at = args.indexOf(opt, at + 1)) {
       const start = at + opt.length;
-      const end = buf.indexOf(0, start);
-      if (end > start && end <= n) found = normalUuid(buf.subarray(start, end).toString('latin1')) ?? found;
+      const end = args.indexOf(0, start);
+      if (end > start) found = normalUuid(args.subarray(start, end).toString('latin1')) ?? found;
     }
   }
   return found;

@@ -1,0 +1,36 @@
+/**
+ * Which domain a QEMU-account peer runs: the `-uuid` in its /proc/PID/cmdline, read from real
+ * processes whose command lines carry it in the spellings QEMU takes.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { cmdlineUuid } from '../../src/broker/peer';
+
+const A = '0b7c1d2e-3f40-4152-8637-48596a7b8c9d';
+const B = 'ffffffff-0000-4000-8000-123456789abc';
+
+/** A shell that stays (its `; :` keeps it from exec'ing sleep) with `args` after its script. */
+async function withProcess(args: string[], check: (pid: number) => void): Promise<void> {
+  const p = spawn('/bin/sh', ['-c', 'sleep 10; :', 'sh', ...args], { stdio: 'ignore' });
+  try {
+    await new Promise((r) => setTimeout(r, 50));
+    check(p.pid!);
+  } finally {
+    p.kill('SIGKILL');
+  }
+}
+
+test('cmdlineUuid: -uuid and --uuid, the last one wins, lower case', async () => {
+  await withProcess(['-name', 'guest=x', '-uuid', A.toUpperCase()], (pid) => assert.equal(cmdlineUuid(pid), A));
+  await withProcess(['--uuid', B], (pid) => assert.equal(cmdlineUuid(pid), B));
+  await withProcess(['-uuid', A, '-uuid', B], (pid) => assert.equal(cmdlineUuid(pid), B));
+});
+
+test('cmdlineUuid: no uuid, a value that is not one, a -uuid with nothing after it, a gone process', async () => {
+  await withProcess(['-name', 'guest=x'], (pid) => assert.equal(cmdlineUuid(pid), undefined));
+  await withProcess(['-uuid', 'not-a-uuid'], (pid) => assert.equal(cmdlineUuid(pid), undefined));
+  await withProcess(['x', '-uuid'], (pid) => assert.equal(cmdlineUuid(pid), undefined));
+  await withProcess(['-uuid', ''], (pid) => assert.equal(cmdlineUuid(pid), undefined));
+  assert.equal(cmdlineUuid(2 ** 22 + 1), undefined);
+});
