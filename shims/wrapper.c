@@ -36,19 +36,22 @@ static char *domain_state(int argc, char **argv)
     return state;
 }
 
-/* The record is this start's own: the hook's (made at this start's prepare), not one the
- * broker made at an earlier exec-plan of the domain (`"by":"exec"` with another QEMU's pid). */
-static int state_current(const char *state)
+/* The record is this start's own: the hook's (made at this start's prepare; on a host without
+ * the hook, `hookless`, a hook's record is an old one nothing removed), or one the broker made
+ * for this very process (`"by":"exec"` with our pid). */
+static int state_current(const char *state, int hookless)
 {
-    if (!state)
+    const char *end = state ? state + strlen(state) : NULL;
+    const char *obj = state ? json_skip_ws(state, end) : NULL;
+    if (!obj || obj >= end || *obj != '{')
         return 0;
-    const char *end = state + strlen(state);
-    const char *obj = json_skip_ws(state, end);
     char *by = json_string(json_member(obj, end, "by"), end);
     int exec = by && !strcmp(by, "exec");
     free(by);
     long pid = 0;
-    return !exec || (json_int(json_member(obj, end, "pid"), end, 1, 1L << 30, &pid) && pid == (long)getpid());
+    if (exec)
+        return json_int(json_member(obj, end, "pid"), end, 1, 1L << 30, &pid) && pid == (long)getpid();
+    return !hookless;
 }
 
 static int hotplug_wanted(const char *state)
@@ -172,6 +175,9 @@ int main(int argc, char **argv)
     char *hw = text ? script_field(text, argv[1], "host-wide", ignored, sizeof ignored) : NULL;
     int host_wide = hw && !strcmp(hw, "on");
     free(hw);
+    char *hk = text ? script_field(text, argv[1], "hook", ignored, sizeof ignored) : NULL;
+    int hookless = hk && !strcmp(hk, "off");
+    free(hk);
     free(text);
     if (!real || real[0] != '/') {
         fprintf(stderr, "virt-ebpf: %s\n", real ? "the wrapper's real= is not an absolute path; run `virt-ebpf install` again" : why);
@@ -186,7 +192,7 @@ int main(int argc, char **argv)
      * it starts without it rather than not at all. */
     const char *policy = host_wide && !state ? "fallback" : resolve_policy(state);
     int hotplug = hotplug_wanted(state);
-    int current = state_current(state);
+    int current = state_current(state, hookless);
     free(state);
     int fds[VEBPF_MAX_FDS], nfds = 0;
     char **plan = NULL;

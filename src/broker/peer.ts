@@ -38,17 +38,25 @@ export function cmdlineUuid(pid: number): string | undefined {
   } catch {
     return undefined; // gone
   }
-  // Searched within the bytes read only: the rest of the buffer is not the peer's.
-  const args = buf.subarray(0, n);
-  let found: string | undefined;
+  // The bytes read only: the rest of the buffer is not the peer's.
+  return uuidIn(buf.subarray(0, n));
+}
+
+/**
+ * The value after the last `-uuid` or `--uuid` (whichever comes later, as QEMU reads it) in the
+ * NUL-separated arguments `args` (/proc/PID/cmdline). Pure.
+ */
+export function uuidIn(args: Buffer): string | undefined {
+  let found: { at: number; uuid: string } | undefined;
   for (const opt of [Buffer.from('\0-uuid\0'), Buffer.from('\0--uuid\0')]) {
     for (let at = args.indexOf(opt, 0); at >= 0; at = args.indexOf(opt, at + 1)) {
       const start = at + opt.length;
       const end = args.indexOf(0, start);
-      if (end > start) found = normalUuid(args.subarray(start, end).toString('latin1')) ?? found;
+      const uuid = end > start ? normalUuid(args.subarray(start, end).toString('latin1')) : undefined;
+      if (uuid && (!found || at > found.at)) found = { at, uuid };
     }
   }
-  return found;
+  return found?.uuid;
 }
 
 /** Call only for a peer the allowlist admits: it reads the peer's /proc. */

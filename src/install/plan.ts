@@ -135,14 +135,14 @@ export function installPlan(facts: HostFacts): Artifact[] {
     kind: 'wrapper' as const,
     path: wrapperPath(p, e.path),
     mode: 0o755,
-    content: renderWrapper({ real: e.real ?? e.path, shim, identity: e.identity }),
+    content: renderWrapper({ real: e.real ?? e.path, shim, identity: e.identity, hookless: facts.hook === false }),
   }));
   if (facts.hostWide) {
     for (const e of facts.emulators) {
       const real = e.real ?? e.path;
       if (real === e.path) throw new VirtEbpfError('USAGE', `${e.path} is not diverted: the host-wide wrapper cannot take its place`, { remedy: 'run `virt-ebpf install --host-wide` (it diverts the packaged emulators first)' });
       out.push({ kind: 'diversion', path: e.path, mode: 0, content: real });
-      out.push({ kind: 'wrapper', path: e.path, mode: 0o755, content: renderWrapper({ real, shim, identity: e.identity, hostWide: true }) });
+      out.push({ kind: 'wrapper', path: e.path, mode: 0o755, content: renderWrapper({ real, shim, identity: e.identity, hostWide: true, hookless: facts.hook === false }) });
     }
   }
   if (facts.hook !== false) out.push({ kind: 'hook', path: p.hookFile, mode: 0o755, content: fill(facts.templates.hook, vars) });

@@ -3,7 +3,7 @@
  * and the wrapper shim (shims/wrapper.c, PREFIX/dist/shims/vebpf-wrapper): the kernel runs the
  * shim with the wrapper's path first, so a start costs no shell (libvirt's capability probing
  * runs it too: the shim hands any command line without an rss device or libvirt's monitor to
- * the real QEMU as it is). The shim reads `real=` and `host-wide=`; `identity=` records which build of the real
+ * the real QEMU as it is). The shim reads `real=`, `host-wide=` and `hook=`; `identity=` records which build of the real
  * QEMU the wrapper was written for, so a changed QEMU is noticed (install/apply.ts refresh:
  * libvirt keys its capability cache on the wrapper's ctime). Pure: render and parse.
  */
@@ -19,6 +19,11 @@ export interface WrapperSpec {
    * so the shim asks the broker for every domain start, not only those with an rss device
    */
   hostWide?: boolean;
+  /**
+   * installed with --no-hook: no record the hook made is this start's own (none is removed at
+   * release any more), so the shim asks the broker at every domain start
+   */
+  hookless?: boolean;
 }
 
 export const WRAPPER_MARK = '# virt-ebpf emulator wrapper';
@@ -31,6 +36,7 @@ export function renderWrapper(w: WrapperSpec): string {
     `real=${w.real}`,
     `identity=${w.identity}`,
     ...(w.hostWide ? ['host-wide=on'] : []),
+    ...(w.hookless ? ['hook=off'] : []),
     '',
   ].join('\n');
 }
@@ -43,5 +49,5 @@ export function parseWrapper(text: string): WrapperSpec | null {
   const identity = field('identity');
   const shim = first.slice(2);
   if (!real || !identity) return null;
-  return { real, identity, shim, ...(field('host-wide') === 'on' ? { hostWide: true } : {}) };
+  return { real, identity, shim, ...(field('host-wide') === 'on' ? { hostWide: true } : {}), ...(field('hook') === 'off' ? { hookless: true } : {}) };
 }

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { cmdlineUuid } from '../../src/broker/peer';
+import { cmdlineUuid, uuidIn } from '../../src/broker/peer';
 
 const A = '0b7c1d2e-3f40-4152-8637-48596a7b8c9d';
 const B = 'ffffffff-0000-4000-8000-123456789abc';
@@ -33,4 +33,17 @@ test('cmdlineUuid: no uuid, a value that is not one, a -uuid with nothing after 
   await withProcess(['x', '-uuid'], (pid) => assert.equal(cmdlineUuid(pid), undefined));
   await withProcess(['-uuid', ''], (pid) => assert.equal(cmdlineUuid(pid), undefined));
   assert.equal(cmdlineUuid(2 ** 22 + 1), undefined);
+});
+
+test('uuidIn: only the bytes given count, and the later of -uuid and --uuid wins', () => {
+  const big = Buffer.alloc(4096);
+  const real = Buffer.from('qemu\0-name\0guest=x\0');
+  real.copy(big);
+  // Bytes past the arguments (an earlier peer's, in a reused buffer) name another uuid.
+  Buffer.from(`\0-uuid\0${A}\0`).copy(big, 1000);
+  assert.equal(uuidIn(big.subarray(0, real.length)), undefined);
+  assert.equal(uuidIn(big), A, 'the same bytes within the view are found');
+  assert.equal(uuidIn(Buffer.from(`q\0--uuid\0${B}\0-uuid\0${A}\0`)), A);
+  assert.equal(uuidIn(Buffer.from(`q\0-uuid\0${A}\0--uuid\0${B}\0`)), B);
+  assert.equal(uuidIn(Buffer.from(`q\0-uuid\0${A}`)), undefined, 'a value without its NUL (the kernel always ends one) is not taken');
 });

@@ -13,6 +13,7 @@ import { readManifest } from '../../src/install/apply';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { DOMAIN_STATE_DIR, readDomainState } from '../../src/policy';
 import { SHIM_SO } from '../../src/shims/constants';
+import { parseWrapper } from '../../src/install/wrapper-script';
 import { BrokerChild, tearDownInstalled } from './fixture';
 import { bpfFds, cli, defineEnabled, define, domainState, domainXml, qemuPid, removeDomain, virsh, virshTry, waitFor } from './libvirt';
 import { libvirtdReachable } from '../libvirt/fixture';
@@ -24,6 +25,7 @@ const P = PREFIX + 'plain';
 /** enabled for hot-plug only: no RSS NIC at start */
 const H = PREFIX + 'hotplug-only';
 const REAL_QEMU = '/usr/bin/qemu-system-x86_64';
+const WRAPPER = `${DEFAULT_PATHS.wrapperDir}/qemu-system-x86_64`;
 const broker = new BrokerChild();
 const scratch = tempDir('vebpf-hookless-');
 let installedBefore = false;
@@ -79,6 +81,7 @@ test('install --no-hook: no hook file, libvirtd told to rescan, the mode kept by
   assert.equal(readManifest(DEFAULT_PATHS.manifest)!.hook, 'off');
   const doctor = cli('doctor');
   assert.match(doctor.stdout, /libvirt hook.*none \(install --no-hook\)/);
+  assert.equal(parseWrapper(readFileSync(WRAPPER, 'utf8'))?.hookless, true, 'the wrapper says so (hook=off): no record of the hook is a start\'s own');
 });
 
 test('an enabled domain (strict, hot-plug on) starts with its fds; the broker read its settings from libvirt at exec-plan, no hook ran', async () => {
@@ -156,6 +159,7 @@ test('install --hook puts the hook back; prepare records the settings again', as
   assert.equal(r.status, 0, r.stderr);
   assert.ok(existsSync(DEFAULT_PATHS.hookFile));
   assert.equal(readManifest(DEFAULT_PATHS.manifest)!.hook, undefined);
+  assert.equal(parseWrapper(readFileSync(WRAPPER, 'utf8'))?.hookless, undefined);
   const pid = start(S);
   assert.equal(bpfFds(pid).length, 4);
   assert.deepEqual(stateOf(S), { policy: 'strict', hotplug: true, writer: { by: 'hook' } }, 'written by the hook at prepare');
@@ -164,18 +168,30 @@ test('install --hook puts the hook back; prepare records the settings again', as
   assert.ok(!existsSync(`${DOMAIN_STATE_DIR}/${uuidOf(S)}.json`), 'release removed it');
 });
 
-test("install --no-hook while a domain runs: the hook's record outlives it (no release runs), and the next start reads the definition again", async () => {
+test("install --no-hook while domains run: the hook's records outlive them (no release runs), and their next starts read the definitions again, with an RSS NIC or without", async () => {
   const pid = start(S);
+  const pidH = start(H);
   assert.deepEqual(stateOf(S), { policy: 'strict', hotplug: true, writer: { by: 'hook' } });
+  assert.deepEqual(stateOf(H), { policy: 'fallback', hotplug: false, writer: { by: 'hook' } });
   const r = cli('install', '--no-hook');
   assert.equal(r.status, 0, r.stderr);
   virsh('destroy', S);
+  virsh('destroy', H);
   assert.deepEqual(stateOf(S).writer, { by: 'hook' }, "no hook ran at release: the hook's record is left");
-  const e = cli('enable', S, '--policy', 'fallback', '--hotplug', 'off');
-  assert.equal(e.status, 0, e.stderr);
+  assert.deepEqual(stateOf(H).writer, { by: 'hook' });
+  for (const [d, policy, hotplug] of [[S, 'fallback', 'off'], [H, 'strict', 'on']] as const) {
+    const e = cli('enable', d, '--policy', policy, '--hotplug', hotplug);
+    assert.equal(e.status, 0, e.stderr);
+  }
   const next = start(S);
   assert.notEqual(next, pid);
   assert.deepEqual(stateOf(S), { policy: 'fallback', hotplug: false, writer: { by: 'exec', pid: next } }, 'the status libvirt wrote wins over the old record');
   assert.ok(!mapsOf(next).includes(SHIM_SO));
+  // No RSS NIC at start: the wrapper asks because the hook's old record is not this start's.
+  const nextH = start(H);
+  assert.notEqual(nextH, pidH);
+  assert.deepEqual(stateOf(H), { policy: 'strict', hotplug: true, writer: { by: 'exec', pid: nextH } });
+  assert.ok(mapsOf(nextH).includes(SHIM_SO), 'the new hot-plug setting reached the wrapper');
   virsh('destroy', S);
+  virsh('destroy', H);
 });
