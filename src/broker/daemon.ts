@@ -213,6 +213,7 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     wrapped: () => wrapperTargets(manifest),
     watch: [DPKG_INFO_DIR, manifest],
   });
+  const install = fromManifest(manifest, (m) => ({ hostWide: isHostWide(m), hookless: isHookless(m) }));
   const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey), { allowlist, probeAs: probeAccount, loader });
   broker = new Broker({
     socket: config.socket,
@@ -224,8 +225,8 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
     limits: config.limits,
     policy: config.policy as Policy,
     // The host-wide policy: the configured one while the install is host-wide.
-    hostRss: fromManifest(manifest, (m) => (isHostWide(m) ? (config.hostWide.rss as HostRss) : 'off')),
-    hookless: fromManifest(manifest, isHookless),
+    hostRss: () => (install().hostWide ? (config.hostWide.rss as HostRss) : 'off'),
+    hookless: () => install().hookless,
     reservations: { ttlMs: config.pool.reservationTtlMs, maxTotal: config.pool.maxReserved },
     resolve,
     logger,

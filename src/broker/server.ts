@@ -310,8 +310,9 @@ export class Broker {
   }
 
   /**
-   * What a plan of this domain goes by, from the state the hook recorded at prepare (read once
-   * per request): the host-wide policy on its devices, its policy and its hot-plug setting.
+   * What a plan of this domain goes by (read once per request): the settings exec-plan just read
+   * from libvirt (`live`), else the record of the domain — the hook's, or exec-plan's for this
+   * pid: the host-wide policy on its devices, its policy and its hot-plug setting.
    * The host-wide policy serves a domain the hook recorded nothing for; one with a state of ours
    * chose for itself: enabled (its NICs are the ones enable set rss on; the policy adding others
    * could cost it its start) or opted out. A domain that never asked for eBPF starts without it

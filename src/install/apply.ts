@@ -142,22 +142,24 @@ export interface InstallReport {
   hookRescan: string;
 }
 
-/** Whether the install at `manifestPath` is host-wide (it diverted emulators). */
-export function isHostWide(manifestPath: string): boolean {
+/** `says` of the install manifest at `manifestPath`; false without one, or with a corrupt one. */
+function manifestSays(manifestPath: string, says: (m: Manifest) => boolean): boolean {
   try {
-    return readManifest(manifestPath)?.entries.some((e) => e.kind === 'diversion') ?? false;
+    const m = readManifest(manifestPath);
+    return m ? says(m) : false;
   } catch {
     return false;
   }
 }
 
+/** Whether the install at `manifestPath` is host-wide (it diverted emulators). */
+export function isHostWide(manifestPath: string): boolean {
+  return manifestSays(manifestPath, (m) => m.entries.some((e) => e.kind === 'diversion'));
+}
+
 /** Whether the install at `manifestPath` has no libvirt hook (install --no-hook). */
 export function isHookless(manifestPath: string): boolean {
-  try {
-    return readManifest(manifestPath)?.hook === 'off';
-  } catch {
-    return false;
-  }
+  return manifestSays(manifestPath, (m) => m.hook === 'off');
 }
 
 /** Tell libvirt about a new/removed hook: hooks are discovered at daemon start; SIGHUP rescans. */

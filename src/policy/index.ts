@@ -60,7 +60,8 @@ export function readDomainState(uuid: string | undefined, dir = DOMAIN_STATE_DIR
     policy: isPolicy(st.policy) ? st.policy : undefined,
     hotplug: typeof st.hotplug === 'boolean' ? st.hotplug : undefined,
     ...(st.hostWide === 'off' ? { hostWideOff: true } : {}),
-    writer: st.by === 'exec' && Number.isSafeInteger(st.pid) ? { by: 'exec', pid: st.pid as number } : { by: 'hook' },
+    // An exec record without a usable pid is no process's (the wrapper reads it so too).
+    writer: st.by === 'exec' ? { by: 'exec', pid: Number.isSafeInteger(st.pid) ? (st.pid as number) : -1 } : { by: 'hook' },
   };
 }
 
@@ -79,9 +80,8 @@ export function removeDomainState(uuid: string | undefined, dir = DOMAIN_STATE_D
 }
 
 export function resolvePolicy(uuid: string | undefined, opts: { stateDir?: string; configPath?: string } = {}): Policy {
-  const statePath = uuid ? domainStatePath(uuid, opts.stateDir) : undefined;
-  const perDomain = statePath ? readJson(statePath)?.policy : undefined;
-  if (isPolicy(perDomain)) return perDomain;
+  const perDomain = readDomainState(uuid, opts.stateDir).policy;
+  if (perDomain) return perDomain;
   const global = readJson(opts.configPath ?? CONFIG_FILE)?.policy;
   return isPolicy(global) ? global : DEFAULT_POLICY;
 }
