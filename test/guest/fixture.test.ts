@@ -10,6 +10,7 @@ import { createSocket } from 'node:dgram';
 import { existsSync, statSync } from 'node:fs';
 import { bootGuest, DEFAULT_SCRIPT, ensureFixture, parseEthtoolChannels, parseEthtoolRss, parseEthtoolStats, type BootedGuest, type GuestFixture } from '../support/guest';
 import { ip } from '../support/guest/tap';
+import { spreadPorts } from '../libvirt-guest/flows';
 import { isVirtEbpfError } from '../../src/errors';
 import { needRoot, QEMU, watchFds } from '../harness';
 import { HASH_TYPES_LINUX_DEFAULT, rssHashInput, toeplitz } from '../../src/rss';
@@ -113,13 +114,14 @@ test('UDP flows from the host land exactly on the queues a reference Toeplitz ha
   const expected = [0, 0, 0, 0];
   const sockets = 8;
   const portsPerSocket = 25;
+  const dports = spreadPorts(portsPerSocket);
   for (let s = 0; s < sockets; s++) {
     const sock = createSocket('udp4');
     try {
       await new Promise<void>((resolve, reject) => sock.bind({ address: HOST_IP, port: 0 }, resolve).once('error', reject));
       const sport = sock.address().port;
       for (let p = 0; p < portsPerSocket; p++) {
-        const dport = 20000 + p;
+        const dport = dports[p];
         expected[rss.table[toeplitz(key, rssHashInput({ family: 4, proto: 'udp', src: HOST_IP, dst: GUEST_IP, sport, dport }, HASH_TYPES_LINUX_DEFAULT)!.input) % rss.size]]++;
         await new Promise<void>((resolve, reject) => sock.send(Buffer.from('flow'), dport, GUEST_IP, (e) => (e ? reject(e) : resolve())));
       }
