@@ -6,8 +6,9 @@
  * start of a line costs one compare here.
  *
  * It carries bytes and fds and decides nothing. At the start of each line it peeks at the whole
- * line; a line that mentions `device_add` and `rss` or `virtio-net` goes to the broker (`device-plan`,
- * src/broker/server.ts), which answers with the bytes to splice into the line, where, and the
+ * line; a line that names a kind's QMP command and marker (`device_add` and `rss`, from
+ * src/argv/handoff.ts), or under the host-wide wrapper `device_add` and `virtio-net`, goes to
+ * the broker (`device-plan`, src/broker/server.ts), which answers with the bytes to splice into the line, where, and the
  * fds those bytes name (`@virt-ebpf-fd:K@`, replaced here by the numbers the fds got in QEMU).
  * QEMU then reads the line with the splice in it; the original bytes stay in the socket while
  * the spliced ones are handed out, so QEMU's poll() keeps seeing data. Only when the broker
@@ -424,13 +425,26 @@ static int asks_rss(const char *line, const char *end, const char *args)
     return on;
 }
 
+/* Each kind's QMP command and marker (src/argv/handoff.ts, through the generated header). */
+static const char *const plan_lines[][2] = VEBPF_PLAN_LINES;
+
+/* Whether the broker may plan something for this line: it names a kind's command and marker, or,
+ * under the host-wide wrapper, it adds a virtio NIC the host policy may give rss. */
+static int may_plan(const char *line, size_t len)
+{
+    for (size_t i = 0; i < sizeof plan_lines / sizeof plan_lines[0]; i++)
+        if (memmem(line, len, plan_lines[i][0], strlen(plan_lines[i][0])) && memmem(line, len, plan_lines[i][1], strlen(plan_lines[i][1])))
+            return 1;
+    return host_wide[0] == '1' && memmem(line, len, "device_add", 10) && memmem(line, len, "virtio-net", 10);
+}
+
 /* The splice for one complete line [line, line+len) QEMU is about to read; *c set to hand it out. */
 static void decide(struct conn *c, const char *line, size_t len)
 {
     const char *end = line + len;
     c->line_left = len;
-    if (!memmem(line, len, "device_add", 10) || !(memmem(line, len, "rss", 3) || (host_wide[0] == '1' && memmem(line, len, "virtio-net", 10))))
-        return;  /* nothing the broker would plan (an rss device, or under the host-wide wrapper a virtio NIC the host policy may give rss): not asked */
+    if (!may_plan(line, len))
+        return;  /* nothing the broker would plan: not asked */
     struct device_plan p;
     int fds[MAX_FDS], nfds = 0;
     char why[4096];

@@ -1,13 +1,14 @@
 /**
- * A QMP `device_add` line as the hot-plug shim sees it inside QEMU (bytes, one line): does it
- * add a virtio-net device that wants eBPF RSS fds, and where do the fds go? The same rules as
- * for `-device` on the command line (qemu-argv.ts, and host-policy.ts under the host-wide mode). The
- * answer is a byte offset in the line —
- * just inside the `arguments` object — where the shim splices the property in; the shim itself
- * knows no rule. Pure.
+ * A QMP hot-plug line (`device_add`, `netdev_add`) as the hot-plug shim sees it inside QEMU
+ * (bytes, one line): does it add something that wants fds of one of the kinds (handoff.ts), and
+ * where do the fds go? The same rules as for the command line (qemu-argv.ts, and host-policy.ts
+ * under the host-wide mode). The answer is a byte offset in the line — just inside the
+ * `arguments` object — where the shim splices the property in; the shim itself knows no rule.
+ * Pure.
  */
-import { DeviceArg, isRssDevice } from './qemu-argv';
+import { handoffOf, type DeviceArg } from './qemu-argv';
 import { hostTurnsRssOn, type HostRss } from './host-policy';
+import { HANDOFFS, RSS_HANDOFF, typeKey, type HandoffKind } from './handoff';
 
 export interface DeviceAddPlan {
   /** byte offset just after the `{` that opens `arguments` */
@@ -15,6 +16,8 @@ export interface DeviceAddPlan {
   /** the device's id, for messages */
   id?: string;
   device: DeviceArg;
+  /** the kind of fds it gets */
+  kind: HandoffKind;
   /** the host policy turns rss on: `"rss":true,` goes in at `at` with the fds */
   addRss: boolean;
 }
@@ -94,8 +97,8 @@ function str(v: unknown): string | undefined {
   return typeof v === 'string' ? v : undefined;
 }
 
-/** Where an RSS virtio-net `device_add` takes its fds; null for any other line. */
-export function planDeviceAdd(line: Buffer, hostRss: HostRss = 'off'): DeviceAddPlan | null {
+/** Where a hot-plug that wants fds of one of `kinds` takes them; null for any other line. */
+export function planDeviceAdd(line: Buffer, hostRss: HostRss = 'off', kinds: readonly HandoffKind[] = HANDOFFS): DeviceAddPlan | null {
   let msg: unknown;
   try {
     msg = JSON.parse(line.toString('utf8'));
@@ -105,15 +108,19 @@ export function planDeviceAdd(line: Buffer, hostRss: HostRss = 'off'): DeviceAdd
   if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) return null;
   const m = msg as Record<string, unknown>;
   const args = m.arguments;
-  if (m.execute !== 'device_add' || typeof args !== 'object' || args === null || Array.isArray(args)) return null;
+  const option = kinds.find((k) => k.qmpCommand === m.execute)?.option;
+  if (!option || typeof args !== 'object' || args === null || Array.isArray(args)) return null;
   const a = args as Record<string, unknown>;
-  if (typeof a.driver !== 'string') return null;
-  const device: DeviceArg = { index: -1, form: 'json', driver: a.driver, id: str(a.id), netdev: str(a.netdev), json: a };
-  const rss = isRssDevice(device);
-  const addRss = hostTurnsRssOn(device, hostRss);
-  if (!(rss.wants || addRss) || rss.hasFds) return null;
+  const type = a[typeKey(option)];
+  if (typeof type !== 'string') return null;
+  const device: DeviceArg = { index: -1, form: 'json', driver: type, id: str(a.id), netdev: str(a.netdev), json: a };
+  const wanted = handoffOf(device, option, kinds);
+  const addRss = !wanted && option === RSS_HANDOFF.option && hostTurnsRssOn(device, hostRss);
+  const kind = wanted?.kind ?? (addRss ? RSS_HANDOFF : undefined);
+  const hasFds = wanted ? wanted.hasFds : kind?.properties.some((p) => a[p.name] !== undefined);
+  if (!kind || hasFds) return null;
   const top = members(line, skipWs(line, 0));
   const argsAt = top?.get('arguments');
   if (argsAt === undefined || members(line, argsAt) === undefined) return null;
-  return { at: argsAt + 1, id: device.id, device, addRss };
+  return { at: argsAt + 1, id: device.id, device, kind, addRss };
 }

@@ -1,18 +1,20 @@
 /**
- * The QEMU command line as data: find the virtio-net devices that want eBPF RSS, name the
- * fds the command line refers to, and rewrite device arguments to carry our fds.
- * Pure functions only; the exec/wrapper edges do the I/O.
+ * The QEMU command line as data: find the devices and netdevs that want fds of ours (the kinds
+ * of handoff.ts), name the fds the command line refers to, and rewrite their arguments to carry
+ * our fds. Pure functions only; the exec/wrapper edges do the I/O.
  */
 import { VirtEbpfError } from '../errors';
 import { KeyVal, keyValGet, parseKeyVal, parseQemuBool, serializeKeyVal } from './keyval';
 
-import { RSS_PROPERTY_NAMES, type RssProperty } from './handoff';
+import { HANDOFFS, isVirtioNetDriver, typeKey, type FdPropertyRef, type HandoffKind, type RssProperty } from './handoff';
 export type { RssProperty };
+export { isVirtioNetDriver };
 
 export interface DeviceArg {
-  /** index in argv of the device's argument (the token after -device) */
+  /** index in argv of the argument (the token after -device or -netdev) */
   index: number;
   form: 'json' | 'keyval';
+  /** a device's driver; a netdev's type */
   driver: string;
   id?: string;
   netdev?: string;
@@ -21,85 +23,100 @@ export interface DeviceArg {
   keyval?: KeyVal;
 }
 
-export interface RssDevice extends DeviceArg {
-  /** the device already names eBPF fds (set by the user): leave it alone */
+export interface HandoffDevice extends DeviceArg {
+  /** the kind of fds it wants */
+  kind: HandoffKind;
+  /** it already names fds of that kind (set by the user): leave it alone */
   hasFds: boolean;
 }
 
-const DEVICE_OPTS = new Set(['-device', '--device']);
+/** An RSS device (the RSS kind's HandoffDevice). */
+export type RssDevice = HandoffDevice;
+
 /** options whose values may name inherited fds (libvirt passes monitor, taps and vhost by number) */
 const FD_BEARING_OPTS = new Set(['-chardev', '-netdev', '-nic', '-add-fd', '-device', '-object', '-blockdev', '-drive', '-fsdev', '-mon', '-qmp', '-incoming', '-audiodev', '-vnc']);
-const FD_KEYS = new Set(['fd', 'fds', 'vhostfd', 'vhostfds', 'sock-fd']);
-
-export function isVirtioNetDriver(driver: string): boolean {
-  return /^virtio-net(-pci(-transitional|-non-transitional)?|-device|-ccw)?$/.test(driver);
-}
+/** keys whose values are fd numbers: QEMU's own, and every kind's properties (a user may set them) */
+const FD_KEYS = new Set(['fd', 'fds', 'vhostfd', 'vhostfds', 'sock-fd', 'sock-fds', ...HANDOFFS.flatMap((k) => k.properties.map((p) => p.name))]);
 
 function norm(opt: string): string {
   return opt.startsWith('--') ? opt.slice(1) : opt;
 }
 
-export function parseDeviceArg(text: string, index: number): DeviceArg {
+export function parseDeviceArg(text: string, index: number, option: HandoffKind['option'] = '-device'): DeviceArg {
+  const tk = typeKey(option);
   if (text.trimStart().startsWith('{')) {
     let json: unknown;
     try {
       json = JSON.parse(text);
     } catch (e) {
-      throw new VirtEbpfError('ARGV_INVALID', `-device argument ${index} is not valid JSON: ${(e as Error).message}`, {
-        remedy: 'fix the -device JSON on the command line (QEMU would reject it too)',
+      throw new VirtEbpfError('ARGV_INVALID', `${option} argument ${index} is not valid JSON: ${(e as Error).message}`, {
+        remedy: `fix the ${option} JSON on the command line (QEMU would reject it too)`,
       });
     }
-    if (typeof json !== 'object' || json === null || Array.isArray(json) || typeof (json as { driver?: unknown }).driver !== 'string') {
-      throw new VirtEbpfError('ARGV_INVALID', `-device argument ${index} is JSON without a "driver" string`, {
-        remedy: 'give -device JSON objects a "driver" member',
+    if (typeof json !== 'object' || json === null || Array.isArray(json) || typeof (json as Record<string, unknown>)[tk] !== 'string') {
+      throw new VirtEbpfError('ARGV_INVALID', `${option} argument ${index} is JSON without a "${tk}" string`, {
+        remedy: `give ${option} JSON objects a "${tk}" member`,
       });
     }
     const o = json as Record<string, unknown>;
-    return { index, form: 'json', driver: o.driver as string, id: str(o.id), netdev: str(o.netdev), json: o };
+    return { index, form: 'json', driver: o[tk] as string, id: str(o.id), netdev: str(o.netdev), json: o };
   }
-  const kv = parseKeyVal(text, 'driver');
-  return { index, form: 'keyval', driver: keyValGet(kv, 'driver') ?? '', id: keyValGet(kv, 'id'), netdev: keyValGet(kv, 'netdev'), keyval: kv };
+  const kv = parseKeyVal(text, tk);
+  return { index, form: 'keyval', driver: keyValGet(kv, tk) ?? '', id: keyValGet(kv, 'id'), netdev: keyValGet(kv, 'netdev'), keyval: kv };
 }
 
 function str(v: unknown): string | undefined {
   return typeof v === 'string' ? v : undefined;
 }
 
-export function deviceArgs(argv: readonly string[]): DeviceArg[] {
+/** Every argument of one option (`-device`, `-netdev`; `--` spellings too), in command-line order. */
+export function optionArgs(argv: readonly string[], option: HandoffKind['option']): DeviceArg[] {
   const out: DeviceArg[] = [];
   for (let i = 0; i < argv.length - 1; i++) {
-    if (DEVICE_OPTS.has(argv[i])) {
-      out.push(parseDeviceArg(argv[i + 1], i + 1));
+    if (norm(argv[i]) === option) {
+      out.push(parseDeviceArg(argv[i + 1], i + 1, option));
       i++;
     }
   }
   return out;
 }
 
-function rssOn(d: DeviceArg): boolean {
-  const v = d.form === 'json' ? d.json!.rss : keyValGet(d.keyval!, 'rss');
-  return parseQemuBool(v) === true;
+export function deviceArgs(argv: readonly string[]): DeviceArg[] {
+  return optionArgs(argv, '-device');
 }
 
-function namesFds(d: DeviceArg): boolean {
-  const has = (k: string) => (d.form === 'json' ? d.json![k] !== undefined : keyValGet(d.keyval!, k) !== undefined);
-  return RSS_PROPERTY_NAMES.some(has);
+function getter(d: DeviceArg): (key: string) => unknown {
+  return (k) => (d.form === 'json' ? d.json![k] : keyValGet(d.keyval!, k));
 }
 
-/** Whether a device (from the command line or a QMP device_add) wants eBPF RSS fds, and already names some. */
-export function isRssDevice(d: DeviceArg): { wants: boolean; hasFds: boolean } {
-  return { wants: isVirtioNetDriver(d.driver) && rssOn(d), hasFds: namesFds(d) };
+/**
+ * The kind of fds an argument of `option` (from the command line or a QMP command) wants, and
+ * whether it already names some of that kind; null when it wants none.
+ */
+export function handoffOf(d: DeviceArg, option: HandoffKind['option'], kinds: readonly HandoffKind[] = HANDOFFS): { kind: HandoffKind; hasFds: boolean } | null {
+  const get = getter(d);
+  const kind = kinds.find((k) => k.option === option && k.wants(d.driver, get));
+  return kind ? { kind, hasFds: kind.properties.some((p) => get(p.name) !== undefined) } : null;
+}
+
+/** Every device and netdev that wants fds of one of `kinds`, in command-line order. */
+export function findHandoffDevices(argv: readonly string[], kinds: readonly HandoffKind[] = HANDOFFS): HandoffDevice[] {
+  const options = [...new Set(kinds.map((k) => k.option))];
+  return options
+    .flatMap((option) => optionArgs(argv, option).flatMap((d) => {
+      const h = handoffOf(d, option, kinds);
+      return h ? [{ ...d, ...h }] : [];
+    }))
+    .sort((a, b) => a.index - b.index);
 }
 
 /** virtio-net devices with rss on, in command-line order. */
 export function findRssDevices(argv: readonly string[]): RssDevice[] {
-  return deviceArgs(argv)
-    .map((d) => ({ d, rss: isRssDevice(d) }))
-    .filter(({ rss }) => rss.wants)
-    .map(({ d, rss }) => ({ ...d, hasFds: rss.hasFds }));
+  return findHandoffDevices(argv).filter((d) => d.kind.kind === 'rss');
 }
 
 function fdNumbers(value: unknown): number[] {
+  if (Array.isArray(value)) return value.flatMap(fdNumbers);
   const s = typeof value === 'number' ? String(value) : typeof value === 'string' ? value : '';
   if (!/^\d+(:\d+)*$/.test(s)) return [];
   return s.split(':').map(Number);
@@ -161,25 +178,24 @@ export function keyvalToJson(kv: KeyVal, propTypes: Readonly<Record<string, stri
   return o;
 }
 
-export function propertyValue(prop: RssProperty, fds: readonly (number | string)[]): string | string[] {
+export function propertyValue(prop: FdPropertyRef, fds: readonly (number | string)[]): string | string[] {
   return prop.type === 'list' ? fds.map(String) : fds.map(String).join(':');
 }
 
 /**
- * Give each listed device its fds. A key=value device is converted to JSON when the property is
- * a list (key=value cannot express a list); otherwise its form is kept.
+ * Give each listed device its fds under its property. A key=value device is converted to JSON
+ * when the property is a list (key=value cannot express a list); otherwise its form is kept.
  */
-export function withRssFds(
+export function withFds(
   argv: readonly string[],
-  assignments: ReadonlyArray<{ device: DeviceArg; fds: readonly (number | string)[] }>,
-  prop: RssProperty,
+  assignments: ReadonlyArray<{ device: HandoffDevice; fds: readonly (number | string)[]; prop: FdPropertyRef }>,
   propTypes: Readonly<Record<string, string>> = {},
 ): string[] {
   const out = [...argv];
-  for (const { device, fds } of assignments) {
+  for (const { device, fds, prop } of assignments) {
     const value = propertyValue(prop, fds);
     if (device.form === 'keyval' && typeof value === 'string') {
-      out[device.index] = serializeKeyVal([...device.keyval!, [prop.name, value]], 'driver');
+      out[device.index] = serializeKeyVal([...device.keyval!, [prop.name, value]], typeKey(device.kind.option));
     } else {
       const json = device.form === 'json' ? { ...device.json! } : keyvalToJson(device.keyval!, propTypes);
       json[prop.name] = value;

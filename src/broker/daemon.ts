@@ -19,7 +19,8 @@ import { Allowlist, Broker, type BrokerOptions } from './server';
 import type { PoolSource, RefillTiming } from './pool';
 import { Loader } from './loader';
 import type { Policy } from '../policy';
-import type { HostRss } from '../argv';
+import { HANDOFFS, RSS_HANDOFF, type HostRss } from '../argv';
+import type { EmulatorCaps } from '../emulator/caps';
 import { ActivationSocket, socketModeProblem, takeActivationSocket } from './activation';
 
 function groupId(name: string): number | undefined {
@@ -64,16 +65,21 @@ export interface ResolverOptions {
   loader?: Loader;
 }
 
+/** A pool's key: the emulator build and the kind of its contexts. */
+export function sourceKey(buildKey: string, kind: string): string {
+  return `${buildKey} ${kind}`;
+}
+
 export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (oldKey: string) => void, opts: ResolverOptions) {
   const { loader } = opts;
   const current = new Map<string, string>(); // realpath -> build key
-  // realpath -> the outcome for the binary with that identity: its source, or why it cannot be
-  // served. The probe cache would give the same answer, but reading and parsing it (~30 KB with
-  // the eBPF object) on every acquire is most of the broker's handoff time; a stat is enough to
-  // know the binary is unchanged. A failed probe is remembered too: it is not run again for the
-  // same binary.
-  const memo = new Map<string, { identity: string; source?: Resolved; error?: unknown }>();
-  return async (emulator: string): Promise<Resolved> => {
+  // realpath -> the outcome for the binary with that identity: its caps and a source per kind,
+  // or why it cannot be served. The probe cache would give the same answer, but reading and
+  // parsing it (~30 KB with the eBPF object) on every acquire is most of the broker's handoff
+  // time; a stat is enough to know the binary is unchanged. A failed probe is remembered too: it
+  // is not run again for the same binary.
+  const memo = new Map<string, { identity: string; caps?: EmulatorCaps; key?: string; sources?: Map<string, Resolved>; error?: unknown }>();
+  return async (emulator: string, kind = RSS_HANDOFF.kind): Promise<Resolved> => {
     let real: string;
     try {
       real = realpathSync(emulator);
@@ -89,13 +95,31 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
     assertTrustedExecutable(real, 'emulator');
     const st = statSync(real);
     const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-    const hit = memo.get(real);
-    if (hit && hit.identity === identity) {
-      if (hit.error) throw hit.error;
-      return hit.source!;
+    let hit = memo.get(real);
+    if (hit?.identity !== identity) {
+      hit = await probe(real, identity);
+      memo.set(real, hit);
     }
+    if (hit.error) throw hit.error;
+    let source = hit.sources!.get(kind);
+    if (!source) {
+      const caps = hit.caps!;
+      const { loadContext } = await import('../context');
+      source = {
+        key: sourceKey(hit.key!, kind),
+        // With a loader (the daemon), libbpf runs on its thread only; without (tests), here.
+        load: () => (loader ? loader.load(caps, kind, true) : loadContext(caps, kind)),
+        loadInBackground: loader ? () => loader.load(caps, kind, false) : undefined,
+        propTypes: caps.deviceProps ?? {},
+      };
+      hit.sources!.set(kind, source);
+    }
+    return source;
+  };
+
+  async function probe(real: string, identity: string): Promise<{ identity: string; caps?: EmulatorCaps; key?: string; sources?: Map<string, Resolved>; error?: unknown }> {
     // Loaded on the first emulator resolved: the probe and the loader are not needed to answer anything else.
-    const [{ probeEmulator }, { loadContext, assertSupported }] = await Promise.all([import('../emulator'), import('../context')]);
+    const [{ probeEmulator }, { assertSupported }] = await Promise.all([import('../emulator'), import('../context')]);
     const supported: typeof assertSupported = assertSupported;
     let caps;
     try {
@@ -104,7 +128,7 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
     } catch (e) {
       // What the binary answered is remembered; a probe killed by a signal says nothing of it.
       const exit = (e as { fields?: { exit?: { signal?: string | null } } }).fields?.exit;
-      if (!exit?.signal) memo.set(real, { identity, error: e });
+      if (!exit?.signal) return { identity, error: e };
       throw e;
     }
     const id = caps.identity;
@@ -112,20 +136,11 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
     const old = current.get(real);
     if (old !== undefined && old !== key) {
       logger.info('emulator changed: dropping its pre-loaded contexts', { emulator: real });
-      onNewBuild(old);
+      for (const k of HANDOFFS) onNewBuild(sourceKey(old, k.kind));
     }
     current.set(real, key);
-    const ready = caps;
-    const source: Resolved = {
-      key,
-      // With a loader (the daemon), libbpf runs on its thread only; without (tests), here.
-      load: () => (loader ? loader.load(ready, true) : loadContext(ready)),
-      loadInBackground: loader ? () => loader.load(ready, false) : undefined,
-      propTypes: caps.deviceProps ?? {},
-    };
-    memo.set(real, { identity, source });
-    return source;
-  };
+    return { identity, caps, key, sources: new Map() };
+  }
 }
 
 /** Probes run as uids from here on, one no account names and no other process runs as. */

@@ -15,6 +15,8 @@ import { threadId } from '../sys/libc';
 export interface LoadRequest {
   id: number;
   caps: EmulatorCaps;
+  /** the context's kind (argv/handoff.ts) */
+  kind: string;
 }
 export type LoaderMessage =
   | { tid: number }
@@ -24,7 +26,7 @@ export type LoaderMessage =
 quietLibbpf();
 parentPort!.postMessage({ tid: threadId() } satisfies LoaderMessage);
 parentPort!.on('message', (req: LoadRequest) => {
-  loadContext(req.caps).then(
+  loadContext(req.caps, req.kind).then(
     (c) => parentPort!.postMessage({ id: req.id, descriptor: c.descriptor, fds: c.fds.map((f) => f.take()) } satisfies LoaderMessage),
     (e: Error & { code?: string; remedy?: string; detail?: string }) =>
       parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message, remedy: e.remedy, detail: e.detail } } satisfies LoaderMessage),

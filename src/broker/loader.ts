@@ -28,6 +28,8 @@ export const LOADER_IDLE_MS = 10_000;
 interface Job {
   id: number;
   caps: EmulatorCaps;
+  /** the context's kind (argv/handoff.ts) */
+  kind: string;
   urgent: boolean;
   resolve: (c: LoadedContext) => void;
   reject: (e: Error) => void;
@@ -57,11 +59,11 @@ export class Loader {
     return this.#threads.length;
   }
 
-  /** One context for this build; `urgent`: somebody waits for it (normal priority), else a refill (idle). */
-  load(caps: EmulatorCaps, urgent: boolean): Promise<LoadedContext> {
+  /** One context of `kind` for this build; `urgent`: somebody waits for it (normal priority), else a refill (idle). */
+  load(caps: EmulatorCaps, kind: string, urgent: boolean): Promise<LoadedContext> {
     if (this.#closed) return Promise.reject(new VirtEbpfError('BROKER_INTERNAL', 'the broker is stopping', { remedy: 'retry once it is back' }));
     return new Promise((resolve, reject) => {
-      (urgent ? this.#urgent : this.#background).push({ id: ++this.#serial, caps, urgent, resolve, reject });
+      (urgent ? this.#urgent : this.#background).push({ id: ++this.#serial, caps, kind, urgent, resolve, reject });
       this.#pump();
     });
   }
@@ -79,7 +81,7 @@ export class Loader {
       t.job = job;
       this.#prioritize(t);
       t.worker.ref(); // a load in flight keeps the broker alive
-      t.worker.postMessage({ id: job.id, caps: job.caps } satisfies LoadRequest);
+      t.worker.postMessage({ id: job.id, caps: job.caps, kind: job.kind } satisfies LoadRequest);
     }
   }
 

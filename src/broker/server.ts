@@ -28,7 +28,7 @@ import { identifyPeer, normalUuid, Peer } from './peer';
 import { DEFAULT_POLICY, type DomainSettings, Policy, readDomainState, removeDomainState, type StateWriter, writeDomainState } from '../policy';
 import { liveDomainXml } from '../policy/live';
 import { XML_NAMESPACE } from '../shims/constants';
-import { planDeviceAdd, propertyValue, RSS_HANDOFF } from '../argv';
+import { planDeviceAdd, propertyValue, RSS_HANDOFF, type HandoffKind } from '../argv';
 import { isVirtEbpfError } from '../errors';
 import { MAX_SPLICE } from './protocol';
 
@@ -76,7 +76,7 @@ export interface BrokerOptions {
   maxReservedPerDomain: number;
   limits?: Partial<BrokerLimits>;
   /** resolve an emulator path to its pool source (allowlist, trust, probe); throws a VirtEbpfError */
-  resolve(emulator: string): Promise<PoolSource & { propTypes: Record<string, string> }>;
+  resolve(emulator: string, kind?: string): Promise<PoolSource & { propTypes: Record<string, string> }>;
   logger: Logger;
   /** listen on an inherited fd (systemd socket activation) instead of binding `socket` */
   listenFd?: number;
@@ -134,12 +134,13 @@ const denied = (message: string, remedy: string) => new VirtEbpfError('BROKER_DE
  * looks the names up one by one and fails on the first, with "File descriptor named '<reason>'
  * has not been found". Bounded: the shim splices at most MAX_SPLICE bytes.
  */
-export function refusal(why: string): string {
+export function refusal(why: string, kind: HandoffKind = RSS_HANDOFF): string {
   const max = Math.floor((MAX_SPLICE - 64) / 4 / 6); // each character may become \uXXXX
   const text = why.length > max ? `${why.slice(0, max - 1)}…` : why;
-  const name = JSON.stringify(text);
-  const { name: property } = RSS_HANDOFF.properties[0];
-  return `${JSON.stringify(property)}:[${Array(RSS_HANDOFF.fdsPerContext).fill(name).join(',')}],`;
+  const prop = kind.properties[0];
+  // A property written as one string splits its names at ':'; the reason keeps its colons as '꞉'.
+  const name = prop.type === 'string' ? text.replace(/:/g, '\ua789') : text;
+  return `${JSON.stringify(prop.name)}:${JSON.stringify(propertyValue(prop, Array(kind.fdsPerContext).fill(name)))},`;
 }
 
 export class Broker {
@@ -463,14 +464,28 @@ export class Broker {
           remedy: `give at most ${MAX_CONTEXTS_PER_REQUEST} NICs of one domain rss='on'`,
         });
       }
-      const source = await this.opts.resolve(req.emulator);
+      // Per kind, its contexts from its pool; handed out in the devices' command-line order.
+      const byKind = new Map<HandoffKind, number[]>();
+      plan.devices.forEach((d, i) => byKind.set(d.kind, [...(byKind.get(d.kind) ?? []), i]));
+      const sources = new Map<HandoffKind, Awaited<ReturnType<BrokerOptions['resolve']>>>();
+      for (const kind of byKind.keys()) sources.set(kind, await this.opts.resolve(req.emulator, kind.kind));
       this.#spend(ctx.peer, plan.devices.length);
-      const contexts = await this.pool.take(source, plan.devices.length, this.#keyFor(ctx.peer, domain), () => ctx.conn.aborted);
+      const contexts: LoadedContext[] = new Array(plan.devices.length);
+      try {
+        for (const [kind, devices] of byKind) {
+          const got = await this.pool.take(sources.get(kind)!, devices.length, this.#keyFor(ctx.peer, domain), () => ctx.conn.aborted);
+          devices.forEach((d, j) => (contexts[d] = got[j]));
+        }
+      } catch (e) {
+        contexts.forEach((c) => closeAll(c.fds));
+        throw e;
+      }
+      const propTypes = [...sources.values()][0].propTypes;
       let k = 0;
-      const perDevice = contexts.map((c) => Array.from({ length: c.descriptor.fds }, () => fdPlaceholder(k++)));
+      const perDevice = contexts.map((c) => ({ fds: Array.from({ length: c.descriptor.fds }, () => fdPlaceholder(k++)), prop: c.descriptor.property }));
       let argv: string[];
       try {
-        argv = finalArgv(host.argv, plan, perDevice, contexts[0].descriptor.property, source.propTypes).argv;
+        argv = finalArgv(host.argv, plan, perDevice, propTypes).argv;
       } catch (e) {
         contexts.forEach((c) => closeAll(c.fds));
         throw e;
@@ -487,7 +502,7 @@ export class Broker {
       const dev = plan.id ?? 'anon';
       let contexts: LoadedContext[];
       try {
-        const source = await this.opts.resolve(req.emulator);
+        const source = await this.opts.resolve(req.emulator, plan.kind.kind);
         this.#spend(ctx.peer, 1);
         contexts = await this.pool.take(source, 1, this.#keyFor(ctx.peer), () => ctx.conn.aborted);
       } catch (e) {
@@ -498,7 +513,7 @@ export class Broker {
           ? { at: null, insert: null, say: `${why}: ${dev} is added as asked, without the host policy's rss` }
           : policy === 'fallback'
           ? { at: null, insert: null, say: `${why}; policy is fallback: ${dev} is added without eBPF RSS steering` }
-          : { at: plan.at, insert: refusal(why), say: `device_add ${dev} refused: ${why}` };
+          : { at: plan.at, insert: refusal(why, plan.kind), say: `device_add ${dev} refused: ${why}` };
         await ctx.conn.send({ v: 1, id: req.id, ok: true, op: 'device-plan', fds: 0, ...reply });
         return;
       }

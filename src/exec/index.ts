@@ -1,9 +1,8 @@
 /**
- * `virt-ebpf exec [--user U] -- EMULATOR ARGS…`: as root, load one context per virtio-net
- * device that has rss on, name the fds in that device, drop to U and exec the emulator (same
+ * `virt-ebpf exec [--user U] -- EMULATOR ARGS…`: as root, load one context per device that
+ * wants one (a virtio-net device with rss on), name the fds in that device, drop to U and exec the emulator (same
  * pid). Useful on its own without libvirt, and the model for the libvirt emulator wrapper.
  */
-import { RSS_HANDOFF, rssProperty } from '../argv';
 import { VirtEbpfError } from '../errors';
 import { closeAll, OwnedFd } from '../fdpass';
 import { probeEmulator } from '../emulator';
@@ -42,15 +41,15 @@ export async function execEmulator(opts: ExecOptions): Promise<never> {
     let keep = [0, 1, 2];
     if (plan.devices.length > 0) {
       assertSupported(caps);
-      const perDevice: number[][] = [];
-      for (const _ of plan.devices) {
-        const ctx = await loadContext(caps);
+      const perDevice = [];
+      for (const device of plan.devices) {
+        const ctx = await loadContext(caps, device.kind.kind);
         owned.push(...ctx.fds);
-        perDevice.push(ctx.fds.map((f) => f.fd));
+        perDevice.push({ fds: ctx.fds.map((f) => f.fd), prop: ctx.descriptor.property });
       }
-      ({ argv, keep } = finalArgv(args, plan, perDevice, caps.property, caps.deviceProps ?? {}));
+      ({ argv, keep } = finalArgv(args, plan, perDevice, caps.deviceProps ?? {}));
     } else {
-      keep = finalArgv(args, plan, [], caps.property ?? rssProperty(RSS_HANDOFF.properties[0].name)!, {}).keep;
+      keep = finalArgv(args, plan, [], {}).keep;
     }
     if (opts.verbose) {
       process.stderr.write(`virt-ebpf: ${plan.devices.length} RSS device(s) via ${caps.protocol ?? 'none'}; exec ${caps.realpath}${account ? ` as ${account.name}` : ''}\n`);

@@ -4,7 +4,7 @@
  * from this module at build time (src/shims/header.ts, scripts/build-shims.sh), so a value is
  * written once.
  */
-import { RSS_HANDOFF } from '../argv/handoff';
+import { HANDOFFS, RSS_HANDOFF } from '../argv/handoff';
 
 /** Where the broker listens unless its config says otherwise (the shims read the config too). */
 export const BROKER_SOCKET = '/run/virt-ebpf/broker.sock';
@@ -20,6 +20,12 @@ export const BROKER_REMEDY = 'start it (systemctl start virt-ebpfd.socket, or `v
 
 /** The hot-plug shim's file name: the build writes it beside the wrapper shim, which preloads it from there. */
 export const SHIM_SO = 'vebpf-qmp.so';
+
+/**
+ * The QMP lines the hot-plug shim asks the broker about: one that names a kind's command and its
+ * marker (handoff.ts), e.g. `device_add` and `rss`.
+ */
+export const PLAN_LINES: ReadonlyArray<readonly [string, string]> = HANDOFFS.map((k) => [k.qmpCommand, k.marker] as const);
 
 /** The property the hot-plug shim names when it refuses a device_add on its own (no broker). */
 export const RSS_REFUSAL_PROPERTY = RSS_HANDOFF.properties[0].name;

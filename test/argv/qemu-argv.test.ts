@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { deviceArgs, domainIdentity, findRssDevices, keyvalToJson, namedFds, parseKeyVal, serializeKeyVal, withRssFds } from '../../src/argv';
+import { deviceArgs, domainIdentity, findRssDevices, keyvalToJson, namedFds, parseKeyVal, serializeKeyVal, withFds } from '../../src/argv';
 import { isVirtEbpfError } from '../../src/errors';
 
 // The shape libvirt 11.3 gives QEMU 10 (JSON -device/-netdev, fds by number).
@@ -32,9 +32,18 @@ test('names every fd libvirt passes by number, and nothing from -append', () => 
   assert.deepEqual(namedFds(['-incoming', 'fd:7', '-netdev', 'tap,id=n,fd=8,vhostfd=9']), [7, 8, 9]);
 });
 
+test('names the fds a user set in either RSS property, and an af-xdp netdev\'s sock-fds: they stay open', () => {
+  const argv = [
+    '-device', 'virtio-net-pci,rss=on,ebpf_rss_fds=11:12:13:14',
+    '-device', '{"driver":"virtio-net-pci","rss":true,"ebpf-rss-fds":["21","22","23","24"]}',
+    '-netdev', 'af-xdp,id=x,ifname=eth0,sock-fds=31:32',
+  ];
+  assert.deepEqual(namedFds(argv), [11, 12, 13, 14, 21, 22, 23, 24, 31, 32]);
+});
+
 test('adds ebpf-rss-fds as a list of strings to a JSON device and leaves everything else byte-identical', () => {
   const [dev] = findRssDevices(LIBVIRT_ARGV);
-  const out = withRssFds(LIBVIRT_ARGV, [{ device: dev, fds: [50, 51, 52, 53] }], { name: 'ebpf-rss-fds', type: 'list' });
+  const out = withFds(LIBVIRT_ARGV, [{ device: dev, fds: [50, 51, 52, 53], prop: { name: 'ebpf-rss-fds', type: 'list' } }]);
   assert.equal(out.length, LIBVIRT_ARGV.length);
   out.forEach((a, i) => {
     if (i !== dev.index) assert.equal(a, LIBVIRT_ARGV[i]);
@@ -48,7 +57,7 @@ test('adds ebpf-rss-fds as a list of strings to a JSON device and leaves everyth
 test('helper protocol: ebpf_rss_fds is one colon-separated string, key=value form kept', () => {
   const argv = ['-device', 'virtio-net-pci,netdev=n0,mq=on,rss=on,id=net0'];
   const [dev] = findRssDevices(argv);
-  const out = withRssFds(argv, [{ device: dev, fds: [27, 28] }], { name: 'ebpf_rss_fds', type: 'string' });
+  const out = withFds(argv, [{ device: dev, fds: [27, 28], prop: { name: 'ebpf_rss_fds', type: 'string' } }]);
   assert.equal(out[1], 'virtio-net-pci,netdev=n0,mq=on,rss=on,id=net0,ebpf_rss_fds=27:28');
 });
 
@@ -56,7 +65,7 @@ test('key=value device converted to typed JSON for the list property', () => {
   const argv = ['-device', 'virtio-net-pci,netdev=n0,mq=on,rss=yes,vectors=10,id=net0,addr=0x3'];
   const types = { mq: 'bool', rss: 'bool', vectors: 'uint32', netdev: 'netdev', addr: 'int32' };
   const [dev] = findRssDevices(argv);
-  const out = withRssFds(argv, [{ device: dev, fds: [5, 6, 7, 8] }], { name: 'ebpf-rss-fds', type: 'list' }, types);
+  const out = withFds(argv, [{ device: dev, fds: [5, 6, 7, 8], prop: { name: 'ebpf-rss-fds', type: 'list' } }], types);
   assert.deepEqual(JSON.parse(out[1]), {
     driver: 'virtio-net-pci', netdev: 'n0', mq: true, rss: true, vectors: 10, id: 'net0', addr: '0x3', 'ebpf-rss-fds': ['5', '6', '7', '8'],
   });

@@ -98,12 +98,12 @@ test('a loader thread with nothing to load for idleMs ends (an idle broker is it
   const { caps } = await probeEmulator(QEMU, { cacheDir: join(dir.path, 'cache') });
   const loader = new Loader(2, 300);
   try {
-    const first = await loader.load(caps, true);
+    const first = await loader.load(caps, 'rss', true);
     assert.equal(first.fds.length, 4);
     closeAll(first.fds);
     assert.equal(loader.running, 1, 'one thread for one load');
     await until('the idle loader thread to end', () => loader.running === 0, 10_000, 20);
-    const again = await Promise.all([loader.load(caps, true), loader.load(caps, false)]);
+    const again = await Promise.all([loader.load(caps, 'rss', true), loader.load(caps, 'rss', false)]);
     assert.deepEqual(again.map((c) => c.fds.length), [4, 4], 'loads after the retirement work');
     again.forEach((c) => closeAll(c.fds));
     assert.equal(loader.running, 2);
