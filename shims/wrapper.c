@@ -196,13 +196,16 @@ int main(int argc, char **argv)
     free(state);
     int fds[VEBPF_MAX_FDS], nfds = 0;
     char **plan = NULL;
-    /* Fds are needed for a command line with rss on it, and maybe under the host-wide wrapper
-     * (the broker applies the host's policy). A domain start (-uuid: libvirt's, not a probe)
-     * without a record of its own asks too: the reply carries the domain's policy and hot-plug
-     * setting, which on a host without our hook only the broker can read. */
+    /* Fds are needed for a command line with a kind's marker on it ("rss", from
+     * src/argv/handoff.ts), and maybe under the host-wide wrapper (the broker applies the host's
+     * policy). A domain start (-uuid: libvirt's, not a probe) without a record of its own asks
+     * too: the reply carries the domain's policy and hot-plug setting, which on a host without
+     * our hook only the broker can read. */
+    static const char *const markers[] = VEBPF_ARGV_MARKERS;
     int needed = host_wide;
     for (int i = 0; i < n && !needed; i++)
-        needed = strstr(args[i], "rss") != NULL;
+        for (size_t m = 0; m < sizeof markers / sizeof markers[0] && !needed; m++)
+            needed = strstr(args[i], markers[m]) != NULL;
     if (needed || (!current && option(n, args, "-uuid")))
         plan = exec_plan(real, n, args, needed, &policy, &hotplug, fds, &nfds);
     if (hotplug)

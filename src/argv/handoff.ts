@@ -6,7 +6,8 @@
  * reads it here: the probe (which property this QEMU has), the command-line and monitor planners
  * (argv/, the broker's exec-plan and device-plan), status (which fds a running QEMU names), the
  * shims (the constants C is generated from). A new property of a kind is one entry in its
- * `properties`; a new kind is one entry in HANDOFFS plus its loader (context/). Pure data.
+ * `properties`; what a new kind takes besides its entry here: docs/architecture.md, "What a
+ * change touches". Pure data.
  */
 import { parseQemuBool } from './keyval';
 

@@ -65,6 +65,16 @@ export interface ResolverOptions {
   loader?: Loader;
 }
 
+/** What the resolver knows of one binary: its caps and a source per kind, or why it cannot be served. */
+interface Probed {
+  identity: string;
+  caps?: EmulatorCaps;
+  key?: string;
+  loadContext?: typeof import('../context').loadContext;
+  sources?: Map<string, Resolved>;
+  error?: unknown;
+}
+
 /** A pool's key: the emulator build and the kind of its contexts. */
 export function sourceKey(buildKey: string, kind: string): string {
   return `${buildKey} ${kind}`;
@@ -77,8 +87,8 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
   // or why it cannot be served. The probe cache would give the same answer, but reading and
   // parsing it (~30 KB with the eBPF object) on every acquire is most of the broker's handoff
   // time; a stat is enough to know the binary is unchanged. A failed probe is remembered too: it
-  // is not run again for the same binary.
-  const memo = new Map<string, { identity: string; caps?: EmulatorCaps; key?: string; sources?: Map<string, Resolved>; error?: unknown }>();
+  // is not run again for the same binary. Concurrent first requests share one probe.
+  const memo = new Map<string, { identity: string; probed: Promise<Probed> }>();
   return async (emulator: string, kind = RSS_HANDOFF.kind): Promise<Resolved> => {
     let real: string;
     try {
@@ -95,31 +105,35 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
     assertTrustedExecutable(real, 'emulator');
     const st = statSync(real);
     const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-    let hit = memo.get(real);
-    if (hit?.identity !== identity) {
-      hit = await probe(real, identity);
-      memo.set(real, hit);
+    let entry = memo.get(real);
+    if (entry?.identity !== identity) {
+      const probed = probe(real, identity);
+      entry = { identity, probed };
+      memo.set(real, entry);
+      // A probe killed by a signal says nothing of the binary: the next request probes again.
+      const mine = entry;
+      probed.catch(() => memo.get(real) === mine && memo.delete(real));
     }
+    const hit = await entry.probed;
     if (hit.error) throw hit.error;
     let source = hit.sources!.get(kind);
     if (!source) {
-      const caps = hit.caps!;
-      const { loadContext } = await import('../context');
+      const { caps, loadContext } = hit;
       source = {
         key: sourceKey(hit.key!, kind),
         // With a loader (the daemon), libbpf runs on its thread only; without (tests), here.
-        load: () => (loader ? loader.load(caps, kind, true) : loadContext(caps, kind)),
-        loadInBackground: loader ? () => loader.load(caps, kind, false) : undefined,
-        propTypes: caps.deviceProps ?? {},
+        load: () => (loader ? loader.load(caps!, kind, true) : loadContext!(caps!, kind)),
+        loadInBackground: loader ? () => loader.load(caps!, kind, false) : undefined,
+        propTypes: caps!.deviceProps ?? {},
       };
       hit.sources!.set(kind, source);
     }
     return source;
   };
 
-  async function probe(real: string, identity: string): Promise<{ identity: string; caps?: EmulatorCaps; key?: string; sources?: Map<string, Resolved>; error?: unknown }> {
+  async function probe(real: string, identity: string): Promise<Probed> {
     // Loaded on the first emulator resolved: the probe and the loader are not needed to answer anything else.
-    const [{ probeEmulator }, { assertSupported }] = await Promise.all([import('../emulator'), import('../context')]);
+    const [{ probeEmulator }, { assertSupported, loadContext }] = await Promise.all([import('../emulator'), import('../context')]);
     const supported: typeof assertSupported = assertSupported;
     let caps;
     try {
@@ -139,7 +153,7 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
       for (const k of HANDOFFS) onNewBuild(sourceKey(old, k.kind));
     }
     current.set(real, key);
-    return { identity, caps, key, sources: new Map() };
+    return { identity, caps, key, loadContext, sources: new Map() };
   }
 }
 

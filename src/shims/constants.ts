@@ -26,6 +26,8 @@ export const SHIM_SO = 'vebpf-qmp.so';
  * marker (handoff.ts), e.g. `device_add` and `rss`.
  */
 export const PLAN_LINES: ReadonlyArray<readonly [string, string]> = HANDOFFS.map((k) => [k.qmpCommand, k.marker] as const);
+/** The words that make the wrapper ask the broker for fds: a command-line argument with one of them (handoff.ts). */
+export const ARGV_MARKERS: readonly string[] = [...new Set(HANDOFFS.map((k) => k.marker))];
 
 /** The property the hot-plug shim names when it refuses a device_add on its own (no broker). */
 export const RSS_REFUSAL_PROPERTY = RSS_HANDOFF.properties[0].name;

@@ -157,3 +157,12 @@ test('hook: as root the broker runs the hook (prewarm straight into its own pool
   const plain = await askAs(0, { v: 1, id: 1, op: 'hook', event: 'prepare', name: 'vm', xml: plainXml });
   assert.deepEqual({ code: plain.reply.code, stderr: plain.reply.stderr }, { code: 0, stderr: '' }, 'a domain we do not handle');
 });
+
+test('resolve: concurrent first requests for one emulator share one probe and one source per kind', async () => {
+  const config = validateConfig({ socket, cacheDir: join(dir.path, 'cache-concurrent'), pool: { size: 0 } });
+  const resolve = makeResolver(config, createLogger('error'), () => {}, { allowlist: new EmulatorAllowlist() });
+  const [a, b] = await Promise.all([resolve(QEMU), resolve(QEMU, 'rss')]);
+  assert.equal(a, b, 'one source object: a refill of one is not dropped for the other');
+  assert.match(a.key, /#\d+:\d+:\d+:[\d.]+:[\d.]+ rss$/, 'the pool key is the build and the kind');
+  assert.equal(await resolve(QEMU), a, 'the next request finds it');
+});
