@@ -2,15 +2,16 @@
  * The soak (root: the system libvirtd, `virt-ebpf install`, the installed broker): an enabled
  * 1-RSS-NIC domain started and destroyed `BENCH_SOAK_CYCLES` times (default 1 000). Prints what
  * the broker holds at each tenth of the run against what it held after the warm-up (cycle 20):
- * BPF programs, open fds, resident memory, and the start time of the last hundred starts against
- * the first hundred.
+ * BPF programs, open fds, resident memory (also once idle after the run), and the start time of
+ * the last hundred starts against the first hundred.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BrokerChild, installForReal } from '../test/coldstart/fixture';
 import { cli, removeDomain, testDomains } from '../test/coldstart/libvirt';
-import { soak } from '../test/soak/cycles';
+import { brokerHolds, soak } from '../test/soak/cycles';
+import { LOADER_IDLE_MS } from '../src/broker/loader';
 
 const CYCLES = Number(process.env.BENCH_SOAK_CYCLES ?? 1000);
 
@@ -27,6 +28,9 @@ async function main(): Promise<void> {
   await broker.start();
   try {
     const r = await soak({ broker, name: `${prefix}vm`, cycles: CYCLES, scratch, warmUp: 20 });
+    // Idle after the run: the loader threads' idle time (LOADER_IDLE_MS), their end, the broker's trim.
+    await new Promise((res) => setTimeout(res, LOADER_IDLE_MS + 5_000));
+    const idle = brokerHolds(broker);
     const base = r.samples[0];
     const lines = [
       `## soak: ${CYCLES} start/destroy cycles of an enabled 1-RSS-NIC domain (installed broker, pool 2)`,
@@ -34,6 +38,7 @@ async function main(): Promise<void> {
       '| cycle | broker BPF programs | broker fds | broker RSS | RSS vs cycle 20 |',
       '|---|---|---|---|---|',
       ...r.samples.map((s) => `| ${s.cycle} | ${s.progs} | ${s.fds} | ${(s.rssKiB / 1024).toFixed(1)} MiB | ${(s.rssKiB / base.rssKiB).toFixed(3)}× |`),
+      `| idle after the run (loader threads ended, idle trim) | ${idle.progs} | ${idle.fds} | ${(idle.rssKiB / 1024).toFixed(1)} MiB | ${(idle.rssKiB / base.rssKiB).toFixed(3)}× |`,
       '',
       `start time, first 100 starts (baseline): median ${median(r.startMs.slice(0, 100)).toFixed(0)} ms; last 100: median ${median(r.startMs.slice(-100)).toFixed(0)} ms (${(median(r.startMs.slice(-100)) / median(r.startMs.slice(0, 100))).toFixed(3)}×)`,
       '',
