@@ -20,7 +20,6 @@ import { recvFds, sendFds } from '../src/fdpass';
 import * as libc from '../src/sys/libc';
 import { QmpClient, QmpTransport } from '../src/qmp';
 import { brokerRequest } from '../src/broker/client';
-import { residentOf, type Resident } from '../src/sys/resident';
 import { sample, stats, table } from './stats';
 
 const QEMU = process.env.VIRT_EBPF_TEST_QEMU ?? '/usr/bin/qemu-system-x86_64';
@@ -70,64 +69,38 @@ async function firstReply(dir: string, command: string[]): Promise<number> {
   }
 }
 
+interface Resident {
+  rss: number;
+  anon: number;
+  file: number;
+}
+
 /** VmRSS, RssAnon and RssFile of a process, in MiB. */
 function resident(pid: number): Resident {
-  return mib(residentOf(readFileSync(`/proc/${pid}/status`, 'utf8')));
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { rss: kib('VmRSS') / 1024, anon: kib('RssAnon') / 1024, file: (kib('RssFile') + kib('RssShmem')) / 1024 };
 }
 
-const mib = (r: Resident): Resident => ({ rss: r.rss / 1024, anon: r.anon / 1024, file: r.file / 1024 });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface MemoryRun {
-  bare: Resident;
-  /** what the broker held when it trimmed (its log), and a second after the trim */
-  fresh: { before: Resident; after: Resident };
-  filled: { before: Resident; after: Resident };
-  /** a status reply right after the fresh trim, and the next one */
-  replyMs: { afterTrim: number; next: number };
-}
-
-function timedStatus(sock: string): number {
-  const t0 = process.hrtime.bigint();
-  brokerRequest({ op: 'status' }, { socket: sock });
-  return Number(process.hrtime.bigint() - t0) / 1e6;
-}
-
 /**
- * What an idle broker holds: started (no request yet), and after its pool filled and its loader
- * threads ended (pool.loaderIdleMs 1 s here), each before its idle trim (the trim's own log
- * line) and a second after it — against bare Node listening on a socket. Also what the trim
- * costs the next request: a status reply right after it against the one after that.
+ * What an idle broker holds: started (no request yet), and after its pool filled with its loader
+ * threads ended (pool.loaderIdleMs 1 s here) — against bare Node listening on a socket.
  */
-async function brokerMemory(dir: string): Promise<MemoryRun> {
+async function brokerMemory(dir: string): Promise<{ bare: Resident; fresh: Resident; filled: Resident }> {
   const sock = join(dir, 'mem.sock');
   const config = join(dir, 'mem-broker.json');
-  writeFileSync(config, JSON.stringify({ socket: sock, cacheDir: join(dir, 'mem-cache'), pool: { size: 2, loaderIdleMs: 1000 }, log: { level: 'debug', format: 'json' } }));
+  writeFileSync(config, JSON.stringify({ socket: sock, cacheDir: join(dir, 'mem-cache'), pool: { size: 2, loaderIdleMs: 1000 } }));
   const bareSock = join(dir, 'bare.sock');
   for (const f of [sock, bareSock]) rmSync(f, { force: true });
   const bareNode = spawn(process.execPath, ['-e', `require('net').createServer(() => {}).listen(${JSON.stringify(bareSock)})`], { stdio: 'ignore' });
-  const broker = spawn(process.execPath, [CLI, 'broker', '--config', config], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const trims: Array<{ before: Resident; after: Resident }> = [];
-  let buffered = '';
-  broker.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buffered += d;
-    for (let i = buffered.indexOf('\n'); i >= 0; i = buffered.indexOf('\n')) {
-      const line = JSON.parse(buffered.slice(0, i)) as { message: string; before?: Resident; after?: Resident };
-      buffered = buffered.slice(i + 1);
-      if (line.message === 'idle: resident memory trimmed') trims.push({ before: mib(line.before!), after: mib(line.after!) });
-    }
-  });
-  const trimmed = async (n: number) => {
-    for (let i = 0; i < 600 && trims.length < n; i++) await sleep(10);
-    if (trims.length < n) throw new Error(`the broker logged ${trims.length} idle trims, expected ${n}`);
-  };
+  const broker = spawn(process.execPath, [CLI, 'broker', '--config', config], { stdio: 'ignore' });
   try {
     for (let i = 0; i < 500 && !existsSync(sock); i++) await sleep(10);
-    await trimmed(1);
-    await sleep(1000);
+    await sleep(1500);
     const bare = resident(bareNode.pid!);
-    const fresh = { before: trims[0].before, after: resident(broker.pid!) };
-    const replyMs = { afterTrim: timedStatus(sock), next: timedStatus(sock) };
+    const fresh = resident(broker.pid!);
     brokerRequest({ op: 'prewarm', emulator: QEMU, count: 2 }, { socket: sock, timeoutMs: 60_000 });
     for (let i = 0; i < 600; i++) {
       const { reply } = brokerRequest({ op: 'status' }, { socket: sock });
@@ -135,37 +108,28 @@ async function brokerMemory(dir: string): Promise<MemoryRun> {
       if (pools.some((p) => p.ready >= 2)) break;
       await sleep(100);
     }
-    await trimmed(2); // the loader threads' idle time, their end, then the trim
-    await sleep(1000);
-    return { bare, fresh, filled: { before: trims[1].before, after: resident(broker.pid!) }, replyMs };
+    await sleep(3000); // the loader threads' idle time, then their end
+    return { bare, fresh, filled: resident(broker.pid!) };
   } finally {
     await Promise.all([bareNode, broker].map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : (p.once('exit', r), p.kill())))));
   }
 }
 
-function memoryTable(runs: MemoryRun[]): string {
+function memoryTable(runs: Array<{ bare: Resident; fresh: Resident; filled: Resident }>): string {
   const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  const row = (name: string, pick: (r: MemoryRun) => Resident, baseline?: boolean) => {
+  const row = (name: string, pick: (r: (typeof runs)[number]) => Resident, baseline?: boolean) => {
     const rss = med(runs.map((r) => pick(r).rss));
     const ratio = baseline ? '—' : `${(rss / med(runs.map((r) => r.bare.rss))).toFixed(2)}× bare Node`;
     return `| ${name} | ${rss.toFixed(1)} MiB | ${med(runs.map((r) => pick(r).anon)).toFixed(1)} MiB | ${med(runs.map((r) => pick(r).file)).toFixed(1)} MiB | ${ratio} |`;
   };
-  const afterTrim = med(runs.map((r) => r.replyMs.afterTrim));
-  const next = med(runs.map((r) => r.replyMs.next));
   return [
     `### broker resident memory, idle (median of ${runs.length} brokers; RSS = anonymous + file-backed, the node binary's pages included)`,
-    '',
-    'The broker trims itself when idle (src/sys/resident.ts): read-only file pages leave its page tables and stay in the page cache.',
     '',
     '| process | RSS | anonymous | file | ratio (RSS) |',
     '|---|---|---|---|---|',
     row('Node listening on a socket (baseline)', (r) => r.bare, true),
-    row('virt-ebpf broker, started, no request yet: before its idle trim', (r) => r.fresh.before),
-    row('virt-ebpf broker, started, no request yet: 1 s after the trim', (r) => r.fresh.after),
-    row('virt-ebpf broker, pool of 2 filled, loader threads ended: before the trim', (r) => r.filled.before),
-    row('virt-ebpf broker, pool of 2 filled, loader threads ended: 1 s after the trim', (r) => r.filled.after),
-    '',
-    `what the trim costs the next request: a status reply right after it ${afterTrim.toFixed(2)} ms, the next one ${next.toFixed(2)} ms (${(afterTrim / next).toFixed(2)}×; medians)`,
+    row('virt-ebpf broker, started, no request yet', (r) => r.fresh),
+    row('virt-ebpf broker, pool of 2 filled, loader threads ended', (r) => r.filled),
     '',
   ].join('\n');
 }

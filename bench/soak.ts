@@ -28,7 +28,7 @@ async function main(): Promise<void> {
   await broker.start();
   try {
     const r = await soak({ broker, name: `${prefix}vm`, cycles: CYCLES, scratch, warmUp: 20 });
-    // Idle after the run: the loader threads' idle time (LOADER_IDLE_MS), their end, the broker's trim.
+    // Idle after the run: the loader threads' idle time (LOADER_IDLE_MS), their end and the C heap's trim.
     await new Promise((res) => setTimeout(res, LOADER_IDLE_MS + 5_000));
     const idle = brokerHolds(broker);
     const base = r.samples[0];
@@ -38,7 +38,7 @@ async function main(): Promise<void> {
       '| cycle | broker BPF programs | broker fds | broker RSS | RSS vs cycle 20 |',
       '|---|---|---|---|---|',
       ...r.samples.map((s) => `| ${s.cycle} | ${s.progs} | ${s.fds} | ${(s.rssKiB / 1024).toFixed(1)} MiB | ${(s.rssKiB / base.rssKiB).toFixed(3)}× |`),
-      `| idle after the run (loader threads ended, idle trim) | ${idle.progs} | ${idle.fds} | ${(idle.rssKiB / 1024).toFixed(1)} MiB | ${(idle.rssKiB / base.rssKiB).toFixed(3)}× |`,
+      `| idle after the run (loader threads ended, C heap trimmed) | ${idle.progs} | ${idle.fds} | ${(idle.rssKiB / 1024).toFixed(1)} MiB | ${(idle.rssKiB / base.rssKiB).toFixed(3)}× |`,
       '',
       `start time, first 100 starts (baseline): median ${median(r.startMs.slice(0, 100)).toFixed(0)} ms; last 100: median ${median(r.startMs.slice(-100)).toFixed(0)} ms (${(median(r.startMs.slice(-100)) / median(r.startMs.slice(0, 100))).toFixed(3)}×)`,
       '',

@@ -17,8 +17,7 @@ import { createLogger, Logger } from '../log';
 import { BrokerConfig, libvirtQemuAccount } from './config';
 import { Allowlist, Broker, type BrokerOptions } from './server';
 import type { PoolSource, RefillTiming } from './pool';
-import { Loader, LOADER_IDLE_MS } from './loader';
-import { trimResident } from '../sys/resident';
+import { Loader } from './loader';
 import type { Policy } from '../policy';
 import { HANDOFFS, RSS_HANDOFF, type HostRss } from '../argv';
 import type { EmulatorCaps } from '../emulator/caps';
@@ -228,16 +227,6 @@ function fromManifest<T>(manifest: string, read: (path: string) => T): () => T {
   };
 }
 
-/** Gives back what an idle broker does not use (sys/resident.ts); a failure costs only the memory. */
-function trimWhenIdle(logger: Logger): void {
-  try {
-    const { before, after } = trimResident();
-    logger.debug('idle: resident memory trimmed', { before, after });
-  } catch (e) {
-    logger.warn('idle: could not trim resident memory', { error: (e as Error).message });
-  }
-}
-
 export async function startBroker(config: BrokerConfig, opts: { logger?: Logger; qemuConf?: string; refillTiming?: RefillTiming; manifest?: string; hookEnv?: BrokerOptions['hookEnv'] } = {}): Promise<Broker> {
   const logger = opts.logger ?? createLogger(config.log.level, config.log.format as 'text' | 'json');
   // Before anything else can start a child: the activation variables leave the environment here.
@@ -246,8 +235,7 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
   let broker: Broker | undefined;
   // Whatever the broker starts from here on cannot gain privileges by execve.
   setNoNewPrivs();
-  const idleMs = config.pool.loaderIdleMs ?? LOADER_IDLE_MS;
-  const loader = new Loader(config.pool.loaderThreads, idleMs, () => trimWhenIdle(logger));
+  const loader = new Loader(config.pool.loaderThreads, config.pool.loaderIdleMs);
   const manifest = opts.manifest ?? DEFAULT_PATHS.manifest;
   const allowlist = new EmulatorAllowlist({
     configured: config.emulators,
@@ -276,9 +264,5 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
   });
   await broker.start();
   if (activation) reportActivation(activation, config, allow, logger, opts.qemuConf);
-  // Start-up's pages, given back as after a burst of loads, unless loads are running by then.
-  setTimeout(() => {
-    if (loader.running === 0 && !loader.closed) trimWhenIdle(logger);
-  }, idleMs).unref();
   return broker;
 }

@@ -48,23 +48,11 @@ export class Loader {
   readonly #background: Job[] = [];
   #serial = 0;
   #closed = false;
-  /** threads retired whose end is not through yet */
-  #ending = 0;
 
-  /**
-   * `onIdle` runs when the last thread has ended (what the threads' isolates and libbpf freed
-   * stays in the C heap until trimmed).
-   */
   constructor(
     private readonly threads = availableParallelism(),
     private readonly idleMs = LOADER_IDLE_MS,
-    private readonly onIdle: () => void = () => void mallocTrim(),
   ) {}
-
-  /** Whether the broker stopped it. */
-  get closed(): boolean {
-    return this.#closed;
-  }
 
   /** Loader threads running now. */
   get running(): number {
@@ -141,9 +129,9 @@ export class Loader {
     if (t.job) return;
     const i = this.#threads.indexOf(t);
     if (i >= 0) this.#threads.splice(i, 1);
-    this.#ending++;
+    // What the thread's isolate and libbpf freed stays in its malloc arena until trimmed.
     void t.worker.terminate().then(() => {
-      if (--this.#ending === 0 && this.#threads.length === 0 && !this.#closed) this.onIdle();
+      if (this.#threads.length === 0) mallocTrim();
     });
   }
 

@@ -343,15 +343,3 @@ export function tunVnetHeaderSize(fd: number): number {
   check('ioctl(TUNGETVNETHDRSZ)', ioctlBufFn(fd, TUNGETVNETHDRSZ, size));
   return size.readInt32LE(0);
 }
-
-const madviseFn = libc.func('int madvise(uintptr_t, size_t, int)');
-const MADV_DONTNEED = 4;
-
-/**
- * Drops the page-table entries of [start, start + length): the next touch faults the pages in
- * again from their backing. Only for mappings whose backing still holds what they hold (a
- * read-only file mapping without private copies); anything else would lose data.
- */
-export function madviseDontNeed(start: bigint, length: bigint): void {
-  if (madviseFn(start, length, MADV_DONTNEED) !== 0) throw sysError('madvise(MADV_DONTNEED)');
-}
