@@ -62,6 +62,22 @@ const WILLIAMS_4 = [
 ];
 
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
+const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const TICK = 100; // USER_HZ: /proc's clock ticks per second on Linux
+/** CPU-seconds all CPUs have spent busy since boot (everything /proc/stat counts but idle and iowait). */
+function busyCpuSeconds(): number {
+  const [, ...ticks] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
+  const n = ticks.map(Number);
+  return (n.slice(0, 8).reduce((a, b) => a + b, 0) - n[3] - n[4]) / TICK;
+}
+/** CPU-seconds a process has used (its threads, ended ones included), user and system. */
+function processCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / TICK;
+}
+/** How busy the CPUs were in each round (CPU-seconds over wall time × CPUs), median of the rounds. */
+const busy = (cpuSeconds: number[], wallMs: number[]) => `${med(cpuSeconds.map((c, i) => (100 * c) / ((wallMs[i] / 1000) * cpus().length))).toFixed(0)} %`;
 const median = (xs: number[]) => stats(xs).median;
 
 function fmtRatio(x: number): string {
@@ -309,14 +325,14 @@ async function benchParallel(scratch: string, out: string[]): Promise<void> {
   for (const n of [...enabled, ...plain]) removeDomain(n);
 }
 
-/** The broker as a boot starts it: systemd-socket-activate holds the socket, the first connect starts it. */
-async function coldBroker<T>(fn: () => Promise<T>): Promise<T> {
+/** The broker as a boot starts it: systemd-socket-activate holds the socket, the first connect starts it (in its own process: `fn` gets its pid). */
+async function coldBroker<T>(fn: (pid: number) => Promise<T>): Promise<T> {
   rmSync(DEFAULT_SOCKET, { force: true });
   const act = spawn('systemd-socket-activate', ['-l', DEFAULT_SOCKET, process.execPath, INSTALLED_CLI, 'broker'], { stdio: 'ignore' });
   try {
     for (let i = 0; i < 500 && !existsSync(DEFAULT_SOCKET); i++) await new Promise((r) => setTimeout(r, 10));
     chmodSync(DEFAULT_SOCKET, 0o666); // what our socket unit's SocketMode=0666 does: QEMU's account must connect
-    return await fn();
+    return await fn(act.pid!);
   } finally {
     act.kill('SIGTERM');
     await new Promise((r) => act.once('exit', r));
@@ -329,23 +345,29 @@ async function benchStorm(scratch: string, out: string[], k: number, nics: numbe
   const spec = { nics: Array.from({ length: nics }, () => ({ rss: true, queues: 2 })) };
   for (const name of enabled) defineEnabled(name, domainXml({ name, ...spec }), scratch);
   for (const name of plain) define(domainXml({ name, ...spec }), scratch);
-  const wave = async (names: string[], want: number) => {
+  const wave = async (names: string[], want: number, brokerPid?: number) => {
+    const cpu0 = busyCpuSeconds();
     const t0 = process.hrtime.bigint();
     const rs = await Promise.all(names.map((n) => runAsync('virsh', ['-q', '-c', 'qemu:///system', 'start', n], { timeoutMs: 600_000 })));
     const wall = ms(t0);
+    const cpu = busyCpuSeconds() - cpu0;
+    const broker = brokerPid === undefined ? 0 : processCpuSeconds(brokerPid);
     const ok = rs.filter((r, i) => r.status === 0 && bpfFds(qemuPid(names[i])).length === want).length;
     for (const n of names) virshTry('destroy', n);
-    return { ok, wall, perStart: rs.map((r) => r.ms) };
+    return { ok, wall, perStart: rs.map((r) => r.ms), cpu, broker };
   };
   const rounds = Number(process.env.BENCH_STORM_ROUNDS ?? 2);
   const walls = { plain: [] as number[], enabled: [] as number[] };
   const starts = { plain: [] as number[], enabled: [] as number[] };
+  const cpu = { plain: [] as number[], enabled: [] as number[], broker: [] as number[] };
   let okEnabled = 0;
   for (let r = 0; r < rounds; r++) {
     for (const kind of r % 2 ? (['enabled', 'plain'] as const) : (['plain', 'enabled'] as const)) {
-      const w = kind === 'plain' ? await withoutOurHook(() => wave(plain, 0)) : await coldBroker(() => wave(enabled, 4 * nics));
+      const w = kind === 'plain' ? await withoutOurHook(() => wave(plain, 0)) : await coldBroker((pid) => wave(enabled, 4 * nics, pid));
       walls[kind].push(w.wall);
       starts[kind].push(...w.perStart);
+      cpu[kind].push(w.cpu);
+      if (kind === 'enabled') cpu.broker.push(w.broker);
       if (kind === 'enabled') okEnabled += w.ok;
     }
   }
@@ -358,6 +380,9 @@ async function benchStorm(scratch: string, out: string[], k: number, nics: numbe
     ]),
     `started with their ${4 * nics} fds: ${okEnabled}/${k * rounds} (target 100 %); wall: without ${stats(walls.plain).median.toFixed(0)} ms, enabled ${stats(walls.enabled).median.toFixed(0)} ms, ` +
       `per-round ratio ${fmtRatio(wallRatio.median)} (target ≤ 1.10×); per-start p95 ${p95(starts.plain).toFixed(0)} vs ${p95(starts.enabled).toFixed(0)} ms (${fmtRatio(p95(starts.enabled) / p95(starts.plain))}, target ≤ 1.15×)`,
+    `CPU while the starts ran (all ${cpus().length} CPUs, /proc/stat; medians of the rounds): without ${med(cpu.plain).toFixed(1)} s (${busy(cpu.plain, walls.plain)} busy), ` +
+      `enabled ${med(cpu.enabled).toFixed(1)} s (${busy(cpu.enabled, walls.enabled)} busy), of which the broker ${med(cpu.broker).toFixed(1)} s (its loads and start-up); ` +
+      `a saturated machine cannot finish the enabled storm before ${fmtRatio(med(cpu.broker.map((b, i) => (cpu.plain[i] + b) / cpu.plain[i])))} of the wall without`,
     '',
   );
   for (const n of [...enabled, ...plain]) removeDomain(n);
