@@ -62,7 +62,7 @@ const WILLIAMS_4 = [
 ];
 
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
-const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const median = (xs: number[]) => stats(xs).median;
 const TICK = 100; // USER_HZ: /proc's clock ticks per second on Linux
 /** CPU-seconds all CPUs have spent busy since boot (everything /proc/stat counts but idle and iowait). */
 function busyCpuSeconds(): number {
@@ -77,8 +77,7 @@ function processCpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / TICK;
 }
 /** How busy the CPUs were in each round (CPU-seconds over wall time × CPUs), median of the rounds. */
-const busy = (cpuSeconds: number[], wallMs: number[]) => `${med(cpuSeconds.map((c, i) => (100 * c) / ((wallMs[i] / 1000) * cpus().length))).toFixed(0)} %`;
-const median = (xs: number[]) => stats(xs).median;
+const busy = (cpuSeconds: number[], wallMs: number[]) => `${median(cpuSeconds.map((c, i) => (100 * c) / ((wallMs[i] / 1000) * cpus().length))).toFixed(0)} %`;
 
 function fmtRatio(x: number): string {
   return `${x.toFixed(3)}×`;
@@ -367,8 +366,10 @@ async function benchStorm(scratch: string, out: string[], k: number, nics: numbe
       walls[kind].push(w.wall);
       starts[kind].push(...w.perStart);
       cpu[kind].push(w.cpu);
-      if (kind === 'enabled') cpu.broker.push(w.broker);
-      if (kind === 'enabled') okEnabled += w.ok;
+      if (kind === 'enabled') {
+        cpu.broker.push(w.broker);
+        okEnabled += w.ok;
+      }
     }
   }
   const p95 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.ceil(0.95 * xs.length) - 1];
@@ -380,9 +381,9 @@ async function benchStorm(scratch: string, out: string[], k: number, nics: numbe
     ]),
     `started with their ${4 * nics} fds: ${okEnabled}/${k * rounds} (target 100 %); wall: without ${stats(walls.plain).median.toFixed(0)} ms, enabled ${stats(walls.enabled).median.toFixed(0)} ms, ` +
       `per-round ratio ${fmtRatio(wallRatio.median)} (target ≤ 1.10×); per-start p95 ${p95(starts.plain).toFixed(0)} vs ${p95(starts.enabled).toFixed(0)} ms (${fmtRatio(p95(starts.enabled) / p95(starts.plain))}, target ≤ 1.15×)`,
-    `CPU while the starts ran (all ${cpus().length} CPUs, /proc/stat; medians of the rounds): without ${med(cpu.plain).toFixed(1)} s (${busy(cpu.plain, walls.plain)} busy), ` +
-      `enabled ${med(cpu.enabled).toFixed(1)} s (${busy(cpu.enabled, walls.enabled)} busy), of which the broker ${med(cpu.broker).toFixed(1)} s (its loads and start-up); ` +
-      `a saturated machine cannot finish the enabled storm before ${fmtRatio(med(cpu.broker.map((b, i) => (cpu.plain[i] + b) / cpu.plain[i])))} of the wall without`,
+    `CPU while the starts ran (all ${cpus().length} CPUs, /proc/stat; medians of the rounds): without ${median(cpu.plain).toFixed(1)} s (${busy(cpu.plain, walls.plain)} busy), ` +
+      `enabled ${median(cpu.enabled).toFixed(1)} s (${busy(cpu.enabled, walls.enabled)} busy), of which the broker ${median(cpu.broker).toFixed(1)} s (its loads and start-up); ` +
+      `a saturated machine cannot finish the enabled storm before ${fmtRatio(median(cpu.broker.map((b, i) => (cpu.plain[i] + b) / cpu.plain[i])))} of the wall without`,
     '',
   );
   for (const n of [...enabled, ...plain]) removeDomain(n);
