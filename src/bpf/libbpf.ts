@@ -12,7 +12,8 @@
  * callback is set at all (a callback belongs to one thread's JavaScript, and libbpf would call
  * it from every thread); the verifier's own log still comes through each program's log buffer.
  */
-import koffi from 'koffi';
+import type * as Koffi from 'koffi';
+import koffi from '../sys/koffi';
 import { VirtEbpfError } from '../errors';
 import type { MapShape } from './spec';
 
@@ -69,7 +70,7 @@ export function quietLibbpf(): void {
 }
 
 function bind(soname: string): Bindings {
-  let lib: koffi.IKoffiLib;
+  let lib: Koffi.IKoffiLib;
   try {
     lib = koffi.load(soname);
   } catch (e) {
@@ -79,7 +80,7 @@ function bind(soname: string): Bindings {
     });
   }
   const libc = koffi.load('libc.so.6');
-  const f = (sig: string): koffi.KoffiFunction => {
+  const f = (sig: string): Koffi.KoffiFunction => {
     try {
       return lib.func(sig);
     } catch (e) {

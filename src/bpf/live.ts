@@ -6,7 +6,8 @@
  * `libbpf()` first so a missing library fails the same way, then bind the few extra symbols.
  * libbpf ≥ 1.0 returns -errno from these calls. All need CAP_SYS_ADMIN (root).
  */
-import koffi from 'koffi';
+import type * as Koffi from 'koffi';
+import koffi from '../sys/koffi';
 import { VirtEbpfError } from '../errors';
 import { OwnedFd } from '../fdpass';
 import * as libc from '../sys/libc';
@@ -50,7 +51,7 @@ const bound = new Map<string, LiveBindings>();
 function bind(soname: string): LiveBindings {
   libbpf(soname); // same typed error as the loader when the library is missing
   const lib = koffi.load(soname);
-  const f = (sig: string): koffi.KoffiFunction => {
+  const f = (sig: string): Koffi.KoffiFunction => {
     try {
       return lib.func(sig);
     } catch (e) {

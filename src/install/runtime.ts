@@ -14,6 +14,7 @@ import { dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
 import { assertTrustedExecutable } from '../sys/trust';
+import { koffiTriplets } from '../sys/koffi';
 
 export const DEFAULT_PREFIX = '/usr/lib/virt-ebpf';
 export const PREFIX_MARKER = '.virt-ebpf-runtime';
@@ -115,11 +116,6 @@ export function runtimeModuleFilter(dev: Set<string>, keepKoffi: string[]): (rel
     if (top === 'koffi' && parts[1] === 'build' && parts[2] === 'koffi' && parts.length > 3) return keepKoffi.includes(parts[3]);
     return true;
   };
-}
-
-/** koffi's build directories for this machine (glibc first; musl is its fallback on Linux). */
-export function koffiTriplets(platform = process.platform, arch = process.arch): string[] {
-  return platform === 'linux' ? [`linux_${arch}`, `musl_${arch}`] : [`${platform}_${arch}`];
 }
 
 /** Copy the runtime parts of `from` (package.json, templates, dist/src, dist/shims, production node_modules) to `to`. */

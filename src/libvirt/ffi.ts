@@ -11,7 +11,8 @@
  * - virGetLastError returns thread-local storage owned by libvirt: decode, never free. koffi's
  *   synchronous calls run on the main thread, so "last error" is the one of our last call.
  */
-import koffi from 'koffi';
+import type * as Koffi from 'koffi';
+import koffi from '../sys/koffi';
 import { VirtEbpfError } from '../errors';
 
 export const LIBVIRT_SONAME = 'libvirt.so.0';
@@ -59,10 +60,10 @@ const loaded = new Map<string, Bindings>();
  * Driver error : …") before we can turn it into our one-line error. Registered once per process
  * and never unregistered: libvirt keeps calling the pointer for as long as the process lives.
  */
-let quietHandler: koffi.IKoffiRegisteredCallback | undefined;
+let quietHandler: Koffi.IKoffiRegisteredCallback | undefined;
 
 function bind(soname: string): Bindings {
-  let lib: koffi.IKoffiLib;
+  let lib: Koffi.IKoffiLib;
   try {
     lib = koffi.load(soname);
   } catch (e) {
@@ -71,7 +72,7 @@ function bind(soname: string): Bindings {
       cause: e,
     });
   }
-  const f = (sig: string): koffi.KoffiFunction => {
+  const f = (sig: string): Koffi.KoffiFunction => {
     try {
       return lib.func(sig);
     } catch (e) {

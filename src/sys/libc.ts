@@ -3,7 +3,7 @@
  * Thin and typed: each wrapper throws a VirtEbpfError('SYSCALL') with errno on failure.
  * Linux x86_64/aarch64 (LP64) layouts only.
  */
-import koffi from 'koffi';
+import koffi from './koffi';
 import { VirtEbpfError } from '../errors';
 
 const libc = koffi.load('libc.so.6');

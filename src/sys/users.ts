@@ -2,7 +2,7 @@
  * Who to run as: resolve a user name (through NSS, like `id` does) to uid, primary gid and
  * supplementary groups.
  */
-import koffi from 'koffi';
+import koffi from './koffi';
 import { VirtEbpfError } from '../errors';
 
 const libc = koffi.load('libc.so.6');

@@ -5,7 +5,7 @@
  * system's libseccomp (the library systemd itself uses) through koffi; no systemd needed.
  * SPEC: { allow: string[] (syscall names), errno: number, socketFamilies: number[] }.
  */
-import koffi from 'koffi';
+import koffi from '../../src/sys/koffi';
 import { readFileSync } from 'node:fs';
 import { execve, setCloexec } from '../../src/sys/libc';
 

@@ -1,0 +1,66 @@
+/**
+ * koffi as its native module (src/sys/koffi.ts): the processes that call C do not load the
+ * package entry point's installer helpers (https, tls, http, zlib, crypto), calls work, and a
+ * build that is missing or of another version falls back to the entry point.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import koffi, { koffiTriplets, nativeKoffi } from '../../src/sys/koffi';
+import { REPO, tempDir } from '../harness';
+
+/** Node's modules no process of ours needs: the entry point of koffi loads them for its installer. */
+const INSTALLER_ONLY = ['NativeModule https', 'NativeModule tls', 'NativeModule http', 'NativeModule zlib'];
+const KOFFI_ROOT = dirname(require.resolve('koffi/package.json'));
+const KOFFI_VERSION = (JSON.parse(readFileSync(join(KOFFI_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+
+test('the native module is what src/sys/koffi gives, at the package version, and it calls C', () => {
+  assert.equal((koffi as unknown as { version: string }).version, KOFFI_VERSION);
+  const getpid = koffi.load('libc.so.6').func('int getpid(void)');
+  assert.equal(getpid(), process.pid);
+  const out = execFileSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO, 'dist/src/sys/libc.js'))}); process.stdout.write(JSON.stringify(process.moduleLoadList))`], { encoding: 'utf8' });
+  const loaded = JSON.parse(out) as string[];
+  for (const m of INSTALLER_ONLY) assert.ok(!loaded.includes(m), `${m} is loaded by a process that only calls libc`);
+});
+
+test('a build directory that is missing or of another version is not used: the entry point is', () => {
+  assert.equal(nativeKoffi(KOFFI_ROOT, ['plan9_x64']), undefined);
+  const dir = tempDir();
+  try {
+    writeFileSync(join(dir.path, 'package.json'), JSON.stringify({ name: 'koffi', version: '0.0.1' }));
+    mkdirSync(join(dir.path, 'build'));
+    symlinkSync(join(KOFFI_ROOT, 'build', 'koffi'), join(dir.path, 'build', 'koffi'));
+    assert.ok(existsSync(join(dir.path, 'build', 'koffi', koffiTriplets()[0], 'koffi.node')));
+    assert.equal(nativeKoffi(dir.path), undefined, 'a native module of another version than its package is refused');
+  } finally {
+    dir.remove();
+  }
+  assert.deepEqual(koffiTriplets('linux', 'arm64'), ['linux_arm64', 'musl_arm64']);
+});
+
+test('the broker, started, has not loaded https, tls, http or zlib', async () => {
+  const dir = tempDir();
+  const socket = join(dir.path, 'broker.sock');
+  const cfg = join(dir.path, 'broker.json');
+  const list = join(dir.path, 'modules.json');
+  const preload = join(dir.path, 'modules.js');
+  writeFileSync(cfg, JSON.stringify({ socket, cacheDir: join(dir.path, 'cache'), pool: { size: 0 } }));
+  writeFileSync(preload, `process.on('SIGUSR2', () => require('fs').writeFileSync(${JSON.stringify(list)}, JSON.stringify(process.moduleLoadList)));\n`);
+  const broker = spawn(process.execPath, ['-r', preload, join(REPO, 'dist/src/cli/main.js'), 'broker', '--config', cfg], { stdio: 'ignore' });
+  const exited = new Promise((r) => broker.once('exit', r));
+  try {
+    for (let i = 0; i < 200 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(existsSync(socket), 'the broker listens');
+    broker.kill('SIGUSR2');
+    for (let i = 0; i < 100 && !existsSync(list); i++) await new Promise((r) => setTimeout(r, 20));
+    const loaded = JSON.parse(readFileSync(list, 'utf8')) as string[];
+    assert.ok(loaded.includes('NativeModule net'), 'the list is the broker’s');
+    for (const m of INSTALLER_ONLY) assert.ok(!loaded.includes(m), `the broker loaded ${m}`);
+  } finally {
+    broker.kill('SIGTERM');
+    await exited;
+    dir.remove();
+  }
+});
