@@ -49,8 +49,7 @@ export function parseRssObject(bytes: Buffer): BpfSpec {
  */
 export function loadRss(bytes: Buffer, opts: LoadRssOptions = {}): RssContext {
   const spec = parseRssObject(bytes); // never hand libbpf an object that failed validation
-  // The kernel refuses log buffers under 128 bytes and over 1 GiB; its log keeps the tail (the reason) when it overflows.
-  const log = Buffer.alloc(Math.min(Math.max(opts.logSize ?? 1 << 20, 4096), 1 << 30));
+  const log = logBuffer(opts.logSize ?? 1 << 20);
   return withLibbpfMessages((messages) => {
     let obj: LibbpfObject | undefined;
     const owned: OwnedFd[] = [];
@@ -91,6 +90,23 @@ export function loadRss(bytes: Buffer, opts: LoadRssOptions = {}): RssContext {
     }
     return makeContext(owned, spec);
   }, opts.onLibbpfMessage);
+}
+
+let reusedLog: Buffer | undefined;
+
+/**
+ * The verifier log's buffer. libbpf writes it only when a load fails, so one buffer serves every
+ * load of a thread (module state is per thread, and a load is synchronous): a fresh 1 MiB buffer
+ * per load was garbage that a loader thread's heap let pile up (~20 MiB a thread). Its first
+ * byte is cleared, so a failure the kernel wrote no log for does not read the previous one.
+ * The kernel refuses log buffers under 128 bytes and over 1 GiB; its log keeps the tail (the
+ * reason) when it overflows.
+ */
+function logBuffer(requested: number): Buffer {
+  const size = Math.min(Math.max(requested, 4096), 1 << 30);
+  if (reusedLog?.length !== size) reusedLog = Buffer.alloc(size);
+  reusedLog[0] = 0;
+  return reusedLog;
 }
 
 function makeContext(fds: OwnedFd[], spec: BpfSpec): RssContext {

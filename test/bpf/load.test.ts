@@ -116,6 +116,45 @@ test('a program the verifier rejects is BPF_VERIFIER with the log in detail', ()
   assert.equal(kernelBpfFds(), held, 'maps created before the failed program load were closed');
 });
 
+test('loads share one verifier-log buffer: a failure reads its own log, and loads leave no buffer each behind', () => {
+  needRoot('the verifier only runs for a privileged loader');
+  const mutated = (match: (i: Buffer) => boolean, patch: (b: Buffer, at: number) => void): Buffer => {
+    const b = Buffer.from(obj);
+    patch(b, findInsn(b, 'socket', match));
+    return b;
+  };
+  // Two different out-of-bounds reads: the second failure's reason is its own, not the first's.
+  const far = mutated((i) => i[0] === 0x71 && i[1] === 0x61 && i.readInt16LE(2) === 0, (b, at) => b.writeInt16LE(1024, at + 2));
+  const near = mutated((i) => i[0] === 0x71 && i[1] === 0x61 && i.readInt16LE(2) === 0, (b, at) => b.writeInt16LE(600, at + 2));
+  const reason = (bytes: Buffer): string => {
+    try {
+      loadRss(bytes).close();
+    } catch (e) {
+      assert.ok(isVirtEbpfError(e, 'BPF_VERIFIER'), String(e));
+      return e.message;
+    }
+    throw new Error('the mutated object loaded');
+  };
+  assert.match(reason(far), /off=1024 size=1/);
+  const second = reason(near);
+  assert.match(second, /r6 \+600\).*off=600 size=1/);
+  assert.doesNotMatch(second, /1024/);
+  // A 1 MiB buffer per load stays allocated until the thread's next garbage collection (a
+  // loader thread piled up ~20 MiB of them): loads after the first allocate no log buffer.
+  const alloc = Buffer.alloc;
+  let big = 0;
+  Buffer.alloc = ((size: number, ...rest: unknown[]) => {
+    if (size >= 1 << 20) big++;
+    return (alloc as (...a: unknown[]) => Buffer)(size, ...rest);
+  }) as typeof Buffer.alloc;
+  try {
+    for (let i = 0; i < 10; i++) loadRss(obj).close();
+  } finally {
+    Buffer.alloc = alloc;
+  }
+  assert.equal(big, 0, `10 loads allocated ${big} log buffers`);
+});
+
 test('without privileges: BPF_PERMISSION telling the user to run as root', () => {
   needRoot('dropping to another user needs root first');
   const child = join(REPO, 'dist', 'test', 'fixtures', 'bpf', 'load-as-nobody.js');
