@@ -24,9 +24,15 @@ export function normalUuid(uuid: string | undefined): string | undefined {
 /** libvirt's command lines are a few KiB; nothing past this is read (a peer chooses its argv). */
 const CMDLINE_MAX = 256 * 1024;
 
+/**
+ * One read buffer for every peer of the thread (the reads are synchronous): a fresh 256 KiB per
+ * connection was garbage for each start and hot-plug. Only the bytes of one read are looked at.
+ */
+let cmdlineBuf: Buffer | undefined;
+
 /** The value after the last `-uuid` (or `--uuid`) in /proc/PID/cmdline, read up to CMDLINE_MAX bytes. */
 export function cmdlineUuid(pid: number): string | undefined {
-  const buf = Buffer.allocUnsafe(CMDLINE_MAX); // only the n bytes read are looked at
+  const buf = (cmdlineBuf ??= Buffer.allocUnsafe(CMDLINE_MAX));
   let n = 0;
   try {
     const fd = openSync(`/proc/${pid}/cmdline`, 'r');
@@ -38,7 +44,7 @@ export function cmdlineUuid(pid: number): string | undefined {
   } catch {
     return undefined; // gone
   }
-  // The bytes read only: the rest of the buffer is not the peer's.
+  // The bytes read only: the rest of the buffer is not this peer's.
   return uuidIn(buf.subarray(0, n));
 }
 

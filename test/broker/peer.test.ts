@@ -47,3 +47,21 @@ test('uuidIn: only the bytes given count, and the later of -uuid and --uuid wins
   assert.equal(uuidIn(Buffer.from(`q\0-uuid\0${A}\0--uuid\0${B}\0`)), B);
   assert.equal(uuidIn(Buffer.from(`q\0-uuid\0${A}`)), undefined, 'a value without its NUL (the kernel always ends one) is not taken');
 });
+
+test('cmdlineUuid reads every peer into one buffer: a long command line does not leak into the next, shorter one', async () => {
+  const filler = 'x'.repeat(8000);
+  const alloc = Buffer.allocUnsafe;
+  let big = 0;
+  Buffer.allocUnsafe = ((size: number) => {
+    if (size >= 64 * 1024) big++;
+    return alloc(size);
+  }) as typeof Buffer.allocUnsafe;
+  try {
+    await withProcess([filler, '-uuid', A], (pid) => assert.equal(cmdlineUuid(pid), A));
+    await withProcess(['-name', 'guest=x'], (pid) => assert.equal(cmdlineUuid(pid), undefined, 'the earlier peer’s -uuid, past this one’s bytes, is not read'));
+    for (let i = 0; i < 5; i++) await withProcess(['-uuid', B], (pid) => assert.equal(cmdlineUuid(pid), B));
+  } finally {
+    Buffer.allocUnsafe = alloc;
+  }
+  assert.ok(big <= 1, `${big} read buffers for 7 peers`);
+});
