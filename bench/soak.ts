@@ -15,6 +15,8 @@ import { LOADER_IDLE_MS } from '../src/broker/loader';
 
 const CYCLES = Number(process.env.BENCH_SOAK_CYCLES ?? 1000);
 
+const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)];
@@ -35,10 +37,11 @@ async function main(): Promise<void> {
     const lines = [
       `## soak: ${CYCLES} start/destroy cycles of an enabled 1-RSS-NIC domain (installed broker, pool 2)`,
       '',
-      '| cycle | broker BPF programs | broker fds | broker RSS | RSS vs cycle 20 |',
-      '|---|---|---|---|---|',
-      ...r.samples.map((s) => `| ${s.cycle} | ${s.progs} | ${s.fds} | ${(s.rssKiB / 1024).toFixed(1)} MiB | ${(s.rssKiB / base.rssKiB).toFixed(3)}× |`),
-      `| idle after the run (loader threads ended, C heap trimmed) | ${idle.progs} | ${idle.fds} | ${(idle.rssKiB / 1024).toFixed(1)} MiB | ${(idle.rssKiB / base.rssKiB).toFixed(3)}× |`,
+      '| cycle | broker BPF programs | broker fds | broker threads | broker RSS | of it anonymous / file | RSS vs cycle 20 |',
+      '|---|---|---|---|---|---|---|',
+      ...[...r.samples, { ...idle, cycle: 'idle after the run (loader threads ended, C heap trimmed)' }].map(
+        (s) => `| ${s.cycle} | ${s.progs} | ${s.fds} | ${s.threads} | ${mib(s.rssKiB)} | ${mib(s.anonKiB)} / ${mib(s.fileKiB)} | ${(s.rssKiB / base.rssKiB).toFixed(3)}× |`,
+      ),
       '',
       `start time, first 100 starts (baseline): median ${median(r.startMs.slice(0, 100)).toFixed(0)} ms; last 100: median ${median(r.startMs.slice(-100)).toFixed(0)} ms (${(median(r.startMs.slice(-100)) / median(r.startMs.slice(0, 100))).toFixed(3)}×)`,
       '',

@@ -11,13 +11,18 @@ export interface Holding {
   progs: number;
   fds: number;
   rssKiB: number;
+  /** of it, anonymous memory (RssAnon) and file pages (RssFile + RssShmem: node's binary, libraries) */
+  anonKiB: number;
+  fileKiB: number;
+  /** the broker's threads (its loader threads among them while they live) */
+  threads: number;
 }
 
 export interface Sample extends Holding {
   cycle: number;
 }
 
-/** What the broker process holds now: BPF programs, open fds, resident memory. */
+/** What the broker process holds now: BPF programs, open fds, resident memory, threads. */
 export function brokerHolds(broker: BrokerChild): Holding {
   const pid = broker.pid;
   assert.ok(pid, 'the broker is not running');
@@ -31,8 +36,9 @@ export function brokerHolds(broker: BrokerChild): Holding {
       /* closed meanwhile */
     }
   }
-  const rssKiB = Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-  return { progs, fds, rssKiB };
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0);
+  return { progs, fds, rssKiB: field('VmRSS'), anonKiB: field('RssAnon'), fileKiB: field('RssFile') + field('RssShmem'), threads: field('Threads') };
 }
 
 export interface SoakResult {
