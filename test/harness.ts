@@ -43,6 +43,26 @@ export function watchFds(): () => void {
   };
 }
 
+/** How many buffers of at least `minBytes` `fn` allocates (Buffer.alloc and Buffer.allocUnsafe both). */
+export async function largeAllocations(minBytes: number, fn: () => void | Promise<void>): Promise<number> {
+  const { alloc, allocUnsafe } = Buffer;
+  let n = 0;
+  const count = <F extends (size: number, ...rest: never[]) => Buffer>(f: F): F =>
+    ((size: number, ...rest: never[]) => {
+      if (size >= minBytes) n++;
+      return f(size, ...rest);
+    }) as F;
+  Buffer.alloc = count(alloc);
+  Buffer.allocUnsafe = count(allocUnsafe);
+  try {
+    await fn();
+  } finally {
+    Buffer.alloc = alloc;
+    Buffer.allocUnsafe = allocUnsafe;
+  }
+  return n;
+}
+
 export function tempDir(prefix = 'virt-ebpf-test-'): { path: string; remove(): void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };

@@ -49,7 +49,15 @@ export function parseRssObject(bytes: Buffer): BpfSpec {
  */
 export function loadRss(bytes: Buffer, opts: LoadRssOptions = {}): RssContext {
   const spec = parseRssObject(bytes); // never hand libbpf an object that failed validation
-  const log = logBuffer(opts.logSize ?? 1 << 20);
+  const { log, release } = logBuffer(opts.logSize ?? 1 << 20);
+  try {
+    return loadWithLog(bytes, spec, log, opts);
+  } finally {
+    release();
+  }
+}
+
+function loadWithLog(bytes: Buffer, spec: BpfSpec, log: Buffer, opts: LoadRssOptions): RssContext {
   return withLibbpfMessages((messages) => {
     let obj: LibbpfObject | undefined;
     const owned: OwnedFd[] = [];
@@ -93,20 +101,22 @@ export function loadRss(bytes: Buffer, opts: LoadRssOptions = {}): RssContext {
 }
 
 let reusedLog: Buffer | undefined;
+let reusedLogBusy = false;
 
 /**
- * The verifier log's buffer. libbpf writes it only when a load fails, so one buffer serves every
- * load of a thread (module state is per thread, and a load is synchronous): a fresh 1 MiB buffer
- * per load was garbage that a loader thread's heap let pile up (~20 MiB a thread). Its first
- * byte is cleared, so a failure the kernel wrote no log for does not read the previous one.
- * The kernel refuses log buffers under 128 bytes and over 1 GiB; its log keeps the tail (the
- * reason) when it overflows.
+ * The verifier log's buffer, and its release. libbpf writes it only when a load fails, so one
+ * buffer serves every load of a thread (module state is per thread); a load nested in another
+ * (from an `onLibbpfMessage` callback) gets a buffer of its own. Its first byte is cleared, so a
+ * failure the kernel wrote no log for does not read an earlier one. The kernel refuses log
+ * buffers under 128 bytes and over 1 GiB; its log keeps the tail (the reason) when it overflows.
  */
-function logBuffer(requested: number): Buffer {
+function logBuffer(requested: number): { log: Buffer; release(): void } {
   const size = Math.min(Math.max(requested, 4096), 1 << 30);
+  if (reusedLogBusy) return { log: Buffer.alloc(size), release: () => undefined };
   if (reusedLog?.length !== size) reusedLog = Buffer.alloc(size);
   reusedLog[0] = 0;
-  return reusedLog;
+  reusedLogBusy = true;
+  return { log: reusedLog, release: () => void (reusedLogBusy = false) };
 }
 
 function makeContext(fds: OwnedFd[], spec: BpfSpec): RssContext {

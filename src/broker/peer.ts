@@ -25,8 +25,8 @@ export function normalUuid(uuid: string | undefined): string | undefined {
 const CMDLINE_MAX = 256 * 1024;
 
 /**
- * One read buffer for every peer of the thread (the reads are synchronous): a fresh 256 KiB per
- * connection was garbage for each start and hot-plug. Only the bytes of one read are looked at.
+ * One read buffer for every peer of the thread (the reads are synchronous, so they never
+ * overlap). Only the bytes of one read are looked at, and they are cleared after it.
  */
 let cmdlineBuf: Buffer | undefined;
 
@@ -45,7 +45,11 @@ export function cmdlineUuid(pid: number): string | undefined {
     return undefined; // gone
   }
   // The bytes read only: the rest of the buffer is not this peer's.
-  return uuidIn(buf.subarray(0, n));
+  try {
+    return uuidIn(buf.subarray(0, n));
+  } finally {
+    buf.fill(0, 0, n);
+  }
 }
 
 /**

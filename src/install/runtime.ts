@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
 import { assertTrustedExecutable } from '../sys/trust';
-import { koffiTriplets } from '../sys/koffi';
+import { koffiTriplets } from '../sys/koffi-native';
 
 export const DEFAULT_PREFIX = '/usr/lib/virt-ebpf';
 export const PREFIX_MARKER = '.virt-ebpf-runtime';

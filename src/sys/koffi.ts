@@ -10,36 +10,8 @@
  * first, then musl, as the entry point tries them); when none is there or its version is not
  * the package's, the entry point is loaded as it is.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
+import { nativeKoffi, type Koffi } from './koffi-native';
 
-type Koffi = typeof import('koffi');
-
-/** koffi's build directories for this machine (glibc first; musl is its fallback on Linux). */
-export function koffiTriplets(platform = process.platform, arch = process.arch): string[] {
-  return platform === 'linux' ? [`linux_${arch}`, `musl_${arch}`] : [`${platform}_${arch}`];
-}
-
-/** The native module of the koffi package at `root` for one of `triplets`, or undefined. */
-export function nativeKoffi(root: string, triplets = koffiTriplets()): Koffi | undefined {
-  const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version?: string }).version;
-  for (const triplet of triplets) {
-    const file = join(root, 'build', 'koffi', triplet, 'koffi.node');
-    if (!existsSync(file)) continue;
-    try {
-      const native = require(file) as Koffi & { version?: string };
-      if (native.version === version) return native;
-    } catch {
-      /* a build for another C library: try the next */
-    }
-  }
-  return undefined;
-}
-
-function load(): Koffi {
-  const root = dirname(require.resolve('koffi/package.json'));
-  return nativeKoffi(root) ?? (require('koffi') as Koffi);
-}
-
-const koffi: Koffi = load();
+const koffi: Koffi = nativeKoffi(dirname(require.resolve('koffi/package.json'))) ?? (require('koffi') as Koffi);
 export default koffi;

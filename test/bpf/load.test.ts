@@ -11,7 +11,7 @@ import { loadRss, RSS_MAPS } from '../../src/bpf';
 import { bpfFdInfo } from '../../src/fdpass';
 import { getCloexec } from '../../src/sys/libc';
 import { isVirtEbpfError } from '../../src/errors';
-import { needRoot, openFds, REPO, watchFds } from '../harness';
+import { largeAllocations, needRoot, openFds, REPO, watchFds } from '../harness';
 import { rssObject } from './fixture';
 import { findInsn } from './mutate';
 
@@ -116,7 +116,7 @@ test('a program the verifier rejects is BPF_VERIFIER with the log in detail', ()
   assert.equal(kernelBpfFds(), held, 'maps created before the failed program load were closed');
 });
 
-test('loads share one verifier-log buffer: a failure reads its own log, and loads leave no buffer each behind', () => {
+test('loads share one verifier-log buffer: a failure reads its own log, and loads leave no buffer each behind', async () => {
   needRoot('the verifier only runs for a privileged loader');
   const mutated = (match: (i: Buffer) => boolean, patch: (b: Buffer, at: number) => void): Buffer => {
     const b = Buffer.from(obj);
@@ -141,18 +141,31 @@ test('loads share one verifier-log buffer: a failure reads its own log, and load
   assert.doesNotMatch(second, /1024/);
   // A 1 MiB buffer per load stays allocated until the thread's next garbage collection (a
   // loader thread piled up ~20 MiB of them): loads after the first allocate no log buffer.
-  const alloc = Buffer.alloc;
-  let big = 0;
-  Buffer.alloc = ((size: number, ...rest: unknown[]) => {
-    if (size >= 1 << 20) big++;
-    return (alloc as (...a: unknown[]) => Buffer)(size, ...rest);
-  }) as typeof Buffer.alloc;
-  try {
+  const big = await largeAllocations(1 << 20, () => {
     for (let i = 0; i < 10; i++) loadRss(obj).close();
-  } finally {
-    Buffer.alloc = alloc;
-  }
+  });
   assert.equal(big, 0, `10 loads allocated ${big} log buffers`);
+});
+
+test('a load nested in a rejected one (from its libbpf messages) leaves the outer one its own log', () => {
+  needRoot('the verifier only runs for a privileged loader');
+  const broken = Buffer.from(obj);
+  broken.writeInt16LE(1024, findInsn(broken, 'socket', (i) => i[0] === 0x71 && i[1] === 0x61 && i.readInt16LE(2) === 0) + 2);
+  let nested = 0;
+  assert.throws(
+    () =>
+      loadRss(broken, {
+        onLibbpfMessage: (_level, text) => {
+          // After the kernel wrote the outer load's log, before libbpf's caller reads it.
+          if (nested === 0 && /BPF program load failed/.test(text)) {
+            nested++;
+            loadRss(obj).close();
+          }
+        },
+      }).close(),
+    (e: unknown) => isVirtEbpfError(e, 'BPF_VERIFIER') && /off=1024 size=1/.test(e.message),
+  );
+  assert.equal(nested, 1, 'the nested load ran');
 });
 
 test('without privileges: BPF_PERMISSION telling the user to run as root', () => {
@@ -167,4 +180,15 @@ test('without privileges: BPF_PERMISSION telling the user to run as root', () =>
   assert.equal(out.errno, 1, 'EPERM');
   assert.equal(out.remedy, 'loading BPF needs root/CAP_BPF; run as root');
   assert.match(String(out.message), /loading BPF was refused: Operation not permitted/);
+});
+
+test('a refused load after a rejected one reads no log of the rejected one (the log buffer is shared)', () => {
+  needRoot('the first load runs the verifier as root, then the child drops to nobody');
+  const child = join(REPO, 'dist', 'test', 'fixtures', 'bpf', 'load-as-nobody.js');
+  const r = spawnSync(process.execPath, [child, '65534', '65534', 'after-rejected'], { input: obj, encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, `child failed: ${r.stderr}`);
+  const out = JSON.parse(r.stdout) as Record<string, unknown>;
+  assert.equal(out.before, 'BPF_VERIFIER', 'the first load, as root, was rejected by the verifier');
+  assert.equal(out.code, 'BPF_PERMISSION', `the second is refused for what it is: ${JSON.stringify(out)}`);
+  assert.doesNotMatch(`${String(out.message)}\n${String(out.detail ?? '')}`, /1024/, 'nothing of the first load\'s verifier log');
 });

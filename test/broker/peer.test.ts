@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cmdlineUuid, uuidIn } from '../../src/broker/peer';
+import { largeAllocations } from '../harness';
 
 const A = '0b7c1d2e-3f40-4152-8637-48596a7b8c9d';
 const B = 'ffffffff-0000-4000-8000-123456789abc';
@@ -50,18 +51,10 @@ test('uuidIn: only the bytes given count, and the later of -uuid and --uuid wins
 
 test('cmdlineUuid reads every peer into one buffer: a long command line does not leak into the next, shorter one', async () => {
   const filler = 'x'.repeat(8000);
-  const alloc = Buffer.allocUnsafe;
-  let big = 0;
-  Buffer.allocUnsafe = ((size: number) => {
-    if (size >= 64 * 1024) big++;
-    return alloc(size);
-  }) as typeof Buffer.allocUnsafe;
-  try {
+  const big = await largeAllocations(64 * 1024, async () => {
     await withProcess([filler, '-uuid', A], (pid) => assert.equal(cmdlineUuid(pid), A));
     await withProcess(['-name', 'guest=x'], (pid) => assert.equal(cmdlineUuid(pid), undefined, 'the earlier peer’s -uuid, past this one’s bytes, is not read'));
     for (let i = 0; i < 5; i++) await withProcess(['-uuid', B], (pid) => assert.equal(cmdlineUuid(pid), B));
-  } finally {
-    Buffer.allocUnsafe = alloc;
-  }
+  });
   assert.ok(big <= 1, `${big} read buffers for 7 peers`);
 });

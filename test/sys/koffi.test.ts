@@ -1,17 +1,19 @@
 /**
  * koffi as its native module (src/sys/koffi.ts): the processes that call C do not load the
- * package entry point's installer helpers (https, tls, http, zlib, crypto), calls work, and a
- * build that is missing or of another version falls back to the entry point.
+ * package entry point's installer helpers (https, tls, http, zlib; crypto too where nothing of
+ * ours uses it), calls work, a build that is missing or of another version is not taken, and
+ * the installer's use of the build names loads no koffi.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import koffi, { koffiTriplets, nativeKoffi } from '../../src/sys/koffi';
+import koffi from '../../src/sys/koffi';
+import { koffiTriplets, nativeKoffi } from '../../src/sys/koffi-native';
 import { REPO, tempDir } from '../harness';
 
-/** Node's modules no process of ours needs: the entry point of koffi loads them for its installer. */
+/** Node's modules the broker does not need: the entry point of koffi loads them for its installer. */
 const INSTALLER_ONLY = ['NativeModule https', 'NativeModule tls', 'NativeModule http', 'NativeModule zlib'];
 const KOFFI_ROOT = dirname(require.resolve('koffi/package.json'));
 const KOFFI_VERSION = (JSON.parse(readFileSync(join(KOFFI_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -22,10 +24,17 @@ test('the native module is what src/sys/koffi gives, at the package version, and
   assert.equal(getpid(), process.pid);
   const out = execFileSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO, 'dist/src/sys/libc.js'))}); process.stdout.write(JSON.stringify(process.moduleLoadList))`], { encoding: 'utf8' });
   const loaded = JSON.parse(out) as string[];
-  for (const m of INSTALLER_ONLY) assert.ok(!loaded.includes(m), `${m} is loaded by a process that only calls libc`);
+  for (const m of [...INSTALLER_ONLY, 'NativeModule crypto']) assert.ok(!loaded.includes(m), `${m} is loaded by a process that only calls libc`);
 });
 
-test('a build directory that is missing or of another version is not used: the entry point is', () => {
+test('the installer reads the build names without loading koffi', () => {
+  const out = execFileSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO, 'dist/src/install/runtime.js'))}); process.stdout.write(JSON.stringify(Object.keys(require.cache)))`], { encoding: 'utf8' });
+  const loaded = (JSON.parse(out) as string[]).filter((f) => /koffi/.test(f));
+  assert.ok(loaded.some((f) => f.endsWith('sys/koffi-native.js')), 'the names come from src/sys/koffi-native');
+  assert.deepEqual(loaded.filter((f) => f.endsWith('.node') || f.endsWith('sys/koffi.js') || f.endsWith('koffi/index.js')), [], 'no koffi loaded');
+});
+
+test('a build directory that is missing, or holds a native module of another version, is not taken', () => {
   assert.equal(nativeKoffi(KOFFI_ROOT, ['plan9_x64']), undefined);
   const dir = tempDir();
   try {
@@ -47,7 +56,11 @@ test('the broker, started, has not loaded https, tls, http or zlib', async () =>
   const list = join(dir.path, 'modules.json');
   const preload = join(dir.path, 'modules.js');
   writeFileSync(cfg, JSON.stringify({ socket, cacheDir: join(dir.path, 'cache'), pool: { size: 0 } }));
-  writeFileSync(preload, `process.on('SIGUSR2', () => require('fs').writeFileSync(${JSON.stringify(list)}, JSON.stringify(process.moduleLoadList)));\n`);
+  // Written whole, then renamed: the test reads the file as soon as it exists.
+  writeFileSync(
+    preload,
+    `process.on('SIGUSR2', () => { const fs = require('fs'); fs.writeFileSync(${JSON.stringify(list + '.tmp')}, JSON.stringify(process.moduleLoadList)); fs.renameSync(${JSON.stringify(list + '.tmp')}, ${JSON.stringify(list)}); });\n`,
+  );
   const broker = spawn(process.execPath, ['-r', preload, join(REPO, 'dist/src/cli/main.js'), 'broker', '--config', cfg], { stdio: 'ignore' });
   const exited = new Promise((r) => broker.once('exit', r));
   try {
