@@ -9,7 +9,7 @@
  *  - broker memory: an idle broker's RSS, fresh and after a pool fill, against bare Node
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +21,7 @@ import * as libc from '../src/sys/libc';
 import { QmpClient, QmpTransport } from '../src/qmp';
 import { brokerRequest } from '../src/broker/client';
 import { sample, stats, table } from './stats';
+import { processStatus } from '../test/harness';
 
 const QEMU = process.env.VIRT_EBPF_TEST_QEMU ?? '/usr/bin/qemu-system-x86_64';
 const N = Number(process.env.BENCH_N ?? 1);
@@ -77,9 +78,8 @@ interface Resident {
 
 /** VmRSS, RssAnon and RssFile of a process, in MiB. */
 function resident(pid: number): Resident {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-  return { rss: kib('VmRSS') / 1024, anon: kib('RssAnon') / 1024, file: (kib('RssFile') + kib('RssShmem')) / 1024 };
+  const s = processStatus(pid);
+  return { rss: s.rssKiB / 1024, anon: s.anonKiB / 1024, file: s.fileKiB / 1024 };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -3,7 +3,7 @@
  * with the reason, because CI runs as root and a missing privilege is a broken setup.
  * `watchFds()` snapshots /proc/self/fd so a suite can assert it leaked nothing.
  */
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
@@ -41,6 +41,13 @@ export function watchFds(): () => void {
     const leaked = [...openFds()].filter(([fd, target]) => before.get(fd) !== target && /anon_inode:bpf|socket:|\/dev\/net\/tun/.test(target));
     assert.deepEqual(leaked, [], `leaked fds: ${leaked.map(([f, t]) => `${f}->${t}`).join(', ')}`);
   };
+}
+
+/** A process's resident memory from /proc/PID/status, in KiB: VmRSS, RssAnon, RssFile + RssShmem (file-backed), and its thread count. */
+export function processStatus(pid: number): { rssKiB: number; anonKiB: number; fileKiB: number; threads: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? NaN);
+  return { rssKiB: field('VmRSS'), anonKiB: field('RssAnon'), fileKiB: field('RssFile') + field('RssShmem'), threads: field('Threads') };
 }
 
 /** How many buffers of at least `minBytes` `fn` allocates (Buffer.alloc and Buffer.allocUnsafe both). */

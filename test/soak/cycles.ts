@@ -3,7 +3,8 @@
  * holds (test/soak for CI, bench/soak for `npm run bench`).
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
+import { processStatus } from '../harness';
 import type { BrokerChild } from '../coldstart/fixture';
 import { bpfFds, defineEnabled, domainState, domainXml, qemuPid, virsh, virshTry } from '../coldstart/libvirt';
 
@@ -36,9 +37,7 @@ export function brokerHolds(broker: BrokerChild): Holding {
       /* closed meanwhile */
     }
   }
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const field = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0);
-  return { progs, fds, rssKiB: field('VmRSS'), anonKiB: field('RssAnon'), fileKiB: field('RssFile') + field('RssShmem'), threads: field('Threads') };
+  return { progs, fds, ...processStatus(pid) };
 }
 
 export interface SoakResult {
