@@ -2,8 +2,9 @@
  * `npm run bench`: the speed targets of the foundation, as tables with ratios against a
  * baseline measured in the same run.
  *  - probe: cold (QEMU started, queried) vs warm (cache hit), against QEMU start + QMP greeting only
- *  - load: one RSS context (libbpf + kernel verifier), against `bpftool prog load` of the same
- *    object (the kernel's limit, as a whole process) and parse + validate only (pure)
+ *  - load: one RSS context (libbpf + kernel verifier), from bytes and from an object validated
+ *    once (as the broker's loader threads do), against `bpftool prog load` of the same object (the
+ *    kernel's limit, as a whole process) and parse + validate only (pure)
  *  - handoff: 4 fds sent and received over a unix socket, against the same message without fds
  *  - cold broker: socket activation to the first reply, against bare Node answering one line
  *  - broker memory: an idle broker's RSS, fresh and after a pool fill, against bare Node
@@ -15,12 +16,12 @@ import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
 import { probeEmulator, PROBE_ARGS } from '../src/emulator';
 import { rssObjectBytes } from '../src/emulator/caps';
-import { loadRss, parseRssObject } from '../src/bpf';
+import { loadRss, parseRssObject, validateRssObject } from '../src/bpf';
 import { recvFds, sendFds } from '../src/fdpass';
 import * as libc from '../src/sys/libc';
 import { QmpClient, QmpTransport } from '../src/qmp';
 import { brokerRequest } from '../src/broker/client';
-import { sample, stats, table } from './stats';
+import { medianWithInterval, sample, stats, table } from './stats';
 import { processStatus } from '../test/harness';
 
 const QEMU = process.env.VIRT_EBPF_TEST_QEMU ?? '/usr/bin/qemu-system-x86_64';
@@ -155,7 +156,20 @@ async function main(): Promise<void> {
     const { caps } = await probeEmulator(QEMU, { cacheDir: cache });
     const bytes = rssObjectBytes(caps);
     const parse = await sample(200 * N, () => parseRssObject(bytes));
-    const load = await sample(20 * N, () => loadRss(bytes).close());
+    // From bytes and from an object validated once, in alternating pairs (the kernel's state is
+    // the same for both halves of a pair).
+    const validated = validateRssObject(bytes);
+    const load: number[] = [];
+    const loadValidated: number[] = [];
+    for (let i = 0; i < 2 + 40 * N; i++) {
+      const pair = i % 2 === 0 ? ([[load, bytes], [loadValidated, validated]] as const) : ([[loadValidated, validated], [load, bytes]] as const);
+      for (const [into, object] of pair) {
+        const t0 = process.hrtime.bigint();
+        loadRss(object).close();
+        if (i >= 2) into.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      }
+    }
+    const paired = medianWithInterval(loadValidated.map((v, i) => v / load[i]));
     // The kernel's limit for the same object: bpftool loading it as a whole process (its own
     // start-up included), pinned and unpinned again.
     const obj = join(cache, 'rss.bpf.o');
@@ -170,8 +184,11 @@ async function main(): Promise<void> {
       table('context load (one RSS NIC)', [
         { name: 'parse + validate ELF (pure)', stats: stats(parse) },
         { name: 'bpftool prog load, same object (a whole process)', stats: stats(bpftool) },
-        { name: 'load: libbpf + verifier, 4 fds', stats: stats(load), baseline: 'bpftool prog load, same object (a whole process)' },
+        { name: 'load: parse + validate, libbpf + verifier, 4 fds', stats: stats(load), baseline: 'bpftool prog load, same object (a whole process)' },
+        { name: 'load of an object validated once (the broker\'s loader threads)', stats: stats(loadValidated), baseline: 'bpftool prog load, same object (a whole process)' },
       ]),
+      `validated once against parsed at each load, paired: median ratio ${paired.median.toFixed(3)}× (95 % interval ${paired.low.toFixed(3)}–${paired.high.toFixed(3)}, n = ${load.length})`,
+      '',
     );
 
     // handoff

@@ -20,5 +20,5 @@ export {
   type RssConfig,
   type ExpectedMap,
 } from './rss';
-export { loadRss, parseRssObject, type RssContext, type LoadRssOptions } from './load';
+export { loadRss, parseRssObject, validateRssObject, type ValidatedRssObject, type RssContext, type LoadRssOptions } from './load';
 export { openProgById, openMapById, mapLookup, mapUpdate, mapInfo, progInfo, progTestRun, enableRunStats, type BpfMapInfo, type BpfProgInfo, type TestRunResult } from './live';

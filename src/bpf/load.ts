@@ -43,12 +43,34 @@ export function parseRssObject(bytes: Buffer): BpfSpec {
 }
 
 /**
- * Validate, then load QEMU's RSS object into the kernel. Synchronous: it blocks the calling
- * thread for the verifier's run, about 70–150 ms on the CI machine; run it where that is acceptable (the
- * broker pre-loads contexts into a pool for this reason).
+ * An RSS object that passed `parseRssObject`, for loading it many times without parsing it
+ * again. Only `validateRssObject` makes one; its bytes are a private copy no caller can change
+ * after the check.
  */
-export function loadRss(bytes: Buffer, opts: LoadRssOptions = {}): RssContext {
-  const spec = parseRssObject(bytes); // never hand libbpf an object that failed validation
+export interface ValidatedRssObject {
+  readonly spec: BpfSpec;
+  readonly size: number;
+}
+
+const validatedBytes = new WeakMap<ValidatedRssObject, Buffer>();
+
+/** parse + validate once; `loadRss` takes the result as it is. */
+export function validateRssObject(bytes: Buffer): ValidatedRssObject {
+  const copy = Buffer.from(bytes);
+  const object = Object.freeze({ spec: parseRssObject(copy), size: copy.length });
+  validatedBytes.set(object, copy);
+  return object;
+}
+
+/**
+ * Load QEMU's RSS object into the kernel: bytes are validated first, a `ValidatedRssObject` was.
+ * Synchronous: it blocks the calling thread for the verifier's run, about 70–150 ms on the CI
+ * machine; run it where that is acceptable (the broker pre-loads contexts into a pool for this
+ * reason).
+ */
+export function loadRss(object: Buffer | ValidatedRssObject, opts: LoadRssOptions = {}): RssContext {
+  // Never hand libbpf an object that failed validation.
+  const { bytes, spec } = Buffer.isBuffer(object) ? { bytes: object, spec: parseRssObject(object) } : validated(object);
   const { log, release } = logBuffer(opts.logSize ?? 1 << 20);
   try {
     return loadWithLog(bytes, spec, log, opts);
@@ -98,6 +120,12 @@ function loadWithLog(bytes: Buffer, spec: BpfSpec, log: Buffer, opts: LoadRssOpt
     }
     return makeContext(owned, spec);
   }, opts.onLibbpfMessage);
+}
+
+function validated(object: ValidatedRssObject): { bytes: Buffer; spec: BpfSpec } {
+  const bytes = validatedBytes.get(object);
+  if (!bytes) throw new TypeError('loadRss takes bytes or what validateRssObject returned');
+  return { bytes, spec: object.spec };
 }
 
 let reusedLog: Buffer | undefined;

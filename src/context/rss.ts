@@ -5,14 +5,41 @@
  */
 import { VirtEbpfError } from '../errors';
 import { rssObjectBytes, type EmulatorCaps } from '../emulator/caps';
-import { loadRss } from '../bpf';
+import { loadRss, validateRssObject, type ValidatedRssObject } from '../bpf';
 import { runHelper } from '../helper';
 import { assertSupported, type AcquiredContext, type LoadOptions } from './types';
+
+/** How many emulator builds' objects a thread keeps validated (a host runs a few builds). */
+export const VALIDATED_OBJECTS = 8;
+
+/**
+ * This thread's validated RSS objects, by the object's digest: each emulator's object is decoded,
+ * checked against its digest and parsed once, not at every load. An entry serves only caps whose
+ * encoded object is the one it was made from, so caps that changed are checked again. Beyond
+ * VALIDATED_OBJECTS builds, the one validated first goes.
+ */
+const validated = new Map<string, { encoded: string; object: ValidatedRssObject }>();
+
+function validatedObject(caps: EmulatorCaps): ValidatedRssObject {
+  const digest = caps.rssObjectSha256 ?? '';
+  const held = validated.get(digest);
+  if (held && held.encoded === caps.rssObject) return held.object;
+  const object = validateRssObject(rssObjectBytes(caps));
+  validated.delete(digest);
+  validated.set(digest, { encoded: caps.rssObject!, object });
+  if (validated.size > VALIDATED_OBJECTS) validated.delete(validated.keys().next().value!);
+  return object;
+}
+
+/** How many objects this thread holds validated (for tests). */
+export function validatedObjects(): number {
+  return validated.size;
+}
 
 export async function loadRssContext(caps: EmulatorCaps, opts: LoadOptions = {}): Promise<AcquiredContext> {
   assertSupported(caps);
   if (caps.protocol === 'request-ebpf') {
-    const ctx = loadRss(rssObjectBytes(caps));
+    const ctx = loadRss(validatedObject(caps));
     return {
       descriptor: { protocol: 'request-ebpf', property: caps.property, fds: ctx.fds.length, progId: ctx.progId, mapIds: [...ctx.mapIds] },
       fds: [...ctx.fds],
