@@ -61,6 +61,8 @@ export interface DomainQemuOptions {
   real?: string;
   /** pcie-root-ports to hot-plug into, pci.1 … pci.N (default 5) */
   ports?: number;
+  /** false: the emulator itself, without the wrapper and its shims (a host without virt-ebpf) */
+  shim?: boolean;
 }
 
 export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
@@ -84,7 +86,7 @@ export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
     }),
     ...(o.extra ?? []),
   ];
-  const child = spawn(PYTHON, ['-c', LAUNCHER, monitor, String(o.uid), String(o.gid), String(MONITOR_FD), wrapper, ...args], {
+  const child = spawn(PYTHON, ['-c', LAUNCHER, monitor, String(o.uid), String(o.gid), String(MONITOR_FD), o.shim === false ? o.real ?? QEMU : wrapper, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, VIRT_EBPF_BROKER_SOCKET: o.broker, VIRT_EBPF_DOMAIN_STATE_DIR: o.stateDir },
   });
