@@ -5,7 +5,9 @@
  * one after another. Loads a request waits for (`urgent`) go first; the pool's refills run only
  * on a thread no urgent load needs, at idle priority (nice 19), so a start never waits behind a
  * refill for more than the one load already under way. Each thread's priority follows the load it
- * runs. libbpf runs without its print callback on these threads (see src/bpf/libbpf.ts).
+ * runs. libbpf runs without its print callback on these threads (see src/bpf/libbpf.ts), and,
+ * once a Loader exists, on the thread that made it too: the callback is one per process, and
+ * libbpf on a loader thread calling into another thread's JavaScript aborts the process.
  * A thread with nothing to load for `idleMs` ends (each holds a V8 isolate of its own, several
  * MB): an idle broker is its main thread; the next load starts a thread again (~20 ms).
  */
@@ -16,6 +18,7 @@ import type { EmulatorCaps } from '../emulator';
 import { VirtEbpfError, type ErrorCode } from '../errors';
 import { OwnedFd, closeAll } from '../fdpass';
 import { mallocTrim } from '../sys/libc';
+import { quietLibbpf } from '../bpf/libbpf';
 import type { ContextDescriptor } from '../context';
 import type { LoadedContext } from './pool';
 import type { LoaderMessage, LoadRequest } from './loader-worker';
@@ -52,7 +55,9 @@ export class Loader {
   constructor(
     private readonly threads = availableParallelism(),
     private readonly idleMs = LOADER_IDLE_MS,
-  ) {}
+  ) {
+    quietLibbpf();
+  }
 
   /** Loader threads running now. */
   get running(): number {

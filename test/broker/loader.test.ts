@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { getPriority } from 'node:os';
-import { needRoot, tempDir, QEMU } from '../harness';
+import { spawnSync } from 'node:child_process';
+import { needRoot, REPO, tempDir, QEMU } from '../harness';
 import { ask, ROOT, served, startTestBroker, until, type TestBroker } from './support';
 import { DEFAULT_REFILL_TIMING } from '../../src/broker/pool';
 import { Loader } from '../../src/broker/loader';
@@ -111,4 +112,13 @@ test('a loader thread with nothing to load for idleMs ends (an idle broker is it
   } finally {
     await loader.close();
   }
+});
+
+test('a load on the main thread of a process with loader threads does not abort it (libbpf\'s print hook is process-wide)', () => {
+  needRoot('loading BPF needs CAP_BPF');
+  const child = join(REPO, 'dist', 'test', 'fixtures', 'broker', 'main-thread-load.js');
+  const r = spawnSync(process.execPath, [child, QEMU, join(dir.path, 'main-thread-cache')], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.signal, null, `the process died of ${r.signal}: ${r.stderr.split('\n').slice(0, 3).join(' | ')}`);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), 'ok');
 });
