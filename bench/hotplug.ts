@@ -134,7 +134,7 @@ async function main(): Promise<void> {
     // Where the rss device_add's time goes, as the shim logged it.
     const parts = [...b.q.log().matchAll(/\(broker ([\d.]+) ms\)/g)];
     if (parts.length) {
-      out.push(`rss device_add, median of ${parts.length}: the broker's device-plan ${stats(parts.map((m) => Number(m[1]))).median.toFixed(2)} ms; the rest is QEMU realizing the device\n`);
+      out.push(`rss device_add, median of ${parts.length}: the broker's device-plan ${stats(parts.map((m) => Number(m[1]))).median.toFixed(2)} ms; the rest is the round trip to the broker and QEMU realizing the device (QEMU's own share: the row without virt-ebpf)\n`);
     }
     const mem = shimMemoryKiB(a.q.pid);
     out.push(
