@@ -12,10 +12,10 @@
  *     waits for between its request and its exec) and the broker's own `us` log field.
  *  c. 16 domains started at once, each with 1 RSS NIC, vs 16 plain ones: how many started, wall.
  *  s. the boot storm: 32 domains × 2 RSS NICs (and 16 × 1) started at once on a broker that
- *     systemd-socket-activate starts on the first connection (empty pool), against the same
- *     domains without virt-ebpf (our hook out of qemu.d): all started with their fds, wall,
- *     per-start median and p95. BENCH_STORM_ROUNDS rounds (default 2), the order alternating;
- *     BENCH_STORM picks the sizes.
+ *     systemd-socket-activate starts on the first connection (empty pool), with our hook and
+ *     hook-less (`install --no-hook`), against the same domains without virt-ebpf (no hook of
+ *     ours, libvirtd told): all started with their fds, wall, per-start median and p95, CPU.
+ *     BENCH_STORM_ROUNDS rounds (default 2), the order rotating; BENCH_STORM picks the sizes.
  *
  *  h. what the host-wide mode costs a domain without an RSS NIC (one single-queue virtio NIC):
  *     `virsh start` of domains naming /usr/bin/qemu-system-x86_64 — under `install --host-wide`
@@ -105,6 +105,21 @@ async function timedStart(name: string, check?: (pid: number) => void): Promise<
   check?.(qemuPid(name));
   virsh('destroy', name);
   return r.ms;
+}
+
+/**
+ * The install's mode as `install --hook` / `--no-hook` leave it: the hook file in place or aside
+ * and libvirtd told (it looks for hooks at its start and on SIGHUP only), and the manifest's
+ * `hook` field the broker goes by (it reads the manifest again when it changes). `installed` is
+ * the manifest as the install wrote it. `hook: 'absent'` is a host without our hook at all.
+ */
+async function hookMode(mode: 'hook' | 'hookless' | 'absent', installed: string): Promise<void> {
+  const present = mode === 'hook';
+  if (present !== existsSync(HOOK)) renameSync(present ? HOOK_ASIDE : HOOK, present ? HOOK : HOOK_ASIDE);
+  const { hook: _, ...m } = JSON.parse(installed) as { hook?: string };
+  writeFileSync(DEFAULT_PATHS.manifest, JSON.stringify(mode === 'hookless' ? { ...m, hook: 'off' } : m, null, 2) + '\n');
+  rescanHooks();
+  await new Promise((r) => setTimeout(r, 300));
 }
 
 function withoutOurHook<T>(fn: () => Promise<T>): Promise<T> {
@@ -356,34 +371,51 @@ async function benchStorm(scratch: string, out: string[], k: number, nics: numbe
     return { ok, wall, perStart: rs.map((r) => r.ms), cpu, broker };
   };
   const rounds = Number(process.env.BENCH_STORM_ROUNDS ?? 2);
-  const walls = { plain: [] as number[], enabled: [] as number[] };
-  const starts = { plain: [] as number[], enabled: [] as number[] };
-  const cpu = { plain: [] as number[], enabled: [] as number[], broker: [] as number[] };
-  let okEnabled = 0;
-  for (let r = 0; r < rounds; r++) {
-    for (const kind of r % 2 ? (['enabled', 'plain'] as const) : (['plain', 'enabled'] as const)) {
-      const w = kind === 'plain' ? await withoutOurHook(() => wave(plain, 0)) : await coldBroker((pid) => wave(enabled, 4 * nics, pid));
-      walls[kind].push(w.wall);
-      starts[kind].push(...w.perStart);
-      cpu[kind].push(w.cpu);
-      if (kind === 'enabled') {
-        cpu.broker.push(w.broker);
-        okEnabled += w.ok;
+  // Without virt-ebpf (no hook of ours, libvirtd told); enabled with the hook (the default
+  // install); enabled hook-less (install --no-hook). Each round in another order.
+  const KINDS = ['plain', 'enabled', 'hookless'] as const;
+  type Kind = (typeof KINDS)[number];
+  const walls: Record<Kind, number[]> = { plain: [], enabled: [], hookless: [] };
+  const starts: Record<Kind, number[]> = { plain: [], enabled: [], hookless: [] };
+  const cpu: Record<Kind, number[]> = { plain: [], enabled: [], hookless: [] };
+  const brokerCpu: Record<Kind, number[]> = { plain: [], enabled: [], hookless: [] };
+  const ok: Record<Kind, number> = { plain: 0, enabled: 0, hookless: 0 };
+  const installed = readFileSync(DEFAULT_PATHS.manifest, 'utf8');
+  try {
+    for (let r = 0; r < rounds; r++) {
+      for (const kind of [...KINDS.slice(r % 3), ...KINDS.slice(0, r % 3)]) {
+        await hookMode(kind === 'plain' ? 'absent' : kind === 'enabled' ? 'hook' : 'hookless', installed);
+        const w = kind === 'plain' ? await wave(plain, 0) : await coldBroker((pid) => wave(enabled, 4 * nics, pid));
+        walls[kind].push(w.wall);
+        starts[kind].push(...w.perStart);
+        cpu[kind].push(w.cpu);
+        brokerCpu[kind].push(w.broker);
+        ok[kind] += w.ok;
       }
     }
+  } finally {
+    await hookMode('hook', installed);
+    writeFileSync(DEFAULT_PATHS.manifest, installed);
   }
   const p95 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.ceil(0.95 * xs.length) - 1];
-  const wallRatio = medianWithInterval(walls.enabled.map((x, i) => x / walls.plain[i]));
+  const line = (kind: 'enabled' | 'hookless', name: string) => {
+    const wallRatio = medianWithInterval(walls[kind].map((x, i) => x / walls.plain[i]));
+    return (
+      `${name}: started with their ${4 * nics} fds ${ok[kind]}/${k * rounds} (target 100 %); wall: without ${stats(walls.plain).median.toFixed(0)} ms, ${kind} ${stats(walls[kind]).median.toFixed(0)} ms, ` +
+      `per-round ratio ${fmtRatio(wallRatio.median)} (target ≤ 1.10×); per-start p95 ${p95(starts.plain).toFixed(0)} vs ${p95(starts[kind]).toFixed(0)} ms (${fmtRatio(p95(starts[kind]) / p95(starts.plain))}, target ≤ 1.15×); ` +
+      `CPU ${median(cpu[kind]).toFixed(1)} s (${busy(cpu[kind], walls[kind])} busy), of which the broker ${median(brokerCpu[kind]).toFixed(1)} s (its loads and start-up); ` +
+      `a saturated machine cannot finish it before ${fmtRatio(median(brokerCpu[kind].map((b, i) => (cpu.plain[i] + b) / cpu.plain[i])))} of the wall without`
+    );
+  };
   out.push(
     table(`s. boot storm: ${k} domains × ${nics} RSS NICs at once, broker socket-activated on the first connection (per-start, ${rounds} rounds)`, [
       { name: `${k}×${nics} without virt-ebpf`, stats: stats(starts.plain) },
       { name: `${k}×${nics} enabled, cold broker`, stats: stats(starts.enabled), baseline: `${k}×${nics} without virt-ebpf` },
+      { name: `${k}×${nics} enabled, hook-less, cold broker`, stats: stats(starts.hookless), baseline: `${k}×${nics} without virt-ebpf` },
     ]),
-    `started with their ${4 * nics} fds: ${okEnabled}/${k * rounds} (target 100 %); wall: without ${stats(walls.plain).median.toFixed(0)} ms, enabled ${stats(walls.enabled).median.toFixed(0)} ms, ` +
-      `per-round ratio ${fmtRatio(wallRatio.median)} (target ≤ 1.10×); per-start p95 ${p95(starts.plain).toFixed(0)} vs ${p95(starts.enabled).toFixed(0)} ms (${fmtRatio(p95(starts.enabled) / p95(starts.plain))}, target ≤ 1.15×)`,
-    `CPU while the starts ran (all ${cpus().length} CPUs, /proc/stat; medians of the rounds): without ${median(cpu.plain).toFixed(1)} s (${busy(cpu.plain, walls.plain)} busy), ` +
-      `enabled ${median(cpu.enabled).toFixed(1)} s (${busy(cpu.enabled, walls.enabled)} busy), of which the broker ${median(cpu.broker).toFixed(1)} s (its loads and start-up); ` +
-      `a saturated machine cannot finish the enabled storm before ${fmtRatio(median(cpu.broker.map((b, i) => (cpu.plain[i] + b) / cpu.plain[i])))} of the wall without`,
+    `CPU while the starts ran without virt-ebpf (all ${cpus().length} CPUs, /proc/stat; medians of the rounds): ${median(cpu.plain).toFixed(1)} s (${busy(cpu.plain, walls.plain)} busy)`,
+    line('enabled', 'with the hook'),
+    line('hookless', 'hook-less (install --no-hook)'),
     '',
   );
   for (const n of [...enabled, ...plain]) removeDomain(n);
@@ -463,16 +495,8 @@ async function benchHookless(scratch: string, out: string[]): Promise<void> {
   const E = PREFIX + 'n-enabled';
   define(domainXml({ name: D, nics: [{ rss: true }] }), scratch);
   defineEnabled(E, domainXml({ name: E, nics: [{ rss: true }] }), scratch);
-  // The mode as `install --hook` / `--no-hook` leave it: the hook file, and the manifest's
-  // `hook` field the broker goes by (it reads the manifest again when it changes).
   const installed = readFileSync(DEFAULT_PATHS.manifest, 'utf8');
-  const hook = async (on: boolean) => {
-    if (on !== existsSync(HOOK)) renameSync(on ? HOOK_ASIDE : HOOK, on ? HOOK : HOOK_ASIDE);
-    const { hook: _, ...m } = JSON.parse(installed) as { hook?: string };
-    writeFileSync(DEFAULT_PATHS.manifest, JSON.stringify(on ? m : { ...m, hook: 'off' }, null, 2) + '\n');
-    rescanHooks();
-    await new Promise((r) => setTimeout(r, 300));
-  };
+  const hook = (on: boolean) => hookMode(on ? 'hook' : 'hookless', installed);
   const assertFds = (want: number) => (pid: number) => {
     if (bpfFds(pid).length !== want) throw new Error(`QEMU holds ${bpfFds(pid).length} BPF fds, not ${want}`);
   };
