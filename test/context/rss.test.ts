@@ -21,8 +21,8 @@ before(async () => {
   caps = (await probeEmulator(QEMU, { cacheDir: join(dir.path, 'cache') })).caps;
 });
 after(() => {
-  checkLeaks();
   dir.remove();
+  checkLeaks();
 });
 
 /** The same emulator's caps with another object: `bytes` encoded, under `digest` (its own by default). */
