@@ -49,7 +49,6 @@ export function parseRssObject(bytes: Buffer): BpfSpec {
  */
 export interface ValidatedRssObject {
   readonly spec: BpfSpec;
-  readonly size: number;
 }
 
 const validatedBytes = new WeakMap<ValidatedRssObject, Buffer>();
@@ -57,7 +56,7 @@ const validatedBytes = new WeakMap<ValidatedRssObject, Buffer>();
 /** parse + validate once; `loadRss` takes the result as it is. */
 export function validateRssObject(bytes: Buffer): ValidatedRssObject {
   const copy = Buffer.from(bytes);
-  const object = Object.freeze({ spec: parseRssObject(copy), size: copy.length });
+  const object = Object.freeze({ spec: parseRssObject(copy) });
   validatedBytes.set(object, copy);
   return object;
 }

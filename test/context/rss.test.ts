@@ -81,6 +81,6 @@ test(`a thread keeps at most ${VALIDATED_OBJECTS} emulator objects validated`, a
 });
 
 test('loadRss refuses what validateRssObject did not make', () => {
-  const forged = Object.freeze({ spec: validateRssObject(Buffer.from(caps.rssObject!, 'base64')).spec, size: 1 });
+  const forged = Object.freeze({ spec: validateRssObject(Buffer.from(caps.rssObject!, 'base64')).spec });
   assert.throws(() => loadRss(forged), /validateRssObject/);
 });
