@@ -7,7 +7,7 @@ import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { randomInt } from 'node:crypto';
 import { dirname } from 'node:path';
 import { VirtEbpfError } from '../errors';
-import { assertTrustedExecutable } from '../sys/trust';
+import { trustedFile } from '../sys/trust';
 import { setNoNewPrivs } from '../sys/libc';
 import { DPKG_INFO_DIR, EmulatorAllowlist } from '../emulator/allowlist';
 import { DEFAULT_PATHS } from '../install/plan';
@@ -92,7 +92,7 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
   return async (emulator: string, kind = RSS_HANDOFF.kind): Promise<Resolved> => {
     let real: string;
     try {
-      real = realpathSync(emulator);
+      real = realpathSync.native(emulator);
     } catch {
       throw new VirtEbpfError('EMULATOR_NOT_FOUND', `emulator ${emulator} does not exist`, { remedy: 'point the domain at an installed QEMU' });
     }
@@ -102,8 +102,7 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
       });
     }
     opts.allowlist.check(real, emulator);
-    assertTrustedExecutable(real, 'emulator');
-    const st = statSync(real);
+    const st = trustedFile(real, 'emulator').stat;
     const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
     let entry = memo.get(real);
     if (entry?.identity !== identity) {
@@ -212,12 +211,12 @@ function fromManifest<T>(manifest: string, read: (path: string) => T): () => T {
   let stamp: string | undefined;
   let now: T;
   return () => {
-    let st = 'none';
+    let st = 'none'; // no install
     try {
-      const s = statSync(manifest);
-      st = `${s.ino}:${s.mtimeMs}`;
+      const s = statSync(manifest, { throwIfNoEntry: false }); // the common miss without an exception's cost
+      if (s) st = `${s.ino}:${s.mtimeMs}`;
     } catch {
-      /* no install */
+      /* unreadable: as no install */
     }
     if (st !== stamp) {
       stamp = st;

@@ -46,7 +46,7 @@ function realOrNull(path: string): string | null {
 
 function mtime(path: string): number {
   try {
-    return statSync(path).mtimeMs;
+    return statSync(path, { throwIfNoEntry: false })?.mtimeMs ?? -1; // a missing file without an exception's cost
   } catch {
     return -1;
   }
