@@ -7,16 +7,17 @@
  *    QEMU's own cost of an rss device_add: a QEMU without virt-ebpf given the fds by `getfd`
  *    first (not timed), as a libvirt with the support would
  *  - memory per domain: the shim's mappings in QEMU, RSS and PSS
- * Root: the broker loads BPF, QEMU runs as libvirt-qemu like under libvirt.
+ * Root: the broker loads BPF, QEMU runs as libvirt-qemu like under libvirt. The broker runs in a
+ * process of its own with the production logger, as the unit runs it (bench/broker-process.ts).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../src/qmp';
 import { lookupUser } from '../src/sys/users';
 import type { Tap } from '../test/support/guest/tap';
-import { ask, startTestBroker } from '../test/broker/support';
+import { ask } from '../test/broker/support';
 import { tempDir, QEMU } from '../test/harness';
 import { addNetdev, shimMemoryKiB, startDomainQemu, until, type DomainQemu } from '../test/hotplug-shim/support';
 import { medianWithInterval, sample, stats, table } from './stats';
@@ -29,18 +30,53 @@ const N = Number(process.env.BENCH_N ?? 1);
 /** device_adds of each kind, one per pcie-root-port (a device_del needs a guest to let go) */
 const PORTS = Number(process.env.BENCH_HOTPLUG_N ?? 50);
 
+/** The broker in a process of its own (bench/broker-process.ts), on a socket QEMU's account can reach. */
+async function brokerProcess(dir: string, config: Record<string, unknown>, hookEnv: { stateDir: string }): Promise<{ socket: string; close(): Promise<void> }> {
+  const home = join(dir, 'broker');
+  mkdirSync(home);
+  chmodSync(home, 0o755);
+  const socket = join(home, 'broker.sock');
+  // Its log goes to a file, as with StandardOutput=file: a pipe to this process would wake the
+  // process that times QEMU's replies at every line.
+  const log = join(home, 'broker.log');
+  const out = openSync(log, 'w');
+  const child = spawn(process.execPath, [join(__dirname, 'broker-process.js'), JSON.stringify({ socket, ...config }), JSON.stringify(hookEnv), join(home, 'no-qemu.conf')], { stdio: ['ignore', out, 'pipe'] });
+  closeSync(out);
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  let gone = false;
+  void exited.then(() => (gone = true));
+  try {
+    await until('the broker process to listen', () => {
+      if (gone) throw new Error(`the broker process exited during start-up: ${err.trim()}`);
+      return readFileSync(log, 'utf8').includes('ready\n');
+    }, 30_000, 20);
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
+  }
+  return {
+    socket,
+    async close() {
+      child.kill('SIGTERM');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+      child.kill('SIGKILL');
+    },
+  };
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench/hotplug: run as root (the broker loads BPF; QEMU runs as libvirt-qemu)');
   const dir = tempDir('virt-ebpf-bench-hp-');
   const stateDir = join(dir.path, 'domains');
   mkdirSync(stateDir, { recursive: true });
   const user = lookupUser('libvirt-qemu');
-  // The contexts the QEMU without virt-ebpf gets by getfd, loaded here before the broker's loader
-  // thread exists: libbpf's print hook is process-wide, so this thread loads nothing after.
+  // The contexts the QEMU without virt-ebpf gets by getfd.
   const { caps } = await probeEmulator(QEMU, { cacheDir: join(dir.path, 'cache') });
   const owned: AcquiredContext[] = [];
   for (let i = 0; i < PORTS; i++) owned.push(await loadContext(caps));
-  const broker = await startTestBroker({ pool: { size: 4 } }, { cacheDir: join(dir.path, 'cache'), hookEnv: { stateDir } });
+  const broker = await brokerProcess(dir.path, { pool: { size: 4 }, cacheDir: join(dir.path, 'cache') }, { stateDir });
   const taps: Tap[] = [];
   const qemus: DomainQemu[] = [];
   const clients: QmpClient[] = [];
