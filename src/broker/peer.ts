@@ -2,11 +2,12 @@
  * Who is on the other end of a broker connection: SO_PEERCRED's pid, uid and gid, and which
  * domain that process runs. libvirt puts a domain's uuid on its QEMU's command line (`-uuid`),
  * which the emulator wrapper shim carries too (the kernel runs it with QEMU's argv), so a
- * QEMU-account peer is bound to the domain in its /proc/PID/cmdline: it may take what was
- * reserved for that domain and nothing else. Root (libvirt's hook) is trusted with any domain.
+ * QEMU-account peer is bound to the domain in its /proc/PID/cmdline as it read at the process's
+ * first connection (PeerDomains): it may take what was reserved for that domain and nothing
+ * else. Root (libvirt's hook) is trusted with any domain.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import type { PeerCred } from '../sys/libc';
+import { close, pidfdExited, pidfdOpen, type PeerCred } from '../sys/libc';
 
 export interface Peer extends PeerCred {
   root: boolean;
@@ -69,7 +70,80 @@ export function uuidIn(args: Buffer): string | undefined {
   return found?.uuid;
 }
 
-/** Call only for a peer the allowlist admits: it reads the peer's /proc. */
-export function identifyPeer(cred: PeerCred): Peer {
-  return { ...cred, root: cred.uid === 0, domain: cred.uid === 0 ? undefined : cmdlineUuid(cred.pid) };
+/** How many processes a PeerDomains holds by default: as many as the broker keeps connections. */
+export const MAX_HELD_PEERS = 1024;
+
+/**
+ * The domain of each QEMU-account process as its /proc/PID/cmdline named it when the process
+ * first connected (for a QEMU under libvirt: the emulator wrapper's exec-plan, before QEMU ran
+ * any guest code), held with a pidfd of that process. A later connection of the same process is
+ * bound to that domain without reading its cmdline again, whatever it has written over its argv
+ * since: a QEMU a guest took over can write its own memory (libvirt's seccomp sandbox keeps it
+ * from starting a process of its own). A pidfd whose process has ended lets its pid be looked at
+ * afresh. At most `max` processes are held: when full, those that have ended go, else the one
+ * seen least recently. Without pidfds (an old C library) every connection reads the cmdline.
+ */
+export class PeerDomains {
+  readonly #held = new Map<number, { pidfd: number; domain: string | undefined }>();
+
+  constructor(private readonly max = MAX_HELD_PEERS) {}
+
+  get size(): number {
+    return this.#held.size;
+  }
+
+  domainOf(pid: number): string | undefined {
+    const held = this.#held.get(pid);
+    if (held) {
+      this.#held.delete(pid);
+      if (!exited(held.pidfd)) {
+        this.#held.set(pid, held); // seen now: last in line to go
+        return held.domain;
+      }
+      close(held.pidfd);
+    }
+    let pidfd: number;
+    try {
+      pidfd = pidfdOpen(pid); // before the read: the cmdline read is of the process the pidfd holds
+    } catch {
+      return cmdlineUuid(pid);
+    }
+    const domain = cmdlineUuid(pid);
+    if (this.#held.size >= this.max) this.#makeRoom();
+    this.#held.set(pid, { pidfd, domain });
+    return domain;
+  }
+
+  /** Full: the processes that have ended go; if none has, the one seen least recently. */
+  #makeRoom(): void {
+    for (const [pid, h] of this.#held) {
+      if (!exited(h.pidfd)) continue;
+      this.#held.delete(pid);
+      close(h.pidfd);
+    }
+    if (this.#held.size < this.max) return;
+    const [oldest, o] = this.#held.entries().next().value as [number, { pidfd: number }];
+    this.#held.delete(oldest);
+    close(o.pidfd);
+  }
+
+  /** Close every pidfd held (the broker stops). */
+  clear(): void {
+    for (const h of this.#held.values()) close(h.pidfd);
+    this.#held.clear();
+  }
+}
+
+function exited(pidfd: number): boolean {
+  try {
+    return pidfdExited(pidfd);
+  } catch {
+    return true; // cannot tell: read it again
+  }
+}
+
+/** Call only for a peer the allowlist admits: it reads the peer's /proc (once per process with `domains`). */
+export function identifyPeer(cred: PeerCred, domains?: PeerDomains): Peer {
+  if (cred.uid === 0) return { ...cred, root: true, domain: undefined };
+  return { ...cred, root: false, domain: domains ? domains.domainOf(cred.pid) : cmdlineUuid(cred.pid) };
 }

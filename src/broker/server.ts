@@ -24,7 +24,7 @@ import { finalArgv, planDevices } from '../exec/plan';
 import type { FactsMemo } from '../hook/facts';
 import { Connection, ConnectionLimits, LINGER_MS } from './connection';
 import { Admissions } from './admission';
-import { identifyPeer, normalUuid, Peer } from './peer';
+import { identifyPeer, normalUuid, Peer, PeerDomains } from './peer';
 import { DEFAULT_POLICY, type DomainSettings, Policy, readDomainState, removeDomainState, type StateWriter, writeDomainState } from '../policy';
 import { liveDomainXml } from '../policy/live';
 import { XML_NAMESPACE } from '../shims/constants';
@@ -157,6 +157,8 @@ export class Broker {
   readonly #budget = new Map<string, { since: number; used: number }>();
   /** last time each kind of peer problem was logged (a flood is logged once a second, not per line) */
   readonly #logged = new Map<string, number>();
+  /** the domain of each QEMU-account process, as read at its first connection */
+  readonly #peerDomains = new PeerDomains();
 
   constructor(private readonly opts: BrokerOptions) {
     this.#limits = { ...DEFAULT_LIMITS, ...opts.limits };
@@ -218,6 +220,7 @@ export class Broker {
     clearInterval(this.#socketCheck);
     for (const s of this.#admissions.all()) s.conn.sock.destroy();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
+    this.#peerDomains.clear();
     this.pool.close();
     await this.opts.onClose?.();
   }
@@ -247,7 +250,7 @@ export class Broker {
       this.#refuse(sock, errorReply(0, denied(`uid ${cred.uid} gid ${cred.gid} may not use the broker`, 'add the account to allowUsers in /etc/virt-ebpf/config.json')));
       return;
     }
-    const peer = identifyPeer(cred);
+    const peer = identifyPeer(cred, this.#peerDomains);
     const verdict = this.#admissions.consider(peer.uid, peer.pid);
     if (!verdict.admit) {
       this.#problem('refused: too many connections', { uid: peer.uid, pid: peer.pid, why: verdict.why });

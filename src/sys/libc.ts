@@ -337,6 +337,24 @@ export function duplicateFdOf(pid: number, fd: number): number {
   }
 }
 
+/** A pidfd of a process (close-on-exec): it stays that process's, whatever its pid comes to name. */
+export function pidfdOpen(pid: number): number {
+  return check(`pidfd_open(${pid})`, pidfd().open(pid, 0));
+}
+
+const pollFn = libc.func('int poll(void *fds, unsigned long nfds, int timeout)');
+const POLLIN = 0x1;
+
+/** Whether the process of a pidfd has ended (its pidfd reads as ready once it has); never waits. */
+export function pidfdExited(fd: number): boolean {
+  const pfd = Buffer.alloc(8); // struct pollfd { int fd; short events; short revents; }
+  pfd.writeInt32LE(fd, 0);
+  pfd.writeInt16LE(POLLIN, 4);
+  const n = pollFn(pfd, 1, 0);
+  if (n < 0) throw sysError('poll(pidfd)');
+  return n > 0 && (pfd.readInt16LE(6) & POLLIN) !== 0;
+}
+
 /** TUNGETVNETHDRSZ: the virtio-net header length a tap queue's reader exchanges with the kernel. */
 export function tunVnetHeaderSize(fd: number): number {
   const size = Buffer.alloc(4);

@@ -1,11 +1,15 @@
 /**
  * Which domain a QEMU-account peer runs: the `-uuid` in its /proc/PID/cmdline, read from real
- * processes whose command lines carry it in the spellings QEMU takes.
+ * processes whose command lines carry it in the spellings QEMU takes; and held for the life of
+ * the process from its first connection (PeerDomains, real pidfds), so a process that writes
+ * another uuid over its argv stays bound to its own domain.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { cmdlineUuid, uuidIn } from '../../src/broker/peer';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { once } from 'node:events';
+import { cmdlineUuid, PeerDomains, uuidIn } from '../../src/broker/peer';
 import { largeAllocations } from '../harness';
 
 const A = '0b7c1d2e-3f40-4152-8637-48596a7b8c9d';
@@ -57,4 +61,96 @@ test('cmdlineUuid reads every peer into one buffer: a long command line does not
     for (let i = 0; i < 5; i++) await withProcess(['-uuid', B], (pid) => assert.equal(cmdlineUuid(pid), B));
   });
   assert.ok(big <= 1, `${big} read buffers for 7 peers`);
+});
+
+/**
+ * A process whose argv carries `-uuid A` and, after it, the uuid B it writes over A in its own
+ * argv memory (found through /proc/self/stat's arg_start) when told to on stdin: what a QEMU a
+ * guest took over can do without starting a process.
+ */
+const REWRITER = `
+import ctypes, sys
+arg_start = int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[45])
+raw = open('/proc/self/cmdline', 'rb').read()
+sys.stdout.write('ready\\n'); sys.stdout.flush()
+sys.stdin.readline()
+a, b = sys.argv[2].encode(), sys.argv[3].encode()
+ctypes.memmove(arg_start + raw.index(b'\\0' + a + b'\\0') + 1, b, len(b))
+sys.stdout.write('rewritten\\n'); sys.stdout.flush()
+sys.stdin.readline()
+`;
+
+async function line(p: ChildProcess, want: string): Promise<void> {
+  let got = '';
+  while (!got.includes(want)) {
+    const [chunk] = (await once(p.stdout!, 'data')) as [Buffer];
+    got += chunk.toString();
+  }
+}
+
+const pidfds = () => readdirSync('/proc/self/fd').length;
+
+test('PeerDomains: a process that writes another uuid over its argv after its first connection stays bound to its own domain', async () => {
+  const p = spawn('python3', ['-c', REWRITER, '-uuid', A, B], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const domains = new PeerDomains();
+  try {
+    await line(p, 'ready');
+    assert.equal(domains.domainOf(p.pid!), A, 'first connection: the cmdline names A');
+    p.stdin!.write('go\n');
+    await line(p, 'rewritten');
+    assert.equal(cmdlineUuid(p.pid!), B, 'the process now shows B in /proc/PID/cmdline');
+    assert.equal(domains.domainOf(p.pid!), A, 'a later connection of the same process is still bound to A');
+  } finally {
+    p.kill('SIGKILL');
+    await once(p, 'exit');
+  }
+  // Ended: its pid is looked at afresh (no process: no domain), and its pidfd is closed.
+  const before = pidfds();
+  assert.equal(domains.domainOf(p.pid!), undefined);
+  assert.equal(domains.size, 0);
+  assert.equal(pidfds(), before - 1);
+  domains.clear();
+});
+
+test('PeerDomains is bounded: when full, an ended process goes first, else the one seen least recently; clear closes every pidfd', async () => {
+  let start = 0;
+  const domains = new PeerDomains(2);
+  const live: ChildProcess[] = [];
+  const run = async (uuid: string) => {
+    const p = spawn('/bin/sh', ['-c', 'sleep 30; :', 'sh', '-uuid', uuid], { stdio: 'ignore' });
+    live.push(p);
+    await new Promise((r) => setTimeout(r, 50));
+    return p;
+  };
+  // The rewriter shows whether it is still held: held, it is A; read afresh, B.
+  const kept = spawn('python3', ['-c', REWRITER, '-uuid', A, B], { stdio: ['pipe', 'pipe', 'inherit'] });
+  live.push(kept);
+  try {
+    await line(kept, 'ready');
+    start = pidfds(); // the rewriter's pipes are open from here on
+    const p1 = await run(A);
+    assert.equal(domains.domainOf(p1.pid!), A);
+    assert.equal(domains.domainOf(kept.pid!), A);
+    kept.stdin!.write('go\n');
+    await line(kept, 'rewritten');
+    assert.equal(pidfds(), start + 2);
+    // p1 ends: the next process takes its place, not the live one seen longer ago.
+    p1.kill('SIGKILL');
+    await once(p1, 'exit');
+    const p3 = await run(B);
+    assert.equal(domains.domainOf(p3.pid!), B);
+    assert.equal(domains.domainOf(kept.pid!), A, 'the live process was kept, the ended one let go');
+    assert.equal(pidfds(), start + 2);
+    // All live, the rewriter seen last: a fourth process pushes p3 out.
+    const p4 = await run(B);
+    assert.equal(domains.domainOf(p4.pid!), B);
+    assert.equal(domains.domainOf(kept.pid!), A, 'the process seen least recently was let go, not the rewriter');
+    assert.equal(domains.size, 2);
+    assert.equal(pidfds(), start + 2);
+    domains.clear();
+    assert.equal(pidfds(), start);
+  } finally {
+    domains.clear();
+    for (const p of live) p.kill('SIGKILL');
+  }
 });
