@@ -10,7 +10,7 @@
  * Root: the broker loads BPF, QEMU runs as libvirt-qemu like under libvirt. The broker runs in a
  * process of its own with the production logger, as the unit runs it (bench/broker-process.ts).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -81,10 +81,11 @@ async function main(): Promise<void> {
   const qemus: DomainQemu[] = [];
   const clients: QmpClient[] = [];
   const out: string[] = [];
+  let plain: ChildProcess | undefined;
   try {
     // Plain QEMU: libvirt's monitor socket, no shim.
     const plainPath = join(dir.path, 'plain.monitor');
-    const plain = spawn(QEMU, ['-S', '-no-user-config', '-nodefaults', '-nographic', '-machine', 'q35,accel=tcg', '-m', '128',
+    plain = spawn(QEMU, ['-S', '-no-user-config', '-nodefaults', '-nographic', '-machine', 'q35,accel=tcg', '-m', '128',
       '-chardev', `socket,id=charmonitor,path=${plainPath},server=on,wait=off`, '-mon', 'chardev=charmonitor,id=monitor,mode=control'], { stdio: 'ignore' });
     await until('the plain monitor socket', () => existsSync(plainPath), 10_000, 20);
     const direct = await QmpClient.connect(plainPath);
@@ -182,14 +183,17 @@ async function main(): Promise<void> {
         '',
       ].join('\n'),
     );
-    plain.kill('SIGKILL');
   } finally {
-    for (const c of clients) c.close();
-    for (const q of qemus) await q.kill();
-    for (const t of taps) await t.remove();
-    for (const c of owned) closeAll(c.fds);
-    await broker.close();
-    dir.remove();
+    plain?.kill('SIGKILL');
+    try {
+      for (const c of clients) c.close();
+      for (const q of qemus) await q.kill();
+      for (const t of taps) await t.remove();
+      for (const c of owned) closeAll(c.fds);
+    } finally {
+      await broker.close(); // the root broker child goes whatever failed before
+      dir.remove();
+    }
   }
   process.stdout.write(out.join('\n') + '\n');
 }

@@ -73,20 +73,30 @@ export function uuidIn(args: Buffer): string | undefined {
 /** How many processes a PeerDomains holds by default: as many as the broker keeps connections. */
 export const MAX_HELD_PEERS = 1024;
 
+/** How often, at most, a full PeerDomains looks through what it holds for processes that ended. */
+const SWEEP_MS = 1_000;
+
+const ESRCH = 3;
+
 /**
  * The domain of each QEMU-account process as its /proc/PID/cmdline named it when the process
- * first connected (for a QEMU under libvirt: the emulator wrapper's exec-plan, before QEMU ran
- * any guest code), held with a pidfd of that process. A later connection of the same process is
+ * first connected, held with a pidfd of that process. A later connection of the same process is
  * bound to that domain without reading its cmdline again, whatever it has written over its argv
  * since: a QEMU a guest took over can write its own memory (libvirt's seccomp sandbox keeps it
- * from starting a process of its own). A pidfd whose process has ended lets its pid be looked at
- * afresh. At most `max` processes are held: when full, those that have ended go, else the one
- * seen least recently. Without pidfds (an old C library) every connection reads the cmdline.
+ * from starting a process of its own). For a QEMU under libvirt started with an RSS NIC, or by a
+ * host-wide or hook-less wrapper, the first connection is the emulator wrapper's exec-plan,
+ * before QEMU runs any guest code. A pidfd whose process has ended lets its pid be looked at
+ * afresh. At most `max` processes are held: when full, those that have ended go (looked for at
+ * most once a second), else the one seen least recently. Without pidfds (an old C library, a
+ * filter that denies pidfd_open) every connection reads the cmdline.
  */
 export class PeerDomains {
   readonly #held = new Map<number, { pidfd: number; domain: string | undefined }>();
+  #swept = 0;
 
-  constructor(private readonly max = MAX_HELD_PEERS) {}
+  constructor(private readonly max = MAX_HELD_PEERS) {
+    if (!(max >= 1)) throw new RangeError('PeerDomains holds at least one process');
+  }
 
   get size(): number {
     return this.#held.size;
@@ -100,15 +110,21 @@ export class PeerDomains {
         this.#held.set(pid, held); // seen now: last in line to go
         return held.domain;
       }
-      close(held.pidfd);
+      closeQuietly(held.pidfd);
     }
     let pidfd: number;
     try {
-      pidfd = pidfdOpen(pid); // before the read: the cmdline read is of the process the pidfd holds
-    } catch {
-      return cmdlineUuid(pid);
+      pidfd = pidfdOpen(pid);
+    } catch (e) {
+      // Gone: no domain. No pidfd to be had: read as without one.
+      return (e as { fields?: { errno?: number } }).fields?.errno === ESRCH ? undefined : cmdlineUuid(pid);
     }
     const domain = cmdlineUuid(pid);
+    // Ended meanwhile: what was read may be of a process that took its pid since.
+    if (exited(pidfd)) {
+      closeQuietly(pidfd);
+      return undefined;
+    }
     if (this.#held.size >= this.max) this.#makeRoom();
     this.#held.set(pid, { pidfd, domain });
     return domain;
@@ -116,20 +132,24 @@ export class PeerDomains {
 
   /** Full: the processes that have ended go; if none has, the one seen least recently. */
   #makeRoom(): void {
-    for (const [pid, h] of this.#held) {
-      if (!exited(h.pidfd)) continue;
-      this.#held.delete(pid);
-      close(h.pidfd);
+    const now = Date.now();
+    if (now - this.#swept >= SWEEP_MS) {
+      this.#swept = now;
+      for (const [pid, h] of this.#held) {
+        if (!exited(h.pidfd)) continue;
+        this.#held.delete(pid);
+        closeQuietly(h.pidfd);
+      }
+      if (this.#held.size < this.max) return;
     }
-    if (this.#held.size < this.max) return;
     const [oldest, o] = this.#held.entries().next().value as [number, { pidfd: number }];
     this.#held.delete(oldest);
-    close(o.pidfd);
+    closeQuietly(o.pidfd);
   }
 
   /** Close every pidfd held (the broker stops). */
   clear(): void {
-    for (const h of this.#held.values()) close(h.pidfd);
+    for (const h of this.#held.values()) closeQuietly(h.pidfd);
     this.#held.clear();
   }
 }
@@ -139,6 +159,14 @@ function exited(pidfd: number): boolean {
     return pidfdExited(pidfd);
   } catch {
     return true; // cannot tell: read it again
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    close(fd);
+  } catch {
+    /* ours, and closed either way */
   }
 }
 

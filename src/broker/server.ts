@@ -250,11 +250,18 @@ export class Broker {
       this.#refuse(sock, errorReply(0, denied(`uid ${cred.uid} gid ${cred.gid} may not use the broker`, 'add the account to allowUsers in /etc/virt-ebpf/config.json')));
       return;
     }
-    const peer = identifyPeer(cred, this.#peerDomains);
-    const verdict = this.#admissions.consider(peer.uid, peer.pid);
+    const verdict = this.#admissions.consider(cred.uid, cred.pid);
     if (!verdict.admit) {
-      this.#problem('refused: too many connections', { uid: peer.uid, pid: peer.pid, why: verdict.why });
+      this.#problem('refused: too many connections', { uid: cred.uid, pid: cred.pid, why: verdict.why });
       this.#refuse(sock, errorReply(0, new VirtEbpfError('BROKER_LIMIT', verdict.why, { remedy: 'close idle connections or raise limits.maxConnectionsPerProcess / maxConnectionsPerUid' })));
+      return;
+    }
+    let peer: Peer;
+    try {
+      peer = identifyPeer(cred, this.#peerDomains);
+    } catch (e) {
+      this.#problem('peer unidentified', { uid: cred.uid, pid: cred.pid, error: (e as Error).message });
+      this.#refuse(sock, errorReply(0, new VirtEbpfError('BROKER_INTERNAL', `cannot tell which domain process ${cred.pid} runs: ${(e as Error).message}`, { remedy: 'retry; see the broker log (journalctl -u virt-ebpfd)' })));
       return;
     }
     if (verdict.evict) {

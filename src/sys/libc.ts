@@ -344,15 +344,20 @@ export function pidfdOpen(pid: number): number {
 
 const pollFn = libc.func('int poll(void *fds, unsigned long nfds, int timeout)');
 const POLLIN = 0x1;
+/** POLLIN (the process ended), POLLERR, POLLHUP, POLLNVAL (not an open fd): no live process behind it */
+const POLL_GONE = 0x1 | 0x8 | 0x10 | 0x20;
 
-/** Whether the process of a pidfd has ended (its pidfd reads as ready once it has); never waits. */
+/**
+ * Whether the process of a pidfd has ended (its pidfd reads as ready once it has); never waits.
+ * An fd that is not open, or reports an error, counts as ended: no answer holds on to a process.
+ */
 export function pidfdExited(fd: number): boolean {
   const pfd = Buffer.alloc(8); // struct pollfd { int fd; short events; short revents; }
   pfd.writeInt32LE(fd, 0);
   pfd.writeInt16LE(POLLIN, 4);
   const n = pollFn(pfd, 1, 0);
   if (n < 0) throw sysError('poll(pidfd)');
-  return n > 0 && (pfd.readInt16LE(6) & POLLIN) !== 0;
+  return n > 0 && (pfd.readInt16LE(6) & POLL_GONE) !== 0;
 }
 
 /** TUNGETVNETHDRSZ: the virtio-net header length a tap queue's reader exchanges with the kernel. */

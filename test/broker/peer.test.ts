@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { once } from 'node:events';
 import { cmdlineUuid, PeerDomains, uuidIn } from '../../src/broker/peer';
 import { largeAllocations } from '../harness';
@@ -83,14 +83,27 @@ sys.stdin.readline()
 async function line(p: ChildProcess, want: string): Promise<void> {
   let got = '';
   while (!got.includes(want)) {
-    const [chunk] = (await once(p.stdout!, 'data')) as [Buffer];
-    got += chunk.toString();
+    const chunk = await Promise.race([
+      once(p.stdout!, 'data').then(([c]) => (c as Buffer).toString()),
+      once(p, 'exit').then(() => {
+        throw new Error(`the rewriter exited before saying ${want}`);
+      }),
+    ]);
+    got += chunk;
   }
 }
 
-const pidfds = () => readdirSync('/proc/self/fd').length;
+/** The pidfds this process holds (other fds come and go with the test runner and children's pipes). */
+const pidfds = () =>
+  readdirSync('/proc/self/fd').filter((n) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${n}`) === 'anon_inode:[pidfd]';
+    } catch {
+      return false;
+    }
+  }).length;
 
-test('PeerDomains: a process that writes another uuid over its argv after its first connection stays bound to its own domain', async () => {
+test('PeerDomains: a process that writes another uuid over its argv after its first connection stays bound to its own domain', { timeout: 30_000 }, async () => {
   const p = spawn('python3', ['-c', REWRITER, '-uuid', A, B], { stdio: ['pipe', 'pipe', 'inherit'] });
   const domains = new PeerDomains();
   try {
@@ -100,26 +113,26 @@ test('PeerDomains: a process that writes another uuid over its argv after its fi
     await line(p, 'rewritten');
     assert.equal(cmdlineUuid(p.pid!), B, 'the process now shows B in /proc/PID/cmdline');
     assert.equal(domains.domainOf(p.pid!), A, 'a later connection of the same process is still bound to A');
-  } finally {
     p.kill('SIGKILL');
     await once(p, 'exit');
+    // Ended: its pid is looked at afresh (no process: no domain), and its pidfd is closed.
+    assert.equal(pidfds(), 1);
+    assert.equal(domains.domainOf(p.pid!), undefined);
+    assert.equal(domains.size, 0);
+    assert.equal(pidfds(), 0);
+  } finally {
+    p.kill('SIGKILL');
+    domains.clear();
   }
-  // Ended: its pid is looked at afresh (no process: no domain), and its pidfd is closed.
-  const before = pidfds();
-  assert.equal(domains.domainOf(p.pid!), undefined);
-  assert.equal(domains.size, 0);
-  assert.equal(pidfds(), before - 1);
-  domains.clear();
 });
 
-test('PeerDomains is bounded: when full, an ended process goes first, else the one seen least recently; clear closes every pidfd', async () => {
-  let start = 0;
+test('PeerDomains is bounded: when full, an ended process goes first, else the one seen least recently; clear closes every pidfd', { timeout: 30_000 }, async () => {
   const domains = new PeerDomains(2);
   const live: ChildProcess[] = [];
-  const run = async (uuid: string) => {
-    const p = spawn('/bin/sh', ['-c', 'sleep 30; :', 'sh', '-uuid', uuid], { stdio: 'ignore' });
+  // sleep as the process itself (exec): a SIGKILL ends it, nothing is left behind.
+  const run = (uuid: string) => {
+    const p = spawn('/bin/sh', ['-c', 'exec sleep 30', 'sh', '-uuid', uuid], { stdio: 'ignore' });
     live.push(p);
-    await new Promise((r) => setTimeout(r, 50));
     return p;
   };
   // The rewriter shows whether it is still held: held, it is A; read afresh, B.
@@ -127,28 +140,31 @@ test('PeerDomains is bounded: when full, an ended process goes first, else the o
   live.push(kept);
   try {
     await line(kept, 'ready');
-    start = pidfds(); // the rewriter's pipes are open from here on
-    const p1 = await run(A);
-    assert.equal(domains.domainOf(p1.pid!), A);
+    const p1 = run(A);
+    await new Promise((r) => setTimeout(r, 50));
+    // (sleep, by its exec, shows no uuid: what matters of these processes is whether they are held.)
     assert.equal(domains.domainOf(kept.pid!), A);
+    domains.domainOf(p1.pid!);
     kept.stdin!.write('go\n');
     await line(kept, 'rewritten');
-    assert.equal(pidfds(), start + 2);
-    // p1 ends: the next process takes its place, not the live one seen longer ago.
+    assert.equal(pidfds(), 2);
+    // The rewriter is the one seen least recently; p1 ends: the next process takes p1's place.
     p1.kill('SIGKILL');
     await once(p1, 'exit');
-    const p3 = await run(B);
-    assert.equal(domains.domainOf(p3.pid!), B);
-    assert.equal(domains.domainOf(kept.pid!), A, 'the live process was kept, the ended one let go');
-    assert.equal(pidfds(), start + 2);
-    // All live, the rewriter seen last: a fourth process pushes p3 out.
-    const p4 = await run(B);
-    assert.equal(domains.domainOf(p4.pid!), B);
-    assert.equal(domains.domainOf(kept.pid!), A, 'the process seen least recently was let go, not the rewriter');
+    const p3 = run(B);
+    await new Promise((r) => setTimeout(r, 50));
+    domains.domainOf(p3.pid!);
+    assert.equal(domains.domainOf(kept.pid!), A, 'the live process seen least recently was kept, the ended one let go');
+    assert.equal(pidfds(), 2);
+    // All live, p3 seen least recently: a fourth process pushes p3 out, not the rewriter.
+    const p4 = run(B);
+    await new Promise((r) => setTimeout(r, 50));
+    domains.domainOf(p4.pid!);
     assert.equal(domains.size, 2);
-    assert.equal(pidfds(), start + 2);
+    assert.equal(domains.domainOf(kept.pid!), A, 'the rewriter, seen more recently than p3, is still held');
+    assert.equal(pidfds(), 2);
     domains.clear();
-    assert.equal(pidfds(), start);
+    assert.equal(pidfds(), 0);
   } finally {
     domains.clear();
     for (const p of live) p.kill('SIGKILL');
