@@ -98,6 +98,7 @@ export class PeerDomains {
     if (!(max >= 1)) throw new RangeError('PeerDomains holds at least one process');
   }
 
+  /** Processes held (an ended one until it is looked at again or room is made). */
   get size(): number {
     return this.#held.size;
   }

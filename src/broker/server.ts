@@ -428,6 +428,7 @@ export class Broker {
         reserved: this.pool.reservedCount(),
         reservationTtlMs: this.pool.reservationTtlMs,
         peers: this.#admissions.size,
+        bound: this.#peerDomains.size,
       });
     },
     release: async (ctx, req) => {
