@@ -102,10 +102,25 @@ static void hotplug_env(const char *real, int argc, char **argv, const char *pol
     free(so);
 }
 
+/* A domain start that needs nothing of the broker now but will have the hot-plug shim: one
+ * connection (a hello), so the broker binds this process to its domain before QEMU runs guest
+ * code (a hot-plug comes from a QEMU the guest may own by then; the broker binds at accept).
+ * Bounded by VEBPF_BIND_TIMEOUT_S; whatever the broker answers, the start goes on as asked. */
+static void bind_domain(void)
+{
+    static const char hello[] = "{\"v\":1,\"id\":1,\"op\":\"" VEBPF_OP_HELLO "\"}\n";
+    char *reply, why[256];
+    int fds[VEBPF_MAX_FDS], nfds = 0;
+    if (broker_call(hello, sizeof hello - 1, VEBPF_BIND_TIMEOUT_S, &reply, fds, &nfds, why, sizeof why) == BROKER_OK)
+        free(reply);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+}
+
 /* exec-plan: the argv to run (NULL: run as asked) and its fds; exits under strict when refused.
  * The broker's reply also says the domain's policy and hot-plug setting (*policy, *hotplug).
  * A start that needs no fds (!needed) goes on as asked when the broker cannot be reached. */
-static struct buf exec_plan_request(const char *real, int argc, char **argv)
+static char **exec_plan(const char *real, int argc, char **argv, int needed, const char **policy, int *hotplug, int *fds, int *nfds)
 {
     struct buf req = {0};
     buf_str(&req, "{\"v\":1,\"id\":1,\"op\":\"" VEBPF_OP_EXEC_PLAN "\",\"emulator\":");
@@ -117,27 +132,6 @@ static struct buf exec_plan_request(const char *real, int argc, char **argv)
         buf_json(&req, argv[i]);
     }
     buf_str(&req, "]}\n");
-    return req;
-}
-
-/* A domain start that needs nothing of the broker now but may hot-plug later: one exec-plan, so
- * the broker binds this process to its domain before QEMU runs guest code (a hot-plug comes from
- * a QEMU the guest may own by then). Whatever the broker answers, the start goes on as asked. */
-static void bind_domain(const char *real, int argc, char **argv)
-{
-    struct buf req = exec_plan_request(real, argc, argv);
-    char *reply, why[256];
-    int fds[VEBPF_MAX_FDS], nfds = 0;
-    if (broker_call(req.p, req.len, VEBPF_EXEC_PLAN_TIMEOUT_S, &reply, fds, &nfds, why, sizeof why) == BROKER_OK)
-        free(reply);
-    for (int i = 0; i < nfds; i++)
-        close(fds[i]);
-    free(req.p);
-}
-
-static char **exec_plan(const char *real, int argc, char **argv, int needed, const char **policy, int *hotplug, int *fds, int *nfds)
-{
-    struct buf req = exec_plan_request(real, argc, argv);
     char *reply, why[8192];
     enum broker_result r = broker_call(req.p, req.len, VEBPF_EXEC_PLAN_TIMEOUT_S, &reply, fds, nfds, why, sizeof why);
     free(req.p);
@@ -229,8 +223,8 @@ int main(int argc, char **argv)
             needed = strstr(args[i], markers[m]) != NULL;
     if (needed || (!current && option(n, args, "-uuid")))
         plan = exec_plan(real, n, args, needed, &policy, &hotplug, fds, &nfds);
-    else if (hotplug && option(n, args, "-uuid"))
-        bind_domain(real, n, args);
+    else if (hotplug && option(n, args, "-uuid") && monitor_fd(n, args) >= 0)
+        bind_domain();
     if (hotplug)
         hotplug_env(real, n, args, policy, host_wide);
     char **out = calloc(n + 2, sizeof *out);

@@ -83,9 +83,9 @@ const ESRCH = 3;
  * first connected, held with a pidfd of that process. A later connection of the same process is
  * bound to that domain without reading its cmdline again, whatever it has written over its argv
  * since: a QEMU a guest took over can write its own memory (libvirt's seccomp sandbox keeps it
- * from starting a process of its own). For a QEMU under libvirt started with an RSS NIC, or by a
- * host-wide or hook-less wrapper, the first connection is the emulator wrapper's exec-plan,
- * before QEMU runs any guest code. A pidfd whose process has ended lets its pid be looked at
+ * from starting a process of its own). For a QEMU under libvirt the first connection is the
+ * emulator wrapper's, before QEMU runs any guest code: its exec-plan, or, for a start that needs
+ * nothing yet but will have the hot-plug shim, a hello made for this binding. A pidfd whose process has ended lets its pid be looked at
  * afresh. At most `max` processes are held: when full, those that have ended go (looked for at
  * most once a second), else the one seen least recently. Without pidfds (an old C library, a
  * filter that denies pidfd_open) every connection reads the cmdline.
@@ -101,6 +101,13 @@ export class PeerDomains {
   /** Processes held (an ended one until it is looked at again or room is made). */
   get size(): number {
     return this.#held.size;
+  }
+
+  /** Live processes held with a domain (one poll each). */
+  bound(): number {
+    let n = 0;
+    for (const h of this.#held.values()) if (h.domain !== undefined && !exited(h.pidfd)) n++;
+    return n;
   }
 
   domainOf(pid: number): string | undefined {

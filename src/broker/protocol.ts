@@ -67,7 +67,7 @@ export type Reply =
    */
   | { v: 1; id: number; ok: true; op: 'device-plan'; at: number | null; insert: string | null; fds: number; say: string | null }
   | { v: 1; id: number; ok: true; op: 'hook'; code: number; stdout: string; stderr: string }
-  | { v: 1; id: number; ok: true; op: 'status'; pools: Array<{ emulator: string; ready: number; target: number }>; reserved: number; reservationTtlMs: number; peers: number; bound: number }
+  | { v: 1; id: number; ok: true; op: 'status'; pools: Array<{ emulator: string; ready: number; target: number }>; reserved: number; reservationTtlMs: number; peers: number; /** live QEMU-account processes the broker holds a domain for (src/broker/peer.ts) */ bound: number }
   | { v: 1; id: number; ok: false; error: { code: string; message: string; remedy: string } };
 
 function bad(message: string): VirtEbpfError {

@@ -428,7 +428,7 @@ export class Broker {
         reserved: this.pool.reservedCount(),
         reservationTtlMs: this.pool.reservationTtlMs,
         peers: this.#admissions.size,
-        bound: this.#peerDomains.size,
+        bound: this.#peerDomains.bound(),
       });
     },
     release: async (ctx, req) => {

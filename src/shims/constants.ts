@@ -38,7 +38,7 @@ export const RSS_FDS_PER_CONTEXT = RSS_HANDOFF.fdsPerContext;
 export const SHIM_FILES = { wrapper: 'dist/shims/vebpf-wrapper', hook: 'dist/shims/vebpf-hook', qmp: `dist/shims/${SHIM_SO}` } as const;
 
 /** The broker ops the shims send. */
-export const OPS = { execPlan: 'exec-plan', devicePlan: 'device-plan', hook: 'hook' } as const;
+export const OPS = { execPlan: 'exec-plan', devicePlan: 'device-plan', hook: 'hook', hello: 'hello' } as const;
 
 export const LIMITS = {
   /** fds one message may carry (SCM_MAX_FD) */
@@ -53,6 +53,8 @@ export const LIMITS = {
   devicePlanTimeoutS: 5,
   /** the longest the wrapper waits for an exec-plan, in seconds */
   execPlanTimeoutS: 10,
+  /** the longest the wrapper waits for the broker to take a start that needs nothing of it yet, in seconds */
+  bindTimeoutS: 2,
   /** the longest the hook waits for the broker (libvirt waits for the hook), in seconds */
   hookTimeoutS: 30,
 } as const;
