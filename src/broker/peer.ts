@@ -7,7 +7,7 @@
  * else. Root (libvirt's hook) is trusted with any domain.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import { close, pidfdExited, pidfdOpen, type PeerCred } from '../sys/libc';
+import { close, pidfdExited, pidfdOpen, pidfdsExited, type PeerCred } from '../sys/libc';
 
 export interface Peer extends PeerCred {
   root: boolean;
@@ -73,8 +73,8 @@ export function uuidIn(args: Buffer): string | undefined {
 /** How many processes a PeerDomains holds by default: as many as the broker keeps connections. */
 export const MAX_HELD_PEERS = 1024;
 
-/** How often, at most, a full PeerDomains looks through what it holds for processes that ended. */
-const SWEEP_MS = 1_000;
+/** While it holds processes, how often a PeerDomains lets go of those that have ended. */
+export const PEER_SWEEP_MS = 10_000;
 
 const ESRCH = 3;
 
@@ -85,28 +85,30 @@ const ESRCH = 3;
  * since: a QEMU a guest took over can write its own memory (libvirt's seccomp sandbox keeps it
  * from starting a process of its own). For a QEMU under libvirt the first connection is the
  * emulator wrapper's, before QEMU runs any guest code: its exec-plan, or, for a start that needs
- * nothing yet but will have the hot-plug shim, a hello made for this binding. A pidfd whose process has ended lets its pid be looked at
- * afresh. At most `max` processes are held: when full, those that have ended go (looked for at
- * most once a second), else the one seen least recently. Without pidfds (an old C library, a
- * filter that denies pidfd_open) every connection reads the cmdline.
+ * nothing yet but will have the hot-plug shim, a hello made for this binding. Processes that
+ * have ended are let go whenever a new one is taken in, and every PEER_SWEEP_MS while any is
+ * held (one poll over all the pidfds). At most `max` live processes are held; past that, the one
+ * seen least recently goes. Without pidfds (an old C library, a filter that denies pidfd_open)
+ * every connection reads the cmdline.
  */
 export class PeerDomains {
   readonly #held = new Map<number, { pidfd: number; domain: string | undefined }>();
-  #swept = 0;
+  #timer?: NodeJS.Timeout;
 
   constructor(private readonly max = MAX_HELD_PEERS) {
     if (!(max >= 1)) throw new RangeError('PeerDomains holds at least one process');
   }
 
-  /** Processes held (an ended one until it is looked at again or room is made). */
+  /** Processes held (one that ended stays until the next sweep). */
   get size(): number {
     return this.#held.size;
   }
 
-  /** Live processes held with a domain (one poll each). */
+  /** Live processes held with a domain (the ended ones are let go first). */
   bound(): number {
+    this.#sweep();
     let n = 0;
-    for (const h of this.#held.values()) if (h.domain !== undefined && !exited(h.pidfd)) n++;
+    for (const h of this.#held.values()) if (h.domain !== undefined) n++;
     return n;
   }
 
@@ -133,30 +135,44 @@ export class PeerDomains {
       closeQuietly(pidfd);
       return undefined;
     }
-    if (this.#held.size >= this.max) this.#makeRoom();
+    this.#sweep();
+    if (this.#held.size >= this.max) {
+      const [oldest, o] = this.#held.entries().next().value as [number, { pidfd: number }];
+      this.#held.delete(oldest);
+      closeQuietly(o.pidfd);
+    }
     this.#held.set(pid, { pidfd, domain });
+    this.#timer ??= setTimeout(() => this.#tick(), PEER_SWEEP_MS).unref();
     return domain;
   }
 
-  /** Full: the processes that have ended go; if none has, the one seen least recently. */
-  #makeRoom(): void {
-    const now = Date.now();
-    if (now - this.#swept >= SWEEP_MS) {
-      this.#swept = now;
-      for (const [pid, h] of this.#held) {
-        if (!exited(h.pidfd)) continue;
-        this.#held.delete(pid);
-        closeQuietly(h.pidfd);
-      }
-      if (this.#held.size < this.max) return;
+  #tick(): void {
+    this.#timer = undefined;
+    this.#sweep();
+    if (this.#held.size > 0) this.#timer = setTimeout(() => this.#tick(), PEER_SWEEP_MS).unref();
+  }
+
+  /** Let go of the processes that have ended. */
+  #sweep(): void {
+    if (this.#held.size === 0) return;
+    const entries = [...this.#held];
+    let gone: boolean[];
+    try {
+      gone = pidfdsExited(entries.map(([, h]) => h.pidfd));
+    } catch {
+      return; // cannot tell now: the next sweep, or each one's next connection, will
     }
-    const [oldest, o] = this.#held.entries().next().value as [number, { pidfd: number }];
-    this.#held.delete(oldest);
-    closeQuietly(o.pidfd);
+    entries.forEach(([pid, h], i) => {
+      if (!gone[i]) return;
+      this.#held.delete(pid);
+      closeQuietly(h.pidfd);
+    });
   }
 
   /** Close every pidfd held (the broker stops). */
   clear(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
     for (const h of this.#held.values()) closeQuietly(h.pidfd);
     this.#held.clear();
   }

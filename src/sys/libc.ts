@@ -348,16 +348,23 @@ const POLLIN = 0x1;
 const POLL_GONE = 0x1 | 0x8 | 0x10 | 0x20;
 
 /**
- * Whether the process of a pidfd has ended (its pidfd reads as ready once it has); never waits.
- * An fd that is not open, or reports an error, counts as ended: no answer holds on to a process.
+ * Which of these pidfds' processes have ended (a pidfd reads as ready once its process has), in
+ * one poll; never waits. An fd that is not open, or reports an error, counts as ended: no answer
+ * holds on to a process.
  */
+export function pidfdsExited(fds: readonly number[]): boolean[] {
+  const pfds = Buffer.alloc(8 * fds.length); // struct pollfd { int fd; short events; short revents; }
+  fds.forEach((fd, i) => {
+    pfds.writeInt32LE(fd, 8 * i);
+    pfds.writeInt16LE(POLLIN, 8 * i + 4);
+  });
+  if (pollFn(pfds, fds.length, 0) < 0) throw sysError('poll(pidfd)');
+  return fds.map((_, i) => (pfds.readInt16LE(8 * i + 6) & POLL_GONE) !== 0);
+}
+
+/** Whether the process of a pidfd has ended (pidfdsExited of one). */
 export function pidfdExited(fd: number): boolean {
-  const pfd = Buffer.alloc(8); // struct pollfd { int fd; short events; short revents; }
-  pfd.writeInt32LE(fd, 0);
-  pfd.writeInt16LE(POLLIN, 4);
-  const n = pollFn(pfd, 1, 0);
-  if (n < 0) throw sysError('poll(pidfd)');
-  return n > 0 && (pfd.readInt16LE(6) & POLL_GONE) !== 0;
+  return pidfdsExited([fd])[0];
 }
 
 /** TUNGETVNETHDRSZ: the virtio-net header length a tap queue's reader exchanges with the kernel. */

@@ -170,3 +170,34 @@ test('PeerDomains is bounded: when full, an ended process goes first, else the o
     for (const p of live) p.kill('SIGKILL');
   }
 });
+
+test('PeerDomains lets go of ended processes when another comes in (a QEMU per start: the pidfds do not pile up), and before counting bound ones', { timeout: 30_000 }, async () => {
+  const domains = new PeerDomains();
+  const live: ChildProcess[] = [];
+  const run = (uuid: string) => {
+    const p = spawn('python3', ['-c', 'import sys; sys.stdin.read()', '-uuid', uuid], { stdio: ['pipe', 'ignore', 'ignore'] });
+    live.push(p);
+    return p;
+  };
+  try {
+    for (let i = 0; i < 5; i++) {
+      const p = run(i % 2 ? A : B);
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(domains.domainOf(p.pid!), i % 2 ? A : B);
+      assert.equal(pidfds(), 1, `start ${i}: only the running process is held`);
+      p.kill('SIGKILL');
+      await once(p, 'exit');
+    }
+    const p = run(A);
+    await new Promise((r) => setTimeout(r, 100));
+    domains.domainOf(p.pid!);
+    assert.equal(domains.bound(), 1);
+    p.kill('SIGKILL');
+    await once(p, 'exit');
+    assert.equal(domains.bound(), 0);
+    assert.equal(pidfds(), 0, 'counting let the ended one go');
+  } finally {
+    domains.clear();
+    for (const p of live) p.kill('SIGKILL');
+  }
+});
