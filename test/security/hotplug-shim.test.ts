@@ -51,7 +51,8 @@ async function domain(opts: { broker?: string; extra?: string[]; real?: string }
   const uuid = randomUUID();
   const name = `sec-${uuid.slice(0, 8)}`;
   // What the hook records at prepare for an enabled domain (the wrapper then asks the broker
-  // only for what the command line needs, here nothing).
+  // only for what the command line needs, here nothing: it sends one hello, which binds the
+  // process to its domain before QEMU runs).
   writeFileSync(join(stateDir, `${uuid}.json`), JSON.stringify({ name, uuid, policy: 'strict', hotplug: true }));
   const q = await startDomainQemu({ dir: dir.path, uid: qemuUser.uid, gid: qemuUser.gid, uuid, name, broker: opts.broker ?? broker.socket, stateDir, extra: opts.extra, real: opts.real });
   qemus.push(q);
@@ -88,7 +89,8 @@ function cpuSeconds(pid: number): number {
 
 test('a broker that never answers holds up that device_add boundedly, and nothing else of QEMU: its main loop answers meanwhile', async () => {
   const stub = join(dir.path, 'stub.sock');
-  const child = spawn(PYTHON, [join(REPO, 'test/security/stub-broker.py'), stub, broker.socket, '1'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // It relays two requests: the wrapper's hello at start and the first device_add.
+  const child = spawn(PYTHON, [join(REPO, 'test/security/stub-broker.py'), stub, broker.socket, '2'], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   let stubOut = '';
   child.stdout!.on('data', (d) => (stubOut += d));
