@@ -194,8 +194,8 @@ function closeQuietly(fd: number): void {
   }
 }
 
-/** Call only for a peer the allowlist admits: it reads the peer's /proc (once per process with `domains`). */
-export function identifyPeer(cred: PeerCred, domains?: PeerDomains): Peer {
+/** Call only for a peer the allowlist admits: it reads the peer's /proc (once per process, `domains`). */
+export function identifyPeer(cred: PeerCred, domains: PeerDomains): Peer {
   if (cred.uid === 0) return { ...cred, root: true, domain: undefined };
-  return { ...cred, root: false, domain: domains ? domains.domainOf(cred.pid) : cmdlineUuid(cred.pid) };
+  return { ...cred, root: false, domain: domains.domainOf(cred.pid) };
 }
