@@ -51,56 +51,44 @@ function record(hotplug: boolean, policy = 'strict'): void {
   writeFileSync(join(stateDir, `${uuid}.json`), JSON.stringify({ name: 'bindvm', uuid, policy, hotplug }) + '\n', { mode: 0o644 });
 }
 
-/** Start the wrapper as `as` (libvirt's QEMU account by default); it execs the emulator, which stays. */
-function start(socket: string, as: { uid: number; gid: number } = qemu): { p: ChildProcess; stderr: () => string } {
+/**
+ * Start the wrapper as `as` (libvirt's QEMU account by default), wait until it has exec'd the
+ * emulator (its /proc/PID/exe is busybox), run `during` while the emulator stays, check the
+ * wrapper said nothing, and stop the emulator.
+ */
+async function whileRunning(socket: string, during: () => Promise<void>, as: { uid: number; gid: number } = qemu): Promise<void> {
   const p = spawn(wrapperFile, args, { uid: as.uid, gid: as.gid, env: { PATH: '/usr/bin:/bin', VIRT_EBPF_BROKER_SOCKET: socket, VIRT_EBPF_DOMAIN_STATE_DIR: stateDir }, stdio: ['ignore', 'ignore', 'pipe'] });
   running.push(p);
-  let err = '';
-  p.stderr!.on('data', (d) => (err += d));
-  return { p, stderr: () => err };
-}
-
-/** The emulator runs: the wrapper exec'd it (its /proc/PID/exe is busybox). */
-async function emulatorRuns(p: ChildProcess): Promise<void> {
-  await until('the wrapper to exec the emulator', () => {
-    try {
-      return readlinkSync(`/proc/${p.pid}/exe`).endsWith('/busybox');
-    } catch {
-      return false;
-    }
-  }, 10_000, 20);
-}
-
-async function stop(p: ChildProcess): Promise<void> {
-  p.kill('SIGKILL');
-  if (p.exitCode === null && p.signalCode === null) await once(p, 'exit');
+  let stderr = '';
+  p.stderr!.on('data', (d) => (stderr += d));
+  try {
+    await until('the wrapper to exec the emulator', () => {
+      try {
+        return readlinkSync(`/proc/${p.pid}/exe`).endsWith('/busybox');
+      } catch {
+        return false;
+      }
+    }, 10_000, 20);
+    await during();
+    assert.equal(stderr, '');
+  } finally {
+    p.kill('SIGKILL');
+    if (p.exitCode === null && p.signalCode === null) await once(p, 'exit');
+  }
 }
 
 const bound = async () => (await ask(broker.socket, { v: 1, id: 9, op: 'status' })).bound as number;
 
 test('a start with no RSS device and hot-plug on binds its process in the broker before the emulator runs; with hot-plug off the broker is not asked', { timeout: 60_000 }, async () => {
   record(false);
-  const off = start(broker.socket);
-  await emulatorRuns(off.p);
-  assert.equal(await bound(), 0, 'hot-plug off: the broker was not asked');
-  assert.equal(off.stderr(), '');
-  await stop(off.p);
-
+  await whileRunning(broker.socket, async () => assert.equal(await bound(), 0, 'hot-plug off: the broker was not asked'));
   record(true);
-  const on = start(broker.socket);
-  await emulatorRuns(on.p);
-  assert.equal(await bound(), 1, 'hot-plug on: the wrapper connected, and the broker bound its process to the domain');
-  assert.equal(on.stderr(), '');
-  await stop(on.p);
+  await whileRunning(broker.socket, async () => assert.equal(await bound(), 1, 'hot-plug on: the wrapper connected, and the broker bound its process to the domain'));
   assert.equal(await bound(), 0, 'an ended process is not counted');
 });
 
 test('the binding never stops a start: broker down, or refusing the account (strict, hot-plug on, no RSS device): the emulator runs, nothing is said', { timeout: 60_000 }, async () => {
   record(true, 'strict');
-  for (const [socket, as] of [[join(dir.path, 'no-broker.sock'), qemu], [broker.socket, { uid: 65534, gid: 65534 }]] as const) {
-    const s = start(socket, as);
-    await emulatorRuns(s.p);
-    assert.equal(s.stderr(), '');
-    await stop(s.p);
-  }
+  await whileRunning(join(dir.path, 'no-broker.sock'), async () => {});
+  await whileRunning(broker.socket, async () => {}, { uid: 65534, gid: 65534 });
 });
