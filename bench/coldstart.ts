@@ -36,7 +36,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { brokerRequest, DEFAULT_SOCKET } from '../src/broker/client';
 import { closeAll } from '../src/fdpass';
-import { readManifest } from '../src/install/apply';
+import { readManifest } from '../src/install/manifest';
 import { DEFAULT_PATHS } from '../src/install/plan';
 import { rescanHooks } from '../src/install/apply';
 import { BrokerChild, INSTALLED_CLI, installForReal, uninstallForReal } from '../test/coldstart/fixture';

@@ -11,7 +11,7 @@ import { trustedFile } from '../sys/trust';
 import { setNoNewPrivs } from '../sys/libc';
 import { DPKG_INFO_DIR, EmulatorAllowlist } from '../emulator/allowlist';
 import { DEFAULT_PATHS } from '../install/plan';
-import { isHookless, isHostWide, wrapperTargets } from '../install/apply';
+import { isHookless, isHostWide, wrapperTargets } from '../install/manifest';
 import { lookupUser } from '../sys/users';
 import { createLogger, Logger } from '../log';
 import { BrokerConfig, libvirtQemuAccount } from './config';

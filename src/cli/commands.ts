@@ -153,7 +153,8 @@ export const COMMANDS: Record<string, Command> = {
       requireRoot('install');
       const { assertPrefixWritable, copyRuntime, readMarker, sourceRoot, DEFAULT_PREFIX } = await import('../install/runtime');
       const { chooseEmulators, hostFacts } = await import('../install/host');
-      const { install, readManifest } = await import('../install/apply');
+      const { install } = await import('../install/apply');
+      const { readManifest } = await import('../install/manifest');
       const { DEFAULT_PATHS } = await import('../install/plan');
       const prefix = a.values.get('prefix') ?? DEFAULT_PREFIX;
       const source = sourceRoot();
@@ -202,7 +203,8 @@ export const COMMANDS: Record<string, Command> = {
     async run(argv) {
       const a = parseArgs(argv, { flags: ['force', 'no-rescan'] }, 'uninstall');
       requireRoot('uninstall');
-      const { uninstall, readManifest } = await import('../install/apply');
+      const { uninstall } = await import('../install/apply');
+      const { readManifest } = await import('../install/manifest');
       const { DEFAULT_PATHS } = await import('../install/plan');
       const m = readManifest(DEFAULT_PATHS.manifest);
       if (!m) {

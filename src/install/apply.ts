@@ -10,26 +10,12 @@ import { basename, dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
 import { parseWrapper, renderWrapper } from './wrapper-script';
-import { Artifact, DEFAULT_PATHS, HostFacts, installPlan, resolvePaths } from './plan';
+import { DEFAULT_PATHS, HostFacts, installPlan, resolvePaths } from './plan';
 import { assertTrustedExecutable } from '../sys/trust';
 import { readMarker } from './runtime';
 import { divert, localDiversions, restorePackaged, trueName } from './divert';
 import { SHIM_FILES } from '../shims/constants';
-
-export interface ManifestEntry {
-  kind: Artifact['kind'];
-  path: string;
-  sha256: string;
-}
-
-export interface Manifest {
-  version: 1;
-  prefix: string;
-  installedAt: string;
-  entries: ManifestEntry[];
-  /** installed with --no-hook: no libvirt hook (a later plain install keeps it so) */
-  hook?: 'off';
-}
+import { type Manifest, type ManifestEntry, readManifest } from './manifest';
 
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 
@@ -121,45 +107,12 @@ function sameFile(path: string, content: string, mode: number): boolean {
   }
 }
 
-export function readManifest(path: string): Manifest | null {
-  if (!existsSync(path)) return null;
-  try {
-    const m = JSON.parse(readFileSync(path, 'utf8')) as Manifest;
-    if (m.version !== 1 || !Array.isArray(m.entries)) throw new Error('shape');
-    return m;
-  } catch {
-    throw new VirtEbpfError('CONFIG_INVALID', `install manifest ${path} is corrupt`, {
-      remedy: `inspect it; remove it and run \`virt-ebpf install\` again to rebuild it`,
-    });
-  }
-}
-
 export interface InstallReport {
   written: string[];
   kept: string[];
   /** emulator paths now diverted (host-wide) */
   diverted: string[];
   hookRescan: string;
-}
-
-/** `says` of the install manifest at `manifestPath`; false without one, or with a corrupt one. */
-function manifestSays(manifestPath: string, says: (m: Manifest) => boolean): boolean {
-  try {
-    const m = readManifest(manifestPath);
-    return m ? says(m) : false;
-  } catch {
-    return false;
-  }
-}
-
-/** Whether the install at `manifestPath` is host-wide (it diverted emulators). */
-export function isHostWide(manifestPath: string): boolean {
-  return manifestSays(manifestPath, (m) => m.entries.some((e) => e.kind === 'diversion'));
-}
-
-/** Whether the install at `manifestPath` has no libvirt hook (install --no-hook). */
-export function isHookless(manifestPath: string): boolean {
-  return manifestSays(manifestPath, (m) => m.hook === 'off');
 }
 
 /** Tell libvirt about a new/removed hook: hooks are discovered at daemon start; SIGHUP rescans. */
@@ -381,24 +334,6 @@ export function refreshIfStale(manifestPath: string, wrapper: string): boolean {
   return true;
 }
 
-/** The real emulators our installed wrappers name (the broker allows these). */
-export function wrapperTargets(manifestPath: string): string[] {
-  const out: string[] = [];
-  let m: Manifest | null = null;
-  try {
-    m = readManifest(manifestPath);
-  } catch {
-    return out; // a corrupt manifest names nothing the broker should run
-  }
-  for (const e of m?.entries ?? []) {
-    if (e.kind !== 'wrapper' || !existsSync(e.path)) continue;
-    const st = statSync(e.path);
-    if (st.uid !== 0 || (st.mode & 0o022) !== 0) continue; // the shim would not run it either
-    const spec = parseWrapper(readFileSync(e.path, 'utf8'));
-    if (spec) out.push(spec.real);
-  }
-  return out;
-}
 
 /** Wrappers whose real emulator changed (for doctor and the hook): wrapper path → reason. */
 export function staleWrappers(manifestPath: string): Array<{ wrapper: string; real: string }> {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VirtEbpfError } from '../errors';
 import { domainFacts, interfacesOf, isVirtioModel, withoutWrapper, withRssOn } from '../xml';
-import { isHostWide } from '../install/apply';
+import { isHostWide } from '../install/manifest';
 import { DEFAULT_PATHS } from '../install/plan';
 import { planMigration, takeOption, type XmlSource } from './plan';
 

@@ -39,7 +39,7 @@ export {
   type StatusReport,
 } from './format';
 export { rssOnAliases, liveRssAliases } from './domain-xml';
-import { isHostWide } from '../install/apply';
+import { isHostWide } from '../install/manifest';
 import { DEFAULT_PATHS } from '../install/plan';
 import { liveRssAliases } from './domain-xml';
 export { STATUS_SCHEMA, statusDocument, tableDigest, tableDigestInput, hostUuidFrom, libvirtUuid, type HostFacts, type HostUuidSource, type StatusDocument } from './fleet';

@@ -15,7 +15,7 @@ import { needRoot, tempDir, watchFds } from '../harness';
 import { isEnabled, readConfig } from '../../src/xml';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { BrokerChild, installForReal, uninstallForReal } from './fixture';
 import {

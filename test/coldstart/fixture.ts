@@ -10,7 +10,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { brokerRequest, DEFAULT_SOCKET } from '../../src/broker/client';
-import { readManifest, type Manifest } from '../../src/install/apply';
+import { readManifest, type Manifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { DEFAULT_PREFIX } from '../../src/install/runtime';
 import { cli, waitFor } from './libvirt';

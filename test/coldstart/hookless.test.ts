@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { needRoot, tempDir, watchFds } from '../harness';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { DOMAIN_STATE_DIR, readDomainState } from '../../src/policy';
 import { SHIM_SO } from '../../src/shims/constants';

@@ -11,7 +11,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient } from '../../src/qmp';
 import { needRoot, REPO, tempDir } from '../harness';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { BrokerChild, installForReal } from '../coldstart/fixture';
 import { bpfFds, cli, qemuPid, removeDomain, virsh, waitFor } from '../coldstart/libvirt';

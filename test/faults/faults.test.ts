@@ -12,7 +12,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PYTHON, needRoot, tempDir } from '../harness';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { readCmdline } from '../../src/sys/proc';
 import { brokerRequest } from '../../src/broker/client';

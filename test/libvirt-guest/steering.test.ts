@@ -23,7 +23,7 @@ import { probeEmulator } from '../../src/emulator';
 import { HASH_TYPES_LINUX_DEFAULT, referenceQueue, type Flow } from '../../src/rss';
 import { MIN_FRAMES, STEERING_LABELS } from '../../src/steering';
 import type { StatusReport } from '../../src/status';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { needRoot, watchFds } from '../harness';
 import { BrokerChild, installForReal, tearDownInstalled } from '../coldstart/fixture';

@@ -21,7 +21,7 @@ import { dirname, join } from 'node:path';
 import { parseEthtoolRss, THIS_HOST, type LibvirtGuest, type LibvirtHost, type RssConfig } from '../support/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { domainStatePath } from '../../src/policy';
 import { ask } from '../broker/support';

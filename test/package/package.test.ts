@@ -12,7 +12,7 @@ import { spawnSync, SpawnSyncReturns } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildDeb } from '../../src/package/build';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { DEFAULT_PREFIX, PREFIX_MARKER } from '../../src/install/runtime';
 import { QEMU, needRoot, tempDir } from '../harness';

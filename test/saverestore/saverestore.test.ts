@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { parseEthtoolRss, type LibvirtGuest, type RssConfig } from '../support/guest';
 import { libvirtQemuAccount } from '../../src/broker/config';
 import { lookupUser } from '../../src/sys/users';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import type { StatusReport } from '../../src/status';
 import { needRoot, tempDir, watchFds } from '../harness';

@@ -7,7 +7,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { needRoot, tempDir } from '../harness';
-import { readManifest } from '../../src/install/apply';
+import { readManifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { BrokerChild, installForReal } from '../coldstart/fixture';
 import { cli, removeDomain, testDomains, waitFor } from '../coldstart/libvirt';
