@@ -6,12 +6,14 @@
  * argv: the config (JSON), the hook environment (JSON). Prints `ready` once it listens; SIGTERM
  * closes it.
  */
-import { startBroker } from '../src/broker/daemon';
-import { validateConfig } from '../src/broker/config';
-import { createLogger } from '../src/log';
+import { brokerV8 } from '../src/broker/v8';
 
+brokerV8(); // as `virt-ebpf broker` does, before the broker's modules load
 const [config, hookEnv, qemuConf] = process.argv.slice(2, 5);
 void (async () => {
+  const { startBroker } = await import('../src/broker/daemon');
+  const { validateConfig } = await import('../src/broker/config');
+  const { createLogger } = await import('../src/log');
   const broker = await startBroker(validateConfig(JSON.parse(config)), { logger: createLogger('info', 'text'), hookEnv: JSON.parse(hookEnv), qemuConf });
   process.stdout.write('ready\n');
   await new Promise<void>((resolve) => process.once('SIGTERM', resolve));

@@ -7,7 +7,8 @@
  *    kernel's limit, as a whole process) and parse + validate only (pure)
  *  - handoff: 4 fds sent and received over a unix socket, against the same message without fds
  *  - cold broker: socket activation to the first reply, against bare Node answering one line
- *  - broker memory: an idle broker's RSS, fresh and after a pool fill, against bare Node
+ *  - broker memory: a broker's RSS fresh, after a pool fill and after a burst of requests, against
+ *    bare Node and against the same broker with V8's defaults
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -85,22 +86,33 @@ function resident(pid: number): Resident {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The broker as it runs, and with V8's defaults (node flags that win over src/broker/v8.ts). */
+const BROKER_V8 = [
+  { name: 'virt-ebpf broker', flags: [] as string[] },
+  { name: 'virt-ebpf broker, V8 defaults (node --turbofan --no-optimize-for-size)', flags: ['--turbofan', '--no-optimize-for-size'] },
+];
+
+interface BrokerMemory {
+  fresh: Resident;
+  filled: Resident;
+  burst: Resident;
+  quiet: Resident;
+}
+
 /**
- * What an idle broker holds: started (no request yet), and after its pool filled with its loader
- * threads ended (pool.loaderIdleMs 1 s here) — against bare Node listening on a socket.
+ * What a broker holds: started (no request yet); after its pool filled and its loader threads
+ * ended (pool.loaderIdleMs 1 s here); right after a burst of 5 000 requests (a status each, one
+ * connection each); and 15 s after the burst.
  */
-async function brokerMemory(dir: string): Promise<{ bare: Resident; fresh: Resident; filled: Resident }> {
+async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMemory> {
   const sock = join(dir, 'mem.sock');
   const config = join(dir, 'mem-broker.json');
   writeFileSync(config, JSON.stringify({ socket: sock, cacheDir: join(dir, 'mem-cache'), pool: { size: 2, loaderIdleMs: 1000 } }));
-  const bareSock = join(dir, 'bare.sock');
-  for (const f of [sock, bareSock]) rmSync(f, { force: true });
-  const bareNode = spawn(process.execPath, ['-e', `require('net').createServer(() => {}).listen(${JSON.stringify(bareSock)})`], { stdio: 'ignore' });
-  const broker = spawn(process.execPath, [CLI, 'broker', '--config', config], { stdio: 'ignore' });
+  rmSync(sock, { force: true });
+  const broker = spawn(process.execPath, [...nodeFlags, CLI, 'broker', '--config', config], { stdio: 'ignore' });
   try {
     for (let i = 0; i < 500 && !existsSync(sock); i++) await sleep(10);
     await sleep(1500);
-    const bare = resident(bareNode.pid!);
     const fresh = resident(broker.pid!);
     brokerRequest({ op: 'prewarm', emulator: QEMU, count: 2 }, { socket: sock, timeoutMs: 60_000 });
     for (let i = 0; i < 600; i++) {
@@ -110,29 +122,60 @@ async function brokerMemory(dir: string): Promise<{ bare: Resident; fresh: Resid
       await sleep(100);
     }
     await sleep(3000); // the loader threads' idle time, then their end
-    return { bare, fresh, filled: resident(broker.pid!) };
+    const filled = resident(broker.pid!);
+    for (let i = 0; i < 5000; i++) brokerRequest({ op: 'status' }, { socket: sock });
+    const burst = resident(broker.pid!);
+    await sleep(15_000);
+    return { fresh, filled, burst, quiet: resident(broker.pid!) };
   } finally {
-    await Promise.all([bareNode, broker].map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : (p.once('exit', r), p.kill())))));
+    await new Promise((r) => (broker.exitCode !== null ? r(null) : (broker.once('exit', r), broker.kill())));
   }
 }
 
-function memoryTable(runs: Array<{ bare: Resident; fresh: Resident; filled: Resident }>): string {
+/** Bare Node listening on a socket: the floor of any Node daemon. */
+async function bareNodeMemory(dir: string): Promise<Resident> {
+  const bareSock = join(dir, 'bare.sock');
+  rmSync(bareSock, { force: true });
+  const bareNode = spawn(process.execPath, ['-e', `require('net').createServer(() => {}).listen(${JSON.stringify(bareSock)})`], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 500 && !existsSync(bareSock); i++) await sleep(10);
+    await sleep(1500);
+    return resident(bareNode.pid!);
+  } finally {
+    await new Promise((r) => (bareNode.exitCode !== null ? r(null) : (bareNode.once('exit', r), bareNode.kill())));
+  }
+}
+
+function memoryTable(bare: Resident[], brokers: BrokerMemory[][]): string {
   const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  const row = (name: string, pick: (r: (typeof runs)[number]) => Resident, baseline?: boolean) => {
-    const rss = med(runs.map((r) => pick(r).rss));
-    const ratio = baseline ? '—' : `${(rss / med(runs.map((r) => r.bare.rss))).toFixed(2)}× bare Node`;
-    return `| ${name} | ${rss.toFixed(1)} MiB | ${med(runs.map((r) => pick(r).anon)).toFixed(1)} MiB | ${med(runs.map((r) => pick(r).file)).toFixed(1)} MiB | ${ratio} |`;
-  };
+  const bareRss = med(bare.map((r) => r.rss));
+  const row = (name: string, runs: Resident[], ratio: string) =>
+    `| ${name} | ${med(runs.map((r) => r.rss)).toFixed(1)} MiB | ${med(runs.map((r) => r.anon)).toFixed(1)} MiB | ${med(runs.map((r) => r.file)).toFixed(1)} MiB | ${ratio} |`;
+  const rows = [row('Node listening on a socket (baseline)', bare, '—')];
+  const phases: Array<[keyof BrokerMemory, string]> = [
+    ['fresh', 'started, no request yet'],
+    ['filled', 'pool of 2 filled, loader threads ended'],
+    ['burst', 'right after 5 000 requests'],
+    ['quiet', '15 s after them'],
+  ];
+  for (const [phase, what] of phases) {
+    const [lean, stock] = brokerRuns(brokers, phase);
+    const ratio = `${(med(lean.map((r) => r.rss)) / bareRss).toFixed(2)}× bare Node; ${(med(lean.map((r) => r.rss)) / med(stock.map((r) => r.rss))).toFixed(2)}× V8 defaults`;
+    rows.push(row(`${BROKER_V8[0].name}, ${what}`, lean, ratio), row(`${BROKER_V8[1].name}, ${what}`, stock, `${(med(stock.map((r) => r.rss)) / bareRss).toFixed(2)}× bare Node`));
+  }
   return [
-    `### broker resident memory, idle (median of ${runs.length} brokers; RSS = anonymous + file-backed, the node binary's pages included)`,
+    `### broker resident memory (median of ${bare.length} brokers each; RSS = anonymous + file-backed, the node binary's pages included)`,
     '',
     '| process | RSS | anonymous | file | ratio (RSS) |',
     '|---|---|---|---|---|',
-    row('Node listening on a socket (baseline)', (r) => r.bare, true),
-    row('virt-ebpf broker, started, no request yet', (r) => r.fresh),
-    row('virt-ebpf broker, pool of 2 filled, loader threads ended', (r) => r.filled),
+    ...rows,
     '',
   ].join('\n');
+}
+
+/** The runs of each V8 variant at one phase. */
+function brokerRuns(brokers: BrokerMemory[][], phase: keyof BrokerMemory): Resident[][] {
+  return BROKER_V8.map((_, v) => brokers.map((round) => round[v][phase]));
 }
 
 async function main(): Promise<void> {
@@ -228,9 +271,16 @@ async function main(): Promise<void> {
         { name: 'virt-ebpf broker: hello', stats: stats(coldBroker), baseline: 'Node answering one line on fd 3 (no module of ours)' },
       ]),
     );
-    const memory = [];
-    for (let i = 0; i < 3 * N; i++) memory.push(await brokerMemory(cache));
-    out.push(memoryTable(memory));
+    // Alternating the variants, so that drift on the host hits both alike.
+    const bareMemory: Resident[] = [];
+    const brokers: BrokerMemory[][] = [];
+    for (let i = 0; i < 3 * N; i++) {
+      bareMemory.push(await bareNodeMemory(cache));
+      const round: BrokerMemory[] = [];
+      for (const v of BROKER_V8) round.push(await brokerMemory(cache, v.flags));
+      brokers.push(round);
+    }
+    out.push(memoryTable(bareMemory, brokers));
   } finally {
     rmSync(cache, { recursive: true, force: true });
   }

@@ -1,0 +1,62 @@
+/**
+ * How V8 runs the broker (src/broker/v8.ts): without TurboFan and for size, unless node was
+ * started with a flag that says otherwise. Checked on the real `virt-ebpf broker` process, with
+ * V8's own trace of what it optimizes; the memory this saves is in `npm run bench`.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { brokerRequest } from '../../src/broker/client';
+import { REPO, needRoot, tempDir } from '../harness';
+
+const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
+const V8_MODULE = join(REPO, 'dist', 'src', 'broker', 'v8.js');
+
+/** What brokerV8 sets in a node started with `execArgv`. */
+function flagsSetUnder(execArgv: string[]): string[] {
+  const out = execFileSync(process.execPath, [...execArgv, '-e', `process.stdout.write(JSON.stringify(require(${JSON.stringify(V8_MODULE)}).brokerV8()))`], { encoding: 'utf8' });
+  return JSON.parse(out) as string[];
+}
+
+test('brokerV8: TurboFan off and optimize-for-size on, each unless node was started with it or its negation', () => {
+  assert.deepEqual(flagsSetUnder([]), ['--no-turbofan', '--optimize-for-size']);
+  assert.deepEqual(flagsSetUnder(['--turbofan']), ['--optimize-for-size']);
+  assert.deepEqual(flagsSetUnder(['--opt']), ['--optimize-for-size']);
+  assert.deepEqual(flagsSetUnder(['--no-optimize-for-size']), ['--no-turbofan']);
+  assert.deepEqual(flagsSetUnder(['--turbofan', '--no-optimize_for_size']), []);
+});
+
+/** Start `virt-ebpf broker` under node `flags` with V8's optimization trace, serve 3 000 requests, and return what V8 printed. */
+async function brokerTrace(flags: string[]): Promise<string> {
+  const dir = tempDir('virt-ebpf-v8-');
+  const socket = join(dir.path, 'broker.sock');
+  const config = join(dir.path, 'config.json');
+  writeFileSync(config, JSON.stringify({ socket, cacheDir: join(dir.path, 'cache') }));
+  const broker = spawn(process.execPath, ['--trace-opt', ...flags, CLI, 'broker', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  broker.stdout!.on('data', (d) => (out += d));
+  broker.stderr!.on('data', (d) => (out += d));
+  try {
+    for (let i = 0; i < 500 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(existsSync(socket), `the broker did not listen on ${socket}: ${out}`);
+    for (let i = 0; i < 3000; i++) {
+      const { reply } = brokerRequest({ op: 'status' }, { socket });
+      assert.equal(reply.op, 'status');
+    }
+    return out;
+  } finally {
+    broker.kill();
+    await new Promise((r) => (broker.exitCode !== null ? r(null) : broker.once('exit', r)));
+    dir.remove();
+  }
+}
+
+test('the broker process compiles nothing with TurboFan through start-up and 3 000 requests; with node --turbofan it does', async () => {
+  needRoot('the broker runs as root');
+  const lean = await brokerTrace([]);
+  assert.doesNotMatch(lean, /completed (optimizing|compiling)/, 'TurboFan ran in the broker');
+  const stock = await brokerTrace(['--turbofan']);
+  assert.match(stock, /completed optimizing/, 'the trace would have shown TurboFan');
+});
