@@ -8,7 +8,7 @@
  */
 import { brokerV8 } from '../src/broker/v8';
 
-brokerV8(); // as `virt-ebpf broker` does, before the broker's modules load
+brokerV8(); // as `virt-ebpf broker` does, before the broker's modules load (bench/hotplug.ts gives node the unit's flags)
 const [config, hookEnv, qemuConf] = process.argv.slice(2, 5);
 void (async () => {
   const { startBroker } = await import('../src/broker/daemon');

@@ -16,7 +16,8 @@
  *     systemd-socket-activate starts on the first connection (empty pool), with our hook and
  *     hook-less (`install --no-hook`), against the same domains without virt-ebpf (no hook of
  *     ours, libvirtd told): all started with their fds, wall, per-start median and p95, CPU.
- *     BENCH_STORM_ROUNDS rounds (default 2), the order rotating; BENCH_STORM picks the sizes.
+ *     BENCH_STORM_ROUNDS rounds (default 2), the order rotating; BENCH_STORM picks the sizes;
+ *     BENCH_STORM_V8=defaults runs its broker under V8's defaults.
  *
  *  h. what the host-wide mode costs a domain without an RSS NIC (one single-queue virtio NIC):
  *     `virsh start` of domains naming /usr/bin/qemu-system-x86_64 — under `install --host-wide`
@@ -42,6 +43,7 @@ import { rescanHooks } from '../src/install/apply';
 import { BrokerChild, INSTALLED_CLI, installForReal, uninstallForReal } from '../test/coldstart/fixture';
 import { bpfFds, define, defineEnabled, domainXml, qemuPid, removeDomain, runAsync, testDomains, virsh, virshTry } from '../test/coldstart/libvirt';
 import { medianWithInterval, stats, table, Stats } from './stats';
+import { BROKER_NODE_FLAGS } from '../src/broker/v8';
 
 const N = Number(process.env.BENCH_N ?? 1);
 /** BENCH_COLDSTART=a,b,c picks sections (default all). */
@@ -343,10 +345,14 @@ async function benchParallel(scratch: string, out: string[]): Promise<void> {
   for (const n of [...enabled, ...plain]) removeDomain(n);
 }
 
+/** The storm broker's node flags: the unit's, or with BENCH_STORM_V8=defaults V8's defaults (flags that win over src/broker/v8.ts). */
+const STORM_DEFAULTS = process.env.BENCH_STORM_V8 === 'defaults';
+const STORM_NODE_FLAGS = STORM_DEFAULTS ? ['--turbofan', '--no-optimize-for-size'] : [...BROKER_NODE_FLAGS];
+
 /** The broker as a boot starts it: systemd-socket-activate holds the socket, the first connect starts it (in its own process: `fn` gets its pid). */
 async function coldBroker<T>(fn: (pid: number) => Promise<T>): Promise<T> {
   rmSync(DEFAULT_SOCKET, { force: true });
-  const act = spawn('systemd-socket-activate', ['-l', DEFAULT_SOCKET, process.execPath, INSTALLED_CLI, 'broker'], { stdio: 'ignore' });
+  const act = spawn('systemd-socket-activate', ['-l', DEFAULT_SOCKET, process.execPath, ...STORM_NODE_FLAGS, INSTALLED_CLI, 'broker'], { stdio: 'ignore' });
   try {
     for (let i = 0; i < 500 && !existsSync(DEFAULT_SOCKET); i++) await new Promise((r) => setTimeout(r, 10));
     chmodSync(DEFAULT_SOCKET, 0o666); // what our socket unit's SocketMode=0666 does: QEMU's account must connect
@@ -412,7 +418,7 @@ async function benchStorm(scratch: string, out: string[], k: number, nics: numbe
     );
   };
   out.push(
-    table(`s. boot storm: ${k} domains × ${nics} RSS NICs at once, broker socket-activated on the first connection (per-start, ${rounds} rounds)`, [
+    table(`s. boot storm: ${k} domains × ${nics} RSS NICs at once, broker socket-activated on the first connection${STORM_DEFAULTS ? ` under V8's defaults (node ${STORM_NODE_FLAGS.join(' ')})` : ''} (per-start, ${rounds} rounds)`, [
       { name: `${k}×${nics} without virt-ebpf`, stats: stats(starts.plain) },
       { name: `${k}×${nics} enabled, cold broker`, stats: stats(starts.enabled), baseline: `${k}×${nics} without virt-ebpf` },
       { name: `${k}×${nics} enabled, hook-less, cold broker`, stats: stats(starts.hookless), baseline: `${k}×${nics} without virt-ebpf` },

@@ -25,12 +25,13 @@ import { probeEmulator } from '../src/emulator';
 import { loadContext, type AcquiredContext } from '../src/context';
 import { closeAll } from '../src/fdpass';
 import { propertyValue } from '../src/argv';
+import { BROKER_NODE_FLAGS } from '../src/broker/v8';
 
 const N = Number(process.env.BENCH_N ?? 1);
 /** device_adds of each kind, one per pcie-root-port (a device_del needs a guest to let go) */
 const PORTS = Number(process.env.BENCH_HOTPLUG_N ?? 50);
-/** BENCH_HOTPLUG_V8=defaults: the broker under V8's defaults (node flags that win over src/broker/v8.ts) */
-const BROKER_NODE_FLAGS = process.env.BENCH_HOTPLUG_V8 === 'defaults' ? ['--turbofan', '--no-optimize-for-size'] : [];
+/** The broker's node flags: the unit's, or with BENCH_HOTPLUG_V8=defaults V8's defaults (flags that win over src/broker/v8.ts) */
+const BROKER_FLAGS = process.env.BENCH_HOTPLUG_V8 === 'defaults' ? ['--turbofan', '--no-optimize-for-size'] : [...BROKER_NODE_FLAGS];
 
 /** The broker in a process of its own (bench/broker-process.ts), on a socket QEMU's account can reach. */
 async function brokerProcess(dir: string, config: Record<string, unknown>, hookEnv: { stateDir: string }): Promise<{ socket: string; close(): Promise<void> }> {
@@ -42,7 +43,7 @@ async function brokerProcess(dir: string, config: Record<string, unknown>, hookE
   // process that times QEMU's replies at every line.
   const log = join(home, 'broker.log');
   const out = openSync(log, 'w');
-  const child = spawn(process.execPath, [...BROKER_NODE_FLAGS, join(__dirname, 'broker-process.js'), JSON.stringify({ socket, ...config }), JSON.stringify(hookEnv), join(home, 'no-qemu.conf')], { stdio: ['ignore', out, 'pipe'] });
+  const child = spawn(process.execPath, [...BROKER_FLAGS, join(__dirname, 'broker-process.js'), JSON.stringify({ socket, ...config }), JSON.stringify(hookEnv), join(home, 'no-qemu.conf')], { stdio: ['ignore', out, 'pipe'] });
   closeSync(out);
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
@@ -82,7 +83,7 @@ async function main(): Promise<void> {
   const taps: Tap[] = [];
   const qemus: DomainQemu[] = [];
   const clients: QmpClient[] = [];
-  const out: string[] = [`broker under ${BROKER_NODE_FLAGS.length ? `V8's defaults (node ${BROKER_NODE_FLAGS.join(' ')})` : 'its own V8 settings (src/broker/v8.ts)'}`, ''];
+  const out: string[] = [`broker: node ${BROKER_FLAGS.join(' ')}${process.env.BENCH_HOTPLUG_V8 === 'defaults' ? " (V8's defaults)" : ' (as the unit runs it)'}`, ''];
   let plain: ChildProcess | undefined;
   try {
     // Plain QEMU: libvirt's monitor socket, no shim.

@@ -22,6 +22,7 @@ import { recvFds, sendFds } from '../src/fdpass';
 import * as libc from '../src/sys/libc';
 import { QmpClient, QmpTransport } from '../src/qmp';
 import { brokerRequest } from '../src/broker/client';
+import { BROKER_NODE_FLAGS } from '../src/broker/v8';
 import { medianWithInterval, sample, stats, table } from './stats';
 import { processStatus } from '../test/harness';
 
@@ -88,7 +89,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The broker as it runs, and with V8's defaults (node flags that win over src/broker/v8.ts). */
 const BROKER_V8 = [
-  { name: 'virt-ebpf broker', flags: [] as string[] },
+  { name: 'virt-ebpf broker (node flags as the unit gives them)', flags: [...BROKER_NODE_FLAGS] as string[] },
   { name: 'virt-ebpf broker, V8 defaults (node --turbofan --no-optimize-for-size)', flags: ['--turbofan', '--no-optimize-for-size'] },
 ];
 

@@ -1,32 +1,54 @@
 /**
  * How V8 runs the broker. Its JavaScript is glue — its work is the kernel's (bpf() and the
  * verifier, on loader threads) and moving fds — in a daemon that lives as long as the host, so
- * it runs V8 for memory rather than speed:
- *   --no-turbofan        the interpreter and the baseline compiler (Sparkplug) serve it. The
- *                        first function that turns hot (at start-up, the module loader's path
- *                        functions) would page TurboFan's own code in, ~3.7 MiB of node's
- *                        binary, resident for the broker's life.
- *   --optimize-for-size  a heap that grows less between collections and is given back once the
- *                        broker goes quiet (V8's memory reducer); with Node's defaults, garbage
- *                        from a burst of starts stays resident until the next one.
- * A flag node was started with wins (`node --turbofan …`, `--no-optimize-for-size`); the benches
- * measure the broker both ways.
+ * V8 runs it for memory rather than speed:
+ *   --no-turbofan, --no-maglev  the interpreter and the baseline compiler (Sparkplug) serve it.
+ *                        The first function that turns hot (at start-up, the module loader's
+ *                        path functions) would page the optimizing compiler's own code in,
+ *                        ~3.7 MiB of node's binary, resident for the broker's life. (Node 20
+ *                        has Maglev off already; later Nodes turn it on.)
+ *   --optimize-for-size  a young generation of 1 MiB instead of up to 16, and a heap that grows
+ *                        less between collections and is given back once the broker goes quiet
+ *                        (V8's memory reducer): with Node's defaults, garbage from a burst of
+ *                        requests stays resident until the next burst.
+ * The unit puts them on node's command line (`@BROKER_NODE_FLAGS@`), where they shape the main
+ * thread's heap as it is made. `virt-ebpf broker` started any other way sets what is missing
+ * before the broker's modules load: all of it takes effect except the main thread's young
+ * generation, which exists by then. A flag node was started with wins, in any spelling V8
+ * takes (`--turbofan`, `--noopt`, `-no-maglev`, `--no-optimize-for-size`, and an operator's own
+ * `--max-semi-space-size` keeps `--optimize-for-size` off).
  */
 import { setFlagsFromString } from 'node:v8';
 
-const BROKER_V8_FLAGS = ['turbofan', 'optimize-for-size'] as const;
-const WANTED: Record<(typeof BROKER_V8_FLAGS)[number], boolean> = { turbofan: false, 'optimize-for-size': true };
-const ALIASES: Record<string, string> = { opt: 'turbofan' };
+/** What node runs the broker with. */
+export const BROKER_NODE_FLAGS = ['--no-turbofan', '--no-maglev', '--optimize-for-size'] as const;
 
-/** The flags it set. Call before the broker's modules load: loading them is what turns the first functions hot. */
-export function brokerV8(execArgv: readonly string[] = process.execArgv): string[] {
-  const given = new Set(execArgv.map((a) => a.replace(/^--(no-)?/, '').replace(/_/g, '-')).map((n) => ALIASES[n] ?? n));
-  const set: string[] = [];
-  for (const name of BROKER_V8_FLAGS) {
-    if (given.has(name)) continue;
-    const flag = `--${WANTED[name] ? '' : 'no-'}${name}`;
-    setFlagsFromString(flag);
-    set.push(flag);
+/** Each flag's name, and the names on node's command line that decide it instead. */
+const DECIDED_BY: Record<string, string[]> = {
+  turbofan: ['turbofan', 'opt'],
+  maglev: ['maglev'],
+  'optimize-for-size': ['optimize-for-size', 'max-semi-space-size'],
+};
+
+/** The V8 flag names node's command line `execArgv` sets (`--x`, `-x`, `--no-x`, `--nox`, `--x=…`; `_` as `-`). */
+export function v8FlagNames(execArgv: readonly string[]): Set<string> {
+  const names = new Set<string>();
+  for (const a of execArgv) {
+    const m = /^--?(?:no-?)?([a-z][a-z0-9-]*)(?:=.*)?$/.exec(a.replace(/^[^=]*/, (n) => n.replace(/_/g, '-')));
+    if (m) names.add(m[1]);
   }
-  return set;
+  return names;
+}
+
+/** The flags of BROKER_NODE_FLAGS that `execArgv` leaves undecided. */
+export function missingBrokerFlags(execArgv: readonly string[]): string[] {
+  const given = v8FlagNames(execArgv);
+  return BROKER_NODE_FLAGS.filter((flag) => !DECIDED_BY[flag.replace(/^--(no-)?/, '')].some((n) => given.has(n)));
+}
+
+/** Set what node's command line left out (see above); returns it. Call before the broker's modules load. */
+export function brokerV8(execArgv: readonly string[] = process.execArgv): string[] {
+  const missing = missingBrokerFlags(execArgv);
+  for (const flag of missing) setFlagsFromString(flag);
+  return missing;
 }

@@ -5,12 +5,11 @@
  * exit code. VIRT_EBPF_DEBUG=1 adds the evidence (verifier log, stderr, stack).
  */
 import { VirtEbpfError, isVirtEbpfError } from '../errors';
-import { brokerV8 } from '../broker/v8';
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   // The broker's V8 settings, before the command table (and the broker) load.
-  if (name === 'broker') brokerV8();
+  if (name === 'broker') (await import('../broker/v8')).brokerV8();
   const { COMMANDS, usage } = await import('./commands');
   if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
     process.stdout.write(usage());

@@ -5,7 +5,7 @@
  */
 import { missingShims } from './host';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { VirtEbpfError } from '../errors';
@@ -15,14 +15,9 @@ import { assertTrustedExecutable } from '../sys/trust';
 import { readMarker } from './runtime';
 import { divert, localDiversions, restorePackaged, trueName } from './divert';
 import { SHIM_FILES } from '../shims/constants';
-import { type Manifest, type ManifestEntry, readManifest } from './manifest';
+import { type Manifest, type ManifestEntry, identityOf, readManifest, staleWrappers } from './manifest';
 
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
-
-export function identityOf(path: string): string {
-  const st = statSync(realpathSync(path));
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-}
 
 /**
  * Where a file is written before it is renamed into place: a private directory inside the
@@ -332,17 +327,5 @@ export function refreshIfStale(manifestPath: string, wrapper: string): boolean {
   if (!existsSync(manifestPath) || !staleWrappers(manifestPath).some((s) => s.wrapper === wrapper)) return false;
   refreshWrappers(manifestPath);
   return true;
-}
-
-
-/** Wrappers whose real emulator changed (for doctor and the hook): wrapper path → reason. */
-export function staleWrappers(manifestPath: string): Array<{ wrapper: string; real: string }> {
-  const out: Array<{ wrapper: string; real: string }> = [];
-  for (const e of readManifest(manifestPath)?.entries ?? []) {
-    if (e.kind !== 'wrapper' || !existsSync(e.path)) continue;
-    const spec = parseWrapper(readFileSync(e.path, 'utf8'));
-    if (spec && existsSync(spec.real) && identityOf(spec.real) !== spec.identity) out.push({ wrapper: e.path, real: spec.real });
-  }
-  return out;
 }
 

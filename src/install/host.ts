@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { untrustedReason } from '../sys/trust';
-import { identityOf } from './apply';
+import { identityOf } from './manifest';
 import { HostFacts, InstallPaths } from './plan';
 import { SHIM_FILES } from '../shims/constants';
 export { SHIM_FILES };

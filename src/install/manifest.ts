@@ -1,9 +1,10 @@
 /**
  * The install manifest (what `virt-ebpf install` wrote, with content hashes) and the read-only
- * questions the rest of the product asks of it. Apart from install/apply.ts, which writes it, so
- * that a reader (the broker, status, doctor) loads none of the installer.
+ * questions the rest of the product asks of it: which emulators the wrappers name, whether one
+ * of them changed, which mode the install is in. Apart from install/apply.ts, which writes it,
+ * so that a reader (the broker, status, doctor, migrate) loads none of the installer.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { VirtEbpfError } from '../errors';
 import type { Artifact } from './plan';
 import { parseWrapper } from './wrapper-script';
@@ -71,6 +72,23 @@ export function wrapperTargets(manifestPath: string): string[] {
     if (st.uid !== 0 || (st.mode & 0o022) !== 0) continue; // the shim would not run it either
     const spec = parseWrapper(readFileSync(e.path, 'utf8'));
     if (spec) out.push(spec.real);
+  }
+  return out;
+}
+
+/** What a wrapper records of its real emulator, to notice that the emulator changed. */
+export function identityOf(path: string): string {
+  const st = statSync(realpathSync(path));
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+}
+
+/** Wrappers whose real emulator changed (for doctor and the hook): wrapper path → reason. */
+export function staleWrappers(manifestPath: string): Array<{ wrapper: string; real: string }> {
+  const out: Array<{ wrapper: string; real: string }> = [];
+  for (const e of readManifest(manifestPath)?.entries ?? []) {
+    if (e.kind !== 'wrapper' || !existsSync(e.path)) continue;
+    const spec = parseWrapper(readFileSync(e.path, 'utf8'));
+    if (spec && existsSync(spec.real) && identityOf(spec.real) !== spec.identity) out.push({ wrapper: e.path, real: spec.real });
   }
   return out;
 }

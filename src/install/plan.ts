@@ -8,6 +8,7 @@ import { basename, dirname, join } from 'node:path';
 import { renderWrapper } from './wrapper-script';
 import { VirtEbpfError } from '../errors';
 import { CONFIG_FILE } from '../shims/constants';
+import { BROKER_NODE_FLAGS } from '../broker/v8';
 
 export interface HostFacts {
   /** absolute path of node */
@@ -113,6 +114,7 @@ export function wrapperPath(paths: InstallPaths, emulator: string): string {
 export function templateVars(node: string, prefix: string, p: InstallPaths): Record<string, string> {
   return {
     NODE: node,
+    BROKER_NODE_FLAGS: BROKER_NODE_FLAGS.join(' '),
     CLI: join(prefix, 'dist/src/cli/main.js'),
     HOOK: join(prefix, 'dist/src/hook/main.js'),
     HOOK_SHIM: join(prefix, SHIM_FILES.hook),

@@ -14,6 +14,7 @@ import { readManifest, type Manifest } from '../../src/install/manifest';
 import { DEFAULT_PATHS } from '../../src/install/plan';
 import { DEFAULT_PREFIX } from '../../src/install/runtime';
 import { cli, waitFor } from './libvirt';
+import { BROKER_NODE_FLAGS } from '../../src/broker/v8';
 
 export const INSTALLED_CLI = join(DEFAULT_PREFIX, 'dist/src/cli/main.js');
 
@@ -54,7 +55,7 @@ function brokerAnswers(socket: string, timeoutMs = 1000): boolean {
 }
 
 /**
- * The installed broker (`node /usr/lib/virt-ebpf/dist/src/cli/main.js broker`) as a child; by
+ * The installed broker (`node` with the unit's flags `/usr/lib/virt-ebpf/dist/src/cli/main.js broker`) as a child; by
  * default on the default socket with the installed config (what the wrapper under libvirt uses).
  */
 export class BrokerChild {
@@ -84,7 +85,7 @@ export class BrokerChild {
   async start(): Promise<void> {
     assert.ok(!this.#child, 'the broker is already running');
     assert.ok(!brokerAnswers(this.socket), `another broker answers on ${this.socket}; stop it first (two brokers would fight over the socket)`);
-    const [cmd, ...args] = [...this.#enter, process.execPath, INSTALLED_CLI, 'broker', ...this.#args];
+    const [cmd, ...args] = [...this.#enter, process.execPath, ...BROKER_NODE_FLAGS, INSTALLED_CLI, 'broker', ...this.#args];
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
     child.stdout!.on('data', (d) => (this.#log += d));

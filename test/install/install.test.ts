@@ -8,13 +8,15 @@ import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { install, uninstall, refreshWrappers, staleWrappers } from '../../src/install/apply';
+import { install, uninstall, refreshWrappers } from '../../src/install/apply';
+import { staleWrappers } from '../../src/install/manifest';
 import { readManifest } from '../../src/install/manifest';
 import { installPlan } from '../../src/install/plan';
 import { hostFacts } from '../../src/install/host';
 import { parseWrapper } from '../../src/install/wrapper-script';
 import { QEMU, REPO, needRoot, tempDir, trustedDir } from '../harness';
 import { allFiles, scratchPaths, trustedPrefix } from './scratch';
+import { BROKER_NODE_FLAGS } from '../../src/broker/v8';
 
 test('install writes exactly the plan, uninstall removes exactly that, the user\'s config survives', () => {
   needRoot('writes root-owned files');
@@ -38,7 +40,7 @@ test('install writes exactly the plan, uninstall removes exactly that, the user\
     assert.equal(hook.split('\n')[0], `#!${prefix}/dist/shims/vebpf-hook`, 'the kernel runs the C hook shim: no shell');
     assert.match(hook, new RegExp(`^node=${process.execPath}$`, 'm'));
     assert.match(hook, new RegExp(`^hook=${prefix}/dist/src/hook/main\\.js$`, 'm'));
-    assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} .*cli/main.js broker`));
+    assert.match(readFileSync(join(paths.unitDir, 'virt-ebpfd.service'), 'utf8'), new RegExp(`ExecStart=${process.execPath} ${BROKER_NODE_FLAGS.join(' ')} \\S+/dist/src/cli/main.js broker`));
     assert.equal(readManifest(paths.manifest)!.entries.length, plan.length);
 
     // the user edits the config; a second install keeps it, uninstall keeps it too

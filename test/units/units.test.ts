@@ -182,7 +182,10 @@ test('the real broker under exactly the unit\'s restrictions probes QEMU, loads 
   const config = join(d.path, 'config.json');
   writeFileSync(config, JSON.stringify({ socket, cacheDir: join(cacheDir, 'probe'), pool: { size: 0 } }));
   const u = renderUnits(d.path);
-  const argv = sandboxed(u.service, d.path, [process.execPath, join(u.prefix, 'dist/src/cli/main.js'), 'broker', '--config', config]);
+  // The unit's own command line, with the scratch config for the installed one.
+  const exec = serviceDirectives(readFileSync(u.service, 'utf8')).get('ExecStart')!.at(-1)!.split(/\s+/);
+  assert.deepEqual(exec.slice(-4), [join(u.prefix, 'dist/src/cli/main.js'), 'broker', '--config', '/etc/virt-ebpf/config.json'], `ExecStart: ${exec.join(' ')}`);
+  const argv = sandboxed(u.service, d.path, [...exec.slice(0, -1), config]);
   const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout.on('data', (c) => (log += c));
