@@ -4,7 +4,6 @@
  * directories, through the cached probe, so a changed binary gets a new pool.
  */
 import { readFileSync, realpathSync, statSync } from 'node:fs';
-import { randomInt } from 'node:crypto';
 import { dirname } from 'node:path';
 import { VirtEbpfError } from '../errors';
 import { trustedFile } from '../sys/trust';
@@ -171,7 +170,9 @@ export const PROBE_ID_BASE = 0x7f000000;
  * that group for the same reason. Root's group is never taken.
  */
 export function probeAccount(kvm: { gid: number; mode: number } | null = kvmDevice()): { uid: number; gid: number } {
-  const id = PROBE_ID_BASE + randomInt(0, 0x10000);
+  // Web Crypto's global, not node:crypto at the top of this file: OpenSSL starts (~1.2 MiB
+  // resident) at the first probe, not at every broker start.
+  const id = PROBE_ID_BASE + crypto.getRandomValues(new Uint16Array(1))[0];
   const viaGroup = kvm !== null && kvm.gid !== 0 && (kvm.mode & 0o060) === 0o060;
   return { uid: id, gid: viaGroup ? kvm.gid : id };
 }
