@@ -9,9 +9,10 @@
  *  - cold broker: socket activation to the first reply, against bare Node answering one line
  *  - broker memory: a broker's RSS fresh, after a pool fill and after a burst of requests, against
  *    bare Node and against the same broker with V8's defaults
+ *  - broker requests: what the broker's JavaScript costs a request, with its V8 settings and V8's defaults
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
@@ -179,6 +180,82 @@ function brokerRuns(brokers: BrokerMemory[][], phase: keyof BrokerMemory): Resid
   return BROKER_V8.map((_, v) => brokers.map((round) => round[v][phase]));
 }
 
+/** A command line of libvirt's shape (11.x, QEMU 10) with a virtio-net NIC without rss: exec-plan plans it and hands out nothing. */
+function libvirtArgv(i: number): string[] {
+  const uuid = `0b3f1c7e-2d6e-4e0b-9d9f-${(0x6c1f2a8e0000 + i).toString(16).padStart(12, '0')}`;
+  return [
+    QEMU, '-name', `guest=bench-${i},debug-threads=on`, '-S',
+    '-object', `{"qom-type":"secret","id":"masterKey0","format":"raw","file":"/var/lib/libvirt/qemu/domain-${i}-bench-${i}/master-key.aes"}`,
+    '-machine', 'pc-q35-10.0,usb=off,dump-guest-core=off,memory-backend=pc.ram,acpi=on', '-accel', 'tcg', '-cpu', 'qemu64',
+    '-m', '{"size":134217728}', '-object', '{"qom-type":"memory-backend-ram","id":"pc.ram","size":134217728}', '-overcommit', 'mem-lock=off',
+    '-smp', '2,sockets=2,cores=1,threads=1', '-uuid', uuid, '-no-user-config', '-nodefaults',
+    '-chardev', 'socket,id=charmonitor,fd=25,server=on,wait=off', '-mon', 'chardev=charmonitor,id=monitor,mode=control',
+    '-rtc', 'base=utc', '-no-shutdown', '-boot', 'strict=on',
+    '-device', '{"driver":"pcie-root-port","port":8,"chassis":1,"id":"pci.1","bus":"pcie.0","multifunction":true,"addr":"0x1"}',
+    '-device', '{"driver":"pcie-root-port","port":9,"chassis":2,"id":"pci.2","bus":"pcie.0","addr":"0x1.0x1"}',
+    '-netdev', '{"type":"tap","fds":"27:28","vhost":false,"id":"hostnet0"}',
+    '-device', '{"driver":"virtio-net-pci","mq":true,"vectors":6,"netdev":"hostnet0","id":"net0","mac":"52:54:00:12:34:56","bus":"pci.1","addr":"0x0"}',
+    '-chardev', 'pty,id=charserial0', '-device', '{"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0}',
+    '-audiodev', '{"id":"audio1","driver":"none"}', '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    '-msg', 'timestamp=on',
+  ];
+}
+
+/**
+ * Round trips of requests whose cost is the broker's own JavaScript, each on a new connection
+ * as its peers make them: hello; exec-plan of a libvirt command line without an RSS NIC (the
+ * planning only); the hook's release of an enabled domain (the domain XML parsed; another
+ * name each time, as every start's XML differs). Two brokers, one per V8 variant, asked in
+ * turn: per-request ratios are paired.
+ */
+async function brokerRequestCosts(dir: string): Promise<string> {
+  const xml = readFileSync(join(__dirname, '..', '..', 'test', 'fixtures', 'xml', 'one-rss-nic.enabled.xml'), 'utf8');
+  const brokers = BROKER_V8.map((v, k) => {
+    const sock = join(dir, `req-${k}.sock`);
+    const config = join(dir, `req-${k}.json`);
+    writeFileSync(config, JSON.stringify({ socket: sock, cacheDir: join(dir, 'mem-cache'), pool: { size: 0 } }));
+    rmSync(sock, { force: true });
+    return { sock, child: spawn(process.execPath, [...v.flags, CLI, 'broker', '--config', config], { stdio: 'ignore' }) };
+  });
+  const kinds: Array<[string, (i: number) => Parameters<typeof brokerRequest>[0]]> = [
+    ['hello', () => ({ op: 'hello' })],
+    ['exec-plan, no RSS NIC (planning only)', (i) => ({ op: 'exec-plan', emulator: QEMU, argv: libvirtArgv(i) })],
+    ['hook release of an enabled domain (its XML parsed)', (i) => ({ op: 'hook', event: 'release', name: `bench-${i}`, xml: xml.replace('<name>vebpf-test-one-rss-nic</name>', `<name>bench-${i}</name>`) })],
+  ];
+  try {
+    for (const b of brokers) for (let i = 0; i < 500 && !existsSync(b.sock); i++) await sleep(10);
+    const times = kinds.map(() => brokers.map(() => [] as number[]));
+    const WARM = 200;
+    for (let i = 0; i < WARM + 300 * N; i++) {
+      kinds.forEach(([, body], k) => {
+        const order = i % 2 === 0 ? [0, 1] : [1, 0];
+        for (const b of order) {
+          const t0 = process.hrtime.bigint();
+          const { reply } = brokerRequest(body(i), { socket: brokers[b].sock, timeoutMs: 10_000 });
+          const t = Number(process.hrtime.bigint() - t0) / 1e6;
+          if ('error' in reply) throw new Error(`${kinds[k][0]}: ${JSON.stringify(reply)}`);
+          if (i >= WARM) times[k][b].push(t);
+        }
+      });
+    }
+    const rows = kinds.map(([name], k) => {
+      const [lean, stock] = times[k];
+      const r = medianWithInterval(lean.map((x, i) => x / stock[i]));
+      return `| ${name} | ${stats(lean).median.toFixed(3)} ms | ${stats(stock).median.toFixed(3)} ms | ${r.median.toFixed(3)}× (${r.low.toFixed(3)}–${r.high.toFixed(3)}) |`;
+    });
+    return [
+      `### broker requests: round trip on a new connection, after ${WARM} of each (median of ${300 * N}; the two brokers asked in turn)`,
+      '',
+      `| request | ${BROKER_V8[0].name} | ${BROKER_V8[1].name} | paired ratio (95 % interval) |`,
+      '|---|---|---|---|',
+      ...rows,
+      '',
+    ].join('\n');
+  } finally {
+    await Promise.all(brokers.map(({ child }) => new Promise((r) => (child.exitCode !== null ? r(null) : (child.once('exit', r), child.kill())))));
+  }
+}
+
 async function main(): Promise<void> {
   const out: string[] = [`virt-ebpf benchmarks — ${new Date().toISOString()} — ${cpus().length}× ${cpus()[0]?.model ?? '?'} — node ${process.version}`, ''];
   const cache = mkdtempSync(join(tmpdir(), 'virt-ebpf-bench-'));
@@ -282,6 +359,7 @@ async function main(): Promise<void> {
       brokers.push(round);
     }
     out.push(memoryTable(bareMemory, brokers));
+    out.push(await brokerRequestCosts(cache));
   } finally {
     rmSync(cache, { recursive: true, force: true });
   }
