@@ -20,15 +20,15 @@
  */
 import { setFlagsFromString } from 'node:v8';
 
-/** What node runs the broker with. */
-export const BROKER_NODE_FLAGS = ['--no-turbofan', '--no-maglev', '--optimize-for-size'] as const;
+/** Each flag the broker runs with, and the names on node's command line that decide it instead. */
+const FLAGS = [
+  { flag: '--no-turbofan', decidedBy: ['turbofan', 'opt'] },
+  { flag: '--no-maglev', decidedBy: ['maglev'] },
+  { flag: '--optimize-for-size', decidedBy: ['optimize-for-size', 'max-semi-space-size'] },
+] as const;
 
-/** Each flag's name, and the names on node's command line that decide it instead. */
-const DECIDED_BY: Record<string, string[]> = {
-  turbofan: ['turbofan', 'opt'],
-  maglev: ['maglev'],
-  'optimize-for-size': ['optimize-for-size', 'max-semi-space-size'],
-};
+/** What node runs the broker with. */
+export const BROKER_NODE_FLAGS: readonly string[] = FLAGS.map((f) => f.flag);
 
 /** The V8 flag names node's command line `execArgv` sets (`--x`, `-x`, `--no-x`, `--nox`, `--x=…`; `_` as `-`). */
 export function v8FlagNames(execArgv: readonly string[]): Set<string> {
@@ -43,7 +43,7 @@ export function v8FlagNames(execArgv: readonly string[]): Set<string> {
 /** The flags of BROKER_NODE_FLAGS that `execArgv` leaves undecided. */
 export function missingBrokerFlags(execArgv: readonly string[]): string[] {
   const given = v8FlagNames(execArgv);
-  return BROKER_NODE_FLAGS.filter((flag) => !DECIDED_BY[flag.replace(/^--(no-)?/, '')].some((n) => given.has(n)));
+  return FLAGS.filter((f) => !f.decidedBy.some((n) => given.has(n))).map((f) => f.flag);
 }
 
 /** Set what node's command line left out (see above); returns it. Call before the broker's modules load. */

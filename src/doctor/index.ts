@@ -9,8 +9,7 @@ import { CheckResult, commandOutput, kernelChecks, sha256File, Check } from './c
 import { libvirtQemuAccount } from '../broker/config';
 import { brokerRequest, DEFAULT_SOCKET } from '../broker/client';
 import { DEFAULT_PATHS } from '../install/plan';
-import { staleWrappers } from '../install/manifest';
-import { readManifest } from '../install/manifest';
+import { readManifest, staleWrappers } from '../install/manifest';
 import { isVirtEbpfError } from '../errors';
 import { scanHotplugQemus } from './hotplug-shim';
 import { steeringLine, type Steering, type SteeringKind } from '../steering';

@@ -328,4 +328,3 @@ export function refreshIfStale(manifestPath: string, wrapper: string): boolean {
   refreshWrappers(manifestPath);
   return true;
 }
-
