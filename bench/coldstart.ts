@@ -43,7 +43,7 @@ import { rescanHooks } from '../src/install/apply';
 import { BrokerChild, INSTALLED_CLI, installForReal, uninstallForReal } from '../test/coldstart/fixture';
 import { bpfFds, define, defineEnabled, domainXml, qemuPid, removeDomain, runAsync, testDomains, virsh, virshTry } from '../test/coldstart/libvirt';
 import { medianWithInterval, stats, table, Stats } from './stats';
-import { BROKER_NODE_FLAGS } from '../src/broker/v8';
+import { brokerNodeFlags } from './broker-v8';
 
 const N = Number(process.env.BENCH_N ?? 1);
 /** BENCH_COLDSTART=a,b,c picks sections (default all). */
@@ -345,9 +345,9 @@ async function benchParallel(scratch: string, out: string[]): Promise<void> {
   for (const n of [...enabled, ...plain]) removeDomain(n);
 }
 
-/** The storm broker's node flags: the unit's, or with BENCH_STORM_V8=defaults V8's defaults (flags that win over src/broker/v8.ts). */
+/** BENCH_STORM_V8=defaults: the storm's broker under V8's defaults instead of the unit's node flags (bench/broker-v8.ts). */
 const STORM_DEFAULTS = process.env.BENCH_STORM_V8 === 'defaults';
-const STORM_NODE_FLAGS = STORM_DEFAULTS ? ['--turbofan', '--no-optimize-for-size'] : [...BROKER_NODE_FLAGS];
+const STORM_NODE_FLAGS = brokerNodeFlags(STORM_DEFAULTS);
 
 /** The broker as a boot starts it: systemd-socket-activate holds the socket, the first connect starts it (in its own process: `fn` gets its pid). */
 async function coldBroker<T>(fn: (pid: number) => Promise<T>): Promise<T> {

@@ -25,13 +25,14 @@ import { probeEmulator } from '../src/emulator';
 import { loadContext, type AcquiredContext } from '../src/context';
 import { closeAll } from '../src/fdpass';
 import { propertyValue } from '../src/argv';
-import { BROKER_NODE_FLAGS } from '../src/broker/v8';
+import { brokerNodeFlags } from './broker-v8';
 
 const N = Number(process.env.BENCH_N ?? 1);
 /** device_adds of each kind, one per pcie-root-port (a device_del needs a guest to let go) */
 const PORTS = Number(process.env.BENCH_HOTPLUG_N ?? 50);
-/** The broker's node flags: the unit's, or with BENCH_HOTPLUG_V8=defaults V8's defaults (flags that win over src/broker/v8.ts) */
-const BROKER_FLAGS = process.env.BENCH_HOTPLUG_V8 === 'defaults' ? ['--turbofan', '--no-optimize-for-size'] : [...BROKER_NODE_FLAGS];
+/** BENCH_HOTPLUG_V8=defaults: the broker under V8's defaults instead of the unit's node flags (bench/broker-v8.ts) */
+const V8_DEFAULTS = process.env.BENCH_HOTPLUG_V8 === 'defaults';
+const BROKER_FLAGS = brokerNodeFlags(V8_DEFAULTS);
 
 /** The broker in a process of its own (bench/broker-process.ts), on a socket QEMU's account can reach. */
 async function brokerProcess(dir: string, config: Record<string, unknown>, hookEnv: { stateDir: string }): Promise<{ socket: string; close(): Promise<void> }> {
@@ -83,7 +84,7 @@ async function main(): Promise<void> {
   const taps: Tap[] = [];
   const qemus: DomainQemu[] = [];
   const clients: QmpClient[] = [];
-  const out: string[] = [`broker: node ${BROKER_FLAGS.join(' ')}${process.env.BENCH_HOTPLUG_V8 === 'defaults' ? " (V8's defaults)" : ' (as the unit runs it)'}`, ''];
+  const out: string[] = [`broker: node ${BROKER_FLAGS.join(' ')}${V8_DEFAULTS ? " (V8's defaults)" : ' (as the unit runs it)'}`, ''];
   let plain: ChildProcess | undefined;
   try {
     // Plain QEMU: libvirt's monitor socket, no shim.

@@ -11,7 +11,7 @@
  *    bare Node and against the same broker with V8's defaults
  *  - broker requests: what the broker's JavaScript costs a request, with its V8 settings and V8's defaults
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir, cpus } from 'node:os';
@@ -23,7 +23,7 @@ import { recvFds, sendFds } from '../src/fdpass';
 import * as libc from '../src/sys/libc';
 import { QmpClient, QmpTransport } from '../src/qmp';
 import { brokerRequest } from '../src/broker/client';
-import { BROKER_NODE_FLAGS } from '../src/broker/v8';
+import { brokerNodeFlags, V8_DEFAULT_FLAGS } from './broker-v8';
 import { medianWithInterval, sample, stats, table } from './stats';
 import { processStatus } from '../test/harness';
 
@@ -88,11 +88,16 @@ function resident(pid: number): Resident {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The broker as it runs, and with V8's defaults (node flags that win over src/broker/v8.ts). */
+/** The broker as the unit runs it, and with V8's defaults (bench/broker-v8.ts). */
 const BROKER_V8 = [
-  { name: 'virt-ebpf broker (node flags as the unit gives them)', flags: [...BROKER_NODE_FLAGS] as string[] },
-  { name: 'virt-ebpf broker, V8 defaults (node --turbofan --no-optimize-for-size)', flags: ['--turbofan', '--no-optimize-for-size'] },
+  { name: 'virt-ebpf broker (node flags as the unit gives them)', flags: brokerNodeFlags(false) },
+  { name: `virt-ebpf broker, V8 defaults (node ${V8_DEFAULT_FLAGS.join(' ')})`, flags: brokerNodeFlags(true) },
 ];
+
+/** Stop a child (SIGTERM) and wait for its end. */
+function stopChild(child: ChildProcess): Promise<unknown> {
+  return new Promise((r) => (child.exitCode !== null ? r(null) : (child.once('exit', r), child.kill())));
+}
 
 interface BrokerMemory {
   fresh: Resident;
@@ -130,7 +135,7 @@ async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMem
     await sleep(15_000);
     return { fresh, filled, burst, quiet: resident(broker.pid!) };
   } finally {
-    await new Promise((r) => (broker.exitCode !== null ? r(null) : (broker.once('exit', r), broker.kill())));
+    await stopChild(broker);
   }
 }
 
@@ -144,15 +149,16 @@ async function bareNodeMemory(dir: string): Promise<Resident> {
     await sleep(1500);
     return resident(bareNode.pid!);
   } finally {
-    await new Promise((r) => (bareNode.exitCode !== null ? r(null) : (bareNode.once('exit', r), bareNode.kill())));
+    await stopChild(bareNode);
   }
 }
 
 function memoryTable(bare: Resident[], brokers: BrokerMemory[][]): string {
   const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  const bareRss = med(bare.map((r) => r.rss));
+  const rss = (runs: Resident[]) => med(runs.map((r) => r.rss));
+  const bareRss = rss(bare);
   const row = (name: string, runs: Resident[], ratio: string) =>
-    `| ${name} | ${med(runs.map((r) => r.rss)).toFixed(1)} MiB | ${med(runs.map((r) => r.anon)).toFixed(1)} MiB | ${med(runs.map((r) => r.file)).toFixed(1)} MiB | ${ratio} |`;
+    `| ${name} | ${rss(runs).toFixed(1)} MiB | ${med(runs.map((r) => r.anon)).toFixed(1)} MiB | ${med(runs.map((r) => r.file)).toFixed(1)} MiB | ${ratio} |`;
   const rows = [row('Node listening on a socket (baseline)', bare, '—')];
   const phases: Array<[keyof BrokerMemory, string]> = [
     ['fresh', 'started, no request yet'],
@@ -162,8 +168,8 @@ function memoryTable(bare: Resident[], brokers: BrokerMemory[][]): string {
   ];
   for (const [phase, what] of phases) {
     const [lean, stock] = brokerRuns(brokers, phase);
-    const ratio = `${(med(lean.map((r) => r.rss)) / bareRss).toFixed(2)}× bare Node; ${(med(lean.map((r) => r.rss)) / med(stock.map((r) => r.rss))).toFixed(2)}× V8 defaults`;
-    rows.push(row(`${BROKER_V8[0].name}, ${what}`, lean, ratio), row(`${BROKER_V8[1].name}, ${what}`, stock, `${(med(stock.map((r) => r.rss)) / bareRss).toFixed(2)}× bare Node`));
+    const ratio = `${(rss(lean) / bareRss).toFixed(2)}× bare Node; ${(rss(lean) / rss(stock)).toFixed(2)}× V8 defaults`;
+    rows.push(row(`${BROKER_V8[0].name}, ${what}`, lean, ratio), row(`${BROKER_V8[1].name}, ${what}`, stock, `${(rss(stock) / bareRss).toFixed(2)}× bare Node`));
   }
   return [
     `### broker resident memory (median of ${bare.length} brokers each; RSS = anonymous + file-backed, the node binary's pages included)`,
@@ -252,7 +258,7 @@ async function brokerRequestCosts(dir: string): Promise<string> {
       '',
     ].join('\n');
   } finally {
-    await Promise.all(brokers.map(({ child }) => new Promise((r) => (child.exitCode !== null ? r(null) : (child.once('exit', r), child.kill())))));
+    await Promise.all(brokers.map(({ child }) => stopChild(child)));
   }
 }
 

@@ -6,14 +6,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { brokerRequest } from '../../src/broker/client';
 import { BROKER_NODE_FLAGS, missingBrokerFlags, v8FlagNames } from '../../src/broker/v8';
 import { REPO, needRoot, tempDir } from '../harness';
+import { startBrokerProcess } from '../security/support';
 
-const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
 const V8_MODULE = join(REPO, 'dist', 'src', 'broker', 'v8.js');
 
 /** What brokerV8 sets in a node started with `execArgv`. */
@@ -51,26 +51,15 @@ test('the unit gives node the broker\'s flags (@BROKER_NODE_FLAGS@ before the CL
 
 /** Start `virt-ebpf broker` under node `flags` with V8's optimization trace, serve 3 000 requests, and return what V8 printed. */
 async function brokerTrace(flags: string[]): Promise<string> {
-  const dir = tempDir('virt-ebpf-v8-');
-  const socket = join(dir.path, 'broker.sock');
-  const config = join(dir.path, 'config.json');
-  writeFileSync(config, JSON.stringify({ socket, cacheDir: join(dir.path, 'cache') }));
-  const broker = spawn(process.execPath, ['--trace-opt', ...flags, CLI, 'broker', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  broker.stdout!.on('data', (d) => (out += d));
-  broker.stderr!.on('data', (d) => (out += d));
+  const broker = await startBrokerProcess({}, { nodeFlags: ['--trace-opt', ...flags] });
   try {
-    for (let i = 0; i < 500 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(existsSync(socket), `the broker did not listen on ${socket}: ${out}`);
     for (let i = 0; i < 3000; i++) {
-      const { reply } = brokerRequest({ op: 'status' }, { socket });
+      const { reply } = brokerRequest({ op: 'status' }, { socket: broker.socket });
       assert.equal(reply.op, 'status');
     }
-    return out;
+    return broker.log();
   } finally {
-    broker.kill();
-    await new Promise((r) => (broker.exitCode !== null ? r(null) : broker.once('exit', r)));
-    dir.remove();
+    await broker.stop();
   }
 }
 

@@ -65,15 +65,16 @@ export interface BrokerProcess {
 
 /**
  * Start `virt-ebpf broker` with this config (socket and cache in a scratch directory unless
- * given). `qemuConf` names the libvirt qemu.conf it reads the QEMU account from.
+ * given). `qemuConf` names the libvirt qemu.conf it reads the QEMU account from. `nodeFlags` go
+ * on node's command line before the CLI.
  */
-export async function startBrokerProcess(config: Record<string, unknown> = {}, opts: { env?: Record<string, string> } = {}): Promise<BrokerProcess> {
+export async function startBrokerProcess(config: Record<string, unknown> = {}, opts: { env?: Record<string, string>; nodeFlags?: string[] } = {}): Promise<BrokerProcess> {
   const dir = tempDir('virt-ebpf-sec-');
   chmodSync(dir.path, 0o755);
   const socket = join(dir.path, 'broker.sock');
   const cfgPath = join(dir.path, 'config.json');
   writeFileSync(cfgPath, JSON.stringify({ socket, cacheDir: join(dir.path, 'cache'), ...config }));
-  const proc = spawn(process.execPath, [CLI, 'broker', '--config', cfgPath], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const proc = spawn(process.execPath, [...(opts.nodeFlags ?? []), CLI, 'broker', '--config', cfgPath], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   let log = '';
   proc.stdout!.on('data', (c) => (log += c));
   proc.stderr!.on('data', (c) => (log += c));
