@@ -3,7 +3,7 @@
  * baseline measured in the same run.
  *  - probe: cold (QEMU started, queried) vs warm (cache hit), against QEMU start + QMP greeting only
  *  - load: one RSS context (libbpf + kernel verifier), from bytes and from an object validated
- *    once (as the broker's loader threads do), against `bpftool prog load` of the same object (the
+ *    once, and that with the verifier on libuv's pool (the broker's loads), against `bpftool prog load` of the same object (the
  *    kernel's limit, as a whole process) and parse + validate only (pure)
  *  - handoff: 4 fds sent and received over a unix socket, against the same message without fds
  *  - cold broker: socket activation to the first reply, against bare Node answering one line
@@ -18,7 +18,9 @@ import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
 import { probeEmulator, PROBE_ARGS } from '../src/emulator';
 import { rssObjectBytes } from '../src/emulator/caps';
-import { loadRss, parseRssObject, validateRssObject } from '../src/bpf';
+import { loadRss, loadRssAsync, parseRssObject, validateRssObject } from '../src/bpf';
+import { quietLibbpf } from '../src/bpf/libbpf';
+import { TRIM_AFTER_MS } from '../src/broker/loader';
 import { recvFds, sendFds } from '../src/fdpass';
 import * as libc from '../src/sys/libc';
 import { QmpClient, QmpTransport } from '../src/qmp';
@@ -107,14 +109,14 @@ interface BrokerMemory {
 }
 
 /**
- * What a broker holds: started (no request yet); after its pool filled and its loader threads
- * ended (pool.loaderIdleMs 1 s here); right after a burst of 5 000 requests (a status each, one
+ * What a broker holds: started (no request yet); after its pool filled and the C heap's trim
+ * that follows the last load (TRIM_AFTER_MS); right after a burst of 5 000 requests (a status each, one
  * connection each); and 15 s after the burst.
  */
 async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMemory> {
   const sock = join(dir, 'mem.sock');
   const config = join(dir, 'mem-broker.json');
-  writeFileSync(config, JSON.stringify({ socket: sock, cacheDir: join(dir, 'mem-cache'), pool: { size: 2, loaderIdleMs: 1000 } }));
+  writeFileSync(config, JSON.stringify({ socket: sock, cacheDir: join(dir, 'mem-cache'), pool: { size: 2 } }));
   rmSync(sock, { force: true });
   const broker = spawn(process.execPath, [...nodeFlags, CLI, 'broker', '--config', config], { stdio: 'ignore' });
   try {
@@ -128,7 +130,7 @@ async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMem
       if (pools.some((p) => p.ready >= 2)) break;
       await sleep(100);
     }
-    await sleep(3000); // the loader threads' idle time, then their end
+    await sleep(TRIM_AFTER_MS + 2000); // the C heap's trim after the last load
     const filled = resident(broker.pid!);
     for (let i = 0; i < 5000; i++) brokerRequest({ op: 'status' }, { socket: sock });
     const burst = resident(broker.pid!);
@@ -162,7 +164,7 @@ function memoryTable(bare: Resident[], brokers: BrokerMemory[][]): string {
   const rows = [row('Node listening on a socket (baseline)', bare, '—')];
   const phases: Array<[keyof BrokerMemory, string]> = [
     ['fresh', 'started, no request yet'],
-    ['filled', 'pool of 2 filled, loader threads ended'],
+    ['filled', 'pool of 2 filled, C heap trimmed'],
     ['burst', 'right after 5 000 requests'],
     ['quiet', '15 s after them'],
   ];
@@ -279,24 +281,33 @@ async function main(): Promise<void> {
       ]),
     );
 
-    // load
+    // load (libbpf without its print callback, as in the broker: the pool's threads load too)
+    quietLibbpf();
     const { caps } = await probeEmulator(QEMU, { cacheDir: cache });
     const bytes = rssObjectBytes(caps);
     const parse = await sample(200 * N, () => parseRssObject(bytes));
-    // From bytes and from an object validated once, in alternating pairs (the kernel's state is
-    // the same for both halves of a pair).
+    // From bytes, from an object validated once, and that object with the verifier on a thread of
+    // libuv's pool (the broker's loads), in rotating triples (the kernel's state is the same for
+    // the three of a triple).
     const validated = validateRssObject(bytes);
     const load: number[] = [];
     const loadValidated: number[] = [];
-    for (let i = 0; i < 2 + 40 * N; i++) {
-      const pair = i % 2 === 0 ? ([[load, bytes], [loadValidated, validated]] as const) : ([[loadValidated, validated], [load, bytes]] as const);
-      for (const [into, object] of pair) {
+    const loadOffThread: number[] = [];
+    const ways: Array<[number[], () => Promise<unknown>]> = [
+      [load, async () => loadRss(bytes).close()],
+      [loadValidated, async () => loadRss(validated).close()],
+      [loadOffThread, async () => (await loadRssAsync(validated, 0)).close()],
+    ];
+    for (let i = 0; i < 3 + 40 * N; i++) {
+      for (let k = 0; k < ways.length; k++) {
+        const [into, run] = ways[(i + k) % ways.length];
         const t0 = process.hrtime.bigint();
-        loadRss(object).close();
-        if (i >= 2) into.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        await run();
+        if (i >= 3) into.push(Number(process.hrtime.bigint() - t0) / 1e6);
       }
     }
     const paired = medianWithInterval(loadValidated.map((v, i) => v / load[i]));
+    const offThread = medianWithInterval(loadOffThread.map((v, i) => v / loadValidated[i]));
     // The kernel's limit for the same object: bpftool loading it as a whole process (its own
     // start-up included), pinned and unpinned again.
     const obj = join(cache, 'rss.bpf.o');
@@ -312,9 +323,11 @@ async function main(): Promise<void> {
         { name: 'parse + validate ELF (pure)', stats: stats(parse) },
         { name: 'bpftool prog load, same object (a whole process)', stats: stats(bpftool) },
         { name: 'load: parse + validate, libbpf + verifier, 4 fds', stats: stats(load), baseline: 'bpftool prog load, same object (a whole process)' },
-        { name: 'load of an object validated once (the broker\'s loader threads)', stats: stats(loadValidated), baseline: 'bpftool prog load, same object (a whole process)' },
+        { name: 'load of an object validated once', stats: stats(loadValidated), baseline: 'bpftool prog load, same object (a whole process)' },
+        { name: 'the same, the verifier on libuv\'s pool (the broker\'s loads)', stats: stats(loadOffThread), baseline: 'bpftool prog load, same object (a whole process)' },
       ]),
       `validated once against parsed at each load, paired: median ratio ${paired.median.toFixed(3)}× (95 % interval ${paired.low.toFixed(3)}–${paired.high.toFixed(3)}, n = ${load.length})`,
+      `on libuv's pool against on the calling thread, paired: median ratio ${offThread.median.toFixed(3)}× (95 % interval ${offThread.low.toFixed(3)}–${offThread.high.toFixed(3)}, n = ${loadOffThread.length})`,
       '',
     );
 

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { BrokerChild, installForReal } from '../test/coldstart/fixture';
 import { cli, removeDomain, testDomains } from '../test/coldstart/libvirt';
 import { brokerHolds, soak } from '../test/soak/cycles';
-import { LOADER_IDLE_MS } from '../src/broker/loader';
+import { TRIM_AFTER_MS } from '../src/broker/loader';
 
 const CYCLES = Number(process.env.BENCH_SOAK_CYCLES ?? 1000);
 
@@ -30,8 +30,8 @@ async function main(): Promise<void> {
   await broker.start();
   try {
     const r = await soak({ broker, name: `${prefix}vm`, cycles: CYCLES, scratch, warmUp: 20 });
-    // Idle after the run: the loader threads' idle time (LOADER_IDLE_MS), their end and the C heap's trim.
-    await new Promise((res) => setTimeout(res, LOADER_IDLE_MS + 5_000));
+    // Idle after the run: the pool's refill, then the C heap's trim (TRIM_AFTER_MS after the last load).
+    await new Promise((res) => setTimeout(res, TRIM_AFTER_MS + 5_000));
     const idle = brokerHolds(broker);
     const base = r.samples[0];
     const lines = [
@@ -39,7 +39,7 @@ async function main(): Promise<void> {
       '',
       '| cycle | broker BPF programs | broker fds | broker threads | broker RSS | of it anonymous / file | RSS vs cycle 20 |',
       '|---|---|---|---|---|---|---|',
-      ...[...r.samples, { ...idle, cycle: 'idle after the run (loader threads ended, C heap trimmed)' }].map(
+      ...[...r.samples, { ...idle, cycle: 'idle after the run (pool refilled, C heap trimmed)' }].map(
         (s) => `| ${s.cycle} | ${s.progs} | ${s.fds} | ${s.threads} | ${mib(s.rssKiB)} | ${mib(s.anonKiB)} / ${mib(s.fileKiB)} | ${(s.rssKiB / base.rssKiB).toFixed(3)}× |`,
       ),
       '',

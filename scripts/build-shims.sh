@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the start-path shims (shims/*.c) into dist/shims: the emulator wrapper and hook
-# executables, and the hot-plug shim QEMU preloads. Needs cc and the libc/kernel headers
+# Build the C parts: the start-path shims (shims/*.c) into dist/shims (the emulator wrapper and
+# hook executables, and the hot-plug shim QEMU preloads), and the broker's niced libbpf load
+# (src/bpf/niced-load.c) beside the module that calls it. Needs cc and the libc/kernel headers
 # (Debian: gcc, libc6-dev; scripts/setup.sh installs them).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,3 +22,5 @@ cc "${cflags[@]}" -static -o "$out/vebpf-hook" "$here/shims/hook.c" "$here/shims
 cc "${cflags[@]}" -c -fPIC -fvisibility=hidden -o "$obj/brokercall.o" "$here/shims/brokercall.c" \
   '-Drecvmsg(f,m,o)=vebpf_next_recvmsg(f,m,o)' '-Dclose(f)=vebpf_next_close(f)'
 cc "${cflags[@]}" -shared -fPIC -fvisibility=hidden -o "$out/vebpf-qmp.so" "$here/shims/qmp-preload.c" "$here/shims/splice.c" "$here/shims/parse.c" "$obj/brokercall.o" "$here/shims/json.c" -ldl
+# The broker calls it through koffi (src/bpf/libbpf.ts); it finds the libbpf the broker loaded.
+cc "${cflags[@]}" -shared -fPIC -fvisibility=hidden -o "$here/dist/src/bpf/vebpf-niced-load.so" "$here/src/bpf/niced-load.c" -ldl

@@ -20,5 +20,5 @@ export {
   type RssConfig,
   type ExpectedMap,
 } from './rss';
-export { loadRss, parseRssObject, validateRssObject, type ValidatedRssObject, type RssContext, type LoadRssOptions } from './load';
+export { dropLogBuffers, loadRss, loadRssAsync, parseRssObject, validateRssObject, type ValidatedRssObject, type RssContext, type LoadRssOptions } from './load';
 export { openProgById, openMapById, mapLookup, mapUpdate, mapInfo, progInfo, progTestRun, enableRunStats, type BpfMapInfo, type BpfProgInfo, type TestRunResult } from './live';

@@ -7,15 +7,18 @@
  * libbpf's messages go through one print callback (libbpf_set_print is process-wide). We format
  * them with vsnprintf on the spot (the va_list is only valid during the callback) and hand them
  * to whoever is inside `withLibbpfMessages`; outside it they are dropped instead of reaching
- * stderr, where a daemon's caller would never see them. A process that loads on several threads
- * at once (the broker's loaders) calls `quietLibbpf()` on each before its first load: then no
- * callback is set at all (a callback belongs to one thread's JavaScript, and libbpf would call
- * it from every thread); the verifier's own log still comes through each program's log buffer.
+ * stderr, where a daemon's caller would never see them. A process that loads off its main thread
+ * (the broker: `LibbpfObject.loadAsync`) calls `quietLibbpf()`: then no callback is set at all
+ * (a callback is the main thread's JavaScript, and libbpf would call it from the pool's
+ * threads); the verifier's own log still comes through each program's log buffer.
  */
+import { existsSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import type * as Koffi from 'koffi';
 import koffi from '../sys/koffi';
 import { VirtEbpfError } from '../errors';
 import type { MapShape } from './spec';
+import { NICED_LOAD_FILE } from './niced-load';
 
 export const LIBBPF_SONAME = 'libbpf.so.1';
 export const LIBBPF_WARN = 0;
@@ -61,12 +64,19 @@ interface Bindings {
 }
 
 const loaded = new Map<string, Bindings>();
+/** The broker's niced load (src/bpf/niced-load.c, built beside this module), bound on its first use. */
+export const NICED_LOAD_SO = join(__dirname, basename(NICED_LOAD_FILE));
+let nicedLoad: Koffi.KoffiFunction | undefined;
 let sink: { debug: boolean; put(level: number, text: string): void } | undefined;
 let quiet = false;
+/** The libraries bound with libbpf's print callback set (then no load may run off this thread), and how to unset it. */
+const printHooks = new Map<string, () => void>();
 
-/** Bind libbpf without a print callback (before this thread's first load): see above. */
+/** libbpf without a print callback from now on, in libraries bound already too: see above. */
 export function quietLibbpf(): void {
   quiet = true;
+  for (const unset of printHooks.values()) unset();
+  printHooks.clear();
 }
 
 function bind(soname: string): Bindings {
@@ -120,6 +130,7 @@ function bind(soname: string): Bindings {
     return 0;
   }, koffi.pointer(printProto));
   setPrint(quiet ? null : print);
+  if (!quiet) printHooks.set(soname, () => setPrint(null));
 
   const b: Bindings = {
     openMem: f(`${obj} bpf_object__open_mem(const void *buf, size_t size, const ${tag}_open_opts *opts)`),
@@ -184,14 +195,16 @@ export function withLibbpfMessages<T>(body: (messages: string[]) => T, onMessage
 export class LibbpfObject {
   #b: Bindings;
   #obj: Ptr | null;
+  readonly #soname: string;
 
-  private constructor(b: Bindings, obj: Ptr) {
+  private constructor(b: Bindings, obj: Ptr, soname: string) {
     this.#b = b;
     this.#obj = obj;
+    this.#soname = soname;
   }
 
   /** bpf_object__open_mem: libbpf's parse, no kernel call. Throws BPF_LOAD with libbpf's errno if it refuses the object. */
-  static open(bytes: Buffer, objectName: string, soname?: string): LibbpfObject {
+  static open(bytes: Buffer, objectName: string, soname = LIBBPF_SONAME): LibbpfObject {
     const b = libbpf(soname);
     const opts = { sz: 16, object_name: objectName };
     const obj = b.openMem(bytes, bytes.length, opts);
@@ -202,7 +215,7 @@ export class LibbpfObject {
         fields: { errno: code },
       });
     }
-    return new LibbpfObject(b, obj);
+    return new LibbpfObject(b, obj, soname);
   }
 
   get handle(): Ptr {
@@ -234,6 +247,27 @@ export class LibbpfObject {
   /** bpf_object__load: creates the maps and loads the programs (the privileged step). Returns 0 or -errno. */
   load(): number {
     return this.#b.load(this.handle);
+  }
+
+  /**
+   * bpf_object__load on a thread of libuv's pool at nice `nice` (src/bpf/niced-load.c), so the
+   * calling thread goes on meanwhile. The object must not be used or closed until it settles.
+   * libbpf must run without its print callback (`quietLibbpf`): the callback is JavaScript of
+   * the thread that set it. `niceStuck`: the pool thread's nice could not be set or put back.
+   */
+  loadAsync(nice: number): Promise<{ rc: number; niceStuck: boolean }> {
+    if (printHooks.size > 0) throw new Error('libbpf has its print callback: call quietLibbpf() before loading off the main thread');
+    const load = nicedLoadFunction();
+    const handle = this.handle;
+    const soname = this.#soname;
+    const status = new Int32Array(1);
+    return new Promise((resolve, reject) => {
+      load.async(soname, handle, nice, status, (err: unknown, rc: number) => {
+        if (err) return reject(err);
+        if (status[0] & NICED_NO_LIBBPF) return reject(new VirtEbpfError('BPF_LIBBPF_MISSING', `${soname} is not loaded in this process, or has no bpf_object__load`, { remedy: 'install libbpf 1.0 or newer (apt-get install libbpf1)' }));
+        resolve({ rc, niceStuck: (status[0] & NICED_NICE_STUCK) !== 0 });
+      });
+    });
   }
 
   programFd(prog: Ptr): number {
@@ -270,6 +304,22 @@ export class LibbpfObject {
     this.#obj = null;
     this.#b.close(obj);
   }
+}
+
+/** niced-load.c's `*status` bits. */
+const NICED_NO_LIBBPF = 1;
+const NICED_NICE_STUCK = 2;
+
+function nicedLoadFunction(): Koffi.KoffiFunction {
+  if (nicedLoad) return nicedLoad;
+  const remedy = 'npm run build in the checkout (needs gcc, libc6-dev), then virt-ebpf install';
+  if (!existsSync(NICED_LOAD_SO)) throw new VirtEbpfError('SHIMS_MISSING', `${NICED_LOAD_SO} is missing: the broker cannot load eBPF programs`, { remedy });
+  try {
+    nicedLoad = koffi.load(NICED_LOAD_SO).func('int vebpf_load_niced(const char *soname, void *obj, int nice, _Out_ int *status)');
+  } catch (e) {
+    throw new VirtEbpfError('SHIMS_MISSING', `cannot load ${NICED_LOAD_SO}: ${(e as Error).message.split('\n')[0]}`, { remedy, cause: e });
+  }
+  return nicedLoad;
 }
 
 function libbpfCallError(op: string, rc: number): VirtEbpfError {

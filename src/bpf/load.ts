@@ -63,62 +63,117 @@ export function validateRssObject(bytes: Buffer): ValidatedRssObject {
 
 /**
  * Load QEMU's RSS object into the kernel: bytes are validated first, a `ValidatedRssObject` was.
- * Synchronous: it blocks the calling thread for the verifier's run, about 70–150 ms on the CI
- * machine; run it where that is acceptable (the broker pre-loads contexts into a pool for this
- * reason).
+ * Synchronous: it blocks the calling thread for the verifier's run, about 30–150 ms; the broker
+ * loads with `loadRssAsync` instead.
  */
 export function loadRss(object: Buffer | ValidatedRssObject, opts: LoadRssOptions = {}): RssContext {
   // Never hand libbpf an object that failed validation.
   const { bytes, spec } = Buffer.isBuffer(object) ? { bytes: object, spec: parseRssObject(object) } : validated(object);
   const { log, release } = logBuffer(opts.logSize ?? 1 << 20);
   try {
-    return loadWithLog(bytes, spec, log, opts);
+    return withLibbpfMessages((messages) => {
+      let obj: LibbpfObject | undefined;
+      try {
+        const opened = open(bytes, log, opts);
+        obj = opened.obj;
+        return collect(opened, obj.load(), log, messages, spec);
+      } catch (e) {
+        throw loadFailure(e, messages);
+      } finally {
+        obj?.close();
+      }
+    }, opts.onLibbpfMessage);
   } finally {
     release();
   }
 }
 
-function loadWithLog(bytes: Buffer, spec: BpfSpec, log: Buffer, opts: LoadRssOptions): RssContext {
-  return withLibbpfMessages((messages) => {
-    let obj: LibbpfObject | undefined;
-    const owned: OwnedFd[] = [];
-    try {
-      obj = LibbpfObject.open(bytes, opts.objectName ?? 'virt_ebpf_rss', opts.libbpfSoname);
-      const prog = obj.program(RSS_PROGRAM);
-      const maps = RSS_MAPS.map((m) => ({ name: m.name, handle: obj!.map(m.name) }));
-      const missing = [...(prog ? [] : [`program ${RSS_PROGRAM}`]), ...maps.filter((m) => !m.handle).map((m) => `map ${m.name}`)];
-      if (missing.length > 0) {
-        throw new VirtEbpfError('BPF_LOAD', `libbpf does not see ${missing.join(', ')} in the RSS object`, {
-          remedy: 'the object parses differently in libbpf than in virt-ebpf; report this with the libbpf version',
-        });
-      }
-      obj.setProgramType(prog, BPF_PROG_TYPE_SOCKET_FILTER); // as QEMU does before loading
-      obj.setProgramLog(prog, log, 0);
-      const rc = obj.load();
-      if (rc < 0) throw loadError(-rc, verifierLog(log), messages);
-      for (const fd of [obj.programFd(prog), ...maps.map((m) => obj!.mapFd(m.handle))]) {
-        if (fd < 0) throw new VirtEbpfError('BPF_LOAD', 'libbpf reported success but returned no fd', { remedy: 'report this with the libbpf version' });
-        // libbpf's own fds die with the object; ours must outlive it and must not leak into children.
-        owned.push(new OwnedFd(libc.dupCloexec(fd)));
-      }
-    } catch (e) {
-      closeAll(owned);
-      if (!(e instanceof VirtEbpfError)) {
-        throw new VirtEbpfError('BPF_LOAD', `loading the RSS eBPF object failed: ${(e as Error).message}`, {
-          remedy: 'report this with the libbpf version',
-          detail: messages.join('\n') || undefined,
-          cause: e,
-        });
-      }
-      if (e.detail === undefined && messages.length > 0) {
-        throw new VirtEbpfError(e.code, e.message, { remedy: e.remedy, detail: messages.join('\n'), cause: e.cause, fields: e.fields });
-      }
-      throw e;
-    } finally {
-      obj?.close();
+/**
+ * `loadRss` with the verifier's run on a thread of libuv's pool at nice `nice`
+ * (LibbpfObject.loadAsync): the calling thread keeps running meanwhile, and several loads run at
+ * once. libbpf's messages are not collected (it runs without its print callback; the verifier's
+ * log still comes through the program's log buffer). `onNiceStuck`: the pool thread's nice could
+ * not be set or put back (see niced-load.c).
+ */
+export async function loadRssAsync(
+  object: ValidatedRssObject,
+  nice: number,
+  opts: Pick<LoadRssOptions, 'logSize' | 'objectName' | 'libbpfSoname'> & { onNiceStuck?: () => void } = {},
+): Promise<RssContext> {
+  const { bytes, spec } = validated(object);
+  const { log, release } = logBuffer(opts.logSize ?? 1 << 20);
+  let obj: LibbpfObject | undefined;
+  try {
+    const opened = open(bytes, log, opts);
+    obj = opened.obj;
+    const { rc, niceStuck } = await obj.loadAsync(nice);
+    if (niceStuck) opts.onNiceStuck?.();
+    return collect(opened, rc, log, [], spec);
+  } catch (e) {
+    throw loadFailure(e, []);
+  } finally {
+    obj?.close();
+    release();
+  }
+}
+
+interface Opened {
+  obj: LibbpfObject;
+  prog: unknown;
+  maps: Array<{ name: string; handle: unknown }>;
+}
+
+/** Open the object in libbpf, ready to load: the program typed as QEMU types it, its log in `log`. */
+function open(bytes: Buffer, log: Buffer, opts: LoadRssOptions): Opened {
+  const obj = LibbpfObject.open(bytes, opts.objectName ?? 'virt_ebpf_rss', opts.libbpfSoname);
+  try {
+    const prog = obj.program(RSS_PROGRAM);
+    const maps = RSS_MAPS.map((m) => ({ name: m.name, handle: obj.map(m.name) }));
+    const missing = [...(prog ? [] : [`program ${RSS_PROGRAM}`]), ...maps.filter((m) => !m.handle).map((m) => `map ${m.name}`)];
+    if (missing.length > 0) {
+      throw new VirtEbpfError('BPF_LOAD', `libbpf does not see ${missing.join(', ')} in the RSS object`, {
+        remedy: 'the object parses differently in libbpf than in virt-ebpf; report this with the libbpf version',
+      });
     }
-    return makeContext(owned, spec);
-  }, opts.onLibbpfMessage);
+    obj.setProgramType(prog, BPF_PROG_TYPE_SOCKET_FILTER); // as QEMU does before loading
+    obj.setProgramLog(prog, log, 0);
+    return { obj, prog, maps };
+  } catch (e) {
+    obj.close();
+    throw e;
+  }
+}
+
+/** After bpf_object__load returned `rc`: close-on-exec duplicates of its fds, in `ebpf-rss-fds` order. */
+function collect({ obj, prog, maps }: Opened, rc: number, log: Buffer, messages: string[], spec: BpfSpec): RssContext {
+  if (rc < 0) throw loadError(-rc, verifierLog(log), messages);
+  const owned: OwnedFd[] = [];
+  try {
+    for (const fd of [obj.programFd(prog), ...maps.map((m) => obj.mapFd(m.handle))]) {
+      if (fd < 0) throw new VirtEbpfError('BPF_LOAD', 'libbpf reported success but returned no fd', { remedy: 'report this with the libbpf version' });
+      // libbpf's own fds die with the object; ours must outlive it and must not leak into children.
+      owned.push(new OwnedFd(libc.dupCloexec(fd)));
+    }
+  } catch (e) {
+    closeAll(owned);
+    throw e;
+  }
+  return makeContext(owned, spec);
+}
+
+/** A failed load as the caller sees it: a VirtEbpfError with libbpf's messages as its detail. */
+function loadFailure(e: unknown, messages: string[]): VirtEbpfError {
+  if (!(e instanceof VirtEbpfError)) {
+    return new VirtEbpfError('BPF_LOAD', `loading the RSS eBPF object failed: ${(e as Error).message}`, {
+      remedy: 'report this with the libbpf version',
+      detail: messages.join('\n') || undefined,
+      cause: e,
+    });
+  }
+  if (e.detail === undefined && messages.length > 0) {
+    return new VirtEbpfError(e.code, e.message, { remedy: e.remedy, detail: messages.join('\n'), cause: e.cause, fields: e.fields });
+  }
+  return e;
 }
 
 function validated(object: ValidatedRssObject): { bytes: Buffer; spec: BpfSpec } {
@@ -127,23 +182,33 @@ function validated(object: ValidatedRssObject): { bytes: Buffer; spec: BpfSpec }
   return { bytes, spec: object.spec };
 }
 
-let reusedLog: Buffer | undefined;
-let reusedLogBusy = false;
+/** Verifier-log buffers not in use, kept for the next loads (at most KEPT_LOGS). */
+const freeLogs: Buffer[] = [];
+const KEPT_LOGS = 8;
 
 /**
- * The verifier log's buffer, and its release. libbpf writes it only when a load fails, so one
- * buffer serves every load of a thread (module state is per thread); a load nested in another
- * (from an `onLibbpfMessage` callback) gets a buffer of its own. Its first byte is cleared, so a
+ * A verifier log's buffer, and its release. libbpf writes it only when a load fails, so buffers
+ * are reused: a load takes a free one and gives it back, and at most KEPT_LOGS are kept (as many
+ * as loads run at once, here or on the thread's async loads). Its first byte is cleared, so a
  * failure the kernel wrote no log for does not read an earlier one. The kernel refuses log
  * buffers under 128 bytes and over 1 GiB; its log keeps the tail (the reason) when it overflows.
  */
+/** Let go of the kept verifier-log buffers (an idle broker holds none). */
+export function dropLogBuffers(): void {
+  freeLogs.length = 0;
+}
+
 function logBuffer(requested: number): { log: Buffer; release(): void } {
   const size = Math.min(Math.max(requested, 4096), 1 << 30);
-  if (reusedLogBusy) return { log: Buffer.alloc(size), release: () => undefined };
-  if (reusedLog?.length !== size) reusedLog = Buffer.alloc(size);
-  reusedLog[0] = 0;
-  reusedLogBusy = true;
-  return { log: reusedLog, release: () => void (reusedLogBusy = false) };
+  const at = freeLogs.findIndex((b) => b.length === size);
+  const log = at >= 0 ? freeLogs.splice(at, 1)[0] : Buffer.alloc(size);
+  log[0] = 0;
+  return {
+    log,
+    release: () => {
+      if (freeLogs.length < KEPT_LOGS) freeLogs.push(log);
+    },
+  };
 }
 
 function makeContext(fds: OwnedFd[], spec: BpfSpec): RssContext {

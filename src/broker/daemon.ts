@@ -119,7 +119,7 @@ export function makeResolver(config: BrokerConfig, logger: Logger, onNewBuild: (
       const { caps, loadContext } = hit;
       source = {
         key: sourceKey(hit.key!, kind),
-        // With a loader (the daemon), libbpf runs on its thread only; without (tests), here.
+        // With a loader (the daemon), the verifier runs off the main thread; without (tests), here.
         load: () => (loader ? loader.load(caps!, kind, true) : loadContext!(caps!, kind)),
         loadInBackground: loader ? () => loader.load(caps!, kind, false) : undefined,
         propTypes: caps!.deviceProps ?? {},
@@ -235,7 +235,8 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
   let broker: Broker | undefined;
   // Whatever the broker starts from here on cannot gain privileges by execve.
   setNoNewPrivs();
-  const loader = new Loader(config.pool.loaderThreads, config.pool.loaderIdleMs);
+  const loader = new Loader({ threads: config.pool.loaderThreads, warn: (message, meta) => logger.warn(message, meta) });
+  if (config.pool.loaderIdleMs !== undefined) logger.warn('pool.loaderIdleMs has no effect: loads hold no thread of the broker\'s own', { remedy: 'remove it from the config' });
   const manifest = opts.manifest ?? DEFAULT_PATHS.manifest;
   const allowlist = new EmulatorAllowlist({
     configured: config.emulators,

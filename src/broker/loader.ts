@@ -1,163 +1,156 @@
 /**
- * The broker loads contexts on worker threads (src/broker/loader-worker.ts), never on its main
- * thread: the main thread keeps answering while a load runs (~50 ms of verifier time). Up to
- * `threads` loads run at once (one per CPU by default), so a boot storm's starts are not served
- * one after another. Loads a request waits for (`urgent`) go first; the pool's refills run only
- * on a thread no urgent load needs, at idle priority (nice 19), so a start never waits behind a
- * refill for more than the one load already under way. Each thread's priority follows the load it
- * runs. libbpf runs without its print callback on these threads (see src/bpf/libbpf.ts), and,
- * once a Loader exists, on the thread that made it too: the callback is one per process, and
- * libbpf on a loader thread calling into another thread's JavaScript aborts the process.
- * A thread with nothing to load for `idleMs` ends (each holds a V8 isolate of its own, several
- * MB): an idle broker is its main thread; the next load starts a thread again (~20 ms).
+ * How the broker loads contexts: the verifier's run (~30–50 ms of kernel time a context) happens
+ * on a thread of libuv's pool (src/bpf/niced-load.c through koffi), never on the main thread,
+ * which keeps answering meanwhile; the rest of a load (libbpf's parse of the object, the fds) is
+ * short and stays on the main thread. No thread of the broker's own holds a V8 isolate for it.
+ * Up to `threads` loads run at once (one per CPU by default), so a boot storm's starts are not
+ * served one after another. Loads a request waits for (`urgent`) go first, at normal priority;
+ * the pool's refills run only where no urgent load needs the room, at idle priority (nice 19),
+ * so a start never waits behind a refill for more than the one load already under way. libbpf
+ * runs without its print callback (see src/bpf/libbpf.ts): the callback is one per process and
+ * libbpf would call it from the pool's threads. Once no load is left, the C heap's free memory
+ * (libbpf's, in the pool threads' malloc arenas) and the kept verifier-log buffers go back.
  */
-import { availableParallelism, setPriority } from 'node:os';
-import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { statfs } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { EmulatorCaps } from '../emulator';
-import { VirtEbpfError, type ErrorCode } from '../errors';
-import { OwnedFd, closeAll } from '../fdpass';
+import { VirtEbpfError } from '../errors';
+import { closeAll } from '../fdpass';
 import { mallocTrim } from '../sys/libc';
 import { quietLibbpf } from '../bpf/libbpf';
-import type { ContextDescriptor } from '../context';
+import { dropLogBuffers } from '../bpf';
 import type { LoadedContext } from './pool';
-import type { LoaderMessage, LoadRequest } from './loader-worker';
 
 export const IDLE_NICE = 19;
 
-/** How long a loader thread waits for its next load before it ends. */
-export const LOADER_IDLE_MS = 10_000;
+/** How long after its last load the loader gives memory back. */
+export const TRIM_AFTER_MS = 1_000;
 
 interface Job {
-  id: number;
   caps: EmulatorCaps;
   /** the context's kind (argv/handoff.ts) */
   kind: string;
   urgent: boolean;
   resolve: (c: LoadedContext) => void;
   reject: (e: Error) => void;
+  done?: Promise<void>;
 }
 
-interface Thread {
-  worker: Worker;
-  tid?: number;
-  job?: Job;
-  idle?: NodeJS.Timeout;
+export interface LoaderOptions {
+  /** loads at once; default one per CPU */
+  threads?: number;
+  /** a problem the operator should know of (logged once): a pool thread's nice could not be set or put back */
+  warn?: (message: string, meta: Record<string, unknown>) => void;
 }
 
 export class Loader {
-  readonly #threads: Thread[] = [];
+  readonly #threads: number;
+  readonly #warn?: LoaderOptions['warn'];
   readonly #urgent: Job[] = [];
   readonly #background: Job[] = [];
-  #serial = 0;
+  /** loads under way, urgent or not */
+  readonly #running = new Set<Job>();
+  /** refills at IDLE_NICE, until a pool thread's nice could not be put back */
+  #refillNice = IDLE_NICE;
+  #trim?: NodeJS.Timeout;
   #closed = false;
 
-  constructor(
-    private readonly threads = availableParallelism(),
-    private readonly idleMs = LOADER_IDLE_MS,
-  ) {
+  constructor(opts: LoaderOptions = {}) {
+    this.#threads = opts.threads ?? availableParallelism();
+    this.#warn = opts.warn;
     quietLibbpf();
+    startPool(this.#threads);
   }
 
-  /** Loader threads running now. */
+  /** Loads under way now. */
   get running(): number {
-    return this.#threads.length;
+    return this.#running.size;
   }
 
   /** One context of `kind` for this build; `urgent`: somebody waits for it (normal priority), else a refill (idle). */
   load(caps: EmulatorCaps, kind: string, urgent: boolean): Promise<LoadedContext> {
-    if (this.#closed) return Promise.reject(new VirtEbpfError('BROKER_INTERNAL', 'the broker is stopping', { remedy: 'retry once it is back' }));
+    if (this.#closed) return Promise.reject(stopping());
     return new Promise((resolve, reject) => {
-      (urgent ? this.#urgent : this.#background).push({ id: ++this.#serial, caps, kind, urgent, resolve, reject });
+      (urgent ? this.#urgent : this.#background).push({ caps, kind, urgent, resolve, reject });
       this.#pump();
     });
   }
 
-  /** Hand queued loads to free threads: urgent ones to any, a refill only to one no urgent load waits for. */
+  /** Start queued loads while there is room: urgent ones first, a refill only where no urgent load needs the room. */
   #pump(): void {
     for (;;) {
-      const refills = this.#threads.filter((x) => x.job && !x.job.urgent).length;
-      const mayRefill = this.#background.length > 0 && refills < Math.max(1, this.threads - 1);
+      if (this.#closed || this.#running.size >= this.#threads) return;
+      const refills = [...this.#running].filter((j) => !j.urgent).length;
+      const mayRefill = this.#background.length > 0 && refills < Math.max(1, this.#threads - 1);
       if (this.#urgent.length === 0 && !mayRefill) return;
-      const t = this.#threads.find((x) => !x.job) ?? (this.#threads.length < this.threads ? this.#start() : undefined);
-      if (!t) return;
-      const job = this.#urgent.shift() ?? this.#background.shift()!;
-      clearTimeout(t.idle);
-      t.job = job;
-      this.#prioritize(t);
-      t.worker.ref(); // a load in flight keeps the broker alive
-      t.worker.postMessage({ id: job.id, caps: job.caps, kind: job.kind } satisfies LoadRequest);
+      this.#run(this.#urgent.shift() ?? this.#background.shift()!);
     }
   }
 
-  /** A thread's priority: normal for a load a request waits for, idle for a refill. */
-  #prioritize(t: Thread): void {
-    if (t.tid === undefined || !t.job) return;
-    try {
-      setPriority(t.tid, t.job.urgent ? 0 : IDLE_NICE);
-    } catch {
-      /* the thread is gone: #fail handles its load */
-    }
+  #run(job: Job): void {
+    clearTimeout(this.#trim);
+    this.#running.add(job);
+    const nice = job.urgent ? 0 : this.#refillNice;
+    // Loaded on the first load: the loaders are not needed to answer anything else.
+    job.done = import('../context')
+      .then(({ loadContext }) => {
+        if (this.#closed) throw stopping();
+        return loadContext(job.caps, job.kind, { nice, onNiceStuck: () => this.#niceStuck(nice) });
+      })
+      .then(
+        (c) => {
+          if (this.#closed) closeAll(c.fds); // nobody takes it any more
+          else job.resolve(c);
+        },
+        (e: Error) => job.reject(e),
+      )
+      .finally(() => {
+        this.#running.delete(job);
+        if (this.#closed) return;
+        this.#pump();
+        if (this.#running.size === 0) {
+          this.#trim = setTimeout(() => {
+            dropLogBuffers();
+            mallocTrim();
+          }, TRIM_AFTER_MS).unref();
+        }
+      });
   }
 
-  #start(): Thread {
-    const w = new Worker(join(__dirname, 'loader-worker.js'));
-    w.unref();
-    const t: Thread = { worker: w };
-    this.#threads.push(t);
-    w.on('message', (m: LoaderMessage) => {
-      if ('tid' in m) {
-        t.tid = m.tid;
-        this.#prioritize(t);
-        return;
-      }
-      const job = t.job?.id === m.id ? t.job : undefined;
-      t.job = undefined;
-      w.unref();
-      if ('error' in m) {
-        job?.reject(new VirtEbpfError((m.error.code ?? 'BPF_LOAD') as ErrorCode, m.error.message, { remedy: m.error.remedy ?? 'check `virt-ebpf doctor`', detail: m.error.detail }));
-      } else {
-        const fds = m.fds.map((fd) => new OwnedFd(fd));
-        if (job) job.resolve({ descriptor: m.descriptor as ContextDescriptor, fds });
-        else closeAll(fds); // nobody waits any more
-      }
-      this.#pump();
-      if (!t.job) t.idle = setTimeout(() => this.#retire(t), this.idleMs).unref();
-    });
-    w.on('error', (e) => this.#fail(t, e));
-    w.on('exit', () => this.#fail(t, new Error('a loader thread of the broker stopped')));
-    return t;
-  }
-
-  /** An idle thread ends; its exit then finds it gone from the list and fails nothing. */
-  #retire(t: Thread): void {
-    if (t.job) return;
-    const i = this.#threads.indexOf(t);
-    if (i >= 0) this.#threads.splice(i, 1);
-    // What the thread's isolate and libbpf freed stays in its malloc arena until trimmed.
-    void t.worker.terminate().then(() => {
-      if (this.#threads.length === 0) mallocTrim();
+  /** A pool thread was left at a nice it cannot leave: refills stop lowering it, and the operator hears of it once. */
+  #niceStuck(nice: number): void {
+    if (this.#refillNice === 0) return;
+    this.#refillNice = 0;
+    this.#warn?.('a load could not set or put back its thread\'s nice: refills now run at normal priority', {
+      nice,
+      remedy: 'give the broker RLIMIT_NICE 20 (the unit\'s LimitNICE=+0) or CAP_SYS_NICE',
     });
   }
 
-  #fail(t: Thread, e: Error): void {
-    clearTimeout(t.idle);
-    const i = this.#threads.indexOf(t);
-    if (i >= 0) this.#threads.splice(i, 1);
-    t.job?.reject(e);
-    t.job = undefined;
-    if (!this.#closed) this.#pump();
-  }
-
+  /** Refuse what is queued and what is under way; resolves once the loads under way ended (their fds closed). */
   async close(): Promise<void> {
     this.#closed = true;
-    const stopping = new VirtEbpfError('BROKER_INTERNAL', 'the broker is stopping', { remedy: 'retry once it is back' });
-    for (const j of [...this.#urgent.splice(0), ...this.#background.splice(0)]) j.reject(stopping);
-    await Promise.all(
-      this.#threads.splice(0).map((t) => {
-        clearTimeout(t.idle);
-        return t.worker.terminate();
-      }),
-    );
+    clearTimeout(this.#trim);
+    for (const j of [...this.#urgent.splice(0), ...this.#background.splice(0)]) j.reject(stopping());
+    const running = [...this.#running];
+    for (const j of running) j.reject(stopping());
+    await Promise.allSettled(running.map((j) => j.done));
   }
+}
+
+function stopping(): VirtEbpfError {
+  return new VirtEbpfError('BROKER_INTERNAL', 'the broker is stopping', { remedy: 'retry once it is back' });
+}
+
+/**
+ * Start libuv's pool with room for `threads` loads beside the broker's file system work: libuv
+ * sizes it from UV_THREADPOOL_SIZE when its first work is queued (here, unless something queued
+ * work before), and the variable then leaves the environment, so the broker's children do not
+ * inherit it.
+ */
+function startPool(threads: number): void {
+  const had = process.env.UV_THREADPOOL_SIZE;
+  if (had === undefined) process.env.UV_THREADPOOL_SIZE = String(Math.max(4, threads + 2));
+  statfs('/', () => undefined);
+  if (had === undefined) delete process.env.UV_THREADPOOL_SIZE;
 }

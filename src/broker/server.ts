@@ -71,7 +71,7 @@ export interface BrokerOptions {
   /** when refills wait for starts to settle (default DEFAULT_REFILL_TIMING) */
   refillTiming?: RefillTiming;
   reservations?: ReservationLimits;
-  /** run when the broker closes (the background loader's thread ends there) */
+  /** run when the broker closes (the loader refuses what is left and waits for its loads under way) */
   onClose?: () => Promise<void>;
   maxReservedPerDomain: number;
   limits?: Partial<BrokerLimits>;

@@ -1,6 +1,6 @@
 /**
  * How V8 runs the broker. Its JavaScript is glue — its work is the kernel's (bpf() and the
- * verifier, on loader threads) and moving fds — in a daemon that lives as long as the host, so
+ * verifier, on libuv's pool threads) and moving fds — in a daemon that lives as long as the host, so
  * V8 runs it for memory rather than speed:
  *   --no-turbofan, --no-maglev  the interpreter and the baseline compiler (Sparkplug) serve it.
  *                        The first function that turns hot (at start-up, the module loader's

@@ -5,15 +5,15 @@
  */
 import { VirtEbpfError } from '../errors';
 import { rssObjectBytes, type EmulatorCaps } from '../emulator/caps';
-import { loadRss, validateRssObject, type ValidatedRssObject } from '../bpf';
+import { loadRss, loadRssAsync, validateRssObject, type ValidatedRssObject } from '../bpf';
 import { runHelper } from '../helper';
 import { assertSupported, type AcquiredContext, type LoadOptions } from './types';
 
-/** How many emulator builds' objects a thread keeps validated (a host runs a few builds). */
+/** How many emulator builds' objects are kept validated (a host runs a few builds). */
 export const VALIDATED_OBJECTS = 8;
 
 /**
- * This thread's validated RSS objects, by the object's digest: each emulator's object is decoded,
+ * The validated RSS objects, by the object's digest: each emulator's object is decoded,
  * checked against its digest and parsed once, not at every load. An entry serves only caps whose
  * encoded object is the one it was made from, so caps that changed are checked again. Beyond
  * VALIDATED_OBJECTS builds, the one validated first goes.
@@ -31,7 +31,7 @@ function validatedObject(caps: EmulatorCaps): ValidatedRssObject {
   return object;
 }
 
-/** How many objects this thread holds validated (for tests). */
+/** How many objects are held validated (for tests). */
 export function validatedObjects(): number {
   return validated.size;
 }
@@ -39,7 +39,8 @@ export function validatedObjects(): number {
 export async function loadRssContext(caps: EmulatorCaps, opts: LoadOptions = {}): Promise<AcquiredContext> {
   assertSupported(caps);
   if (caps.protocol === 'request-ebpf') {
-    const ctx = loadRss(validatedObject(caps));
+    const object = validatedObject(caps);
+    const ctx = opts.nice === undefined ? loadRss(object) : await loadRssAsync(object, opts.nice, { onNiceStuck: opts.onNiceStuck });
     return {
       descriptor: { protocol: 'request-ebpf', property: caps.property, fds: ctx.fds.length, progId: ctx.progId, mapIds: [...ctx.mapIds] },
       fds: [...ctx.fds],
@@ -48,6 +49,6 @@ export async function loadRssContext(caps: EmulatorCaps, opts: LoadOptions = {})
   if (!caps.helperPath) {
     throw new VirtEbpfError('HELPER_NOT_FOUND', `${caps.path} names no qemu-ebpf-rss-helper`, { remedy: 'reinstall QEMU with its eBPF RSS helper' });
   }
-  const fds = await runHelper(caps.helperPath, { emulatorPath: caps.realpath, timeoutMs: opts.helperTimeoutMs });
+  const fds = await runHelper(caps.helperPath, { emulatorPath: caps.realpath, timeoutMs: opts.helperTimeoutMs, nice: opts.nice });
   return { descriptor: { protocol: 'helper', property: caps.property, fds: fds.length }, fds };
 }

@@ -25,6 +25,13 @@ export interface AcquiredContext {
 
 export interface LoadOptions {
   helperTimeoutMs?: number;
+  /**
+   * Where the kernel's work runs: unset, on the calling thread; a nice value, on a thread of
+   * libuv's pool at that nice, the calling thread going on meanwhile (the broker's loads).
+   */
+  nice?: number;
+  /** called when that thread's nice could not be set or put back (no CAP_SYS_NICE, RLIMIT_NICE too low) */
+  onNiceStuck?: () => void;
 }
 
 export function assertSupported(caps: EmulatorCaps): asserts caps is EmulatorCaps & { protocol: NonNullable<EmulatorCaps['protocol']>; property: NonNullable<EmulatorCaps['property']> } {

@@ -39,12 +39,12 @@ function hostChecks(opts: DoctorOptions): Check[] {
       }
     },
     async () => {
-      const { missingShims } = await import('../install/host');
+      const { missingBuiltC } = await import('../install/host');
       const { sourceRoot } = await import('../install/runtime');
-      const missing = missingShims(sourceRoot());
+      const missing = missingBuiltC(sourceRoot());
       return missing.length === 0
-        ? { name: 'shims', verdict: 'ok', detail: `${join(sourceRoot(), 'dist/shims')}: wrapper, hook and hot-plug shims are built`, needed: true }
-        : { name: 'shims', verdict: 'fail', detail: `${missing[0]} is missing: enabled domains cannot start`, fix: 'npm run build in the checkout (needs gcc, libc6-dev), then virt-ebpf install', needed: true };
+        ? { name: 'shims', verdict: 'ok', detail: `${join(sourceRoot(), 'dist/shims')}: wrapper, hook and hot-plug shims and the broker's niced load are built`, needed: true }
+        : { name: 'shims', verdict: 'fail', detail: `${missing[0]} is missing: enabled domains cannot start with their fds`, fix: 'npm run build in the checkout (needs gcc, libc6-dev), then virt-ebpf install', needed: true };
     },
     async () => {
       const { listEmulatorsOnPath, probeEmulator } = await import('../emulator');

@@ -14,6 +14,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { VirtEbpfError, isVirtEbpfError, tail } from '../errors';
 import { closeAll, OwnedFd } from '../fdpass';
 import * as libc from '../sys/libc';
@@ -27,6 +28,8 @@ export interface RunHelperOptions {
   timeoutMs?: number;
   /** how many fds the caller accepts; default 1..16 (the seed's v2 sends 2, other postings 4) */
   expectFds?: { min: number; max: number };
+  /** the helper's nice (a pool refill's 19), set as soon as it is spawned; default: the broker's */
+  nice?: number;
 }
 
 /** fd number the helper gets its socket on (the first slot after stdio) */
@@ -71,6 +74,13 @@ export async function runHelper(helperPath: string, opts: RunHelperOptions): Pro
     } finally {
       // Only the child may hold the other end, or we would never see EOF when it dies.
       libc.close(theirs);
+    }
+    if (opts.nice !== undefined && child.pid !== undefined) {
+      try {
+        setPriority(child.pid, opts.nice);
+      } catch {
+        /* it is gone already: collect() reports how it ended */
+      }
     }
     return await collect(helper, child, ours, timeoutMs, expect);
   } finally {

@@ -3,7 +3,7 @@
  * remember exactly what was written (manifest with content hashes), remove exactly that, and
  * tell libvirtd to rescan its hooks.
  */
-import { missingShims } from './host';
+import { missingBuiltC } from './host';
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync, rmdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -127,9 +127,9 @@ export function rescanHooks(): string {
 }
 
 export function install(facts: HostFacts, opts: { rescan?: boolean; faults?: InstallFaults } = {}): InstallReport {
-  const missing = missingShims(facts.prefix);
+  const missing = missingBuiltC(facts.prefix);
   if (missing.length) {
-    throw new VirtEbpfError('SHIMS_MISSING', `${missing[0]} does not exist: the emulator wrapper, the hook and hot-plug need the shims built from shims/*.c`, {
+    throw new VirtEbpfError('SHIMS_MISSING', `${missing[0]} does not exist: the emulator wrapper, the hook, hot-plug and the broker's loads need what is built from C (shims/*.c, src/bpf/niced-load.c)`, {
       remedy: 'run `npm run build` in the checkout (needs cc: apt-get install gcc libc6-dev), then install again',
     });
   }

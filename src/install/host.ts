@@ -8,6 +8,7 @@ import { untrustedReason } from '../sys/trust';
 import { identityOf } from './manifest';
 import { HostFacts, InstallPaths } from './plan';
 import { SHIM_FILES } from '../shims/constants';
+import { NICED_LOAD_FILE } from '../bpf/niced-load';
 export { SHIM_FILES };
 import { readMarker } from './runtime';
 
@@ -16,8 +17,9 @@ export const HOOK_TEMPLATE = 'hooks/qemu.d/virt-ebpf';
 export const TEMPLATE_FILES = ['virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf', 'launcher'];
 
 /** The shims missing under `prefix`, as absolute paths (install refuses, doctor fails on any). */
-export function missingShims(prefix: string): string[] {
-  return Object.values(SHIM_FILES).map((f) => join(prefix, f)).filter((f) => !existsSync(f));
+/** What `npm run build` compiles from C (scripts/build-shims.sh) that is missing under `prefix`: the shims, the broker's niced load. */
+export function missingBuiltC(prefix: string): string[] {
+  return [...Object.values(SHIM_FILES), NICED_LOAD_FILE].map((f) => join(prefix, f)).filter((f) => !existsSync(f));
 }
 export const EMULATOR_DIRS = ['/usr/bin', '/usr/local/bin', '/usr/libexec'];
 

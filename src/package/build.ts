@@ -87,7 +87,10 @@ export function buildDeb(opts: { from?: string; outDir?: string; date?: Date } =
   write(join(prefix, PREFIX_MARKER), markerText('package'));
   copyRuntimeParts(from, prefix, [`linux_${NODE_ARCH[arch]}`]);
   pruneEmpty(prefix);
-  const binaries = [...Object.values(SHIM_FILES).map((f) => join(prefix, f)), ...findFiles(join(prefix, 'node_modules'), (f) => f.endsWith('.node'))];
+  // The shims, the broker's niced load (a .so under dist/src) and koffi's native module.
+  const binaries = [
+    ...new Set([...Object.values(SHIM_FILES).map((f) => join(prefix, f)), ...findFiles(join(prefix, 'dist'), (f) => f.endsWith('.so')), ...findFiles(join(prefix, 'node_modules'), (f) => f.endsWith('.node'))]),
+  ];
   for (const b of binaries) execFileSync('strip', ['--remove-section=.comment', '--remove-section=.note', ...(b.endsWith('.so') || b.endsWith('.node') ? ['--strip-unneeded'] : []), b]);
   chmodSync(join(prefix, 'dist/src/cli/main.js'), 0o755); // it has a #! line
 

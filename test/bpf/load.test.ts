@@ -140,7 +140,7 @@ test('loads share one verifier-log buffer: a failure reads its own log, and load
   assert.match(second, /r6 \+600\).*off=600 size=1/);
   assert.doesNotMatch(second, /1024/);
   // A 1 MiB buffer per load stays allocated until the thread's next garbage collection (a
-  // loader thread piled up ~20 MiB of them): loads after the first allocate no log buffer.
+  // thread of loads piled up ~20 MiB of them): loads after the first allocate no log buffer.
   const big = await largeAllocations(1 << 20, () => {
     for (let i = 0; i < 10; i++) loadRss(obj).close();
   });

@@ -1,12 +1,12 @@
 /**
- * The broker loads on a thread of its own (src/broker/loader.ts), at idle priority when it
- * refills the pool: a refill's verifier time must not compete with the libvirt and QEMU
- * processes of a starting domain, nor hold up the broker's answers. Real broker in this
- * process, real BPF loads.
+ * The broker's loads run off its main thread (src/broker/loader.ts: the verifier on a thread of
+ * libuv's pool), at idle priority when they refill the pool: a refill's verifier time must not
+ * compete with the libvirt and QEMU processes of a starting domain, nor hold up the broker's
+ * answers. Real broker in this process, real BPF loads.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { getPriority } from 'node:os';
 import { spawnSync } from 'node:child_process';
@@ -16,6 +16,7 @@ import { DEFAULT_REFILL_TIMING } from '../../src/broker/pool';
 import { Loader } from '../../src/broker/loader';
 import { probeEmulator } from '../../src/emulator';
 import { closeAll } from '../../src/fdpass';
+import { isVirtEbpfError } from '../../src/errors';
 
 const dir = tempDir('virt-ebpf-loader-');
 let broker: TestBroker | undefined;
@@ -38,14 +39,27 @@ function threadNice(): Array<{ comm: string; nice: number }> {
   });
 }
 
-test('the pool refills on the loader thread at nice 19; the main thread (handoffs) keeps normal priority; a load a request waits for still works', async () => {
+/** Watch this process's threads until `done()`, from this (free) thread: whether one other than it was at nice 19. */
+async function sawIdleLoad(done: () => boolean | Promise<boolean>): Promise<boolean> {
+  let seen = false;
+  const deadline = Date.now() + 60_000;
+  while (!(await done()) && Date.now() < deadline) {
+    const until = Date.now() + 20;
+    while (Date.now() < until && !seen) seen = threadNice().some((t) => t.nice === 19);
+    await new Promise((r) => setImmediate(r));
+  }
+  return seen;
+}
+
+test('the pool refills off the main thread at nice 19, put back after; the main thread (handoffs) keeps normal priority; a load a request waits for still works', async () => {
   needRoot('the broker loads BPF');
   broker = await startTestBroker({ pool: { size: 2 } }, { cacheDir: join(dir.path, 'cache') });
   const pools = async () => (await ask(broker!.socket, { v: 1, id: 9, op: 'status' })).pools as Array<{ ready: number; target: number }>;
   await ask(broker.socket, { v: 1, id: 1, op: 'prewarm', emulator: QEMU, count: 2 });
-  await until('the pool to fill in the background', async () => (await pools()).some((p) => p.ready === 2), 60_000, 50);
-  const niced = threadNice().filter((t) => t.nice === 19);
-  assert.equal(niced.length, 1, `one idle-priority loader thread: ${JSON.stringify(threadNice())}`);
+  const seen = await sawIdleLoad(async () => (await pools()).some((p) => p.ready === 2));
+  assert.ok(seen, `a thread ran the refill at nice 19: ${JSON.stringify(threadNice())}`);
+  assert.ok((await pools()).some((p) => p.ready === 2), 'the pool filled');
+  assert.deepEqual(threadNice().filter((t) => t.nice !== 0), [], 'every thread is back at nice 0 once the refill is done');
   assert.equal(getPriority(), 0, 'the main thread (handoffs) keeps its priority');
 
   const got = await served(ROOT, broker.socket, { op: 'acquire', emulator: QEMU, count: 1 });
@@ -54,8 +68,7 @@ test('the pool refills on the loader thread at nice 19; the main thread (handoff
   // More than the pool holds: the third is loaded while the request waits (normal priority).
   const many = await served(ROOT, broker.socket, { op: 'acquire', emulator: QEMU, count: 3 });
   assert.equal(many.fds.length, 12);
-  await until('the loader to be idle again', () => threadNice().some((t) => t.nice === 19), 60_000, 50);
-  await broker.close(); // one broker (one loader thread) in this process at a time
+  await broker.close();
   broker = undefined;
 });
 
@@ -94,27 +107,73 @@ test('a steady stream of starts puts a refill off for at most maxDeferMs', async
   }
 });
 
-test('a loader thread with nothing to load for idleMs ends (an idle broker is its main thread); the next load starts one again', async () => {
+test('at most `threads` loads at once; a load a request waits for goes before queued refills', async () => {
   needRoot('the loader loads BPF');
   const { caps } = await probeEmulator(QEMU, { cacheDir: join(dir.path, 'cache') });
-  const loader = new Loader(2, 300);
+  const two = new Loader({ threads: 2 });
   try {
-    const first = await loader.load(caps, 'rss', true);
-    assert.equal(first.fds.length, 4);
-    closeAll(first.fds);
-    assert.equal(loader.running, 1, 'one thread for one load');
-    await until('the idle loader thread to end', () => loader.running === 0, 10_000, 20);
-    const again = await Promise.all([loader.load(caps, 'rss', true), loader.load(caps, 'rss', false)]);
-    assert.deepEqual(again.map((c) => c.fds.length), [4, 4], 'loads after the retirement work');
-    again.forEach((c) => closeAll(c.fds));
-    assert.equal(loader.running, 2);
-    await until('both idle threads to end', () => loader.running === 0, 10_000, 20);
+    const loads = [two.load(caps, 'rss', true), two.load(caps, 'rss', true), two.load(caps, 'rss', true)];
+    assert.equal(two.running, 2, 'two of three under way');
+    const got = await Promise.all(loads);
+    assert.deepEqual(got.map((c) => c.fds.length), [4, 4, 4]);
+    got.forEach((c) => closeAll(c.fds));
+    assert.equal(two.running, 0);
   } finally {
-    await loader.close();
+    await two.close();
+  }
+  const one = new Loader({ threads: 1 });
+  try {
+    const order: string[] = [];
+    const mark = (name: string, p: Promise<{ fds: import('../../src/fdpass').OwnedFd[] }>) =>
+      p.then((c) => {
+        order.push(name);
+        closeAll(c.fds);
+      });
+    await Promise.all([mark('refill 1', one.load(caps, 'rss', false)), mark('refill 2', one.load(caps, 'rss', false)), mark('start', one.load(caps, 'rss', true))]);
+    assert.deepEqual(order, ['refill 1', 'start', 'refill 2'], 'the start waited only for the refill already under way');
+  } finally {
+    await one.close();
   }
 });
 
-test('a load on the main thread of a process with loader threads does not abort it (libbpf\'s print hook is process-wide)', () => {
+test('close() refuses what is queued and under way, and resolves once the load under way ended with its fds closed', async () => {
+  needRoot('the loader loads BPF');
+  const { caps } = await probeEmulator(QEMU, { cacheDir: join(dir.path, 'cache') });
+  const loader = new Loader({ threads: 1 });
+  const bpfFds = () => readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return /^anon_inode:bpf/.test(readlinkSync(`/proc/self/fd/${fd}`));
+    } catch {
+      return false;
+    }
+  }).length;
+  const held = bpfFds();
+  // A first load, so the next one is in the kernel (not still importing the loaders) at close().
+  closeAll((await loader.load(caps, 'rss', true)).fds);
+  const under = loader.load(caps, 'rss', true);
+  const queued = loader.load(caps, 'rss', false);
+  assert.equal(loader.running, 1);
+  await loader.close();
+  await assert.rejects(under, (e: unknown) => isVirtEbpfError(e, 'BROKER_INTERNAL'));
+  await assert.rejects(queued, (e: unknown) => isVirtEbpfError(e, 'BROKER_INTERNAL'));
+  assert.equal(loader.running, 0, 'close() waited for the load under way');
+  assert.equal(bpfFds(), held, 'its fds were closed, not handed to anyone');
+  await assert.rejects(loader.load(caps, 'rss', true), (e: unknown) => isVirtEbpfError(e, 'BROKER_INTERNAL'), 'a closed loader loads nothing');
+});
+
+test('a pool thread whose nice cannot be put back (no CAP_SYS_NICE, RLIMIT_NICE 0): the loads still give their fds, the operator is told once how to fix it', () => {
+  needRoot('dropping CAP_SYS_NICE from a root child');
+  const child = join(REPO, 'dist', 'test', 'fixtures', 'broker', 'nice-stuck.js');
+  const r = spawnSync('prlimit', ['--nice=0', 'setpriv', '--bounding-set=-sys_nice', process.execPath, child, QEMU, join(dir.path, 'nice-stuck-cache')], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { fds: number[]; warnings: Array<{ message: string; meta: { remedy?: string } }> };
+  assert.deepEqual(out.fds, [4, 4, 4]);
+  assert.equal(out.warnings.length, 1, JSON.stringify(out.warnings));
+  assert.match(out.warnings[0].message, /could not set or put back its thread's nice: refills now run at normal priority/);
+  assert.match(out.warnings[0].meta.remedy ?? '', /LimitNICE=\+0/);
+});
+
+test('a load on the main thread of a process whose loads run on the pool\'s threads does not abort it (libbpf\'s print hook is process-wide)', () => {
   needRoot('loading BPF needs CAP_BPF');
   const child = join(REPO, 'dist', 'test', 'fixtures', 'broker', 'main-thread-load.js');
   const r = spawnSync(process.execPath, [child, QEMU, join(dir.path, 'main-thread-cache')], { encoding: 'utf8', timeout: 120_000 });

@@ -1,7 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { runHelper } from '../../src/helper';
 import { bpfFdInfo, closeAll, type OwnedFd } from '../../src/fdpass';
@@ -141,4 +141,33 @@ test('exit 0 without a message is HELPER_NO_FDS', async () => {
 
 test('a message without SCM_RIGHTS is HELPER_NO_FDS', async () => {
   await expectCode('sendsEmptyMessage', 'HELPER_NO_FDS', /sent a message without fds/);
+});
+
+test('a helper run for a pool refill runs at the nice it was given (19), the broker at its own', async () => {
+  needRoot('the helper protocol hands over BPF fds a privileged helper loads');
+  const niceOf = (pid: number): number => {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  };
+  const run = runHelper(doubles.helpers.hangs, { emulatorPath: doubles.emulator, timeoutMs: 3_000, nice: 19 });
+  const seen = new Set<number>();
+  let settled = false;
+  const outcome = run.then(
+    () => 'resolved',
+    (e: unknown) => (isVirtEbpfError(e, 'HELPER_TIMEOUT') ? 'timed out' : String(e)),
+  ).finally(() => (settled = true));
+  while (!settled) {
+    for (const p of processesMentioning(doubles.dir)) {
+      try {
+        seen.add(niceOf(p.pid));
+      } catch {
+        /* exited meanwhile */
+      }
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(await outcome, 'timed out');
+  assert.deepEqual([...seen], [19], 'the helper ran at nice 19 from the first look on');
+  assert.equal(niceOf(process.pid), 0, 'the caller kept its nice');
+  await noLeftovers();
 });

@@ -34,7 +34,7 @@ after(async () => {
 });
 
 async function settle(): Promise<void> {
-  // Loads run on the broker's loader thread; give any in flight time to land.
+  // Loads run off the broker's main thread; give any in flight time to land.
   await sleep(300);
   await ask(b.socket, { v: 1, id: 1, op: 'status' });
 }

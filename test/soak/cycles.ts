@@ -15,7 +15,7 @@ export interface Holding {
   /** of it, anonymous memory (RssAnon) and file pages (RssFile + RssShmem: node's binary, libraries) */
   anonKiB: number;
   fileKiB: number;
-  /** the broker's threads (its loader threads among them while they live) */
+  /** the broker's threads (libuv's pool threads among them once a load or file work started them) */
   threads: number;
 }
 
