@@ -11,14 +11,12 @@
  * libbpf would call it from the pool's threads. Once no load is left, the C heap's free memory
  * (libbpf's, in the pool threads' malloc arenas) and the kept verifier-log buffers go back.
  */
-import { statfs } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { EmulatorCaps } from '../emulator';
 import { VirtEbpfError } from '../errors';
 import { closeAll } from '../fdpass';
 import { mallocTrim } from '../sys/libc';
 import { quietLibbpf } from '../bpf/libbpf';
-import { dropLogBuffers } from '../bpf';
 import type { LoadedContext } from './pool';
 
 export const IDLE_NICE = 19;
@@ -59,7 +57,7 @@ export class Loader {
     this.#threads = opts.threads ?? availableParallelism();
     this.#warn = opts.warn;
     quietLibbpf();
-    startPool(this.#threads);
+    sizePool(this.#threads);
   }
 
   /** Loads under way now. */
@@ -110,8 +108,11 @@ export class Loader {
         this.#pump();
         if (this.#running.size === 0) {
           this.#trim = setTimeout(() => {
-            dropLogBuffers();
-            mallocTrim();
+            // Loaded by the loads already (through ../context): not at the broker's start.
+            void import('../bpf/load').then((m) => {
+              m.dropLogBuffers();
+              mallocTrim();
+            });
           }, TRIM_AFTER_MS).unref();
         }
       });
@@ -143,14 +144,12 @@ function stopping(): VirtEbpfError {
 }
 
 /**
- * Start libuv's pool with room for `threads` loads beside the broker's file system work: libuv
- * sizes it from UV_THREADPOOL_SIZE when its first work is queued (here, unless something queued
- * work before), and the variable then leaves the environment, so the broker's children do not
- * inherit it.
+ * Room in libuv's pool for `threads` loads beside the broker's file system work. libuv sizes its
+ * pool from UV_THREADPOOL_SIZE when the first work is queued: in the broker, the first load or
+ * file read after this (the broker is made with its Loader). The pool is not started here: its
+ * threads cost ~1.5 MiB, which a broker that has loaded nothing yet does not pay. The variable
+ * stays in the environment; the broker's children (the probe's QEMU, a helper) get their own.
  */
-function startPool(threads: number): void {
-  const had = process.env.UV_THREADPOOL_SIZE;
-  if (had === undefined) process.env.UV_THREADPOOL_SIZE = String(Math.max(4, threads + 2));
-  statfs('/', () => undefined);
-  if (had === undefined) delete process.env.UV_THREADPOOL_SIZE;
+function sizePool(threads: number): void {
+  process.env.UV_THREADPOOL_SIZE ??= String(Math.max(4, threads + 2));
 }

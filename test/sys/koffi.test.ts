@@ -49,7 +49,7 @@ test('a build directory that is missing, or holds a native module of another ver
   assert.deepEqual(koffiTriplets('linux', 'arm64'), ['linux_arm64', 'musl_arm64']);
 });
 
-test('the broker, started, has not loaded https, tls, http, zlib or crypto', async () => {
+test('the broker, started, has not loaded https, tls, http, zlib or crypto, nor what loads contexts', async () => {
   const dir = tempDir();
   const socket = join(dir.path, 'broker.sock');
   const cfg = join(dir.path, 'broker.json');
@@ -59,7 +59,7 @@ test('the broker, started, has not loaded https, tls, http, zlib or crypto', asy
   // Written whole, then renamed: the test reads the file as soon as it exists.
   writeFileSync(
     preload,
-    `process.on('SIGUSR2', () => { const fs = require('fs'); fs.writeFileSync(${JSON.stringify(list + '.tmp')}, JSON.stringify(process.moduleLoadList)); fs.renameSync(${JSON.stringify(list + '.tmp')}, ${JSON.stringify(list)}); });\n`,
+    `process.on('SIGUSR2', () => { const fs = require('fs'); fs.writeFileSync(${JSON.stringify(list + '.tmp')}, JSON.stringify({ natives: process.moduleLoadList, files: Object.keys(require.cache) })); fs.renameSync(${JSON.stringify(list + '.tmp')}, ${JSON.stringify(list)}); });\n`,
   );
   const broker = spawn(process.execPath, ['-r', preload, join(REPO, 'dist/src/cli/main.js'), 'broker', '--config', cfg], { stdio: 'ignore' });
   const exited = new Promise((r) => broker.once('exit', r));
@@ -68,8 +68,12 @@ test('the broker, started, has not loaded https, tls, http, zlib or crypto', asy
     assert.ok(existsSync(socket), 'the broker listens');
     broker.kill('SIGUSR2');
     for (let i = 0; i < 100 && !existsSync(list); i++) await new Promise((r) => setTimeout(r, 20));
-    const loaded = JSON.parse(readFileSync(list, 'utf8')) as string[];
+    const { natives: loaded, files } = JSON.parse(readFileSync(list, 'utf8')) as { natives: string[]; files: string[] };
     assert.ok(loaded.includes('NativeModule net'), 'the list is the broker’s');
+    // The loaders, the object parser and the probe come with the first emulator resolved (~0.6 MiB).
+    const ours = files.filter((f) => f.startsWith(join(REPO, 'dist/src/'))).map((f) => f.slice(join(REPO, 'dist/src/').length));
+    assert.ok(ours.includes('broker/loader.js'), `the list is the broker's: ${ours.join(' ')}`);
+    assert.deepEqual(ours.filter((f) => /^(context\/|emulator\/probe|bpf\/(load|spec|btf|elf|rss)\.js)/.test(f)), [], 'modules that load contexts');
     for (const m of INSTALLER_ONLY) assert.ok(!loaded.includes(m), `the broker loaded ${m}`);
     // OpenSSL (~1.2 MiB resident) starts at the first probe, which hashes QEMU's object.
     assert.ok(!loaded.includes('NativeModule crypto'), 'the broker loaded crypto before its first probe');
