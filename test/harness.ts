@@ -34,6 +34,11 @@ export function openFds(): Map<number, string> {
   return out;
 }
 
+/** BPF objects and BTF this process holds fds of (libbpf's own included, had it leaked them). */
+export function kernelBpfFds(): number {
+  return [...openFds().values()].filter((t) => /^anon_inode:(bpf|btf)/.test(t)).length;
+}
+
 /** Call at suite start; the returned function asserts no fd opened since is still open. */
 export function watchFds(): () => void {
   const before = openFds();

@@ -15,7 +15,7 @@ import { quietLibbpf } from '../../src/bpf/libbpf';
 import { bpfFdInfo } from '../../src/fdpass';
 import { getCloexec } from '../../src/sys/libc';
 import { isVirtEbpfError } from '../../src/errors';
-import { needRoot, openFds, REPO, watchFds } from '../harness';
+import { kernelBpfFds, needRoot, REPO, watchFds } from '../harness';
 import { rssObject } from './fixture';
 import { findInsn } from './mutate';
 
@@ -26,10 +26,6 @@ before(async () => {
   obj = await rssObject();
 });
 after(() => checkLeaks());
-
-function kernelBpfFds(): number {
-  return [...openFds().values()].filter((t) => /^anon_inode:(bpf|btf)/.test(t)).length;
-}
 
 /** The nice value of each thread of this process but the main one. */
 function otherThreadsNice(): number[] {

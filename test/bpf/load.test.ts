@@ -11,7 +11,7 @@ import { loadRss, RSS_MAPS } from '../../src/bpf';
 import { bpfFdInfo } from '../../src/fdpass';
 import { getCloexec } from '../../src/sys/libc';
 import { isVirtEbpfError } from '../../src/errors';
-import { largeAllocations, needRoot, openFds, REPO, watchFds } from '../harness';
+import { kernelBpfFds, largeAllocations, needRoot, REPO, watchFds } from '../harness';
 import { rssObject } from './fixture';
 import { findInsn } from './mutate';
 
@@ -21,11 +21,6 @@ before(async () => {
   obj = await rssObject();
 });
 after(() => checkLeaks());
-
-/** BPF objects and BTF held by this process (libbpf's own fds included, had it leaked them). */
-function kernelBpfFds(): number {
-  return [...openFds().values()].filter((t) => /^anon_inode:(bpf|btf)/.test(t)).length;
-}
 
 function bpftoolShows(kind: 'prog' | 'map', id: number): boolean {
   const r = spawnSync('bpftool', ['-j', kind, 'show', 'id', String(id)], { encoding: 'utf8', timeout: 10_000 });

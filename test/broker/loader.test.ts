@@ -6,15 +6,15 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { getPriority } from 'node:os';
 import { spawnSync } from 'node:child_process';
-import { needRoot, REPO, tempDir, QEMU } from '../harness';
+import { kernelBpfFds, needRoot, REPO, tempDir, QEMU } from '../harness';
 import { ask, ROOT, served, startTestBroker, until, type TestBroker } from './support';
 import { DEFAULT_REFILL_TIMING } from '../../src/broker/pool';
 import { Loader } from '../../src/broker/loader';
-import { probeEmulator } from '../../src/emulator';
+import { probeEmulator, type EmulatorCaps } from '../../src/emulator';
 import { closeAll } from '../../src/fdpass';
 import { isVirtEbpfError } from '../../src/errors';
 
@@ -107,22 +107,28 @@ test('a steady stream of starts puts a refill off for at most maxDeferMs', async
   }
 });
 
-test('at most `threads` loads at once; a load a request waits for goes before queued refills', async () => {
+/** A Loader of `threads` and the caps of the test QEMU for `body`; the Loader is closed after. */
+async function withLoader(threads: number, body: (loader: Loader, caps: EmulatorCaps) => Promise<void>): Promise<void> {
   needRoot('the loader loads BPF');
   const { caps } = await probeEmulator(QEMU, { cacheDir: join(dir.path, 'cache') });
-  const two = new Loader({ threads: 2 });
+  const loader = new Loader({ threads });
   try {
+    await body(loader, caps);
+  } finally {
+    await loader.close();
+  }
+}
+
+test('at most `threads` loads at once; a load a request waits for goes before queued refills', async () => {
+  await withLoader(2, async (two, caps) => {
     const loads = [two.load(caps, 'rss', true), two.load(caps, 'rss', true), two.load(caps, 'rss', true)];
     assert.equal(two.running, 2, 'two of three under way');
     const got = await Promise.all(loads);
     assert.deepEqual(got.map((c) => c.fds.length), [4, 4, 4]);
     got.forEach((c) => closeAll(c.fds));
     assert.equal(two.running, 0);
-  } finally {
-    await two.close();
-  }
-  const one = new Loader({ threads: 1 });
-  try {
+  });
+  await withLoader(1, async (one, caps) => {
     const order: string[] = [];
     const mark = (name: string, p: Promise<{ fds: import('../../src/fdpass').OwnedFd[] }>) =>
       p.then((c) => {
@@ -131,23 +137,14 @@ test('at most `threads` loads at once; a load a request waits for goes before qu
       });
     await Promise.all([mark('refill 1', one.load(caps, 'rss', false)), mark('refill 2', one.load(caps, 'rss', false)), mark('start', one.load(caps, 'rss', true))]);
     assert.deepEqual(order, ['refill 1', 'start', 'refill 2'], 'the start waited only for the refill already under way');
-  } finally {
-    await one.close();
-  }
+  });
 });
 
 test('close() refuses what is queued and under way, and resolves once the load under way ended with its fds closed', async () => {
   needRoot('the loader loads BPF');
   const { caps } = await probeEmulator(QEMU, { cacheDir: join(dir.path, 'cache') });
   const loader = new Loader({ threads: 1 });
-  const bpfFds = () => readdirSync('/proc/self/fd').filter((fd) => {
-    try {
-      return /^anon_inode:bpf/.test(readlinkSync(`/proc/self/fd/${fd}`));
-    } catch {
-      return false;
-    }
-  }).length;
-  const held = bpfFds();
+  const held = kernelBpfFds();
   // A first load, so the next one is in the kernel (not still importing the loaders) at close().
   closeAll((await loader.load(caps, 'rss', true)).fds);
   const under = loader.load(caps, 'rss', true);
@@ -157,7 +154,7 @@ test('close() refuses what is queued and under way, and resolves once the load u
   await assert.rejects(under, (e: unknown) => isVirtEbpfError(e, 'BROKER_INTERNAL'));
   await assert.rejects(queued, (e: unknown) => isVirtEbpfError(e, 'BROKER_INTERNAL'));
   assert.equal(loader.running, 0, 'close() waited for the load under way');
-  assert.equal(bpfFds(), held, 'its fds were closed, not handed to anyone');
+  assert.equal(kernelBpfFds(), held, 'its fds were closed, not handed to anyone');
   await assert.rejects(loader.load(caps, 'rss', true), (e: unknown) => isVirtEbpfError(e, 'BROKER_INTERNAL'), 'a closed loader loads nothing');
 });
 
