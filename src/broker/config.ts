@@ -26,7 +26,7 @@ const schema = yup
         maxReservedPerDomain: yup.number().integer().min(0).max(64).default(16),
         maxReserved: yup.number().integer().min(0).max(1024).default(128),
         reservationTtlMs: yup.number().integer().min(100).max(600_000).default(60_000),
-        /** loads at once (each on a thread of libuv's pool); default one per CPU */
+        /** loads at once (each on a thread of libuv's pool); default one per CPU, at most 16 */
         loaderThreads: yup.number().integer().min(1).max(64).default(undefined),
         /** accepted so that a config that sets it still loads; it has no effect (the loads hold no thread of their own) */
         loaderIdleMs: yup.number().integer().min(100).max(3_600_000).default(undefined),

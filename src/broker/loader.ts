@@ -3,23 +3,33 @@
  * on a thread of libuv's pool (src/bpf/niced-load.c through koffi), never on the main thread,
  * which keeps answering meanwhile; the rest of a load (libbpf's parse of the object, the fds) is
  * short and stays on the main thread. No thread of the broker's own holds a V8 isolate for it.
- * Up to `threads` loads run at once (one per CPU by default), so a boot storm's starts are not
- * served one after another. Loads a request waits for (`urgent`) go first, at normal priority;
- * the pool's refills run only where no urgent load needs the room, at idle priority (nice 19),
- * so a start never waits behind a refill for more than the one load already under way. libbpf
+ * Up to `threads` loads run at once (one per CPU by default, at most DEFAULT_MAX_THREADS), so a
+ * boot storm's starts are not served one after another. Loads a request waits for (`urgent`)
+ * go first, at the broker's own nice; the pool's refills run only where no urgent load needs
+ * the room, at idle priority (nice 19), so a start never waits behind a refill for more than
+ * the one load already under way. A refill lowers its thread's priority only if the thread may
+ * raise it again (CAP_SYS_NICE, or RLIMIT_NICE: the unit's LimitNICE=+0); else refills run at
+ * the broker's own nice, and the operator is told once. libbpf
  * runs without its print callback (see src/bpf/libbpf.ts): the callback is one per process and
  * libbpf would call it from the pool's threads. Once no load is left, the C heap's free memory
  * (libbpf's, in the pool threads' malloc arenas) and the kept verifier-log buffers go back.
  */
-import { availableParallelism } from 'node:os';
+import { availableParallelism, getPriority } from 'node:os';
 import type { EmulatorCaps } from '../emulator';
 import { VirtEbpfError } from '../errors';
 import { closeAll } from '../fdpass';
 import { mallocTrim } from '../sys/libc';
+import { mayLowerNiceTo } from '../sys/proc';
 import { quietLibbpf } from '../bpf/libbpf';
 import type { LoadedContext } from './pool';
 
 export const IDLE_NICE = 19;
+
+/**
+ * Loads at once unless configured: the verifier's runs of a 64-context storm are done in a few
+ * rounds at this; each thread stays in libuv's pool for the broker's life.
+ */
+export const DEFAULT_MAX_THREADS = 16;
 
 /** How long after its last load the loader gives memory back. */
 export const TRIM_AFTER_MS = 1_000;
@@ -48,14 +58,19 @@ export class Loader {
   readonly #background: Job[] = [];
   /** loads under way, urgent or not */
   readonly #running = new Set<Job>();
-  /** refills at IDLE_NICE, until a pool thread's nice could not be put back */
-  #refillNice = IDLE_NICE;
+  /** the broker's own nice: urgent loads run at it */
+  readonly #ownNice: number;
+  /** refills' nice: IDLE_NICE while a thread may come back from it, else the broker's own */
+  #refillNice: number;
   #trim?: NodeJS.Timeout;
   #closed = false;
 
   constructor(opts: LoaderOptions = {}) {
-    this.#threads = opts.threads ?? availableParallelism();
+    this.#threads = opts.threads ?? Math.min(availableParallelism(), DEFAULT_MAX_THREADS);
     this.#warn = opts.warn;
+    this.#ownNice = getPriority();
+    this.#refillNice = Math.max(this.#ownNice, IDLE_NICE);
+    if (this.#refillNice !== this.#ownNice && !mayLowerNiceTo(this.#ownNice)) this.#niceStuck(this.#refillNice);
     quietLibbpf();
     sizePool(this.#threads);
   }
@@ -88,7 +103,7 @@ export class Loader {
   #run(job: Job): void {
     clearTimeout(this.#trim);
     this.#running.add(job);
-    const nice = job.urgent ? 0 : this.#refillNice;
+    const nice = job.urgent ? this.#ownNice : this.#refillNice;
     // Loaded on the first load: the loaders are not needed to answer anything else.
     job.done = import('../context')
       .then(({ loadContext }) => {
@@ -118,11 +133,11 @@ export class Loader {
       });
   }
 
-  /** A pool thread was left at a nice it cannot leave: refills stop lowering it, and the operator hears of it once. */
+  /** A thread could not (or could not be expected to) come back from a refill's nice: refills run at the broker's own from now on, and the operator hears of it once. */
   #niceStuck(nice: number): void {
-    if (this.#refillNice === 0) return;
-    this.#refillNice = 0;
-    this.#warn?.('a load could not set or put back its thread\'s nice: refills now run at normal priority', {
+    if (this.#refillNice === this.#ownNice) return;
+    this.#refillNice = this.#ownNice;
+    this.#warn?.('a loader thread could not come back from a refill\'s idle priority: refills run at the broker\'s own priority', {
       nice,
       remedy: 'give the broker RLIMIT_NICE 20 (the unit\'s LimitNICE=+0) or CAP_SYS_NICE',
     });
