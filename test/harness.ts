@@ -34,6 +34,37 @@ export function openFds(): Map<number, string> {
   return out;
 }
 
+/** The fields of a /proc stat file after the command name: [0] state, [1] ppid, …, [16] nice. */
+export function statFields(path: string): string[] {
+  const stat = readFileSync(path, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** A process's nice value (its main thread's). */
+export function niceOf(pid: number): number {
+  return Number(statFields(`/proc/${pid}/stat`)[16]);
+}
+
+/** The nice value of each thread of this process, by kernel thread id. */
+export function threadNices(): Array<{ tid: number; nice: number }> {
+  return readdirSync('/proc/self/task').map((tid) => ({ tid: Number(tid), nice: Number(statFields(`/proc/self/task/${tid}/stat`)[16]) }));
+}
+
+/**
+ * Watch this process's threads from this one until a thread is seen at `nice` (true), or
+ * `stop()` holds or `timeoutMs` pass (false). It looks for 20 ms at a time without yielding
+ * (the work it watches runs on another thread), then lets the event loop turn once.
+ */
+export async function sawThreadAtNice(nice: number, stop: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await stop()) && Date.now() < deadline) {
+    const until = Date.now() + 20;
+    while (Date.now() < until) if (threadNices().some((t) => t.nice === nice)) return true;
+    await new Promise((r) => setImmediate(r));
+  }
+  return false;
+}
+
 /** BPF objects and BTF this process holds fds of (libbpf's own included, had it leaked them). */
 export function kernelBpfFds(): number {
   return [...openFds().values()].filter((t) => /^anon_inode:(bpf|btf)/.test(t)).length;

@@ -186,6 +186,11 @@ function validated(object: ValidatedRssObject): { bytes: Buffer; spec: BpfSpec }
 const freeLogs: Buffer[] = [];
 const KEPT_LOGS = 8;
 
+/** Let go of the kept verifier-log buffers (an idle broker holds none). */
+export function dropLogBuffers(): void {
+  freeLogs.length = 0;
+}
+
 /**
  * A verifier log's buffer, and its release. libbpf writes it only when a load fails, so buffers
  * are reused: a load takes a free one and gives it back, and at most KEPT_LOGS are kept (as many
@@ -193,11 +198,6 @@ const KEPT_LOGS = 8;
  * failure the kernel wrote no log for does not read an earlier one. The kernel refuses log
  * buffers under 128 bytes and over 1 GiB; its log keeps the tail (the reason) when it overflows.
  */
-/** Let go of the kept verifier-log buffers (an idle broker holds none). */
-export function dropLogBuffers(): void {
-  freeLogs.length = 0;
-}
-
 function logBuffer(requested: number): { log: Buffer; release(): void } {
   const size = Math.min(Math.max(requested, 4096), 1 << 30);
   const at = freeLogs.findIndex((b) => b.length === size);

@@ -16,10 +16,12 @@ import { readMarker } from './runtime';
 export const HOOK_TEMPLATE = 'hooks/qemu.d/virt-ebpf';
 export const TEMPLATE_FILES = ['virt-ebpfd.socket', 'virt-ebpfd.service', 'apparmor-libvirt-qemu', 'apt-refresh.conf', 'launcher'];
 
-/** The shims missing under `prefix`, as absolute paths (install refuses, doctor fails on any). */
-/** What `npm run build` compiles from C (scripts/build-shims.sh) that is missing under `prefix`: the shims, the broker's niced load. */
+/** What `npm run build` compiles from C (scripts/build-shims.sh), relative to the prefix: the shims, the broker's niced load. */
+export const BUILT_C_FILES: readonly string[] = [...Object.values(SHIM_FILES), NICED_LOAD_FILE];
+
+/** Of BUILT_C_FILES, those missing under `prefix`, as absolute paths (install refuses, doctor fails on any). */
 export function missingBuiltC(prefix: string): string[] {
-  return [...Object.values(SHIM_FILES), NICED_LOAD_FILE].map((f) => join(prefix, f)).filter((f) => !existsSync(f));
+  return BUILT_C_FILES.map((f) => join(prefix, f)).filter((f) => !existsSync(f));
 }
 export const EMULATOR_DIRS = ['/usr/bin', '/usr/local/bin', '/usr/libexec'];
 

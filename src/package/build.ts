@@ -19,7 +19,7 @@ import { COMMANDS } from '../cli/commands';
 import { bashCompletion, manPage } from '../cli/docs';
 import { DEFAULT_PATHS, UNIT_FILES, fill, templateVars } from '../install/plan';
 import { copyRuntimeParts, DEFAULT_PREFIX, markerText, PREFIX_MARKER, sourceRoot } from '../install/runtime';
-import { SHIM_FILES } from '../install/host';
+import { BUILT_C_FILES } from '../install/host';
 import { BundledModule, changelogFile, controlFile, copyrightFile, DESCRIPTION, libcDepends, PACKAGE } from './deb';
 
 /** The distribution's node: what the packaged command, hook and unit run. */
@@ -87,10 +87,7 @@ export function buildDeb(opts: { from?: string; outDir?: string; date?: Date } =
   write(join(prefix, PREFIX_MARKER), markerText('package'));
   copyRuntimeParts(from, prefix, [`linux_${NODE_ARCH[arch]}`]);
   pruneEmpty(prefix);
-  // The shims, the broker's niced load (a .so under dist/src) and koffi's native module.
-  const binaries = [
-    ...new Set([...Object.values(SHIM_FILES).map((f) => join(prefix, f)), ...findFiles(join(prefix, 'dist'), (f) => f.endsWith('.so')), ...findFiles(join(prefix, 'node_modules'), (f) => f.endsWith('.node'))]),
-  ];
+  const binaries = [...BUILT_C_FILES.map((f) => join(prefix, f)), ...findFiles(join(prefix, 'node_modules'), (f) => f.endsWith('.node'))];
   for (const b of binaries) execFileSync('strip', ['--remove-section=.comment', '--remove-section=.note', ...(b.endsWith('.so') || b.endsWith('.node') ? ['--strip-unneeded'] : []), b]);
   chmodSync(join(prefix, 'dist/src/cli/main.js'), 0o755); // it has a #! line
 

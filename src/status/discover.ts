@@ -6,7 +6,7 @@
  */
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { bpfFdInfo, type BpfFdInfo } from '../fdpass';
-import { effectiveCaps, readCmdline } from '../sys/proc';
+import { capsIn, readCmdline } from '../sys/proc';
 import { mapInfo, openMapById, openProgById, progInfo } from '../bpf/live';
 import { BPF_PROG_TYPE_SOCKET_FILTER } from '../bpf/rss';
 import { resolvePolicy } from '../policy';
@@ -92,7 +92,7 @@ function readFacts(pid: number, argv: string[]): QemuFacts {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const u = /^Uid:\s+\d+\s+(\d+)/m.exec(status);
     if (u) uid = Number(u[1]);
-    const caps = effectiveCaps(pid);
+    const caps = capsIn(status);
     if (caps !== undefined) canLoadBpf = ((caps >> CAP_BPF) & 1n) === 1n || ((caps >> CAP_SYS_ADMIN) & 1n) === 1n;
   } catch {
     /* gone */

@@ -288,13 +288,6 @@ export function openTapQueue(name: string): number {
   return fd;
 }
 
-const gettidFn = libc.func('int gettid(void)');
-
-/** The calling thread's kernel id (for per-thread scheduling: setpriority takes it as a pid). */
-export function threadId(): number {
-  return gettidFn();
-}
-
 const mallocTrimFn = libc.func('int malloc_trim(size_t)');
 
 /**

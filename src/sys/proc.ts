@@ -14,11 +14,16 @@ export function readCmdline(pid: number | string): string[] | undefined {
 
 export const CAP_SYS_NICE = 23n;
 
+/** The effective capabilities (CapEff) in the text of a /proc/PID/status. Pure. */
+export function capsIn(status: string): bigint | undefined {
+  const c = /^CapEff:\s+([0-9a-f]+)$/m.exec(status);
+  return c ? BigInt(`0x${c[1]}`) : undefined;
+}
+
 /** A process's effective capabilities (CapEff of /proc/PID/status), or undefined for a process gone or not readable. */
 export function effectiveCaps(pid: number | 'self'): bigint | undefined {
   try {
-    const c = /^CapEff:\s+([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return c ? BigInt(`0x${c[1]}`) : undefined;
+    return capsIn(readFileSync(`/proc/${pid}/status`, 'utf8'));
   } catch {
     return undefined;
   }

@@ -7,7 +7,6 @@
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import { getPriority } from 'node:os';
 import { join } from 'node:path';
 import { loadRssAsync, validateRssObject } from '../../src/bpf';
@@ -15,7 +14,7 @@ import { quietLibbpf } from '../../src/bpf/libbpf';
 import { bpfFdInfo } from '../../src/fdpass';
 import { getCloexec } from '../../src/sys/libc';
 import { isVirtEbpfError } from '../../src/errors';
-import { kernelBpfFds, needRoot, REPO, watchFds } from '../harness';
+import { kernelBpfFds, needRoot, REPO, sawThreadAtNice, threadNices, watchFds } from '../harness';
 import { rssObject } from './fixture';
 import { findInsn } from './mutate';
 
@@ -26,16 +25,6 @@ before(async () => {
   obj = await rssObject();
 });
 after(() => checkLeaks());
-
-/** The nice value of each thread of this process but the main one. */
-function otherThreadsNice(): number[] {
-  return readdirSync('/proc/self/task')
-    .filter((tid) => Number(tid) !== process.pid)
-    .map((tid) => {
-      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
-    });
-}
 
 test('loadRssAsync: the calling thread goes on during the load (a synchronous load would hold it for the whole verifier run)', async () => {
   needRoot('loading BPF programs needs CAP_BPF');
@@ -66,12 +55,7 @@ test('loadRssAsync: the verifier runs on another thread at the nice given, put b
   for (let round = 0; round < 5 && !seen; round++) {
     let settled = false;
     const loading = loadRssAsync(object, 19).finally(() => (settled = true));
-    // Watch the threads from this one (it is free: the load is elsewhere) until the load ends.
-    while (!settled) {
-      const until = Date.now() + 20;
-      while (Date.now() < until && !seen) seen = otherThreadsNice().includes(19);
-      await new Promise((r) => setImmediate(r));
-    }
+    seen = await sawThreadAtNice(19, () => settled);
     const ctx = await loading;
     try {
       assert.equal(ctx.fds.length, 4);
@@ -81,7 +65,7 @@ test('loadRssAsync: the verifier runs on another thread at the nice given, put b
     } finally {
       ctx.close();
     }
-    assert.deepEqual(otherThreadsNice().filter((n) => n === 19), [], 'no thread is left at nice 19 after the load');
+    assert.deepEqual(threadNices().filter((t) => t.nice === 19), [], 'no thread is left at nice 19 after the load');
   }
   assert.ok(seen, 'a thread at nice 19 was seen during one of five loads');
   assert.equal(kernelBpfFds(), held, 'nothing of libbpf left open');

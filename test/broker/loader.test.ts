@@ -6,11 +6,10 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { getPriority } from 'node:os';
 import { spawnSync } from 'node:child_process';
-import { kernelBpfFds, needRoot, REPO, tempDir, QEMU } from '../harness';
+import { kernelBpfFds, needRoot, REPO, sawThreadAtNice, tempDir, threadNices, QEMU } from '../harness';
 import { ask, ROOT, served, startTestBroker, until, type TestBroker } from './support';
 import { DEFAULT_REFILL_TIMING } from '../../src/broker/pool';
 import { Loader } from '../../src/broker/loader';
@@ -30,27 +29,6 @@ async function readyOf(b: TestBroker): Promise<number> {
   return pools.reduce((n, p) => n + p.ready, 0);
 }
 
-/** nice of each thread of this process (the in-process broker), by comm. */
-function threadNice(): Array<{ comm: string; nice: number }> {
-  return readdirSync('/proc/self/task').map((tid) => {
-    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), nice: Number(rest[16]) };
-  });
-}
-
-/** Watch this process's threads until `done()`, from this (free) thread: whether one other than it was at nice 19. */
-async function sawIdleLoad(done: () => boolean | Promise<boolean>): Promise<boolean> {
-  let seen = false;
-  const deadline = Date.now() + 60_000;
-  while (!(await done()) && Date.now() < deadline) {
-    const until = Date.now() + 20;
-    while (Date.now() < until && !seen) seen = threadNice().some((t) => t.nice === 19);
-    await new Promise((r) => setImmediate(r));
-  }
-  return seen;
-}
-
 test('the pool refills off the main thread at nice 19, put back after; the main thread (handoffs) keeps normal priority; a load a request waits for still works', async () => {
   needRoot('the broker loads BPF');
   const own = getPriority();
@@ -58,10 +36,11 @@ test('the pool refills off the main thread at nice 19, put back after; the main 
   broker = await startTestBroker({ pool: { size: 2 } }, { cacheDir: join(dir.path, 'cache') });
   const pools = async () => (await ask(broker!.socket, { v: 1, id: 9, op: 'status' })).pools as Array<{ ready: number; target: number }>;
   await ask(broker.socket, { v: 1, id: 1, op: 'prewarm', emulator: QEMU, count: 2 });
-  const seen = await sawIdleLoad(async () => (await pools()).some((p) => p.ready === 2));
-  assert.ok(seen, `a thread ran the refill at nice 19: ${JSON.stringify(threadNice())}`);
-  assert.ok((await pools()).some((p) => p.ready === 2), 'the pool filled');
-  assert.deepEqual(threadNice().filter((t) => t.nice !== own), [], `every thread is back at nice ${own} once the refill is done`);
+  const filled = async () => (await pools()).some((p) => p.ready === 2);
+  const seen = await sawThreadAtNice(19, filled);
+  assert.ok(seen, `a thread ran the refill at nice 19: ${JSON.stringify(threadNices())}`);
+  await until('the pool to fill', filled, 60_000, 50);
+  assert.deepEqual(threadNices().filter((t) => t.nice !== own), [], `every thread is back at nice ${own} once the refill is done`);
   assert.equal(getPriority(), own, 'the main thread (handoffs) keeps its priority');
 
   const got = await served(ROOT, broker.socket, { op: 'acquire', emulator: QEMU, count: 1 });
@@ -151,12 +130,7 @@ test('close() refuses what is queued and under way, and resolves once the load u
   const under = loader.load(caps, 'rss', false);
   const queued = loader.load(caps, 'rss', true);
   assert.equal(loader.running, 1);
-  let seen = false;
-  for (const deadline = Date.now() + 30_000; !seen && Date.now() < deadline; ) {
-    seen = threadNice().some((t) => t.nice === 19);
-    if (!seen) await new Promise((r) => setImmediate(r));
-  }
-  assert.ok(seen, 'the load is in libbpf when close() is called');
+  assert.ok(await sawThreadAtNice(19, () => false, 30_000), 'the load is in libbpf when close() is called');
   const refused = [under, queued].map((p) => assert.rejects(p, (e: unknown) => isVirtEbpfError(e, 'BROKER_INTERNAL')));
   await loader.close();
   await Promise.all(refused);

@@ -2,9 +2,9 @@
  * Tiny real executables standing in for broken or fake emulators (no real QEMU is broken that way), and
  * process checks proving the probe left nothing running.
  */
-import { chmodSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO } from '../harness';
+import { REPO, statFields } from '../harness';
 
 export function writeScript(dir: string, name: string, body: string, mode = 0o755): string {
   const file = join(dir, name);
@@ -29,8 +29,7 @@ export function liveChildren(ppid = process.pid): number[] {
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const fields = statFields(`/proc/${d}/stat`);
       if (Number(fields[1]) === ppid && fields[0] !== 'Z') out.push(Number(d));
     } catch {
       /* exited meanwhile */
@@ -42,8 +41,7 @@ export function liveChildren(ppid = process.pid): number[] {
 /** True when pid no longer runs (gone, or a zombie nobody reaped yet). */
 export function isDead(pid: number): boolean {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+    return statFields(`/proc/${pid}/stat`)[0] === 'Z';
   } catch {
     return true;
   }

@@ -1,13 +1,13 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { runHelper } from '../../src/helper';
 import { bpfFdInfo, closeAll, type OwnedFd } from '../../src/fdpass';
 import { isVirtEbpfError, type ErrorCode } from '../../src/errors';
 import * as libc from '../../src/sys/libc';
-import { needRoot, tempDir, watchFds } from '../harness';
+import { needRoot, niceOf, tempDir, watchFds } from '../harness';
 import { buildHelperDoubles, processesMentioning, type HelperDoubles, type HelperVariant } from './doubles';
 
 const BPF_PROG_TYPE_SOCKET_FILTER = 1;
@@ -145,10 +145,6 @@ test('a message without SCM_RIGHTS is HELPER_NO_FDS', async () => {
 
 test('a helper run for a pool refill runs at the nice it was given (19), the broker at its own', async () => {
   needRoot('the helper protocol hands over BPF fds a privileged helper loads');
-  const niceOf = (pid: number): number => {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
-  };
   const own = niceOf(process.pid);
   assert.ok(own < 19, `this test runs below nice 19 (it runs at ${own})`);
   const run = runHelper(doubles.helpers.hangs, { emulatorPath: doubles.emulator, timeoutMs: 3_000, nice: 19 });
