@@ -113,14 +113,16 @@ function stopChild(child: ChildProcess): Promise<unknown> {
 interface BrokerMemory {
   fresh: Resident;
   filled: Resident;
+  idle: Resident;
   burst: Resident;
   quiet: Resident;
 }
 
 /**
  * What a broker holds: started (no request yet); after its pool filled and the C heap's trim
- * that follows the last load (TRIM_AFTER_MS); right after a burst of 5 000 requests (a status each, one
- * connection each); and 15 s after the burst.
+ * that follows the last load (TRIM_AFTER_MS); idle, 15 s after the pool filled (V8 gives back
+ * the pages its heap grew by once it has been idle for some seconds); right after a burst of
+ * 5 000 requests (a status each, one connection each); and 15 s after the burst.
  */
 async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMemory> {
   const sock = join(dir, 'mem.sock');
@@ -139,12 +141,15 @@ async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMem
       if (pools.some((p) => p.ready >= 2)) break;
       await sleep(100);
     }
+    const poolFilled = Date.now();
     await sleep(TRIM_AFTER_MS + 2000); // the C heap's trim after the last load
     const filled = resident(broker.pid!);
+    await sleep(poolFilled + 15_000 - Date.now());
+    const idle = resident(broker.pid!);
     for (let i = 0; i < 5000; i++) brokerRequest({ op: 'status' }, { socket: sock });
     const burst = resident(broker.pid!);
     await sleep(15_000);
-    return { fresh, filled, burst, quiet: resident(broker.pid!) };
+    return { fresh, filled, idle, burst, quiet: resident(broker.pid!) };
   } finally {
     await stopChild(broker);
   }
@@ -173,7 +178,8 @@ function memoryTable(bare: Resident[], brokers: BrokerMemory[][]): string {
   const rows = [row('Node listening on a socket (baseline)', bare, '—')];
   const phases: Array<[keyof BrokerMemory, string]> = [
     ['fresh', 'started, no request yet'],
-    ['filled', 'pool of 2 filled, C heap trimmed'],
+    ['filled', 'pool of 2 filled, C heap trimmed (3 s after)'],
+    ['idle', 'pool of 2 filled, idle 15 s'],
     ['burst', 'right after 5 000 requests'],
     ['quiet', '15 s after them'],
   ];

@@ -79,10 +79,20 @@ export function quietLibbpf(): void {
   printHooks.clear();
 }
 
+/**
+ * dlopen with RTLD_DEEPBIND: the symbols libbpf (and libelf, libz under it) import are looked up
+ * in the library and its own dependencies first. Without it each one is looked up in node's
+ * executable first: a node built with its bundled libraries exports V8, OpenSSL, zlib and libuv
+ * (~7 MiB of dynamic symbol tables), the lookups page in ~0.4 MiB of them that stays resident
+ * in the broker, and libelf's zlib calls bind to node's copy of zlib rather than the system's
+ * libz it was built against.
+ */
+const LOCAL_FIRST = { deep: true };
+
 function bind(soname: string): Bindings {
   let lib: Koffi.IKoffiLib;
   try {
-    lib = koffi.load(soname);
+    lib = koffi.load(soname, LOCAL_FIRST);
   } catch (e) {
     throw new VirtEbpfError('BPF_LIBBPF_MISSING', `cannot load ${soname}: ${(e as Error).message.split('\n')[0]}`, {
       remedy: 'install libbpf (apt-get install libbpf1)',
@@ -315,7 +325,7 @@ function nicedLoadFunction(): Koffi.KoffiFunction {
   const remedy = 'npm run build in the checkout (needs gcc, libc6-dev), then virt-ebpf install';
   if (!existsSync(NICED_LOAD_SO)) throw new VirtEbpfError('SHIMS_MISSING', `${NICED_LOAD_SO} is missing: the broker cannot load eBPF programs`, { remedy });
   try {
-    nicedLoad = koffi.load(NICED_LOAD_SO).func('int vebpf_load_niced(const char *soname, void *obj, int nice, _Out_ int *status)');
+    nicedLoad = koffi.load(NICED_LOAD_SO, LOCAL_FIRST).func('int vebpf_load_niced(const char *soname, void *obj, int nice, _Out_ int *status)');
   } catch (e) {
     throw new VirtEbpfError('SHIMS_MISSING', `cannot load ${NICED_LOAD_SO}: ${(e as Error).message.split('\n')[0]}`, { remedy, cause: e });
   }

@@ -7,6 +7,7 @@ import { EmulatorCaps, ProbeTranscript, decideCaps } from './caps';
 import { DEFAULT_CACHE_DIR, readCache, writeCache } from './cache';
 import { binaryIdentity, resolveEmulatorPath, sameIdentity } from './identity';
 import { recordProbe } from './launch';
+import { isoTime } from '../time';
 
 export const DEFAULT_PROBE_TIMEOUT_MS = 15_000;
 
@@ -51,7 +52,7 @@ export async function probeEmulator(path: string, opts: ProbeOptions = {}): Prom
   const transcript = await recordProbe(identity.realpath, path, { timeoutMs: opts.timeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS, env: opts.env, runAs: opts.runAs });
   let caps: EmulatorCaps;
   try {
-    caps = decideCaps(transcript, { path, identity }, new Date().toISOString());
+    caps = decideCaps(transcript, { path, identity }, isoTime());
   } catch (e) {
     if (!isVirtEbpfError(e, 'QMP_PROTOCOL')) throw e;
     throw new VirtEbpfError('EMULATOR_NOT_QEMU', `${path} is not a QEMU system emulator: ${e.message}`, {

@@ -6,6 +6,8 @@
  * here) than everything else before its first reply.
  */
 
+import { isoTime } from '../time';
+
 export type Level = 'error' | 'warn' | 'info' | 'debug';
 const RANK: Record<Level, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
@@ -19,7 +21,7 @@ export interface Logger {
 }
 
 function line(format: 'text' | 'json', level: Level, message: string, meta: Record<string, unknown>): string {
-  if (format === 'json') return JSON.stringify({ level, message, ...meta, timestamp: new Date().toISOString() }) + '\n';
+  if (format === 'json') return JSON.stringify({ level, message, ...meta, timestamp: isoTime() }) + '\n';
   return `${level}: ${message}${Object.keys(meta).length ? ' ' + JSON.stringify(meta) : ''}\n`;
 }
 
