@@ -99,6 +99,9 @@ function resident(pid: number): Resident {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** When the memory after a pool fill is read: after the C heap's trim that follows the last load. */
+const FILLED_AFTER_MS = TRIM_AFTER_MS + 2000;
+
 /** The broker as the unit runs it, and with V8's defaults (bench/broker-v8.ts). */
 const BROKER_V8 = [
   { name: 'virt-ebpf broker (node flags as the unit gives them)', flags: brokerNodeFlags(false) },
@@ -142,7 +145,7 @@ async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMem
       await sleep(100);
     }
     const poolFilled = Date.now();
-    await sleep(TRIM_AFTER_MS + 2000); // the C heap's trim after the last load
+    await sleep(FILLED_AFTER_MS); // the C heap's trim after the last load
     const filled = resident(broker.pid!);
     await sleep(poolFilled + 15_000 - Date.now());
     const idle = resident(broker.pid!);
@@ -178,7 +181,7 @@ function memoryTable(bare: Resident[], brokers: BrokerMemory[][]): string {
   const rows = [row('Node listening on a socket (baseline)', bare, '—')];
   const phases: Array<[keyof BrokerMemory, string]> = [
     ['fresh', 'started, no request yet'],
-    ['filled', 'pool of 2 filled, C heap trimmed (3 s after)'],
+    ['filled', `pool of 2 filled, C heap trimmed (${FILLED_AFTER_MS / 1000} s after)`],
     ['idle', 'pool of 2 filled, idle 15 s'],
     ['burst', 'right after 5 000 requests'],
     ['quiet', '15 s after them'],

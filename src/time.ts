@@ -3,14 +3,23 @@
  * arithmetic. V8's `Date.prototype.toISOString` would give the same text, but its first call
  * asks ICU for the host's time zone, which pages in ~0.8 MiB of ICU's data and code that stay
  * resident for the process's life; the broker stamps every probe it caches (and every JSON log
- * line), so it formats its timestamps here. Pure.
+ * line), so it formats its timestamps here.
  */
 
 const DAY_MS = 86_400_000;
+/** 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z: the years written with four digits. */
+const FIRST_MS = -62_167_219_200_000;
+const LAST_MS = 253_402_300_799_999;
 
-/** `ms` since the epoch (years 0000–9999) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, as toISOString gives it. */
+/**
+ * `ms` since the epoch (default: now) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, as toISOString gives it;
+ * a fraction of a millisecond is dropped toward zero, as Date does. A RangeError outside the
+ * years 0000–9999 (toISOString writes those with six digits and a sign) or for NaN/±Infinity.
+ * Pure but for reading the clock when `ms` is not given.
+ */
 export function isoTime(ms: number = Date.now()): string {
-  const t = Math.floor(ms);
+  const t = Math.trunc(ms);
+  if (!(t >= FIRST_MS && t <= LAST_MS)) throw new RangeError(`isoTime: ${ms} is not an instant of the years 0000-9999`);
   const days = Math.floor(t / DAY_MS);
   let rest = t - days * DAY_MS;
   // The civil date of a day count (proleptic Gregorian; eras of 400 years from 0000-03-01).

@@ -12,7 +12,7 @@
  * (a callback is the main thread's JavaScript, and libbpf would call it from the pool's
  * threads); the verifier's own log still comes through each program's log buffer.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type * as Koffi from 'koffi';
 import koffi from '../sys/koffi';
@@ -80,19 +80,46 @@ export function quietLibbpf(): void {
 }
 
 /**
- * dlopen with RTLD_DEEPBIND: the symbols libbpf (and libelf, libz under it) import are looked up
- * in the library and its own dependencies first. Without it each one is looked up in node's
- * executable first: a node built with its bundled libraries exports V8, OpenSSL, zlib and libuv
- * (~7 MiB of dynamic symbol tables), the lookups page in ~0.4 MiB of them that stays resident
- * in the broker, and libelf's zlib calls bind to node's copy of zlib rather than the system's
- * libz it was built against.
+ * How libbpf (with libelf and libz under it) and `vebpf-niced-load.so` are dlopen'ed: with
+ * RTLD_DEEPBIND, so that the symbols they import are looked up in themselves and their own
+ * dependencies first. Without it each lookup starts in node's executable: a node built with its
+ * bundled libraries exports V8, OpenSSL, zlib and libuv (~7 MiB of dynamic symbol tables), the
+ * lookups page in ~0.4 MiB of them that stays resident in the broker, and libbpf's gz* and
+ * libelf's inflate/deflate calls bind to node's copy of zlib rather than the system's libz they
+ * were built against.
+ *
+ * Not when objects are preloaded (LD_PRELOAD, /etc/ld.so.preload): a preloaded allocator
+ * (jemalloc, tcmalloc, a profiler's) would then give libbpf memory from libc's strdup that
+ * libbpf's own free, bound to glibc's, cannot take back, and the process aborts. Then the
+ * lookups go the usual way.
  */
-const LOCAL_FIRST = { deep: true };
+export function libbpfLoadOptions(): { deep: boolean } {
+  return { deep: !objectsPreloaded() };
+}
+
+let preloaded: boolean | undefined;
+
+/** Whether the dynamic loader preloaded objects into this process (read once). Side effect: reads /proc and /etc. */
+function objectsPreloaded(): boolean {
+  if (preloaded !== undefined) return preloaded;
+  const read = (path: string): string => {
+    try {
+      return readFileSync(path, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  // The environment the process was started with: LD_PRELOAD counts even if unset since.
+  const atExec = read('/proc/self/environ').split('\0').some((v) => /^LD_PRELOAD=\S/.test(v));
+  const hostWide = read('/etc/ld.so.preload').split('\n').some((l) => l.trim() !== '' && !l.trim().startsWith('#'));
+  preloaded = atExec || hostWide || /\S/.test(process.env.LD_PRELOAD ?? '');
+  return preloaded;
+}
 
 function bind(soname: string): Bindings {
   let lib: Koffi.IKoffiLib;
   try {
-    lib = koffi.load(soname, LOCAL_FIRST);
+    lib = koffi.load(soname, libbpfLoadOptions());
   } catch (e) {
     throw new VirtEbpfError('BPF_LIBBPF_MISSING', `cannot load ${soname}: ${(e as Error).message.split('\n')[0]}`, {
       remedy: 'install libbpf (apt-get install libbpf1)',
@@ -325,7 +352,7 @@ function nicedLoadFunction(): Koffi.KoffiFunction {
   const remedy = 'npm run build in the checkout (needs gcc, libc6-dev), then virt-ebpf install';
   if (!existsSync(NICED_LOAD_SO)) throw new VirtEbpfError('SHIMS_MISSING', `${NICED_LOAD_SO} is missing: the broker cannot load eBPF programs`, { remedy });
   try {
-    nicedLoad = koffi.load(NICED_LOAD_SO, LOCAL_FIRST).func('int vebpf_load_niced(const char *soname, void *obj, int nice, _Out_ int *status)');
+    nicedLoad = koffi.load(NICED_LOAD_SO, libbpfLoadOptions()).func('int vebpf_load_niced(const char *soname, void *obj, int nice, _Out_ int *status)');
   } catch (e) {
     throw new VirtEbpfError('SHIMS_MISSING', `cannot load ${NICED_LOAD_SO}: ${(e as Error).message.split('\n')[0]}`, { remedy, cause: e });
   }

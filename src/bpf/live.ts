@@ -11,7 +11,7 @@ import koffi from '../sys/koffi';
 import { VirtEbpfError } from '../errors';
 import { OwnedFd } from '../fdpass';
 import * as libc from '../sys/libc';
-import { libbpf, LIBBPF_SONAME } from './libbpf';
+import { libbpf, libbpfLoadOptions, LIBBPF_SONAME } from './libbpf';
 
 const ENOENT = 2;
 const EPERM = 1;
@@ -50,7 +50,7 @@ const bound = new Map<string, LiveBindings>();
 
 function bind(soname: string): LiveBindings {
   libbpf(soname); // same typed error as the loader when the library is missing
-  const lib = koffi.load(soname);
+  const lib = koffi.load(soname, libbpfLoadOptions()); // the instance libbpf() loaded, bound the same way
   const f = (sig: string): Koffi.KoffiFunction => {
     try {
       return lib.func(sig);

@@ -2,28 +2,38 @@
  * What a broker keeps resident once it has probed an emulator and loaded contexts (the numbers
  * are in `npm run bench`): nothing asks ICU for the host's time zone (V8's toISOString would,
  * and ~0.8 MiB of ICU stays paged in), and binding libbpf looks its imports up in its own
- * dependencies, not in node's executable (~0.4 MiB of node's symbol tables otherwise).
+ * dependencies, not in node's executable (~0.4 MiB of node's symbol tables otherwise) — except
+ * where an allocator may be preloaded, which that binding would make abort.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { brokerRequest } from '../../src/broker/client';
 import { QEMU, REPO, needRoot, tempDir } from '../harness';
 import { startBrokerProcess } from '../security/support';
+import { rssObject } from '../bpf/fixture';
 
-test('a broker that probed an emulator, filled its pool and logged JSON lines never formatted a date through V8', async () => {
+const LIBBPF_JS = join(REPO, 'dist/src/bpf/libbpf.js');
+
+test("a broker that probed an emulator, filled its pool and logged JSON lines never called V8's date formatting or local-time methods", async () => {
   needRoot('the broker loads BPF');
   const dir = tempDir('virt-ebpf-resident-');
-  const calls = join(dir.path, 'iso-calls.txt');
+  const calls = join(dir.path, 'date-calls.txt');
   const preload = join(dir.path, 'trap.js');
-  // Date.prototype.toISOString is where this node's V8 reaches ICU's time zone (DateCache ->
-  // ICUTimezoneCache); the trap records each caller and answers as V8 would.
+  // Where this node's V8 reaches ICU's time zone (DateCache -> ICUTimezoneCache): toISOString,
+  // the other formatters, the local-time getters and setters, and parsing. Each trap records its
+  // caller and answers as V8 would. (util.inspect keeps its own copy of toISOString from before
+  // any preload; nothing of the broker's inspects a Date.)
+  const methods = ['toISOString', 'toJSON', 'toString', 'toUTCString', 'toDateString', 'toTimeString', 'toLocaleString', 'toLocaleDateString', 'toLocaleTimeString', 'getTimezoneOffset',
+    'getFullYear', 'getMonth', 'getDate', 'getDay', 'getHours', 'getMinutes', 'getSeconds', 'setFullYear', 'setMonth', 'setDate', 'setHours', 'setMinutes', 'setSeconds'];
   writeFileSync(
     preload,
-    `const fs = require('fs'); const iso = Date.prototype.toISOString;
-     Date.prototype.toISOString = function () { fs.appendFileSync(${JSON.stringify(calls)}, new Error('toISOString').stack + '\\n'); return iso.call(this); };`,
+    `const fs = require('fs');
+     const record = (what) => fs.appendFileSync(${JSON.stringify(calls)}, new Error(what).stack + '\\n');
+     for (const m of ${JSON.stringify(methods)}) { const f = Date.prototype[m]; Date.prototype[m] = function (...a) { record('Date.prototype.' + m); return f.apply(this, a); }; }
+     const parse = Date.parse; Date.parse = function (s) { record('Date.parse'); return parse(s); };`,
   );
   const b = await startBrokerProcess({ pool: { size: 1 }, log: { level: 'info', format: 'json' } }, { nodeFlags: ['-r', preload] });
   try {
@@ -40,14 +50,14 @@ test('a broker that probed an emulator, filled its pool and logged JSON lines ne
     const lines = b.log().split('\n').filter((l) => l.startsWith('{'));
     assert.ok(lines.length > 0, `the broker logged JSON lines: ${b.log().slice(0, 400)}`);
     for (const l of lines) assert.match((JSON.parse(l) as { timestamp: string }).timestamp, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
-    assert.equal(existsSync(calls) ? readFileSync(calls, 'utf8') : '', '', 'Date.prototype.toISOString was called in the broker');
+    assert.equal(existsSync(calls) ? readFileSync(calls, 'utf8') : '', '', 'the broker called a Date method that consults the time zone');
   } finally {
     await b.stop();
     dir.remove();
   }
 });
 
-/** Resident 4 KiB pages of node's first file mapping (its ELF headers and dynamic symbol tables), in process `pid`. */
+/** Resident 4 KiB pages of node's first file mapping (its ELF headers and dynamic symbol tables). */
 const FIRST_MAPPING_PAGES = `
 function firstMappingPages() {
   const fs = require('fs');
@@ -67,16 +77,84 @@ test("binding libbpf looks its imports up in libbpf's own dependencies: node's s
   const out = execFileSync(
     process.execPath,
     ['-e', `${FIRST_MAPPING_PAGES}
-      const { libbpf } = require(${JSON.stringify(join(REPO, 'dist/src/bpf/libbpf.js'))}); // koffi's own module binds to node (N-API)
+      const { libbpf, libbpfLoadOptions } = require(${JSON.stringify(LIBBPF_JS)});
+      // koffi's first calls resolve what it needs of libc (and it binds to node through N-API) before the count.
+      require(${JSON.stringify(join(REPO, 'dist/src/sys/koffi.js'))}).default.load('libc.so.6').func('int getpid(void)')();
       const before = firstMappingPages();
       libbpf();
       const after = firstMappingPages();
-      process.stdout.write(JSON.stringify({ before, after }));`],
-    { encoding: 'utf8' },
+      process.stdout.write(JSON.stringify({ before, after, options: libbpfLoadOptions() }));`],
+    { encoding: 'utf8', env: { ...process.env, LD_PRELOAD: '' } },
   );
-  const { before, after } = JSON.parse(out) as { before: number; after: number };
+  const { before, after, options } = JSON.parse(out) as { before: number; after: number; options: { deep: boolean } };
+  assert.deepEqual(options, { deep: true }, 'nothing preloaded: libbpf is bound RTLD_DEEPBIND');
   assert.ok(before > 0, 'the pages of node’s first mapping are counted');
   // Measured here: 31 pages with RTLD_DEEPBIND (dlopen's own work), 157 when libbpf's, libelf's
   // and libz's imports are looked up in node first (faulted in 64 KiB at a time).
   assert.ok(after - before < 64, `binding libbpf paged in ${after - before} pages of node's symbol tables (${before} -> ${after})`);
+});
+
+/** An allocator that is not glibc's (a bump arena): glibc's free aborts on its blocks. */
+const ARENA_ALLOCATOR = String.raw`
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+#include <string.h>
+static char arena[1UL << 30] __attribute__((aligned(64)));
+static size_t used;
+static int ours(const void *p) { return (const char *)p >= arena && (const char *)p < arena + sizeof arena; }
+void *malloc(size_t n) {
+  size_t need = (n + 31) & ~(size_t)15;
+  size_t at = __atomic_fetch_add(&used, need, __ATOMIC_RELAXED);
+  if (at + need > sizeof arena) return NULL;
+  *(size_t *)(arena + at) = n;
+  return arena + at + 16;
+}
+void free(void *p) {
+  static void (*next)(void *);
+  if (!p || ours(p)) return;
+  if (!next) next = (void (*)(void *))dlsym(RTLD_NEXT, "free");
+  next(p);
+}
+void *calloc(size_t a, size_t b) { return malloc(a * b); }
+void *realloc(void *p, size_t n) {
+  static void *(*next)(void *, size_t);
+  if (!p) return malloc(n);
+  if (!ours(p)) {
+    if (!next) next = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+    return next(p, n);
+  }
+  size_t old = *(size_t *)((char *)p - 16);
+  void *q = malloc(n);
+  if (q) memcpy(q, p, old < n ? old : n);
+  return q;
+}
+size_t malloc_usable_size(void *p) {
+  static size_t (*next)(void *);
+  if (ours(p)) return *(size_t *)((char *)p - 16);
+  if (!next) next = (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
+  return next(p);
+}
+`;
+
+test('under a preloaded allocator, libbpf is bound the usual way and an object opens and closes', async () => {
+  const dir = tempDir('virt-ebpf-preload-');
+  try {
+    writeFileSync(join(dir.path, 'arena.c'), ARENA_ALLOCATOR);
+    execFileSync('cc', ['-O2', '-shared', '-fPIC', '-o', join(dir.path, 'arena.so'), join(dir.path, 'arena.c'), '-ldl']);
+    writeFileSync(join(dir.path, 'rss.o'), await rssObject());
+    const r = spawnSync(
+      process.execPath,
+      ['-e', `const { LibbpfObject, libbpfLoadOptions } = require(${JSON.stringify(LIBBPF_JS)});
+        const o = LibbpfObject.open(require('fs').readFileSync(${JSON.stringify(join(dir.path, 'rss.o'))}), 'rss');
+        o.close();
+        process.stdout.write(JSON.stringify(libbpfLoadOptions()));`],
+      { encoding: 'utf8', env: { ...process.env, LD_PRELOAD: join(dir.path, 'arena.so') } },
+    );
+    // RTLD_DEEPBIND here: libelf's strdup'ed names (the arena's) reach glibc's free, which aborts.
+    assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    assert.deepEqual(JSON.parse(r.stdout), { deep: false }, 'a preloaded object turns RTLD_DEEPBIND off');
+  } finally {
+    dir.remove();
+  }
 });
