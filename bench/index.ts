@@ -99,8 +99,11 @@ function resident(pid: number): Resident {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** When the memory after a pool fill is read: after the C heap's trim that follows the last load. */
+/** When the memory after a pool fill is read: after the C heap's trim that follows the last load, and once idle. */
 const FILLED_AFTER_MS = TRIM_AFTER_MS + 2000;
+const IDLE_AFTER_MS = Math.max(15_000, FILLED_AFTER_MS);
+/** When the memory after the burst of requests is read again. */
+const QUIET_AFTER_MS = 15_000;
 
 /** The broker as the unit runs it, and with V8's defaults (bench/broker-v8.ts). */
 const BROKER_V8 = [
@@ -147,11 +150,11 @@ async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMem
     const poolFilled = Date.now();
     await sleep(FILLED_AFTER_MS); // the C heap's trim after the last load
     const filled = resident(broker.pid!);
-    await sleep(poolFilled + 15_000 - Date.now());
+    await sleep(poolFilled + IDLE_AFTER_MS - Date.now());
     const idle = resident(broker.pid!);
     for (let i = 0; i < 5000; i++) brokerRequest({ op: 'status' }, { socket: sock });
     const burst = resident(broker.pid!);
-    await sleep(15_000);
+    await sleep(QUIET_AFTER_MS);
     return { fresh, filled, idle, burst, quiet: resident(broker.pid!) };
   } finally {
     await stopChild(broker);
@@ -182,9 +185,9 @@ function memoryTable(bare: Resident[], brokers: BrokerMemory[][]): string {
   const phases: Array<[keyof BrokerMemory, string]> = [
     ['fresh', 'started, no request yet'],
     ['filled', `pool of 2 filled, C heap trimmed (${FILLED_AFTER_MS / 1000} s after)`],
-    ['idle', 'pool of 2 filled, idle 15 s'],
+    ['idle', `pool of 2 filled, idle ${IDLE_AFTER_MS / 1000} s`],
     ['burst', 'right after 5 000 requests'],
-    ['quiet', '15 s after them'],
+    ['quiet', `${QUIET_AFTER_MS / 1000} s after them`],
   ];
   for (const [phase, what] of phases) {
     const [lean, stock] = brokerRuns(brokers, phase);

@@ -12,11 +12,12 @@
  * (a callback is the main thread's JavaScript, and libbpf would call it from the pool's
  * threads); the verifier's own log still comes through each program's log buffer.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type * as Koffi from 'koffi';
 import koffi from '../sys/koffi';
 import { VirtEbpfError } from '../errors';
+import { libcMallocIsGlibcs } from '../sys/libc';
 import type { MapShape } from './spec';
 import { NICED_LOAD_FILE } from './niced-load';
 
@@ -86,34 +87,16 @@ export function quietLibbpf(): void {
  * bundled libraries exports V8, OpenSSL, zlib and libuv (~7 MiB of dynamic symbol tables), the
  * lookups page in ~0.4 MiB of them that stays resident in the broker, and libbpf's gz* and
  * libelf's inflate/deflate calls bind to node's copy of zlib rather than the system's libz they
- * were built against.
+ * were built against. Variables the executable holds copies of (`stderr`) then resolve to libc's
+ * originals, which hold the same values; libbpf prints through its callback or not at all.
  *
- * Not when objects are preloaded (LD_PRELOAD, /etc/ld.so.preload): a preloaded allocator
- * (jemalloc, tcmalloc, a profiler's) would then give libbpf memory from libc's strdup that
- * libbpf's own free, bound to glibc's, cannot take back, and the process aborts. Then the
- * lookups go the usual way.
+ * Only where the malloc libc calls is glibc's own (libcMallocIsGlibcs): bound first to glibc,
+ * libbpf's free would otherwise be handed what libc's strdup took from another allocator
+ * (preloaded, or linked into the executable), and the process would abort. Then the lookups go
+ * the usual way.
  */
 export function libbpfLoadOptions(): { deep: boolean } {
-  return { deep: !objectsPreloaded() };
-}
-
-let preloaded: boolean | undefined;
-
-/** Whether the dynamic loader preloaded objects into this process (read once). Side effect: reads /proc and /etc. */
-function objectsPreloaded(): boolean {
-  if (preloaded !== undefined) return preloaded;
-  const read = (path: string): string => {
-    try {
-      return readFileSync(path, 'utf8');
-    } catch {
-      return '';
-    }
-  };
-  // The environment the process was started with: LD_PRELOAD counts even if unset since.
-  const atExec = read('/proc/self/environ').split('\0').some((v) => /^LD_PRELOAD=\S/.test(v));
-  const hostWide = read('/etc/ld.so.preload').split('\n').some((l) => l.trim() !== '' && !l.trim().startsWith('#'));
-  preloaded = atExec || hostWide || /\S/.test(process.env.LD_PRELOAD ?? '');
-  return preloaded;
+  return { deep: libcMallocIsGlibcs() };
 }
 
 function bind(soname: string): Bindings {

@@ -120,8 +120,8 @@ function bind(soname: string): Bindings {
   const domainFree = f(`int virDomainFree(${dom} d)`);
   const getLastError = f(`${tag}_error *virGetLastError(void)`);
   const getLastErrorMessage = f('const char *virGetLastErrorMessage(void)');
-  const libc = koffi.load('libc.so.6');
-  const freeFn = libc.func('void free(void *p)');
+  // The process's free (the allocator libvirt's malloc is), not necessarily glibc's own.
+  const freeFn = koffi.load(null).func('void free(void *p)');
 
   return {
     connectOpen: (uri) => connectOpen(uri),

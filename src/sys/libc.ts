@@ -298,6 +298,52 @@ export function mallocTrim(): boolean {
   return mallocTrimFn(0) === 1;
 }
 
+koffi.struct('mallinfo2', {
+  arena: 'size_t',
+  ordblks: 'size_t',
+  smblks: 'size_t',
+  hblks: 'size_t',
+  hblkhd: 'size_t',
+  usmblks: 'size_t',
+  fsmblks: 'size_t',
+  uordblks: 'size_t',
+  fordblks: 'size_t',
+  keepcost: 'size_t',
+});
+
+let glibcMalloc: boolean | undefined;
+
+/**
+ * Whether the malloc that libc's own functions call is glibc's: false where another allocator
+ * took its place (preloaded, linked into the executable, a sanitizer's runtime) or glibc cannot
+ * say (no mallinfo2). Found by asking: a copy made by libc's strdup must show in glibc's
+ * statistics. Asked once.
+ */
+export function libcMallocIsGlibcs(): boolean {
+  if (glibcMalloc !== undefined) return glibcMalloc;
+  try {
+    const stats = libc.func('mallinfo2 mallinfo2(void)');
+    const strdup = libc.func('void *strdup(const void *)');
+    const inUse = (): number => {
+      const m = stats() as { uordblks: number | bigint; hblkhd: number | bigint };
+      return Number(m.uordblks) + Number(m.hblkhd);
+    };
+    const size = 1 << 18;
+    const text = Buffer.alloc(size + 1, 0x78);
+    text[size] = 0;
+    const before = inUse();
+    const copy = strdup(text);
+    const after = inUse();
+    glibcMalloc = copy !== null && after - before >= size;
+    // Freed by the allocator that made it: glibc's, or the process's own free (looked up in the
+    // process's global scope only then: the lookup pages in node's symbol tables).
+    if (copy !== null) (glibcMalloc ? libc : koffi.load(null)).func('void free(void *)')(copy);
+  } catch {
+    glibcMalloc = false;
+  }
+  return glibcMalloc;
+}
+
 const TUNGETVNETHDRSZ = 0x800454d7; // _IOR('T', 215, int)
 let pidfdFns: { open(pid: number, flags: number): number; getfd(pidfd: number, fd: number, flags: number): number } | undefined;
 

@@ -17,23 +17,32 @@ import { rssObject } from '../bpf/fixture';
 
 const LIBBPF_JS = join(REPO, 'dist/src/bpf/libbpf.js');
 
-test("a broker that probed an emulator, filled its pool and logged JSON lines never called V8's date formatting or local-time methods", async () => {
+test("a broker that probed an emulator, filled its pool and logged JSON lines never asked V8's Date for local time or a date's text", async () => {
   needRoot('the broker loads BPF');
   const dir = tempDir('virt-ebpf-resident-');
   const calls = join(dir.path, 'date-calls.txt');
   const preload = join(dir.path, 'trap.js');
-  // Where this node's V8 reaches ICU's time zone (DateCache -> ICUTimezoneCache): toISOString,
-  // the other formatters, the local-time getters and setters, and parsing. Each trap records its
-  // caller and answers as V8 would. (util.inspect keeps its own copy of toISOString from before
-  // any preload; nothing of the broker's inspects a Date.)
-  const methods = ['toISOString', 'toJSON', 'toString', 'toUTCString', 'toDateString', 'toTimeString', 'toLocaleString', 'toLocaleDateString', 'toLocaleTimeString', 'getTimezoneOffset',
-    'getFullYear', 'getMonth', 'getDate', 'getDay', 'getHours', 'getMinutes', 'getSeconds', 'setFullYear', 'setMonth', 'setDate', 'setHours', 'setMinutes', 'setSeconds'];
+  // Where V8 reaches ICU's time zone (DateCache -> ICUTimezoneCache): every method of
+  // Date.prototype but the time value's and the UTC ones, Date.parse, the Date constructor
+  // given fields or a string (not the empty one, which is no date: yup makes one as it loads),
+  // and Intl.DateTimeFormat. Each trap records its caller and answers
+  // as V8 would. (util.inspect keeps its own copy of toISOString from before any preload; nothing
+  // of the broker's inspects a Date.)
   writeFileSync(
     preload,
     `const fs = require('fs');
      const record = (what) => fs.appendFileSync(${JSON.stringify(calls)}, new Error(what).stack + '\\n');
-     for (const m of ${JSON.stringify(methods)}) { const f = Date.prototype[m]; Date.prototype[m] = function (...a) { record('Date.prototype.' + m); return f.apply(this, a); }; }
-     const parse = Date.parse; Date.parse = function (s) { record('Date.parse'); return parse(s); };`,
+     const utc = /^(getTime|valueOf|setTime|getUTC.*|setUTC.*|constructor)$/;
+     for (const m of Object.getOwnPropertyNames(Date.prototype)) {
+       const f = Date.prototype[m];
+       if (utc.test(m) || typeof f !== 'function') continue;
+       Object.defineProperty(Date.prototype, m, { value: function (...a) { record('Date.prototype.' + m); return f.apply(this, a); }, writable: true, configurable: true });
+     }
+     const parse = Date.parse; Date.parse = function (s) { record('Date.parse'); return parse(s); };
+     const D = Date;
+     globalThis.Date = new Proxy(D, { construct(t, a, nt) { if (a.length > 1 || (typeof a[0] === 'string' && a[0] !== '')) record('new Date(' + JSON.stringify(a) + ')'); return Reflect.construct(t, a, nt); } });
+     const F = Intl.DateTimeFormat;
+     Intl.DateTimeFormat = new Proxy(F, { construct(t, a, nt) { record('new Intl.DateTimeFormat'); return Reflect.construct(t, a, nt); }, apply(t, th, a) { record('Intl.DateTimeFormat'); return Reflect.apply(t, th, a); } });`,
   );
   const b = await startBrokerProcess({ pool: { size: 1 }, log: { level: 'info', format: 'json' } }, { nodeFlags: ['-r', preload] });
   try {
@@ -78,8 +87,10 @@ test("binding libbpf looks its imports up in libbpf's own dependencies: node's s
     process.execPath,
     ['-e', `${FIRST_MAPPING_PAGES}
       const { libbpf, libbpfLoadOptions } = require(${JSON.stringify(LIBBPF_JS)});
-      // koffi's first calls resolve what it needs of libc (and it binds to node through N-API) before the count.
+      // Before the count: koffi's first calls (bound to node through N-API) and the question
+      // whether libc's malloc is glibc's, which decides how libbpf is bound.
       require(${JSON.stringify(join(REPO, 'dist/src/sys/koffi.js'))}).default.load('libc.so.6').func('int getpid(void)')();
+      libbpfLoadOptions();
       const before = firstMappingPages();
       libbpf();
       const after = firstMappingPages();
@@ -87,7 +98,7 @@ test("binding libbpf looks its imports up in libbpf's own dependencies: node's s
     { encoding: 'utf8', env: { ...process.env, LD_PRELOAD: '' } },
   );
   const { before, after, options } = JSON.parse(out) as { before: number; after: number; options: { deep: boolean } };
-  assert.deepEqual(options, { deep: true }, 'nothing preloaded: libbpf is bound RTLD_DEEPBIND');
+  assert.deepEqual(options, { deep: true }, "libc's malloc is glibc's here (nothing preloaded): libbpf is bound RTLD_DEEPBIND");
   assert.ok(before > 0, 'the pages of node’s first mapping are counted');
   // Measured here: 31 pages with RTLD_DEEPBIND (dlopen's own work), 157 when libbpf's, libelf's
   // and libz's imports are looked up in node first (faulted in 64 KiB at a time).
@@ -100,10 +111,11 @@ const ARENA_ALLOCATOR = String.raw`
 #include <dlfcn.h>
 #include <stddef.h>
 #include <string.h>
-static char arena[1UL << 30] __attribute__((aligned(64)));
+static char arena[256UL << 20] __attribute__((aligned(64)));
 static size_t used;
 static int ours(const void *p) { return (const char *)p >= arena && (const char *)p < arena + sizeof arena; }
 void *malloc(size_t n) {
+  if (n > sizeof arena) return NULL;
   size_t need = (n + 31) & ~(size_t)15;
   size_t at = __atomic_fetch_add(&used, need, __ATOMIC_RELAXED);
   if (at + need > sizeof arena) return NULL;
@@ -116,7 +128,7 @@ void free(void *p) {
   if (!next) next = (void (*)(void *))dlsym(RTLD_NEXT, "free");
   next(p);
 }
-void *calloc(size_t a, size_t b) { return malloc(a * b); }
+void *calloc(size_t a, size_t b) { return b && a > sizeof arena / b ? NULL : malloc(a * b); }
 void *realloc(void *p, size_t n) {
   static void *(*next)(void *, size_t);
   if (!p) return malloc(n);
@@ -137,23 +149,36 @@ size_t malloc_usable_size(void *p) {
 }
 `;
 
-test('under a preloaded allocator, libbpf is bound the usual way and an object opens and closes', async () => {
+test('under a preloaded allocator, libbpf is bound the usual way and an object opens and closes (RTLD_DEEPBIND would abort)', async () => {
   const dir = tempDir('virt-ebpf-preload-');
   try {
     writeFileSync(join(dir.path, 'arena.c'), ARENA_ALLOCATOR);
-    execFileSync('cc', ['-O2', '-shared', '-fPIC', '-o', join(dir.path, 'arena.so'), join(dir.path, 'arena.c'), '-ldl']);
-    writeFileSync(join(dir.path, 'rss.o'), await rssObject());
-    const r = spawnSync(
-      process.execPath,
-      ['-e', `const { LibbpfObject, libbpfLoadOptions } = require(${JSON.stringify(LIBBPF_JS)});
-        const o = LibbpfObject.open(require('fs').readFileSync(${JSON.stringify(join(dir.path, 'rss.o'))}), 'rss');
-        o.close();
-        process.stdout.write(JSON.stringify(libbpfLoadOptions()));`],
-      { encoding: 'utf8', env: { ...process.env, LD_PRELOAD: join(dir.path, 'arena.so') } },
-    );
-    // RTLD_DEEPBIND here: libelf's strdup'ed names (the arena's) reach glibc's free, which aborts.
+    const arena = join(dir.path, 'arena.so');
+    execFileSync('cc', ['-O2', '-shared', '-fPIC', '-o', arena, join(dir.path, 'arena.c'), '-ldl']);
+    const object = join(dir.path, 'rss.o');
+    writeFileSync(object, await rssObject());
+    /** A node under the arena allocator that opens and closes the object, libbpf bound by `bind`. */
+    const run = (bind: string) =>
+      spawnSync(
+        process.execPath,
+        ['-e', `const koffi = require(${JSON.stringify(join(REPO, 'dist/src/sys/koffi.js'))}).default;
+          const { LibbpfObject, libbpfLoadOptions } = require(${JSON.stringify(LIBBPF_JS)});
+          ${bind}
+          const mapped = require('fs').readFileSync('/proc/self/maps', 'utf8').includes(${JSON.stringify(arena)});
+          const o = LibbpfObject.open(require('fs').readFileSync(${JSON.stringify(object)}), 'rss');
+          o.close();
+          process.stdout.write(JSON.stringify({ mapped, options: libbpfLoadOptions() }));`],
+        { encoding: 'utf8', env: { ...process.env, LD_PRELOAD: arena } },
+      );
+    const r = run('');
     assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
-    assert.deepEqual(JSON.parse(r.stdout), { deep: false }, 'a preloaded object turns RTLD_DEEPBIND off');
+    const got = JSON.parse(r.stdout) as { mapped: boolean; options: { deep: boolean } };
+    assert.equal(got.mapped, true, `the arena allocator was preloaded: ${r.stderr.trim()}`);
+    assert.deepEqual(got.options, { deep: false }, "another allocator in libc's place turns RTLD_DEEPBIND off");
+    // The hazard is real here: libbpf bound RTLD_DEEPBIND first, libelf's strdup'ed names (the
+    // arena's) reach glibc's free at close.
+    const control = run(`koffi.load('libbpf.so.1', { deep: true });`);
+    assert.equal(control.signal, 'SIGABRT', `with RTLD_DEEPBIND the close aborts: exit ${control.status} ${control.signal ?? ''} ${control.stderr.trim().split('\n').pop()}`);
   } finally {
     dir.remove();
   }
