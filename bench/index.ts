@@ -25,7 +25,7 @@ import { recvFds, sendFds } from '../src/fdpass';
 import * as libc from '../src/sys/libc';
 import { QmpClient, QmpTransport } from '../src/qmp';
 import { brokerRequest } from '../src/broker/client';
-import { brokerNodeFlags, V8_DEFAULT_FLAGS } from './broker-v8';
+import { brokerNodeFlags, V8_DEFAULT_FLAGS, V8_IDLE_MS } from './broker-v8';
 import { medianWithInterval, sample, stats, table } from './stats';
 import { processStatus } from '../test/harness';
 
@@ -101,9 +101,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** When the memory after a pool fill is read: after the C heap's trim that follows the last load, and once idle. */
 const FILLED_AFTER_MS = TRIM_AFTER_MS + 2000;
-const IDLE_AFTER_MS = Math.max(15_000, FILLED_AFTER_MS);
+const IDLE_AFTER_MS = Math.max(V8_IDLE_MS, FILLED_AFTER_MS);
 /** When the memory after the burst of requests is read again. */
-const QUIET_AFTER_MS = 15_000;
+const QUIET_AFTER_MS = V8_IDLE_MS;
 
 /** The broker as the unit runs it, and with V8's defaults (bench/broker-v8.ts). */
 const BROKER_V8 = [
@@ -126,9 +126,9 @@ interface BrokerMemory {
 
 /**
  * What a broker holds: started (no request yet); after its pool filled and the C heap's trim
- * that follows the last load (TRIM_AFTER_MS); idle, 15 s after the pool filled (V8 gives back
- * the pages its heap grew by once it has been idle for some seconds); right after a burst of
- * 5 000 requests (a status each, one connection each); and 15 s after the burst.
+ * that follows the last load (TRIM_AFTER_MS); idle (IDLE_AFTER_MS after the pool filled, see
+ * V8_IDLE_MS); right after a burst of 5 000 requests (a status each, one connection each); and
+ * QUIET_AFTER_MS after the burst.
  */
 async function brokerMemory(dir: string, nodeFlags: string[]): Promise<BrokerMemory> {
   const sock = join(dir, 'mem.sock');

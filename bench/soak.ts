@@ -12,6 +12,7 @@ import { BrokerChild, installForReal } from '../test/coldstart/fixture';
 import { cli, removeDomain, testDomains } from '../test/coldstart/libvirt';
 import { brokerHolds, soak } from '../test/soak/cycles';
 import { TRIM_AFTER_MS } from '../src/broker/loader';
+import { V8_IDLE_MS } from './broker-v8';
 
 const CYCLES = Number(process.env.BENCH_SOAK_CYCLES ?? 1000);
 
@@ -31,9 +32,9 @@ async function main(): Promise<void> {
   try {
     const r = await soak({ broker, name: `${prefix}vm`, cycles: CYCLES, scratch, warmUp: 20 });
     // Idle after the run: the pool's refill, the C heap's trim (TRIM_AFTER_MS after the last
-    // load), and V8 giving back what its heap grew by once idle for some seconds (as in the
-    // memory table of `npm run bench`, 15 s).
-    await new Promise((res) => setTimeout(res, Math.max(TRIM_AFTER_MS + 5_000, 15_000)));
+    // load), and V8 giving back what its heap grew by (V8_IDLE_MS, as in `npm run bench`).
+    const idleMs = Math.max(TRIM_AFTER_MS + 5_000, V8_IDLE_MS);
+    await new Promise((res) => setTimeout(res, idleMs));
     const idle = brokerHolds(broker);
     const base = r.samples[0];
     const lines = [
@@ -41,7 +42,7 @@ async function main(): Promise<void> {
       '',
       '| cycle | broker BPF programs | broker fds | broker threads | broker RSS | of it anonymous / file | RSS vs cycle 20 |',
       '|---|---|---|---|---|---|---|',
-      ...[...r.samples, { ...idle, cycle: 'idle 15 s after the run (pool refilled, C heap trimmed)' }].map(
+      ...[...r.samples, { ...idle, cycle: `idle ${idleMs / 1000} s after the run (pool refilled, C heap trimmed)` }].map(
         (s) => `| ${s.cycle} | ${s.progs} | ${s.fds} | ${s.threads} | ${mib(s.rssKiB)} | ${mib(s.anonKiB)} / ${mib(s.fileKiB)} | ${(s.rssKiB / base.rssKiB).toFixed(3)}× |`,
       ),
       '',

@@ -298,19 +298,6 @@ export function mallocTrim(): boolean {
   return mallocTrimFn(0) === 1;
 }
 
-koffi.struct('mallinfo2', {
-  arena: 'size_t',
-  ordblks: 'size_t',
-  smblks: 'size_t',
-  hblks: 'size_t',
-  hblkhd: 'size_t',
-  usmblks: 'size_t',
-  fsmblks: 'size_t',
-  uordblks: 'size_t',
-  fordblks: 'size_t',
-  keepcost: 'size_t',
-});
-
 let glibcMalloc: boolean | undefined;
 
 /**
@@ -322,6 +309,19 @@ let glibcMalloc: boolean | undefined;
 export function libcMallocIsGlibcs(): boolean {
   if (glibcMalloc !== undefined) return glibcMalloc;
   try {
+    // Defined here, not at import: asked at most once, at the first bind of libbpf.
+    koffi.struct('mallinfo2', {
+      arena: 'size_t',
+      ordblks: 'size_t',
+      smblks: 'size_t',
+      hblks: 'size_t',
+      hblkhd: 'size_t',
+      usmblks: 'size_t',
+      fsmblks: 'size_t',
+      uordblks: 'size_t',
+      fordblks: 'size_t',
+      keepcost: 'size_t',
+    });
     const stats = libc.func('mallinfo2 mallinfo2(void)');
     const strdup = libc.func('void *strdup(const void *)');
     const inUse = (): number => {

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { brokerRequest } from '../../src/broker/client';
 import { QEMU, REPO, needRoot, tempDir } from '../harness';
 import { startBrokerProcess } from '../security/support';
+import { until } from './support';
 import { rssObject } from '../bpf/fixture';
 
 const LIBBPF_JS = join(REPO, 'dist/src/bpf/libbpf.js');
@@ -48,13 +49,10 @@ test("a broker that probed an emulator, filled its pool and logged JSON lines ne
   try {
     const r = brokerRequest({ op: 'prewarm', emulator: QEMU, count: 1 }, { socket: b.socket, timeoutMs: 120_000 });
     assert.equal(r.reply.ok, true, JSON.stringify(r.reply));
-    let ready = 0;
-    for (let i = 0; i < 600 && ready < 1; i++) {
+    await until('the pool to fill', () => {
       const { reply } = brokerRequest({ op: 'status' }, { socket: b.socket });
-      ready = reply.op === 'status' ? Math.max(0, ...reply.pools.map((p) => p.ready)) : 0;
-      if (ready < 1) await new Promise((res) => setTimeout(res, 100));
-    }
-    assert.equal(ready, 1, 'the pool filled');
+      return reply.op === 'status' && reply.pools.some((p) => p.ready >= 1);
+    }, 60_000, 100);
     assert.ok(b.bpfObjects().progs >= 1, 'the broker holds a loaded program');
     const lines = b.log().split('\n').filter((l) => l.startsWith('{'));
     assert.ok(lines.length > 0, `the broker logged JSON lines: ${b.log().slice(0, 400)}`);
