@@ -7,6 +7,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 
 export const REPO = join(__dirname, '..', '..');
 /**
@@ -68,6 +69,23 @@ export async function sawThreadAtNice(nice: number, stop: () => boolean | Promis
 /** BPF objects and BTF this process holds fds of (libbpf's own included, had it leaked them). */
 export function kernelBpfFds(): number {
   return [...openFds().values()].filter((t) => /^anon_inode:(bpf|btf)/.test(t)).length;
+}
+
+/**
+ * Resolves when `child` has exited and its stdio is closed here. Node's stdio pipes are socket
+ * pairs, closed only after 'exit' (at 'close'), so a suite that checks `watchFds` right after
+ * 'exit' can see them; a grandchild that keeps a pipe open (QEMU's helpers) would hold 'close'
+ * back for ever, so after `graceMs` the streams are destroyed here.
+ */
+export function gone(child: ChildProcess, graceMs = 2000): Promise<void> {
+  const closed = new Promise<void>((r) => child.once('close', () => r()));
+  const exited = new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())));
+  return exited.then(async () => {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise<void>((r) => (timer = setTimeout(r, graceMs)))]);
+    clearTimeout(timer);
+    for (const s of [child.stdin, child.stdout, child.stderr]) s?.destroy();
+  });
 }
 
 /** Call at suite start; the returned function asserts no fd opened since is still open. */

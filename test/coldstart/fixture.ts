@@ -15,6 +15,7 @@ import { DEFAULT_PATHS } from '../../src/install/plan';
 import { DEFAULT_PREFIX } from '../../src/install/runtime';
 import { cli, waitFor } from './libvirt';
 import { BROKER_NODE_FLAGS } from '../../src/broker/v8';
+import { gone } from '../harness';
 
 export const INSTALLED_CLI = join(DEFAULT_PREFIX, 'dist/src/cli/main.js');
 
@@ -90,11 +91,11 @@ export class BrokerChild {
     this.#child = child;
     child.stdout!.on('data', (d) => (this.#log += d));
     child.stderr!.on('data', (d) => (this.#log += d));
-    this.#exited = new Promise((r) => child.once('exit', () => r()));
-    let gone = false;
-    void this.#exited.then(() => (gone = true));
+    this.#exited = gone(child);
+    let ended = false;
+    void this.#exited.then(() => (ended = true));
     await waitFor(`the broker to answer on ${this.socket}`, 15_000, () => {
-      if (gone) assert.fail(`the broker exited during start-up: ${this.#log.trim()}`);
+      if (ended) assert.fail(`the broker exited during start-up: ${this.#log.trim()}`);
       return brokerAnswers(this.socket, 500);
     });
   }

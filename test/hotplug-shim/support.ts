@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO, QEMU } from '../harness';
+import { gone, REPO, QEMU } from '../harness';
 import type { QmpClient } from '../../src/qmp';
 import * as libc from '../../src/sys/libc';
 import { createTap, type Tap } from '../support/guest/tap';
@@ -92,7 +92,7 @@ export function startDomainQemu(o: DomainQemuOptions): Promise<DomainQemu> {
   });
   let log = '';
   child.stderr!.on('data', (c) => (log += c));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const exited = gone(child);
   return (async () => {
     await until('the monitor socket to exist', () => existsSync(monitor), 10_000, 20);
     return {

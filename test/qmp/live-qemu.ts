@@ -7,7 +7,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { isVirtEbpfError } from '../../src/errors';
 import { ClientOptions, QmpClient } from '../../src/qmp';
-import { QEMU, tempDir } from '../harness';
+import { gone, QEMU, tempDir } from '../harness';
 
 export interface LiveQemu {
   proc: ChildProcess;
@@ -27,7 +27,7 @@ export function startQemu(): LiveQemu {
   });
   let err = '';
   proc.stderr!.on('data', (d) => (err += String(d)));
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const exited = gone(proc);
   return {
     proc,
     pid: proc.pid!,

@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { QmpClient } from '../../src/qmp';
 import { createTap, type Tap } from '../support/guest/tap';
 import { lookupUser } from '../../src/sys/users';
-import { QEMU, REPO, tempDir } from '../harness';
+import { gone, QEMU, REPO, tempDir } from '../harness';
 
 export const CLI = join(REPO, 'dist/src/cli/main.js');
 export const QEMU_USER = 'libvirt-qemu';
@@ -74,12 +74,10 @@ export async function startQemu(mode: StartMode, opts: { queues?: number; name?:
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const exited = gone(proc);
   const stop = async (): Promise<void> => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      proc.kill('SIGKILL');
-      await exited;
-    }
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    await exited;
     await tap.remove();
     dir.remove();
   };
