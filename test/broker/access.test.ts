@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import { BROKER_VERSION, REFUSED_LINGER_MS } from '../../src/broker/server';
 import { fdPlaceholder } from '../../src/broker/protocol';
 import { lookupUser } from '../../src/sys/users';
-import { QEMU, needRoot, tempDir, trustedDir, watchFds } from '../harness';
+import { gone, QEMU, needRoot, tempDir, trustedDir, watchFds } from '../harness';
 import { Account, HOLDING_PEER, ROOT, TestBroker, ask, heldBpf, peer, progIds, served, socketsHeld, startTestBroker, until } from './support';
 
 const MICROVM = '/usr/bin/qemu-system-x86_64-microvm';
@@ -121,7 +121,7 @@ test('a refused peer that keeps its end open still reads our one line, and the b
     await until('the broker to close its side', () => socketsHeld() <= before, REFUSED_LINGER_MS + 3_000);
   } finally {
     child.stdin.end();
-    await new Promise((r) => child.once('exit', r));
+    await gone(child);
   }
 });
 

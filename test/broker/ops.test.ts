@@ -65,7 +65,8 @@ function askAs(uid: number, req: object): Promise<Answer> {
     let err = '';
     child.stdout.on('data', (c) => (out += c));
     child.stderr.on('data', (c) => (err += c));
-    child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`peer failed (${code}): ${err}`))));
+    // 'close': the output is whole and the stdio sockets are closed (they come after 'exit')
+    child.on('close', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`peer failed (${code}): ${err}`))));
   });
 }
 

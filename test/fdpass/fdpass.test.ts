@@ -12,7 +12,7 @@ import { bpfFdInfo, closeAll, OwnedFd, sendFds } from '../../src/fdpass';
 import { loadRss } from '../../src/bpf';
 import * as libc from '../../src/sys/libc';
 import { rssObject } from '../bpf/fixture';
-import { REPO, needRoot, watchFds } from '../harness';
+import { gone, REPO, needRoot, watchFds } from '../harness';
 
 const RECEIVER = join(REPO, 'dist/test/fixtures/fdpass/receiver.js');
 
@@ -24,7 +24,7 @@ async function receive(fds: number[], max: number): Promise<any> {
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
     sendFds(ours, fds, Buffer.from([42]));
-    await new Promise((r) => child.once('exit', r));
+    await gone(child); // the output is whole once its stdout closes
     return JSON.parse(out);
   } finally {
     libc.close(ours);
