@@ -80,11 +80,13 @@ export function kernelBpfFds(): number {
 export function gone(child: ChildProcess, graceMs = 2000): Promise<void> {
   const closed = new Promise<void>((r) => child.once('close', () => r()));
   const exited = new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())));
+  const streams = [child.stdin, child.stdout, child.stderr];
   return exited.then(async () => {
+    if (streams.every((st) => st === null || st.closed)) return; // 'close' has come already
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([closed, new Promise<void>((r) => (timer = setTimeout(r, graceMs)))]);
     clearTimeout(timer);
-    for (const s of [child.stdin, child.stdout, child.stderr]) s?.destroy();
+    for (const st of streams) st?.destroy();
   });
 }
 
