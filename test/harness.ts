@@ -74,7 +74,7 @@ export function kernelBpfFds(): number {
 /**
  * Resolves when `child` has exited and its stdio is closed here. Node's stdio pipes are socket
  * pairs, closed only after 'exit' (at 'close'), so a suite that checks `watchFds` right after
- * 'exit' can see them; a grandchild that keeps a pipe open (QEMU's helpers) would hold 'close'
+ * 'exit' can see them; a process the child started that keeps a pipe open would hold 'close'
  * back for ever, so after `graceMs` the streams are destroyed here.
  */
 export function gone(child: ChildProcess, graceMs = 2000): Promise<void> {

@@ -92,7 +92,7 @@ function activate(args: string[], config: object, command?: (cfg: string) => str
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const exited = new Promise<number | null>((r) => child.once('close', (code) => r(code))); // at 'close' its output is whole
   return { child, output: () => out, exited };
 }
 

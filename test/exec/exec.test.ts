@@ -53,7 +53,7 @@ function run(args: string[], env: NodeJS.ProcessEnv = process.env): { proc: Chil
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
+  const exited = new Promise<number | null>((r) => proc.once('close', (c) => r(c))); // at 'close' its output is whole
   cleanup.push(async () => {
     if (proc.exitCode === null && proc.signalCode === null) {
       proc.kill('SIGKILL');
@@ -157,7 +157,7 @@ test('exec: bad input ends in one line with a remedy, and nothing runs', async (
     let out = '';
     proc.stdout.on('data', (x) => (out += x));
     proc.stderr.on('data', (x) => (out += x));
-    const code = await new Promise<number | null>((r) => proc.once('exit', r));
+    const code = await new Promise<number | null>((r) => proc.once('close', r)); // its output whole
     assert.notEqual(code, 0, `${c.args.join(' ')} must fail`);
     oneLineError(out, c.code, c.hint);
   }

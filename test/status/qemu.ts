@@ -116,7 +116,8 @@ export function cli(args: string[], opts: { timeoutMs?: number; uid?: number } =
       p.kill('SIGKILL');
       reject(new Error(`virt-ebpf ${args.join(' ')} timed out`));
     }, timeoutMs);
-    p.once('exit', (code) => {
+    p.once('close', (code) => {
+      // 'close', not 'exit': the output is whole only once its pipes have closed
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
