@@ -58,7 +58,36 @@ static int arm(int s, long deadline)
     return 1;
 }
 
+int broker_connect(int timeout_ms)
+{
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    arm(s, now_ms() + timeout_ms);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", broker_socket());
+    if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return -1;
+    }
+    return s;
+}
+
+/* Whether an error on a connection made earlier says the broker let it go before it read the
+ * request (idle, evicted, restarted): the request is then sent again on a new one. */
+static int let_go(int e)
+{
+    return e == EPIPE || e == ECONNRESET || e == ENOTCONN;
+}
+
 enum broker_result broker_call(const char *request, size_t len, int timeout_s, char **reply, int *fds, int *nfds, char *why, size_t why_size)
+{
+    return broker_call_on(-1, request, len, timeout_s, reply, fds, nfds, why, why_size);
+}
+
+enum broker_result broker_call_on(int early, const char *request, size_t len, int timeout_s, char **reply, int *fds, int *nfds, char *why, size_t why_size)
 {
     *nfds = 0;
     *reply = NULL;
@@ -66,22 +95,23 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
     const long deadline = now_ms() + timeout_s * 1000L;
     char late[64];
     snprintf(late, sizeof late, "no reply within %d ms", timeout_s * 1000);
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0)
-        return unreachable(why, why_size, strerror(errno));
-    arm(s, deadline);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", broker_socket());
-    if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        close(s);
-        return unreachable(why, why_size, e == EAGAIN ? late : strerror(e));
+again:;
+    int s = early;
+    if (s < 0) {
+        long left = deadline - now_ms();
+        s = broker_connect(left > 0 ? (int)left : 1);
+        if (s < 0)
+            return unreachable(why, why_size, errno == EAGAIN ? late : strerror(errno));
     }
     for (size_t off = 0; off < len;) {
         ssize_t w = arm(s, deadline) ? send(s, request + off, len - off, MSG_NOSIGNAL) : (errno = EAGAIN, -1);
         if (w <= 0) {
             int e = errno;
             close(s);
+            if (early >= 0 && off == 0 && let_go(e)) {
+                early = -1;
+                goto again;
+            }
             return unreachable(why, why_size, e == EAGAIN || e == EWOULDBLOCK ? late : strerror(e));
         }
         off += w;
@@ -97,6 +127,7 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
         struct iovec iov = {chunk, sizeof chunk};
         struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b};
         ssize_t n = arm(s, deadline) ? recvmsg(s, &m, MSG_CMSG_CLOEXEC) : (errno = EAGAIN, -1);
+        int e = errno;
         for (struct cmsghdr *c = n >= 0 ? CMSG_FIRSTHDR(&m) : NULL; c; c = CMSG_NXTHDR(&m, c)) {
             if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
                 continue;
@@ -109,10 +140,15 @@ enum broker_result broker_call(const char *request, size_t len, int timeout_s, c
                     close(fd);
             }
         }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (early >= 0 && in.len == 0 && *nfds == 0 && (n == 0 || (n < 0 && let_go(e)))) {
+            close(s);  /* the connection made earlier was let go before the request was read */
+            early = -1;
+            goto again;
+        }
+        if (n < 0 && (e == EAGAIN || e == EWOULDBLOCK)) {
             r = unreachable(why, why_size, late);
         } else if (n < 0) {
-            r = unreachable(why, why_size, strerror(errno));
+            r = unreachable(why, why_size, strerror(e));
         } else if (n == 0) {
             r = unreachable(why, why_size, "the broker closed the connection without a reply");
         } else if (in.len + n > MAX_REPLY) {

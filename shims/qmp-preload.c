@@ -376,6 +376,41 @@ static void base64(struct buf *b, const unsigned char *s, size_t n)
     }
 }
 
+/* ---- a connection to the broker made early ----
+ * After a line that runs a kind's warmOn command (src/argv/handoff.ts: libvirt's netdev_add
+ * before an rss device_add), the shim connects to the broker, which sets the connection up while
+ * QEMU runs that command; the device-plan of the next line goes on it. Whoever swaps it out owns
+ * it. It goes at the next line the broker is not asked about. */
+static const char *const warm_lines[] = VEBPF_WARM_LINES;
+#define EARLY_CONNECT_MS 200  /* a broker whose backlog is full is not waited for longer */
+static int early_fd = -1;
+
+static int take_early(void)
+{
+    return __atomic_exchange_n(&early_fd, -1, __ATOMIC_SEQ_CST);
+}
+
+static void let_early_go(void)
+{
+    int fd = take_early();
+    if (fd >= 0)
+        real_close(fd);
+}
+
+/* After a line that runs a warmOn command, a connection to the broker for the line that follows. */
+static void connect_early(const char *line, const char *end)
+{
+    char *exe = json_string(json_member(json_skip_ws(line, end), end, "execute"), end);
+    int warm = 0;
+    for (size_t i = 0; exe && i < sizeof warm_lines / sizeof warm_lines[0]; i++)
+        warm |= !strcmp(exe, warm_lines[i]);
+    free(exe);
+    int fd = warm ? broker_connect(EARLY_CONNECT_MS) : -1;
+    int none = -1;
+    if (fd >= 0 && !__atomic_compare_exchange_n(&early_fd, &none, fd, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        real_close(fd);
+}
+
 /* device-plan for one line: 0 with *p filled and the fds it names in fds/nfds, or -1 with a
  * one-line reason (no fd left open). */
 static int plan_line(const char *line, size_t len, struct device_plan *p, int *fds, int *nfds, char *why, size_t why_size)
@@ -388,7 +423,7 @@ static int plan_line(const char *line, size_t len, struct device_plan *p, int *f
     buf_str(&req, "\"}\n");
     char *reply;
     int got[VEBPF_MAX_FDS], n;
-    enum broker_result r = broker_call(req.p, req.len, VEBPF_DEVICE_PLAN_TIMEOUT_S, &reply, got, &n, why, why_size);
+    enum broker_result r = broker_call_on(take_early(), req.p, req.len, VEBPF_DEVICE_PLAN_TIMEOUT_S, &reply, got, &n, why, why_size);
     free(req.p);
     if (r != BROKER_OK)
         return -1;
@@ -443,8 +478,11 @@ static void decide(struct conn *c, const char *line, size_t len)
 {
     const char *end = line + len;
     c->line_left = len;
-    if (!may_plan(line, len))
-        return;  /* nothing the broker would plan: not asked */
+    if (!may_plan(line, len)) {  /* nothing the broker would plan: not asked */
+        let_early_go();
+        connect_early(line, end);
+        return;
+    }
     struct device_plan p;
     int fds[MAX_FDS], nfds = 0;
     char why[4096];

@@ -20,6 +20,14 @@ enum broker_result { BROKER_OK = 0, BROKER_REFUSED = 1, BROKER_UNREACHABLE = 2 }
  * reason in the same words as the TypeScript side and no fd is left open.
  */
 enum broker_result broker_call(const char *request, size_t len, int timeout_s, char **reply, int *fds, int *nfds, char *why, size_t why_size);
+/*
+ * broker_call on a connection made earlier with broker_connect (`early`, which it closes), or on
+ * a new one when early is -1. When the broker let the early connection go before it read the
+ * request (its idle timeout, a restart), the request goes again on a new connection.
+ */
+enum broker_result broker_call_on(int early, const char *request, size_t len, int timeout_s, char **reply, int *fds, int *nfds, char *why, size_t why_size);
+/* A connection to the broker (close-on-exec), or -1 with errno; connect waits at most timeout_ms. */
+int broker_connect(int timeout_ms);
 /* $VIRT_EBPF_BROKER_SOCKET or the default. */
 const char *broker_socket(void);
 

@@ -37,6 +37,14 @@ export interface HandoffKind {
    * broker when it names `qmpCommand` and this (its only look at a line; the broker decides).
    */
   readonly marker: string;
+  /**
+   * The QMP command a manager sends just before `qmpCommand` for such a device, if any (libvirt
+   * adds a NIC's netdev, then its device): the hot-plug shim connects to the broker when it
+   * reads one, so the broker sets the connection up (credentials, the peer's domain) while QEMU
+   * adds the netdev, and the `qmpCommand` line that follows only sends its request. The shim lets
+   * that connection go at the next line that is not one it sends to the broker.
+   */
+  readonly warmOn?: 'netdev_add';
   /** fds in one context, in the order the property takes them */
   readonly fdsPerContext: number;
   /** the properties that carry them, the one to prefer first */
@@ -60,6 +68,7 @@ export const RSS_HANDOFF = {
   option: '-device',
   qmpCommand: 'device_add',
   marker: 'rss',
+  warmOn: 'netdev_add',
   fdsPerContext: 4,
   properties: [
     { name: 'ebpf-rss-fds', type: 'list', qomTypes: ['list'] },

@@ -26,6 +26,8 @@ export const SHIM_SO = 'vebpf-qmp.so';
  * marker (handoff.ts), e.g. `device_add` and `rss`.
  */
 export const PLAN_LINES: ReadonlyArray<readonly [string, string]> = HANDOFFS.map((k) => [k.qmpCommand, k.marker] as const);
+/** The QMP commands after which the hot-plug shim connects to the broker early (HandoffKind.warmOn). */
+export const WARM_LINES: readonly string[] = [...new Set(HANDOFFS.flatMap((k) => (k.warmOn ? [k.warmOn] : [])))];
 /** The words that make the wrapper ask the broker for fds: a command-line argument with one of them (handoff.ts). */
 export const ARGV_MARKERS: readonly string[] = [...new Set(HANDOFFS.map((k) => k.marker))];
 

@@ -3,7 +3,7 @@
  * stdout: `node dist/src/shims/header.js > vebpf-constants.h` (scripts/build-shims.sh). Pure
  * rendering; every value comes from the constants module.
  */
-import { BROKER_REMEDY, BROKER_SOCKET, CONFIG_FILE, DOMAIN_STATE_DIR, FD_MARKER, ARGV_MARKERS, LIMITS, OPS, PLAN_LINES, RSS_FDS_PER_CONTEXT, RSS_REFUSAL_PROPERTY, SHIM_SO, XML_NAMESPACE } from './constants';
+import { BROKER_REMEDY, BROKER_SOCKET, CONFIG_FILE, DOMAIN_STATE_DIR, FD_MARKER, ARGV_MARKERS, LIMITS, OPS, PLAN_LINES, WARM_LINES, RSS_FDS_PER_CONTEXT, RSS_REFUSAL_PROPERTY, SHIM_SO, XML_NAMESPACE } from './constants';
 
 /** A C string literal of s (the constants are ASCII; anything else is escaped). */
 function cString(s: string): string {
@@ -30,6 +30,7 @@ export function renderHeader(): string {
     `#define VEBPF_RSS_FDS_PER_CONTEXT ${RSS_FDS_PER_CONTEXT}`,
     `#define VEBPF_ARGV_MARKERS { ${ARGV_MARKERS.map(cString).join(', ')} }`,
     `#define VEBPF_PLAN_LINES { ${PLAN_LINES.map(([cmd, marker]) => `{ ${cString(cmd)}, ${cString(marker)} }`).join(', ')} }`,
+    `#define VEBPF_WARM_LINES { ${WARM_LINES.map(cString).join(', ')} }`,
     ...Object.entries(OPS).map(([k, v]) => `#define ${macro(`op_${k}`)} ${cString(v)}`),
     ...Object.entries(LIMITS).map(([k, v]) => `#define ${macro(k)} ${v}`),
     '#endif',

@@ -7,7 +7,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { readCmdline } from '../../src/sys/proc';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -60,7 +60,7 @@ async function connect(q: DomainQemu): Promise<QmpClient> {
   return c;
 }
 
-function addNetdev(c: QmpClient, id: string, queues: number): Promise<void> {
+function addNetdev(c: QmpClient, id: string, queues: number): Promise<number> {
   return addNetdevTo(c, id, queues, taps);
 }
 
@@ -136,6 +136,58 @@ test('broker down, strict: device_add fails with our one-line message, QEMU keep
   assert.equal((await c.execute<{ status: string }>('query-status')).status, 'prelaunch');
   assert.deepEqual(await devices(c), []);
   assert.ok(alive(q.pid));
+});
+
+/** How many sockets a process holds (QEMU's monitor connections, and the shim's to the broker). */
+function socketsOf(pid: number): number {
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('socket:')) n++;
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return n;
+}
+
+test('a netdev_add connects to the broker early: the rss device_add after it plans on that connection, another line lets it go', async () => {
+  // QEMU finds the broker through a link that goes once the early connection is made: the
+  // device_add can then reach the broker only on that connection.
+  const link = join(dir.path, `early-${randomUUID().slice(0, 8)}.sock`);
+  symlinkSync(broker.socket, link);
+  const { q } = await domain('strict', link);
+  const c = await connect(q);
+  const before = socketsOf(q.pid);
+  await addNetdev(c, 'hostnet1', 2);
+  await until('the shim\'s early connection', () => socketsOf(q.pid) === before + 1, 5_000, 10);
+  rmSync(link);
+  await c.execute('device_add', rssNic('net1', 'hostnet1', 'pci.1'));
+  assert.deepEqual(bpfFdsOf(q.pid), { progs: 1, maps: 3 }, 'the device-plan went on the connection made at netdev_add');
+  assert.equal(socketsOf(q.pid), before, 'that connection closed with its reply');
+
+  symlinkSync(broker.socket, link);
+  await addNetdev(c, 'hostnet2', 2);
+  await until('the shim\'s early connection', () => socketsOf(q.pid) === before + 1, 5_000, 10);
+  await c.execute('device_add', { driver: 'virtio-net-pci', mq: true, netdev: 'hostnet2', id: 'net2', bus: 'pci.2', addr: '0x0' });
+  assert.equal(socketsOf(q.pid), before, 'a line the broker is not asked about lets the early connection go');
+  assert.deepEqual(bpfFdsOf(q.pid), { progs: 1, maps: 3 });
+  rmSync(link);
+});
+
+test('an early connection the broker let go (its idle timeout) is not a failure: the device-plan goes on a new connection', async () => {
+  const idle = await startTestBroker({ pool: { size: 1 }, limits: { idleTimeoutMs: 100 } }, { cacheDir: join(dir.path, 'cache'), hookEnv: { stateDir } });
+  try {
+    const { q } = await domain('strict', idle.socket);
+    const c = await connect(q);
+    await addNetdev(c, 'hostnet1', 2);
+    await sleep(1_500); // the broker closes a connection idle for 100 ms at its next check (at most 1 s)
+    await c.execute('device_add', rssNic('net1', 'hostnet1', 'pci.1'));
+    assert.deepEqual(bpfFdsOf(q.pid), { progs: 1, maps: 3 });
+    assert.doesNotMatch(q.log(), /refused|cannot reach/);
+  } finally {
+    await idle.close();
+  }
 });
 
 test('broker down, fallback: device_add goes through unchanged (QEMU\'s own RSS), with a warning in the log', async () => {

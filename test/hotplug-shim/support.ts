@@ -137,9 +137,9 @@ export function alive(pid: number): boolean {
 /**
  * What libvirt does for a tap NIC before its device_add: open each queue of a fresh tap (owned
  * by the QEMU account), `getfd` each over the monitor, `netdev_add` naming them. The tap is
- * pushed to `taps` for the caller to remove.
+ * pushed to `taps` for the caller to remove. Returns how long the netdev_add took, in ms.
  */
-export async function addNetdev(c: QmpClient, id: string, queues: number, taps: Tap[]): Promise<void> {
+export async function addNetdev(c: QmpClient, id: string, queues: number, taps: Tap[]): Promise<number> {
   const tap = await createTap({ user: 'libvirt-qemu' });
   taps.push(tap);
   const names: string[] = [];
@@ -152,7 +152,9 @@ export async function addNetdev(c: QmpClient, id: string, queues: number, taps: 
     }
     names.push(`fd-${id}-${i}`);
   }
+  const t0 = process.hrtime.bigint();
   await c.execute('netdev_add', { type: 'tap', id, fds: names.join(':'), vhost: false });
+  return Number(process.hrtime.bigint() - t0) / 1e6;
 }
 
 /** The hot-plug shim's share of a process's memory in KiB (its mappings in /proc/PID/smaps): resident, and proportional. */
