@@ -8,6 +8,11 @@
  * - replies: written in order, each with its fds on its first byte; a peer that does not read
  *   them within `writeTimeoutMs` is cut off; a peer that has gone away costs its own
  *   connection and nothing else (no send error ever leaves this class);
+ * - fds: a reply with fds must be read within `writeTimeoutMs`, and the next one waits until it
+ *   is. Fds in a message the peer leaves unread are still the sender's in the kernel's count
+ *   (root's: the broker's), and closing our end does not take them back; so a connection is
+ *   never closed by us while such a message waits, except at that deadline, and then
+ *   `onUnreadFds` hears of it (the server gives that process no more fds);
  * - idle: a connection with nothing in flight and no bytes for `idleTimeoutMs` is closed.
  *
  * Nothing here decides what a request means: `onLine` does (src/broker/server.ts).
@@ -48,12 +53,17 @@ export class Connection {
   #pendingWrites = 0;
   #closing = false;
   #timer?: NodeJS.Timeout;
+  /** a reply with fds went out and the peer has not read it yet */
+  #fdsUnread = false;
+  /** resolves when the last reply with fds was read (true) or the connection went (false) */
+  #fdsRead: Promise<boolean> = Promise.resolve(true);
 
   constructor(
     readonly sock: net.Socket,
     private readonly limits: ConnectionLimits,
     private readonly onLine: (line: string) => Promise<void>,
     private readonly onProblem: (what: string) => void,
+    private readonly onUnreadFds: () => void = () => {},
   ) {
     this.fd = fdOf(sock);
     sock.on('data', (chunk: Buffer) => this.#data(chunk));
@@ -77,9 +87,9 @@ export class Connection {
     return this.#closing || this.sock.destroyed;
   }
 
-  /** Nothing in flight, nothing being written, no partial request. */
+  /** Nothing in flight, nothing being written, no partial request, no fds the peer has not read. */
   get idle(): boolean {
-    return this.#outstanding === 0 && this.#pendingWrites === 0 && this.#lineSince === 0 && this.#lines.length === 0;
+    return this.#outstanding === 0 && this.#pendingWrites === 0 && this.#lineSince === 0 && this.#lines.length === 0 && !this.#fdsUnread;
   }
 
   get lastActive(): number {
@@ -103,7 +113,7 @@ export class Connection {
     }
     if (this.idle && now - this.#lastActive > this.limits.idleTimeoutMs) {
       this.onProblem('idle');
-      this.sock.destroy();
+      this.#destroy();
       return;
     }
     this.#arm();
@@ -147,7 +157,7 @@ export class Connection {
       const line = this.#lines.shift()!;
       this.#outstanding++;
       this.onLine(line)
-        .catch(() => this.sock.destroy())
+        .catch(() => this.#destroy())
         .finally(() => {
           this.#outstanding--;
           this.#lastActive = Date.now();
@@ -178,6 +188,13 @@ export class Connection {
   }
 
   async #write(data: Buffer, fds: readonly number[]): Promise<boolean> {
+    if (fds.length > 0 && !(await this.#fdsRead)) return false;
+    const sent = await this.#writeNow(data, fds);
+    if (sent && fds.length > 0) this.#watchFds();
+    return sent;
+  }
+
+  async #writeNow(data: Buffer, fds: readonly number[]): Promise<boolean> {
     const deadline = Date.now() + this.limits.writeTimeoutMs;
     let off = 0;
     let wait = 1;
@@ -191,13 +208,13 @@ export class Connection {
         const errno = (e as { fields?: { errno?: number } }).fields?.errno;
         if (errno !== libc.EAGAIN && errno !== libc.EINTR) {
           this.onProblem(`send failed: ${(e as Error).message}`);
-          this.sock.destroy();
+          this.#destroy();
           return false;
         }
       }
       if (Date.now() > deadline) {
         this.onProblem('peer does not read its replies');
-        this.sock.destroy();
+        this.#destroy();
         return false;
       }
       // The peer's buffer is full: poll again soon, never spin.
@@ -205,6 +222,53 @@ export class Connection {
       wait = Math.min(wait * 2, 50);
     }
     return true;
+  }
+
+  /** Watch the reply with fds just sent until the peer has read it; at writeTimeoutMs the connection goes. */
+  #watchFds(): void {
+    this.#fdsUnread = true;
+    const deadline = Date.now() + this.limits.writeTimeoutMs;
+    this.#fdsRead = new Promise<boolean>((resolve) => {
+      let wait = 1;
+      const check = (): void => {
+        if (this.sock.destroyed) return resolve(false); // (#destroy has looked at what was unread)
+        let unread: number;
+        try {
+          unread = libc.unreadBySocketPeer(this.fd);
+        } catch {
+          unread = 1; // cannot tell: as if unread, until the deadline
+        }
+        if (unread === 0) {
+          this.#fdsUnread = false;
+          this.#lastActive = Date.now();
+          return resolve(true);
+        }
+        if (Date.now() >= deadline) {
+          this.onProblem('peer does not read the fds it was sent');
+          this.#destroy();
+          return resolve(false);
+        }
+        setTimeout(check, wait).unref();
+        wait = Math.min(wait * 2, 50);
+      };
+      check();
+    });
+  }
+
+  /** Close our end; a peer that left a reply with fds unread is reported first. */
+  #destroy(): void {
+    if (this.sock.destroyed) return;
+    if (this.#fdsUnread) {
+      let unread = 1;
+      try {
+        unread = libc.unreadBySocketPeer(this.fd);
+      } catch {
+        /* cannot tell: reported as unread */
+      }
+      this.#fdsUnread = false;
+      if (unread > 0) this.onUnreadFds();
+    }
+    this.sock.destroy();
   }
 
   /** One last error line, then close: a peer that broke the protocol or a limit gets nothing more. */
@@ -231,6 +295,6 @@ export class Connection {
     this.sock.on('data', () => {});
     this.sock.end();
     this.sock.resume();
-    setTimeout(() => this.sock.destroy(), LINGER_MS).unref();
+    setTimeout(() => this.#destroy(), LINGER_MS).unref();
   }
 }

@@ -92,7 +92,7 @@ const ESRCH = 3;
  * every connection reads the cmdline.
  */
 export class PeerDomains {
-  readonly #held = new Map<number, { pidfd: number; domain: string | undefined }>();
+  readonly #held = new Map<number, { pidfd: number; domain: string | undefined; leftFdsUnread?: boolean }>();
   #timer?: NodeJS.Timeout;
 
   constructor(private readonly max = MAX_HELD_PEERS) {
@@ -167,6 +167,20 @@ export class PeerDomains {
       this.#held.delete(pid);
       closeQuietly(h.pidfd);
     });
+  }
+
+  /**
+   * A process left a reply with fds unread until the broker gave up on it (src/broker/connection.ts):
+   * remembered for as long as the process lives. One the broker does not hold (no pidfd) is not.
+   */
+  markFdsUnread(pid: number): void {
+    const held = this.#held.get(pid);
+    if (held) held.leftFdsUnread = true;
+  }
+
+  /** Whether this process left fds unread (see markFdsUnread). */
+  leftFdsUnread(pid: number): boolean {
+    return this.#held.get(pid)?.leftFdsUnread === true;
   }
 
   /** Close every pidfd held (the broker stops). */

@@ -282,6 +282,11 @@ export class Broker {
       },
       (line) => this.#handle(conn, peer, line, log),
       (what) => this.#problem(what, { uid: peer.uid, pid: peer.pid }),
+      () => {
+        if (peer.root) return;
+        this.#peerDomains.markFdsUnread(peer.pid);
+        log.warn('a process left the fds it was sent unread: it gets no more', { pid: peer.pid });
+      },
     );
     const slot: Slot = { uid: peer.uid, pid: peer.pid, conn, idle: () => conn.idle, lastActive: () => conn.lastActive };
     this.#admissions.add(slot);
@@ -378,6 +383,10 @@ export class Broker {
    */
   #spend(peer: Peer, n: number): void {
     if (peer.root) return;
+    // Unread fds stay in flight, counted against root: a process that left some gets no more.
+    if (this.#peerDomains.leftFdsUnread(peer.pid)) {
+      throw denied(`process ${peer.pid} left eBPF fds the broker sent it unread; it gets no more`, 'restart the domain: a QEMU reads its fds at once, so this one is not working as it should');
+    }
     const key = peer.domain ?? `pid:${peer.pid}`;
     const now = Date.now();
     let b = this.#budget.get(key);

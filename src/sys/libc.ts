@@ -406,6 +406,18 @@ export function pidfdExited(fd: number): boolean {
   return pidfdsExited([fd])[0];
 }
 
+const SIOCOUTQ = 0x5411; // TIOCOUTQ
+
+/**
+ * What a socket sent that its peer has not read yet (SIOCOUTQ: for a unix socket, the memory of
+ * the messages still queued at the peer, 0 once it read them or closed its end).
+ */
+export function unreadBySocketPeer(fd: number): number {
+  const n = Buffer.alloc(4);
+  check('ioctl(SIOCOUTQ)', ioctlBufFn(fd, SIOCOUTQ, n));
+  return n.readInt32LE(0);
+}
+
 /** TUNGETVNETHDRSZ: the virtio-net header length a tap queue's reader exchanges with the kernel. */
 export function tunVnetHeaderSize(fd: number): number {
   const size = Buffer.alloc(4);
