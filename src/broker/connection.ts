@@ -96,6 +96,11 @@ export class Connection {
     return this.#lastActive;
   }
 
+  /** When the first byte of the request line still arriving came (0: none is arriving). */
+  get lineSince(): number {
+    return this.#lineSince;
+  }
+
   /** Check the timers again in `ms` (at most one timer per connection). */
   #arm(ms = Math.min(this.limits.idleTimeoutMs, this.limits.requestTimeoutMs, 1_000)): void {
     clearTimeout(this.#timer);
@@ -290,6 +295,8 @@ export class Connection {
     this.#closing = true;
     this.#lines = [];
     this.#partial = [];
+    this.#partialLen = 0;
+    this.#lineSince = 0;
     if (this.sock.destroyed) return;
     this.sock.removeAllListeners('data');
     this.sock.on('data', () => {});

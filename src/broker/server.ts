@@ -118,6 +118,7 @@ interface Slot {
   conn: Connection;
   idle(): boolean;
   lastActive(): number;
+  lineSince(): number;
 }
 
 interface Ctx {
@@ -265,7 +266,7 @@ export class Broker {
       return;
     }
     if (verdict.evict) {
-      this.#problem('closed an idle connection to make room', { uid: peer.uid, pid: verdict.evict.pid });
+      this.#problem(verdict.evict.idle() ? 'closed an idle connection to make room' : 'closed a connection whose request line stalled, to make room', { uid: peer.uid, pid: verdict.evict.pid });
       verdict.evict.conn.sock.destroy();
       this.#admissions.remove(verdict.evict);
     }
@@ -288,7 +289,7 @@ export class Broker {
         log.warn('a process left the fds it was sent unread: it gets no more', { pid: peer.pid });
       },
     );
-    const slot: Slot = { uid: peer.uid, pid: peer.pid, conn, idle: () => conn.idle, lastActive: () => conn.lastActive };
+    const slot: Slot = { uid: peer.uid, pid: peer.pid, conn, idle: () => conn.idle, lastActive: () => conn.lastActive, lineSince: () => conn.lineSince };
     this.#admissions.add(slot);
     sock.on('close', () => this.#admissions.remove(slot));
   }

@@ -8,6 +8,7 @@ import { test, beforeEach, afterEach, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
 import { QEMU, needRoot } from '../harness';
+import { STALLED_LINE_MS } from '../../src/broker/admission';
 import { BrokerProcess, QEMU_ACCOUNT, ROOT, STRANGER, assertServing, hostile, line, startBrokerProcess, until } from './support';
 
 let b: BrokerProcess;
@@ -69,6 +70,20 @@ test('one QEMU process holding many idle connections locks out neither other QEM
   const h = await holding;
   assert.equal(h.closedByBroker, h.opened, `the broker kept ${h.opened - h.closedByBroker} of ${h.opened} idle connections of one process open`);
   await assertServing(b, 'idle connections');
+});
+
+test('QEMU-account processes that fill the account\'s slots with request lines they never finish do not lock a newcomer out', async () => {
+  // A broker of its own with small caps: 4 processes × 2 connections fill the account's 8.
+  await b.stop();
+  b = await startBrokerProcess({ pool: { size: 0 }, limits: { maxConnectionsPerUid: 8, maxConnectionsPerProcess: 2 } });
+  const pinners = [1, 2, 3, 4].map(() => hostile(QEMU_ACCOUNT, b.socket, 'pin', ['2', '4']));
+  await new Promise((r) => setTimeout(r, STALLED_LINE_MS + 1_000));
+  const r = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [line({ op: 'hello' })]);
+  assert.equal(r.reply?.ok, true, `a newcomer of the account was refused while its slots held unfinished lines: ${JSON.stringify(r)}`);
+  const pinned = await Promise.all(pinners);
+  assert.equal(pinned.reduce((n, p) => n + p.opened, 0), 8, 'the pinning connections were all admitted');
+  assert.ok(pinned.some((p) => p.closedByBroker > 0), 'the newcomer took the slot of a stalled line');
+  await assertServing(b, 'slots pinned by unfinished lines');
 });
 
 test('users the broker does not serve, with command lines of 150 000 arguments, connecting in a loop: root is still answered at once', async () => {

@@ -181,6 +181,34 @@ def hold(path, n, seconds):
     out({"opened": len(socks), "closedByBroker": closed})
 
 
+def pin(path, n, seconds):
+    """n connections, each with a request line begun and never finished, held for seconds."""
+    socks = []
+    for _ in range(int(n)):
+        try:
+            s = connect(path)
+            s.send(b'{"v":1,"id":1,"op":"hello"')
+            socks.append(s)
+        except OSError:
+            break
+    time.sleep(float(seconds))
+    closed = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            while True:
+                d = s.recv(65536)
+                if d == b"":
+                    closed += 1
+                    break
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+        s.close()
+    out({"opened": len(socks), "closedByBroker": closed})
+
+
 def slowloris(path, seconds):
     s = connect(path)
     t0 = time.time()
@@ -287,6 +315,7 @@ def main():
         "transcript": transcript,
         "hold": hold,
         "slowloris": slowloris,
+        "pin": pin,
         "frames": frames,
     }[action](path, *args)
 
