@@ -21,8 +21,16 @@ import type net from 'node:net';
 import * as libc from '../sys/libc';
 import { encode, Reply } from './protocol';
 
+/** The bytes of unfinished request lines held for a group of connections (one account's), and their cap. */
+export interface PendingBytes {
+  used: number;
+  readonly max: number;
+}
+
 export interface ConnectionLimits {
   maxLine: number;
+  /** shared by the connections of one account: their unfinished lines together stay under its max */
+  pending?: PendingBytes;
   maxOutstanding: number;
   idleTimeoutMs: number;
   requestTimeoutMs: number;
@@ -73,7 +81,7 @@ export class Connection {
       // Gone is gone: nothing it sent is handled any more.
       this.#closing = true;
       this.#lines = [];
-      this.#partial = [];
+      this.#dropPartial();
     });
     this.#arm();
   }
@@ -133,19 +141,37 @@ export class Connection {
       if (this.#tooLong(piece.length)) return;
       this.#partial.push(piece);
       this.#lines.push(Buffer.concat(this.#partial, this.#partialLen + piece.length).toString('utf8'));
-      this.#partial = [];
-      this.#partialLen = 0;
-      this.#lineSince = 0;
+      this.#dropPartial();
       start = nl + 1;
     }
     if (start < chunk.length) {
       const rest = chunk.subarray(start);
       if (this.#tooLong(rest.length)) return;
+      const pending = this.limits.pending;
+      if (pending && pending.used + rest.length > pending.max) {
+        this.onProblem('unfinished requests over the account\'s cap');
+        void this.refuse(`the unfinished requests of this account hold over ${pending.max} bytes`, {
+          v: 1,
+          id: 0,
+          ok: false,
+          error: { code: 'BROKER_LIMIT', message: `the unfinished requests of this account hold over ${pending.max} bytes`, remedy: 'send each request line whole' },
+        });
+        return;
+      }
+      if (pending) pending.used += rest.length;
       if (this.#partialLen === 0) this.#lineSince = now;
       this.#partial.push(rest);
       this.#partialLen += rest.length;
     }
     this.#drain();
+  }
+
+  /** Forget the line that was arriving, and give its bytes back to the account's count. */
+  #dropPartial(): void {
+    if (this.limits.pending) this.limits.pending.used -= this.#partialLen;
+    this.#partial = [];
+    this.#partialLen = 0;
+    this.#lineSince = 0;
   }
 
   /** Whether the line arriving would grow past maxLine with `more` bytes: then refused. */
@@ -294,9 +320,7 @@ export class Connection {
   hangUp(): void {
     this.#closing = true;
     this.#lines = [];
-    this.#partial = [];
-    this.#partialLen = 0;
-    this.#lineSince = 0;
+    this.#dropPartial();
     if (this.sock.destroyed) return;
     this.sock.removeAllListeners('data');
     this.sock.on('data', () => {});

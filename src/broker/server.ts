@@ -18,11 +18,11 @@ import { VirtEbpfError } from '../errors';
 import { closeAll } from '../fdpass';
 import type { Logger } from '../log';
 import { ContextPool, LoadedContext, PoolSource, type RefillTiming, type ReservationLimits } from './pool';
-import { errorReply, fdPlaceholder, MAX_CONTEXTS_PER_REQUEST, MAX_LINE, MAX_PEER_LINE, parseRequest, Reply, Request, DomainRef } from './protocol';
+import { errorReply, fdPlaceholder, MAX_CONTEXTS_PER_REQUEST, MAX_LINE, MAX_PEER_LINE, MAX_PENDING_PER_UID, parseRequest, Reply, Request, DomainRef } from './protocol';
 import { applyHostRss, domainIdentity, type HostRss } from '../argv';
 import { finalArgv, planDevices } from '../exec/plan';
 import type { FactsMemo } from '../hook/facts';
-import { Connection, ConnectionLimits, LINGER_MS } from './connection';
+import { Connection, ConnectionLimits, LINGER_MS, type PendingBytes } from './connection';
 import { Admissions } from './admission';
 import { identifyPeer, normalUuid, Peer, PeerDomains } from './peer';
 import { DEFAULT_POLICY, type DomainSettings, Policy, readDomainState, removeDomainState, type StateWriter, writeDomainState } from '../policy';
@@ -160,6 +160,8 @@ export class Broker {
   readonly #logged = new Map<string, number>();
   /** the domain of each QEMU-account process, as read at its first connection */
   readonly #peerDomains = new PeerDomains();
+  /** per account (uid), the bytes of unfinished request lines its connections hold */
+  readonly #pending = new Map<number, PendingBytes>();
 
   constructor(private readonly opts: BrokerOptions) {
     this.#limits = { ...DEFAULT_LIMITS, ...opts.limits };
@@ -226,6 +228,13 @@ export class Broker {
     await this.opts.onClose?.();
   }
 
+  /** The count of unfinished request bytes one account's connections share (Connection's `pending`). */
+  #pendingOf(uid: number): PendingBytes {
+    let p = this.#pending.get(uid);
+    if (!p) this.#pending.set(uid, (p = { used: 0, max: MAX_PENDING_PER_UID }));
+    return p;
+  }
+
   /** Log a peer problem at most once a second per kind. */
   #problem(kind: string, meta: Record<string, unknown>): void {
     const now = Date.now();
@@ -276,6 +285,7 @@ export class Broker {
       sock,
       {
         maxLine: peer.root ? MAX_LINE : MAX_PEER_LINE,
+        pending: peer.root ? undefined : this.#pendingOf(peer.uid),
         maxOutstanding: l.maxOutstandingPerConnection,
         idleTimeoutMs: l.idleTimeoutMs,
         requestTimeoutMs: l.requestTimeoutMs,

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
 import { QEMU, needRoot } from '../harness';
 import { STALLED_LINE_MS } from '../../src/broker/admission';
+import { MAX_PEER_LINE, MAX_PENDING_PER_UID } from '../../src/broker/protocol';
 import { BrokerProcess, QEMU_ACCOUNT, ROOT, STRANGER, assertServing, hostile, line, startBrokerProcess, until } from './support';
 
 let b: BrokerProcess;
@@ -84,6 +85,16 @@ test('QEMU-account processes that fill the account\'s slots with request lines t
   assert.equal(pinned.reduce((n, p) => n + p.opened, 0), 8, 'the pinning connections were all admitted');
   assert.ok(pinned.some((p) => p.closedByBroker > 0), 'the newcomer took the slot of a stalled line');
   await assertServing(b, 'slots pinned by unfinished lines');
+});
+
+test('unfinished request lines of one account hold at most MAX_PENDING_PER_UID together: past it they are refused with BROKER_LIMIT', async () => {
+  const size = MAX_PEER_LINE - 1024; // each line alone is within the per-line limit
+  // 4 processes × 4 connections (the per-process cap), each with an almost full line: 32 MiB offered.
+  const runs = await Promise.all([1, 2, 3, 4].map(() => hostile(QEMU_ACCOUNT, b.socket, 'bulk', ['4', String(size), '3'], { timeoutMs: 60_000 })));
+  const held = runs.reduce((n, r) => n + r.opened - r.refused, 0);
+  assert.ok(held * size <= MAX_PENDING_PER_UID, `${held} lines of ${size} bytes were held at once; the cap is ${MAX_PENDING_PER_UID}`);
+  assert.ok(runs.flatMap((r) => r.codes).includes('BROKER_LIMIT'), `no line was refused for the account's cap: ${JSON.stringify(runs)}`);
+  await assertServing(b, 'unfinished lines over the account\'s cap');
 });
 
 test('users the broker does not serve, with command lines of 150 000 arguments, connecting in a loop: root is still answered at once', async () => {

@@ -209,6 +209,41 @@ def pin(path, n, seconds):
     out({"opened": len(socks), "closedByBroker": closed})
 
 
+def bulk(path, n, size, seconds):
+    """n connections, each with an unfinished request line of size bytes, held for seconds; then
+    how many the broker refused (an error line, or the connection closed) and the codes it gave."""
+    socks, refused, codes = [], 0, []
+    for _ in range(int(n)):
+        try:
+            s = connect(path)
+            s.sendall(b'{"v":1,"id":1,"op":"hello","pad":"' + b"x" * int(size))
+            socks.append(s)
+        except OSError:
+            refused += 1
+    time.sleep(float(seconds))
+    for s in socks:
+        s.setblocking(False)
+        data = b""
+        try:
+            while True:
+                d = s.recv(65536)
+                if d == b"":
+                    break
+                data += d
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass
+        if data:
+            refused += 1
+            try:
+                codes.append(json.loads(data.split(b"\n")[0])["error"]["code"])
+            except (ValueError, KeyError, TypeError):
+                codes.append("?")
+        s.close()
+    out({"opened": len(socks), "refused": refused, "codes": codes})
+
+
 def slowloris(path, seconds):
     s = connect(path)
     t0 = time.time()
@@ -316,6 +351,7 @@ def main():
         "hold": hold,
         "slowloris": slowloris,
         "pin": pin,
+        "bulk": bulk,
         "frames": frames,
     }[action](path, *args)
 
