@@ -4,7 +4,7 @@
  * directories, through the cached probe, so a changed binary gets a new pool.
  */
 import { readFileSync, realpathSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { VirtEbpfError } from '../errors';
 import { trustedFile } from '../sys/trust';
 import { setNoNewPrivs } from '../sys/libc';
@@ -247,6 +247,8 @@ export async function startBroker(config: BrokerConfig, opts: { logger?: Logger;
   const resolve = makeResolver(config, logger, (oldKey) => broker?.pool.drop(oldKey), { allowlist, probeAs: probeAccount, loader });
   broker = new Broker({
     socket: config.socket,
+    // Beside the socket: root's own directory (/run/virt-ebpf), gone at reboot as the processes are.
+    peerStore: join(dirname(config.socket), 'peers'),
     allow,
     poolSize: config.pool.size,
     refillTiming: opts.refillTiming,

@@ -6,7 +6,8 @@
  * first connection (PeerDomains): it may take what was reserved for that domain and nothing
  * else. Root (libvirt's hook) is trusted with any domain.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { close, pidfdExited, pidfdOpen, pidfdsExited, type PeerCred } from '../sys/libc';
 
 export interface Peer extends PeerCred {
@@ -70,6 +71,23 @@ export function uuidIn(args: Buffer): string | undefined {
   return found?.uuid;
 }
 
+/**
+ * When a process started (/proc/PID/stat's starttime, in clock ticks after boot): with its pid,
+ * it names one process until the host reboots. Undefined when the process is gone.
+ */
+export function processStart(pid: number): string | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  } catch {
+    return undefined;
+  }
+  // After the command name's closing parenthesis (the name itself may hold any character):
+  // field 3 (state) onwards; starttime is field 22.
+  const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  return start && /^\d+$/.test(start) ? start : undefined;
+}
+
 /** How many processes a PeerDomains holds by default: as many as the broker keeps connections. */
 export const MAX_HELD_PEERS = 1024;
 
@@ -90,13 +108,81 @@ const ESRCH = 3;
  * held (one poll over all the pidfds). At most `max` live processes are held; past that, the one
  * seen least recently goes. Without pidfds (an old C library, a filter that denies pidfd_open)
  * every connection reads the cmdline.
+ *
+ * With a `store` (a directory only root may write: the broker's is `peers/` beside its socket),
+ * each binding is also kept there as a file named by the pid that holds the process's start time
+ * and its domain, so a broker that restarted (an upgrade, a crash) binds a process it has not
+ * seen yet by what an earlier broker read, not by what the process's argv says now; one that
+ * let a live process go from memory does the same. A file whose start time is not the process's
+ * (its pid was taken again) is not used. Files of processes that have ended go when the broker
+ * sees them end, and at start.
  */
 export class PeerDomains {
   readonly #held = new Map<number, { pidfd: number; domain: string | undefined; leftFdsUnread?: boolean }>();
   #timer?: NodeJS.Timeout;
 
-  constructor(private readonly max = MAX_HELD_PEERS) {
+  constructor(
+    private readonly max = MAX_HELD_PEERS,
+    private readonly store?: string,
+  ) {
     if (!(max >= 1)) throw new RangeError('PeerDomains holds at least one process');
+    if (store) this.#pruneStore();
+  }
+
+  /** The binding a broker kept for this process (a domain, or null for none); undefined if it kept none. */
+  #recalled(pid: number, start: string): string | null | undefined {
+    let kept: string;
+    try {
+      kept = readFileSync(join(this.store!, String(pid)), 'utf8');
+    } catch {
+      return undefined;
+    }
+    const [at, domain] = kept.trim().split(' ');
+    if (at !== start) {
+      this.#unkeep(pid); // another process's, whose pid this one took
+      return undefined;
+    }
+    return domain === '-' ? null : normalUuid(domain) ?? null;
+  }
+
+  #keep(pid: number, start: string, domain: string | undefined): void {
+    try {
+      mkdirSync(this.store!, { recursive: true, mode: 0o700 });
+      const tmp = join(this.store!, `.${pid}`);
+      writeFileSync(tmp, `${start} ${domain ?? '-'}\n`, { mode: 0o600 });
+      renameSync(tmp, join(this.store!, String(pid)));
+    } catch {
+      /* not kept: a broker after this one reads the process's cmdline again */
+    }
+  }
+
+  #unkeep(pid: number): void {
+    if (!this.store) return;
+    try {
+      rmSync(join(this.store, String(pid)), { force: true });
+    } catch {
+      /* gone already */
+    }
+  }
+
+  /** Remove the kept bindings of processes that ended while no broker ran. */
+  #pruneStore(): void {
+    let names: string[];
+    try {
+      names = readdirSync(this.store!);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      const pid = /^\d+$/.test(name) ? Number(name) : undefined;
+      if (pid === undefined) {
+        rmSync(join(this.store!, name), { force: true });
+        continue;
+      }
+      const start = processStart(pid);
+      if (start === undefined) this.#unkeep(pid);
+      else this.#recalled(pid, start); // removes a file of an earlier holder of the pid
+    }
   }
 
   /** Processes held (one that ended stays until the next sweep). */
@@ -129,12 +215,15 @@ export class PeerDomains {
       // Gone: no domain. No pidfd to be had: read as without one.
       return (e as { fields?: { errno?: number } }).fields?.errno === ESRCH ? undefined : cmdlineUuid(pid);
     }
-    const domain = cmdlineUuid(pid);
+    const start = this.store ? processStart(pid) : undefined;
+    const kept = start ? this.#recalled(pid, start) : undefined;
+    const domain = kept !== undefined ? kept ?? undefined : cmdlineUuid(pid);
     // Ended meanwhile: what was read may be of a process that took its pid since.
     if (exited(pidfd)) {
       closeQuietly(pidfd);
       return undefined;
     }
+    if (start && kept === undefined) this.#keep(pid, start, domain);
     this.#sweep();
     if (this.#held.size >= this.max) {
       const [oldest, o] = this.#held.entries().next().value as [number, { pidfd: number }];
@@ -166,6 +255,7 @@ export class PeerDomains {
       if (!gone[i]) return;
       this.#held.delete(pid);
       closeQuietly(h.pidfd);
+      this.#unkeep(pid);
     });
   }
 

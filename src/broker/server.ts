@@ -24,7 +24,7 @@ import { finalArgv, planDevices } from '../exec/plan';
 import type { FactsMemo } from '../hook/facts';
 import { Connection, ConnectionLimits, LINGER_MS, type PendingBytes } from './connection';
 import { Admissions } from './admission';
-import { identifyPeer, normalUuid, Peer, PeerDomains } from './peer';
+import { identifyPeer, MAX_HELD_PEERS, normalUuid, Peer, PeerDomains } from './peer';
 import { DEFAULT_POLICY, type DomainSettings, Policy, readDomainState, removeDomainState, type StateWriter, writeDomainState } from '../policy';
 import { liveDomainXml } from '../policy/live';
 import { XML_NAMESPACE } from '../shims/constants';
@@ -80,6 +80,8 @@ export interface BrokerOptions {
   logger: Logger;
   /** listen on an inherited fd (systemd socket activation) instead of binding `socket` */
   listenFd?: number;
+  /** where the bindings of QEMU-account processes to their domains outlive the broker (PeerDomains' store) */
+  peerStore?: string;
   /**
    * where the `hook` op (and exec-plan) keep domain state, the `hook` op finds the install
    * manifest, and exec-plan finds libvirt's status XMLs (tests: scratch dirs)
@@ -159,13 +161,14 @@ export class Broker {
   /** last time each kind of peer problem was logged (a flood is logged once a second, not per line) */
   readonly #logged = new Map<string, number>();
   /** the domain of each QEMU-account process, as read at its first connection */
-  readonly #peerDomains = new PeerDomains();
+  readonly #peerDomains: PeerDomains;
   /** per account (uid), the bytes of unfinished request lines its connections hold */
   readonly #pending = new Map<number, PendingBytes>();
 
   constructor(private readonly opts: BrokerOptions) {
     this.#limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.#admissions = new Admissions(this.#limits);
+    this.#peerDomains = new PeerDomains(MAX_HELD_PEERS, opts.peerStore);
     this.pool = new ContextPool(opts.poolSize, (e, key) => opts.logger.warn('pool refill failed', { key, error: (e as Error).message }), opts.refillTiming, opts.reservations);
   }
 

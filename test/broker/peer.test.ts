@@ -4,13 +4,17 @@
  * the process from its first connection (PeerDomains, real pidfds), so a process that writes
  * another uuid over its argv stays bound to its own domain.
  */
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { once } from 'node:events';
-import { cmdlineUuid, PeerDomains, uuidIn } from '../../src/broker/peer';
-import { largeAllocations } from '../harness';
+import { cmdlineUuid, MAX_HELD_PEERS, PeerDomains, processStart, uuidIn } from '../../src/broker/peer';
+import { largeAllocations, tempDir } from '../harness';
+
+const tmp = tempDir('virt-ebpf-peer-');
+after(() => tmp.remove());
 
 const A = '0b7c1d2e-3f40-4152-8637-48596a7b8c9d';
 const B = 'ffffffff-0000-4000-8000-123456789abc';
@@ -124,6 +128,49 @@ test('PeerDomains: a process that writes another uuid over its argv after its fi
     p.kill('SIGKILL');
     domains.clear();
   }
+});
+
+test('PeerDomains with a store: a restarted broker binds a process by what the broker before it read, not by the argv it rewrote since', { timeout: 30_000 }, async () => {
+  const store = join(tmp.path, `store-${process.hrtime.bigint()}`);
+  const p = spawn('python3', ['-c', REWRITER, '-uuid', A, B], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const first = new PeerDomains(MAX_HELD_PEERS, store);
+  let second: PeerDomains | undefined;
+  try {
+    await line(p, 'ready');
+    assert.equal(first.domainOf(p.pid!), A);
+    assert.equal(readFileSync(join(store, String(p.pid)), 'utf8'), `${processStart(p.pid!)} ${A}\n`, 'kept with the process\'s start time');
+    p.stdin!.write('go\n');
+    await line(p, 'rewritten');
+    first.clear(); // the broker stops; the store stays
+    second = new PeerDomains(MAX_HELD_PEERS, store);
+    assert.equal(second.domainOf(p.pid!), A, 'the broker after it binds the process to A, though its cmdline now says B');
+    p.kill('SIGKILL');
+    await once(p, 'exit');
+    assert.equal(second.bound(), 0, 'the ended process is let go');
+    assert.ok(!existsSync(join(store, String(p.pid))), 'and its kept binding removed');
+  } finally {
+    p.kill('SIGKILL');
+    first.clear();
+    second?.clear();
+  }
+});
+
+test('PeerDomains store: a kept binding of another process that had the pid is not used, and bindings of ended processes go at start', { timeout: 30_000 }, async () => {
+  const store = join(tmp.path, `store-${process.hrtime.bigint()}`);
+  mkdirSync(store, { recursive: true });
+  await withProcess(['-uuid', A], (pid) => {
+    // What a broker kept for an earlier process with this pid: another start time, domain B.
+    writeFileSync(join(store, String(pid)), `1 ${B}\n`);
+    writeFileSync(join(store, String(2 ** 22 + 1)), `1 ${B}\n`); // a process that is gone
+    const domains = new PeerDomains(MAX_HELD_PEERS, store);
+    try {
+      assert.ok(!existsSync(join(store, String(2 ** 22 + 1))), 'a gone process\'s binding is removed at start');
+      assert.equal(domains.domainOf(pid), A, 'the process\'s own cmdline, not the earlier holder\'s binding');
+      assert.equal(readFileSync(join(store, String(pid)), 'utf8'), `${processStart(pid)} ${A}\n`);
+    } finally {
+      domains.clear();
+    }
+  });
 });
 
 test('PeerDomains is bounded: when full, an ended process goes first, else the one seen least recently; clear closes every pidfd', { timeout: 30_000 }, async () => {
