@@ -154,11 +154,16 @@ def ask_many(path, n, line):
     out({"replies": replies})
 
 
-def hold(path, n, seconds):
+def hold(path, n, seconds, begin=b""):
+    """n connections (each sending begin, if any, and nothing more), held for seconds; then how
+    many the broker closed."""
     socks = []
     for _ in range(int(n)):
         try:
-            socks.append(connect(path))
+            s = connect(path)
+            if begin:
+                s.send(begin)
+            socks.append(s)
         except OSError:
             break
     time.sleep(float(seconds))
@@ -183,30 +188,7 @@ def hold(path, n, seconds):
 
 def pin(path, n, seconds):
     """n connections, each with a request line begun and never finished, held for seconds."""
-    socks = []
-    for _ in range(int(n)):
-        try:
-            s = connect(path)
-            s.send(b'{"v":1,"id":1,"op":"hello"')
-            socks.append(s)
-        except OSError:
-            break
-    time.sleep(float(seconds))
-    closed = 0
-    for s in socks:
-        s.setblocking(False)
-        try:
-            while True:
-                d = s.recv(65536)
-                if d == b"":
-                    closed += 1
-                    break
-        except BlockingIOError:
-            pass
-        except OSError:
-            closed += 1
-        s.close()
-    out({"opened": len(socks), "closedByBroker": closed})
+    hold(path, n, seconds, b'{"v":1,"id":1,"op":"hello"')
 
 
 def bulk(path, n, size, seconds):

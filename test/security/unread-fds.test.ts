@@ -60,11 +60,9 @@ for what in plans:
     s.close()
 `;
 
-async function runPeer(uuid: string, plans: Array<'park' | 'read'>, parkSeconds: number): Promise<Array<{ reply: Record<string, unknown>; fds: number }>> {
-  const line = JSON.stringify({ execute: 'device_add', arguments: { driver: 'virtio-net-pci', rss: true, netdev: 'hn1', id: 'n1' } });
-  const request = JSON.stringify({ v: 1, id: 1, op: 'device-plan', emulator: QEMU, line64: Buffer.from(line).toString('base64') });
-  // The arguments after the script name the domain as QEMU's do (-uuid), for the broker's binding.
-  const child = spawn('setpriv', ['--reuid', String(qemuUser.uid), '--regid', String(qemuUser.gid), '--clear-groups', '/usr/bin/python3', '-c', PEER, broker.socket, request, JSON.stringify(plans), String(parkSeconds), '-uuid', uuid], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Run a python script as libvirt-qemu with these arguments, then `-uuid uuid` (the broker binds it to that domain); its stdout. */
+async function asQemu(script: string, args: string[], uuid: string): Promise<string> {
+  const child = spawn('setpriv', ['--reuid', String(qemuUser.uid), '--regid', String(qemuUser.gid), '--clear-groups', '/usr/bin/python3', '-c', script, broker.socket, ...args, '-uuid', uuid], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d) => (out += d));
@@ -72,6 +70,14 @@ async function runPeer(uuid: string, plans: Array<'park' | 'read'>, parkSeconds:
   const code = await new Promise<number | null>((r) => child.once('close', r));
   await gone(child);
   assert.equal(code, 0, `the peer failed: ${err.trim()}`);
+  return out;
+}
+
+const LINE = JSON.stringify({ execute: 'device_add', arguments: { driver: 'virtio-net-pci', rss: true, netdev: 'hn1', id: 'n1' } });
+const DEVICE_PLAN = JSON.stringify({ v: 1, id: 1, op: 'device-plan', emulator: QEMU, line64: Buffer.from(LINE).toString('base64') });
+
+async function runPeer(uuid: string, plans: Array<'park' | 'read'>, parkSeconds: number): Promise<Array<{ reply: Record<string, unknown>; fds: number }>> {
+  const out = await asQemu(PEER, [DEVICE_PLAN, JSON.stringify(plans), String(parkSeconds)], uuid);
   return out.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
 }
 
@@ -114,17 +120,7 @@ while True:
     fds += f
 print(json.dumps({'lines': data.count(b'\\n'), 'fds': len(fds)}), flush=True)
 `;
-  const uuid = domain();
-  const line = JSON.stringify({ execute: 'device_add', arguments: { driver: 'virtio-net-pci', rss: true, netdev: 'hn1', id: 'n1' } });
-  const request = JSON.stringify({ v: 1, id: 1, op: 'device-plan', emulator: QEMU, line64: Buffer.from(line).toString('base64') });
-  const child = spawn('setpriv', ['--reuid', String(qemuUser.uid), '--regid', String(qemuUser.gid), '--clear-groups', '/usr/bin/python3', '-c', script, broker.socket, request, '-uuid', uuid], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (err += d));
-  const code = await new Promise<number | null>((r) => child.once('close', r));
-  await gone(child);
-  assert.equal(code, 0, `the peer failed: ${err.trim()}`);
+  const out = await asQemu(script, [DEVICE_PLAN], domain());
   const got = JSON.parse(out.trim());
   assert.deepEqual(got, { lines: 1, fds: 4 }, 'one reply with its fds was sent; the second was not, and the connection was closed');
 });
