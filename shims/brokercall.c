@@ -164,6 +164,14 @@ again:;
     if (r == BROKER_OK) {
         const char *end = in.p + (memchr(in.p, '\n', in.len) ? (size_t)((char *)memchr(in.p, '\n', in.len) - in.p) : in.len);
         const char *ok = json_member(json_skip_ws(in.p, end), end, "ok");
+        const char *id = json_member(json_skip_ws(in.p, end), end, "id");
+        if (early >= 0 && *nfds == 0 && ok && strncmp(ok, "true", 4) && id && id[0] == '0' && (id + 1 >= end || id[1] < '0' || id[1] > '9')) {
+            /* The broker refused the connection made earlier when it came (id 0: before any
+             * request; too many connections then, say): ask again on a new one. */
+            free(in.p);
+            early = -1;
+            goto again;
+        }
         if (!ok || strncmp(ok, "true", 4)) {
             const char *err = json_member(json_skip_ws(in.p, end), end, "error");
             char *msg = json_string(json_member(err, end, "message"), end);

@@ -21,16 +21,18 @@ import type net from 'node:net';
 import * as libc from '../sys/libc';
 import { encode, Reply } from './protocol';
 
-/** The bytes of unfinished request lines held for a group of connections (one account's), and their cap. */
+/** The bytes of unfinished request lines held for a group of connections (one account's, one process's), and their cap. */
 export interface PendingBytes {
   used: number;
   readonly max: number;
+  /** whose they are, for the refusal: "this account", "this process" */
+  readonly of: string;
 }
 
 export interface ConnectionLimits {
   maxLine: number;
-  /** shared by the connections of one account: their unfinished lines together stay under its max */
-  pending?: PendingBytes;
+  /** shared by groups of connections (one account's, one process's): their unfinished lines together stay under each one's max */
+  pending?: readonly PendingBytes[];
   maxOutstanding: number;
   idleTimeoutMs: number;
   requestTimeoutMs: number;
@@ -75,6 +77,10 @@ export class Connection {
   ) {
     this.fd = fdOf(sock);
     sock.on('data', (chunk: Buffer) => this.#data(chunk));
+    // The peer's end of sending (a close, or a shutdown of its writing side only): node ends and
+    // closes ours next. A peer that closed took our unread messages with its socket; one that
+    // only shut its writing side still holds them, and is reported as leaving them unread.
+    sock.on('end', () => this.#reportUnread());
     sock.on('error', () => sock.destroy());
     sock.on('close', () => {
       clearTimeout(this.#timer);
@@ -147,18 +153,14 @@ export class Connection {
     if (start < chunk.length) {
       const rest = chunk.subarray(start);
       if (this.#tooLong(rest.length)) return;
-      const pending = this.limits.pending;
-      if (pending && pending.used + rest.length > pending.max) {
-        this.onProblem('unfinished requests over the account\'s cap');
-        void this.refuse(`the unfinished requests of this account hold over ${pending.max} bytes`, {
-          v: 1,
-          id: 0,
-          ok: false,
-          error: { code: 'BROKER_LIMIT', message: `the unfinished requests of this account hold over ${pending.max} bytes`, remedy: 'send each request line whole' },
-        });
+      const full = this.limits.pending?.find((p) => p.used + rest.length > p.max);
+      if (full) {
+        this.onProblem(`unfinished requests over the cap of ${full.of}`);
+        const message = `the unfinished requests of ${full.of} hold over ${full.max} bytes`;
+        void this.refuse(message, { v: 1, id: 0, ok: false, error: { code: 'BROKER_LIMIT', message, remedy: 'send each request line whole' } });
         return;
       }
-      if (pending) pending.used += rest.length;
+      for (const p of this.limits.pending ?? []) p.used += rest.length;
       if (this.#partialLen === 0) this.#lineSince = now;
       this.#partial.push(rest);
       this.#partialLen += rest.length;
@@ -168,7 +170,7 @@ export class Connection {
 
   /** Forget the line that was arriving, and give its bytes back to the account's count. */
   #dropPartial(): void {
-    if (this.limits.pending) this.limits.pending.used -= this.#partialLen;
+    for (const p of this.limits.pending ?? []) p.used -= this.#partialLen;
     this.#partial = [];
     this.#partialLen = 0;
     this.#lineSince = 0;
@@ -262,7 +264,7 @@ export class Connection {
     this.#fdsRead = new Promise<boolean>((resolve) => {
       let wait = 1;
       const check = (): void => {
-        if (this.sock.destroyed) return resolve(false); // (#destroy has looked at what was unread)
+        if (this.sock.destroyed) return resolve(false); // (every close has looked at what was unread)
         let unread: number;
         try {
           unread = libc.unreadBySocketPeer(this.fd);
@@ -289,17 +291,26 @@ export class Connection {
   /** Close our end; a peer that left a reply with fds unread is reported first. */
   #destroy(): void {
     if (this.sock.destroyed) return;
-    if (this.#fdsUnread) {
-      let unread = 1;
-      try {
-        unread = libc.unreadBySocketPeer(this.fd);
-      } catch {
-        /* cannot tell: reported as unread */
-      }
-      this.#fdsUnread = false;
-      if (unread > 0) this.onUnreadFds();
-    }
+    this.#reportUnread();
     this.sock.destroy();
+  }
+
+  /** If a reply with fds is still unread while our end is open, report it (once). */
+  #reportUnread(): void {
+    if (!this.#fdsUnread || this.sock.destroyed) return;
+    let unread = 1;
+    try {
+      unread = libc.unreadBySocketPeer(this.fd);
+    } catch {
+      /* cannot tell: reported as unread */
+    }
+    this.#fdsUnread = false;
+    if (unread > 0) this.onUnreadFds();
+  }
+
+  /** Close this connection now (the server makes room, or stops): as every close of ours, it reports fds left unread. */
+  close(): void {
+    this.#destroy();
   }
 
   /** One last error line, then close: a peer that broke the protocol or a limit gets nothing more. */

@@ -6,8 +6,9 @@
  * first connection (PeerDomains): it may take what was reserved for that domain and nothing
  * else. Root (libvirt's hook) is trusted with any domain.
  */
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { dirname, join } from 'node:path';
 import { close, pidfdExited, pidfdOpen, pidfdsExited, type PeerCred } from '../sys/libc';
 
 export interface Peer extends PeerCred {
@@ -123,11 +124,14 @@ export class PeerDomains {
 
   constructor(
     private readonly max = MAX_HELD_PEERS,
-    private readonly store?: string,
+    store?: string,
   ) {
     if (!(max >= 1)) throw new RangeError('PeerDomains holds at least one process');
-    if (store) this.#pruneStore();
+    this.store = store && storeUsable(store) ? store : undefined;
+    if (this.store) this.#pruneStore();
   }
+
+  readonly store: string | undefined;
 
   /** The binding a broker kept for this process (a domain, or null for none); undefined if it kept none. */
   #recalled(pid: number, start: string): string | null | undefined {
@@ -146,13 +150,12 @@ export class PeerDomains {
   }
 
   #keep(pid: number, start: string, domain: string | undefined): void {
+    const tmp = join(this.store!, `.${pid}.${randomBytes(6).toString('hex')}`);
     try {
-      mkdirSync(this.store!, { recursive: true, mode: 0o700 });
-      const tmp = join(this.store!, `.${pid}`);
-      writeFileSync(tmp, `${start} ${domain ?? '-'}\n`, { mode: 0o600 });
+      writeFileSync(tmp, `${start} ${domain ?? '-'}\n`, { mode: 0o600, flag: 'wx' });
       renameSync(tmp, join(this.store!, String(pid)));
     } catch {
-      /* not kept: a broker after this one reads the process's cmdline again */
+      rmSync(tmp, { force: true }); // not kept: a broker after this one reads the process's cmdline again
     }
   }
 
@@ -175,13 +178,17 @@ export class PeerDomains {
     }
     for (const name of names) {
       const pid = /^\d+$/.test(name) ? Number(name) : undefined;
-      if (pid === undefined) {
-        rmSync(join(this.store!, name), { force: true });
-        continue;
+      try {
+        if (pid === undefined) {
+          rmSync(join(this.store!, name), { force: true, recursive: true }); // a temp file a crash left, or a stray entry
+          continue;
+        }
+        const start = processStart(pid);
+        if (start === undefined) this.#unkeep(pid);
+        else this.#recalled(pid, start); // removes a file of an earlier holder of the pid
+      } catch {
+        /* left as it is: its pid is read afresh when it connects */
       }
-      const start = processStart(pid);
-      if (start === undefined) this.#unkeep(pid);
-      else this.#recalled(pid, start); // removes a file of an earlier holder of the pid
     }
   }
 
@@ -279,6 +286,24 @@ export class PeerDomains {
     this.#timer = undefined;
     for (const h of this.#held.values()) closeQuietly(h.pidfd);
     this.#held.clear();
+  }
+}
+
+/**
+ * Whether a store may be used: made if missing, a directory (not a link) of root's that only
+ * root may write, in a directory nobody but root may rename it out of (root's and not
+ * writable by group or others, or sticky like /tmp). A store anybody else could write would
+ * let them bind a process to any domain.
+ */
+function storeUsable(store: string): boolean {
+  try {
+    mkdirSync(store, { recursive: true, mode: 0o700 });
+    const st = lstatSync(store);
+    const up = lstatSync(dirname(store));
+    const rootOnly = (s: typeof st) => s.uid === 0 && (s.mode & 0o022) === 0;
+    return st.isDirectory() && rootOnly(st) && up.isDirectory() && up.uid === 0 && ((up.mode & 0o022) === 0 || (up.mode & 0o1000) !== 0);
+  } catch {
+    return false;
   }
 }
 

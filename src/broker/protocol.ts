@@ -12,8 +12,10 @@ export const PROTOCOL_VERSION = 1;
 export const MAX_LINE = 8 * 1024 * 1024;
 /** One request line from any other peer: an `exec-plan` argv (MAX_EXEC_ARGV_BYTES) JSON-escaped. */
 export const MAX_PEER_LINE = 2 * 1024 * 1024;
+/** What the unfinished request lines of one process's connections may hold at once: one line (root's: no cap). */
+export const MAX_PENDING_PER_PROCESS = MAX_PEER_LINE;
 /** What the unfinished request lines of all of one account's connections may hold at once (root's: no cap). */
-export const MAX_PENDING_PER_UID = 8 * 1024 * 1024;
+export const MAX_PENDING_PER_UID = 8 * MAX_PEER_LINE;
 export const MAX_EXEC_ARGS = 4096;
 export const MAX_EXEC_ARGV_BYTES = 1024 * 1024;
 export const MAX_HOOK_XML_BYTES = 4 * 1024 * 1024;

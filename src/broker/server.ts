@@ -18,7 +18,7 @@ import { VirtEbpfError } from '../errors';
 import { closeAll } from '../fdpass';
 import type { Logger } from '../log';
 import { ContextPool, LoadedContext, PoolSource, type RefillTiming, type ReservationLimits } from './pool';
-import { errorReply, fdPlaceholder, MAX_CONTEXTS_PER_REQUEST, MAX_LINE, MAX_PEER_LINE, MAX_PENDING_PER_UID, parseRequest, Reply, Request, DomainRef } from './protocol';
+import { errorReply, fdPlaceholder, MAX_CONTEXTS_PER_REQUEST, MAX_LINE, MAX_PEER_LINE, MAX_PENDING_PER_PROCESS, MAX_PENDING_PER_UID, parseRequest, Reply, Request, DomainRef } from './protocol';
 import { applyHostRss, domainIdentity, type HostRss } from '../argv';
 import { finalArgv, planDevices } from '../exec/plan';
 import type { FactsMemo } from '../hook/facts';
@@ -164,6 +164,8 @@ export class Broker {
   readonly #peerDomains: PeerDomains;
   /** per account (uid), the bytes of unfinished request lines its connections hold */
   readonly #pending = new Map<number, PendingBytes>();
+  /** per process, the same, and how many connections it has open */
+  readonly #pendingByPid = new Map<number, PendingBytes & { connections: number }>();
 
   constructor(private readonly opts: BrokerOptions) {
     this.#limits = { ...DEFAULT_LIMITS, ...opts.limits };
@@ -224,7 +226,7 @@ export class Broker {
 
   async close(): Promise<void> {
     clearInterval(this.#socketCheck);
-    for (const s of this.#admissions.all()) s.conn.sock.destroy();
+    for (const s of this.#admissions.all()) s.conn.close();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
     this.#peerDomains.clear();
     this.pool.close();
@@ -234,7 +236,15 @@ export class Broker {
   /** The count of unfinished request bytes one account's connections share (Connection's `pending`). */
   #pendingOf(uid: number): PendingBytes {
     let p = this.#pending.get(uid);
-    if (!p) this.#pending.set(uid, (p = { used: 0, max: MAX_PENDING_PER_UID }));
+    if (!p) this.#pending.set(uid, (p = { used: 0, max: MAX_PENDING_PER_UID, of: 'this account' }));
+    return p;
+  }
+
+  /** The same for one process's connections; it goes with the process's last connection. */
+  #pendingOfProcess(pid: number): PendingBytes {
+    let p = this.#pendingByPid.get(pid);
+    if (!p) this.#pendingByPid.set(pid, (p = { used: 0, max: MAX_PENDING_PER_PROCESS, of: 'this process', connections: 0 }));
+    p.connections++;
     return p;
   }
 
@@ -279,7 +289,7 @@ export class Broker {
     }
     if (verdict.evict) {
       this.#problem(verdict.evict.idle() ? 'closed an idle connection to make room' : 'closed a connection whose request line stalled, to make room', { uid: peer.uid, pid: verdict.evict.pid });
-      verdict.evict.conn.sock.destroy();
+      verdict.evict.conn.close();
       this.#admissions.remove(verdict.evict);
     }
     const log = this.opts.logger.child({ peer: { pid: peer.pid, uid: peer.uid, domain: peer.domain } });
@@ -288,7 +298,7 @@ export class Broker {
       sock,
       {
         maxLine: peer.root ? MAX_LINE : MAX_PEER_LINE,
-        pending: peer.root ? undefined : this.#pendingOf(peer.uid),
+        pending: peer.root ? undefined : [this.#pendingOf(peer.uid), this.#pendingOfProcess(peer.pid)],
         maxOutstanding: l.maxOutstandingPerConnection,
         idleTimeoutMs: l.idleTimeoutMs,
         requestTimeoutMs: l.requestTimeoutMs,
@@ -304,7 +314,11 @@ export class Broker {
     );
     const slot: Slot = { uid: peer.uid, pid: peer.pid, conn, idle: () => conn.idle, lastActive: () => conn.lastActive, lineSince: () => conn.lineSince };
     this.#admissions.add(slot);
-    sock.on('close', () => this.#admissions.remove(slot));
+    sock.on('close', () => {
+      this.#admissions.remove(slot);
+      const p = this.#pendingByPid.get(peer.pid);
+      if (p && --p.connections <= 0) this.#pendingByPid.delete(peer.pid);
+    });
   }
 
   /** One line to a peer we will not serve, then the connection goes (at once when many linger). */

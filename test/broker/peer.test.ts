@@ -7,7 +7,7 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { cmdlineUuid, MAX_HELD_PEERS, PeerDomains, processStart, uuidIn } from '../../src/broker/peer';
@@ -162,11 +162,29 @@ test('PeerDomains store: a kept binding of another process that had the pid is n
     // What a broker kept for an earlier process with this pid: another start time, domain B.
     writeFileSync(join(store, String(pid)), `1 ${B}\n`);
     writeFileSync(join(store, String(2 ** 22 + 1)), `1 ${B}\n`); // a process that is gone
+    mkdirSync(join(store, 'stray'), { recursive: true }); // an entry that is not a binding (it does not stop the broker)
     const domains = new PeerDomains(MAX_HELD_PEERS, store);
     try {
       assert.ok(!existsSync(join(store, String(2 ** 22 + 1))), 'a gone process\'s binding is removed at start');
+      assert.ok(!existsSync(join(store, 'stray')), 'and the stray entry');
       assert.equal(domains.domainOf(pid), A, 'the process\'s own cmdline, not the earlier holder\'s binding');
       assert.equal(readFileSync(join(store, String(pid)), 'utf8'), `${processStart(pid)} ${A}\n`);
+    } finally {
+      domains.clear();
+    }
+  });
+});
+
+test('PeerDomains store: one that others may write is not used (it would let them bind a process to any domain)', async () => {
+  const store = join(tmp.path, `store-${process.hrtime.bigint()}`);
+  mkdirSync(store, { recursive: true });
+  chmodSync(store, 0o777);
+  await withProcess(['-uuid', A], (pid) => {
+    writeFileSync(join(store, String(pid)), `${processStart(pid)} ${B}\n`); // planted
+    const domains = new PeerDomains(MAX_HELD_PEERS, store);
+    try {
+      assert.equal(domains.store, undefined);
+      assert.equal(domains.domainOf(pid), A, 'the process\'s own cmdline, not the planted binding');
     } finally {
       domains.clear();
     }

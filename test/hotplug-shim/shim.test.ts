@@ -17,7 +17,9 @@ import { lookupUser } from '../../src/sys/users';
 import { createTap, type Tap } from '../support/guest/tap';
 import { hotplugShimCheck } from '../../src/doctor';
 import { mapsShowShim } from '../../src/doctor/hotplug-shim';
-import { needRoot, tempDir } from '../harness';
+import { gone, needRoot, tempDir } from '../harness';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { startTestBroker, type TestBroker } from '../broker/support';
 import { addNetdev as addNetdevTo, alive, bpfFdsOf, sleep, startDomainQemu, until, type DomainQemu } from './support';
 
@@ -187,6 +189,46 @@ test('an early connection the broker let go (its idle timeout) is not a failure:
     assert.doesNotMatch(q.log(), /refused|cannot reach/);
   } finally {
     await idle.close();
+  }
+});
+
+/** Holds the account's connection slots with unfinished lines, each renewed before the broker may take it for a newcomer, until told on stdin. */
+const SLOT_HOLDER = `
+import select, socket, sys, time
+def fill():
+    socks = []
+    for _ in range(int(sys.argv[2])):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(sys.argv[1])
+        s.send(b'{"v":1')
+        socks.append(s)
+    return socks
+socks = fill()
+print('ready', flush=True)
+while not select.select([sys.stdin], [], [], 0.5)[0]:
+    fresh = fill()
+    for s in socks:
+        s.close()
+    socks = fresh
+`;
+
+test('an early connection the broker refused when it came (the account full) does not refuse the device_add after it', async () => {
+  const tight = await startTestBroker({ pool: { size: 1 }, limits: { maxConnectionsPerUid: 2, maxConnectionsPerProcess: 2 } }, { cacheDir: join(dir.path, 'cache'), hookEnv: { stateDir } });
+  try {
+    const { q } = await domain('strict', tight.socket);
+    const c = await connect(q);
+    const holder = spawn('setpriv', ['--reuid', String(qemuUser.uid), '--regid', String(qemuUser.gid), '--clear-groups', '/usr/bin/python3', '-c', SLOT_HOLDER, tight.socket, '2'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      await once(holder.stdout!, 'data');
+      await addNetdev(c, 'hostnet1', 2); // the shim's early connection is refused: the account's 2 slots are held
+    } finally {
+      holder.stdin!.end();
+      await gone(holder);
+    }
+    await c.execute('device_add', rssNic('net1', 'hostnet1', 'pci.1'));
+    assert.deepEqual(bpfFdsOf(q.pid), { progs: 1, maps: 3 }, 'the device-plan went on a new connection once the refusal was read');
+  } finally {
+    await tight.close();
   }
 });
 

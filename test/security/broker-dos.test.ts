@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
 import { QEMU, needRoot } from '../harness';
 import { STALLED_LINE_MS } from '../../src/broker/admission';
-import { MAX_PEER_LINE, MAX_PENDING_PER_UID } from '../../src/broker/protocol';
+import { MAX_PEER_LINE, MAX_PENDING_PER_PROCESS, MAX_PENDING_PER_UID } from '../../src/broker/protocol';
 import { BrokerProcess, QEMU_ACCOUNT, ROOT, STRANGER, assertServing, hostile, line, startBrokerProcess, until } from './support';
 
 let b: BrokerProcess;
@@ -87,14 +87,20 @@ test('QEMU-account processes that fill the account\'s slots with request lines t
   await assertServing(b, 'slots pinned by unfinished lines');
 });
 
-test('unfinished request lines of one account hold at most MAX_PENDING_PER_UID together: past it they are refused with BROKER_LIMIT', async () => {
+test('unfinished request lines: one process holds one line at most, an account MAX_PENDING_PER_UID; past that, BROKER_LIMIT, and whole lines are still served', async () => {
   const size = MAX_PEER_LINE - 1024; // each line alone is within the per-line limit
-  // 4 processes × 4 connections (the per-process cap), each with an almost full line: 32 MiB offered.
-  const runs = await Promise.all([1, 2, 3, 4].map(() => hostile(QEMU_ACCOUNT, b.socket, 'bulk', ['4', String(size), '3'], { timeoutMs: 60_000 })));
+  // 10 processes × 2 connections, each with an almost full line: 40 MiB offered.
+  const holders = Array.from({ length: 10 }, () => hostile(QEMU_ACCOUNT, b.socket, 'bulk', ['2', String(size), '4'], { timeoutMs: 60_000 }));
+  await new Promise((r) => setTimeout(r, 2_000));
+  const newcomer = await hostile(QEMU_ACCOUNT, b.socket, 'ask', [line({ op: 'hello' })]);
+  assert.equal(newcomer.reply?.ok, true, `a whole request line of the account was refused: ${JSON.stringify(newcomer)}`);
+  const runs = await Promise.all(holders);
+  for (const r of runs) assert.ok(r.opened - r.refused <= MAX_PENDING_PER_PROCESS / size, `one process held ${r.opened - r.refused} lines: ${JSON.stringify(r)}`);
   const held = runs.reduce((n, r) => n + r.opened - r.refused, 0);
-  assert.ok(held * size <= MAX_PENDING_PER_UID, `${held} lines of ${size} bytes were held at once; the cap is ${MAX_PENDING_PER_UID}`);
-  assert.ok(runs.flatMap((r) => r.codes).includes('BROKER_LIMIT'), `no line was refused for the account's cap: ${JSON.stringify(runs)}`);
-  await assertServing(b, 'unfinished lines over the account\'s cap');
+  assert.ok(held * size <= MAX_PENDING_PER_UID, `${held} lines of ${size} bytes were held at once; the account's cap is ${MAX_PENDING_PER_UID}`);
+  assert.ok(held >= 4, `only ${held} lines were held: the caps refused more than they should`);
+  assert.ok(runs.flatMap((r) => r.codes).includes('BROKER_LIMIT'), `no line was refused for a cap: ${JSON.stringify(runs)}`);
+  await assertServing(b, 'unfinished lines over the caps');
 });
 
 test('users the broker does not serve, with command lines of 150 000 arguments, connecting in a loop: root is still answered at once', async () => {

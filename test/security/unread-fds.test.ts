@@ -103,6 +103,33 @@ test('a process that leaves a reply with fds unread past writeTimeoutMs gets no 
   assert.deepEqual((await runPeer(domain(), ['read'], 0)).map((g) => g.fds), [4]);
 });
 
+test('a process that shuts its writing side (not its socket) with a reply with fds unread is caught too', async () => {
+  // The peer's EOF makes node end and close our side by itself; the fds stay in the peer's queue.
+  const script = `
+import json, select, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall((sys.argv[2] + '\\n').encode())
+select.select([s], [], [], 10)  # the reply is there
+s.shutdown(socket.SHUT_WR)
+time.sleep(1)
+t = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+t.connect(sys.argv[1])
+t.sendall((sys.argv[2] + '\\n').encode())
+data, fds = b'', []
+while not data.endswith(b'\\n'):
+    d, f, _, _ = socket.recv_fds(t, 65536, 64)
+    if not d:
+        break
+    data += d
+    fds += f
+print(json.dumps({'reply': json.loads(data), 'fds': len(fds)}), flush=True)
+`;
+  const got = JSON.parse((await asQemu(script, [DEVICE_PLAN], domain())).trim());
+  assert.equal(got.fds, 0, 'no fds after the ones left unread');
+  assert.match(String(got.reply.say), /left eBPF fds the broker sent it unread/);
+});
+
 test('a second reply with fds waits until the first is read: a peer that never reads parks one, not one per request', async () => {
   // Two requests on one connection, nothing read: the first reply's fds go, the second's wait.
   const script = `
