@@ -89,6 +89,15 @@ test('QEMU-account processes that fill the account\'s slots with request lines t
 
 test('unfinished request lines: one process holds one line at most, an account MAX_PENDING_PER_UID; past that, BROKER_LIMIT, and whole lines are still served', async () => {
   const size = MAX_PEER_LINE - 1024; // each line alone is within the per-line limit
+  // One process alone, 4 connections each with an almost full line: it holds one. Meanwhile
+  // another process's request of 100 KiB (more than one read) arrives whole: it is answered
+  // (BROKER_PROTOCOL: a hello takes no "pad"), not refused for a cap.
+  const alone = hostile(QEMU_ACCOUNT, b.socket, 'bulk', ['4', String(size), '3'], { timeoutMs: 60_000 });
+  await new Promise((r) => setTimeout(r, 1_000));
+  const big = await hostile(QEMU_ACCOUNT, b.socket, 'transcript', [line({ op: 'hello', pad: 'x'.repeat(100 * 1024) })]);
+  assert.equal(big.lines[0]?.error?.code, 'BROKER_PROTOCOL', `another process's long request: ${JSON.stringify(big.lines[0]?.error)}`);
+  const one = await alone;
+  assert.ok(one.opened - one.refused <= MAX_PENDING_PER_PROCESS / size, `one process held ${one.opened - one.refused} lines: ${JSON.stringify(one)}`);
   // 10 processes × 2 connections, each with an almost full line: 40 MiB offered.
   const holders = Array.from({ length: 10 }, () => hostile(QEMU_ACCOUNT, b.socket, 'bulk', ['2', String(size), '4'], { timeoutMs: 60_000 }));
   await new Promise((r) => setTimeout(r, 2_000));
