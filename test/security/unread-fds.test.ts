@@ -37,18 +37,15 @@ after(async () => {
  * unread with the connection open, 'read' reads it. Prints one JSON line per read reply: the
  * reply and how many fds came with it.
  */
-const PEER = `
-import json, socket, sys, time
-path, request, plans = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-kept = []
-for what in plans:
+/** Python: connect and send one request line; read one reply line and print it with its fd count. */
+const PY_ASK = `
+import json, select, socket, sys, time
+def send(path, request):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
     s.sendall(request.encode() + b'\\n')
-    if what == 'park':
-        kept.append(s)
-        time.sleep(float(sys.argv[4]))
-        continue
+    return s
+def read_reply(s):
     data, fds = b'', []
     while not data.endswith(b'\\n'):
         d, f, _, _ = socket.recv_fds(s, 65536, 64)
@@ -57,6 +54,18 @@ for what in plans:
         data += d
         fds += f
     print(json.dumps({'reply': json.loads(data), 'fds': len(fds)}), flush=True)
+`;
+
+const PEER = `${PY_ASK}
+path, request, plans = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+kept = []
+for what in plans:
+    s = send(path, request)
+    if what == 'park':
+        kept.append(s)
+        time.sleep(float(sys.argv[4]))
+        continue
+    read_reply(s)
     s.close()
 `;
 
@@ -105,25 +114,12 @@ test('a process that leaves a reply with fds unread past writeTimeoutMs gets no 
 
 test('a process that shuts its writing side (not its socket) with a reply with fds unread is caught too', async () => {
   // The peer's EOF makes node end and close our side by itself; the fds stay in the peer's queue.
-  const script = `
-import json, select, socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(sys.argv[1])
-s.sendall((sys.argv[2] + '\\n').encode())
+  const script = `${PY_ASK}
+s = send(sys.argv[1], sys.argv[2])
 select.select([s], [], [], 10)  # the reply is there
 s.shutdown(socket.SHUT_WR)
 time.sleep(1)
-t = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-t.connect(sys.argv[1])
-t.sendall((sys.argv[2] + '\\n').encode())
-data, fds = b'', []
-while not data.endswith(b'\\n'):
-    d, f, _, _ = socket.recv_fds(t, 65536, 64)
-    if not d:
-        break
-    data += d
-    fds += f
-print(json.dumps({'reply': json.loads(data), 'fds': len(fds)}), flush=True)
+read_reply(send(sys.argv[1], sys.argv[2]))
 `;
   const got = JSON.parse((await asQemu(script, [DEVICE_PLAN], domain())).trim());
   assert.equal(got.fds, 0, 'no fds after the ones left unread');
