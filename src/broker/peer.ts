@@ -7,7 +7,6 @@
  * else. Root (libvirt's hook) is trusted with any domain.
  */
 import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { close, pidfdExited, pidfdOpen, pidfdsExited, type PeerCred } from '../sys/libc';
 
@@ -150,7 +149,7 @@ export class PeerDomains {
   }
 
   #keep(pid: number, start: string, domain: string | undefined): void {
-    const tmp = join(this.store!, `.${pid}.${randomBytes(6).toString('hex')}`);
+    const tmp = join(this.store!, `.${pid}.${process.hrtime.bigint()}`);
     try {
       writeFileSync(tmp, `${start} ${domain ?? '-'}\n`, { mode: 0o600, flag: 'wx' });
       renameSync(tmp, join(this.store!, String(pid)));
@@ -297,7 +296,13 @@ export class PeerDomains {
  */
 function storeUsable(store: string): boolean {
   try {
-    mkdirSync(store, { recursive: true, mode: 0o700 });
+    // Its directory as the broker makes its socket's (peers reach the socket through it).
+    mkdirSync(dirname(store), { recursive: true, mode: 0o755 });
+    try {
+      mkdirSync(store, { mode: 0o700 });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
     const st = lstatSync(store);
     const up = lstatSync(dirname(store));
     const rootOnly = (s: typeof st) => s.uid === 0 && (s.mode & 0o022) === 0;

@@ -7,7 +7,7 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { cmdlineUuid, MAX_HELD_PEERS, PeerDomains, processStart, uuidIn } from '../../src/broker/peer';
@@ -173,6 +173,18 @@ test('PeerDomains store: a kept binding of another process that had the pid is n
       domains.clear();
     }
   });
+});
+
+test('PeerDomains store: made where missing, its directory as the broker makes its socket\'s (peers must reach the socket through it)', () => {
+  const run = join(tmp.path, `run-${process.hrtime.bigint()}`);
+  const domains = new PeerDomains(MAX_HELD_PEERS, join(run, 'peers'));
+  try {
+    assert.equal(domains.store, join(run, 'peers'));
+    assert.equal(statSync(run).mode & 0o777, 0o755, 'the socket\'s directory stays open to the QEMU account');
+    assert.equal(statSync(join(run, 'peers')).mode & 0o777, 0o700);
+  } finally {
+    domains.clear();
+  }
 });
 
 test('PeerDomains store: one that others may write is not used (it would let them bind a process to any domain)', async () => {
