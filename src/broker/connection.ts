@@ -265,13 +265,7 @@ export class Connection {
       let wait = 1;
       const check = (): void => {
         if (this.sock.destroyed) return resolve(false); // (every close has looked at what was unread)
-        let unread: number;
-        try {
-          unread = libc.unreadBySocketPeer(this.fd);
-        } catch {
-          unread = 1; // cannot tell: as if unread, until the deadline
-        }
-        if (unread === 0) {
+        if (!this.#peerHasUnread()) {
           this.#fdsUnread = false;
           this.#lastActive = Date.now();
           return resolve(true);
@@ -295,17 +289,20 @@ export class Connection {
     this.sock.destroy();
   }
 
+  /** Whether the peer has left something we sent unread (when that cannot be told: yes). */
+  #peerHasUnread(): boolean {
+    try {
+      return libc.unreadBySocketPeer(this.fd) > 0;
+    } catch {
+      return true;
+    }
+  }
+
   /** If a reply with fds is still unread while our end is open, report it (once). */
   #reportUnread(): void {
     if (!this.#fdsUnread || this.sock.destroyed) return;
-    let unread = 1;
-    try {
-      unread = libc.unreadBySocketPeer(this.fd);
-    } catch {
-      /* cannot tell: reported as unread */
-    }
     this.#fdsUnread = false;
-    if (unread > 0) this.onUnreadFds();
+    if (this.#peerHasUnread()) this.onUnreadFds();
   }
 
   /** Close this connection now (the server makes room, or stops): as every close of ours, it reports fds left unread. */
