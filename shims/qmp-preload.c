@@ -400,6 +400,11 @@ static void let_early_go(void)
 /* After a line that runs a warmOn command, a connection to the broker for the line that follows. */
 static void connect_early(const char *line, const char *end)
 {
+    int named = 0;  /* the look every line gets is a search, as may_plan's; a parse only for a line that names one */
+    for (size_t i = 0; !named && i < sizeof warm_lines / sizeof warm_lines[0]; i++)
+        named = memmem(line, end - line, warm_lines[i], strlen(warm_lines[i])) != NULL;
+    if (!named)
+        return;
     char *exe = json_string(json_member(json_skip_ws(line, end), end, "execute"), end);
     int warm = 0;
     for (size_t i = 0; exe && i < sizeof warm_lines / sizeof warm_lines[0]; i++)
